@@ -1,0 +1,160 @@
+//! `chainkeeper`: the one-machine entry point. `serve` runs every route and the refresh schedule on embedded
+//! storage (SQLite + a local key file); `token issue` prints an API token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use chainkeeper::app::{DataDir, embedded_system};
+use chainkeeper::auth::{Claims, issue};
+use chainkeeper::config::Config;
+
+#[derive(Parser)]
+#[command(name = "chainkeeper", version, about = "Keeps OAuth2 and other credentials of data containers alive and safe.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every HTTP route and the refresh schedule in one process, on embedded storage.
+    Serve(ServeArgs),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Run one refresh sweep over the chains that are due, print what it did, and exit.
+    Sweep(StorageArgs),
+}
+
+#[derive(Args, Clone)]
+struct StorageArgs {
+    /// Directory for the SQLite store and the key files; created (mode 0700) if missing.
+    #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
+    data_dir: PathBuf,
+    /// TOML config file: provider profiles, app registrations, engine settings (see README "Configuration").
+    #[arg(long, env = "CHAINKEEPER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "CHAINKEEPER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print one signed API token (and nothing else) on stdout: `TOKEN=$(chainkeeper token issue …)`.
+    Issue(IssueArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("owner").required(true).args(["platform", "org"])))]
+struct IssueArgs {
+    /// The data directory of the `serve` that will accept the token (its signing key lives there).
+    #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
+    data_dir: PathBuf,
+    /// A platform token: not limited to one organisation (needed to create organisations).
+    #[arg(long)]
+    platform: bool,
+    /// Limit the token to this organisation.
+    #[arg(long)]
+    org: Option<String>,
+    /// A scope the token grants; repeat for more (`admin`, `containers.read`, `tokens.readwrite`, …).
+    #[arg(long = "scope", required = true, num_args = 1..)]
+    scopes: Vec<String>,
+    /// Who the token is for (shown in the audit log).
+    #[arg(long, default_value = "cli")]
+    subject: String,
+    /// How long the token is valid, e.g. `90d`, `12h`.
+    #[arg(long, default_value = "90d")]
+    expires_in: humantime::Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Token(TokenCommand::Issue(a)) => issue_token(a),
+        Command::Serve(a) => runtime()?.block_on(serve(a)),
+        Command::Sweep(a) => runtime()?.block_on(sweep(a)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn issue_token(a: IssueArgs) -> anyhow::Result<()> {
+    let data = DataDir::open(&a.data_dir)?;
+    let key = data.signing_key()?;
+    let org = match a.org {
+        Some(o) => Some(chainkeeper::ids::OrgId::parse(&o)?.to_string()),
+        None => None,
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let claims = Claims {
+        sub: a.subject,
+        org,
+        scopes: a.scopes,
+        exp: now + a.expires_in.as_secs() as i64,
+        iat: now,
+        jti: chainkeeper::ids::random_id(),
+    };
+    println!("{}", issue(&key, &claims)?);
+    Ok(())
+}
+
+fn load(storage: &StorageArgs) -> anyhow::Result<(DataDir, Arc<chainkeeper::app::Services>)> {
+    let config = Config::load(storage.config.as_deref())?;
+    let data = DataDir::open(&storage.data_dir).with_context(|| format!("data directory {}", storage.data_dir.display()))?;
+    let services = embedded_system(&data, config)?;
+    Ok((data, services))
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    chainkeeper::telemetry::init();
+    let (data, services) = load(&a.storage)?;
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    let dir = std::fs::canonicalize(&data.root).unwrap_or(data.root.clone());
+    println!("chainkeeper serving on http://{addr}");
+    println!("  store:       {}", dir.join("chainkeeper.sqlite").display());
+    println!("  master key:  {}", dir.join("master.key").display());
+    println!("  signing key: {}", dir.join("signing.key").display());
+    println!("  first admin API token:");
+    println!("    TOKEN=$(chainkeeper token issue --data-dir {} --platform --scope admin)", dir.display());
+    println!("    (from a checkout: cargo run --release -p chainkeeper-cli -- token issue --data-dir {} --platform --scope admin)", dir.display());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let ticker = chainkeeper::sweep::spawn_ticker(services.clone());
+    let app = chainkeeper::api::router(services);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
+    ticker.abort();
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn sweep(a: StorageArgs) -> anyhow::Result<()> {
+    chainkeeper::telemetry::init();
+    let (_, services) = load(&a)?;
+    let report = chainkeeper::sweep::run_once(&services, 100_000).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Extractors whose failures are problem+json, never axum's plain-text rejections, and never echo a value
+//! from the request (it could be a secret someone put in the wrong field).
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Claims;
+use crate::ids::{Alias, ContainerRef, DbName, OrgId};
+use crate::problem::Problem;
+
+/// A JSON body. An empty body reads as `{}`.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|_| {
+            Problem::bad_request("invalid_body", "The request body could not be read (too large or cut off).")
+        })?;
+        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) { axum::body::Bytes::from_static(b"{}") } else { bytes };
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| {
+            let msg = e.to_string();
+            let safe = if msg.starts_with("missing field") || msg.starts_with("unknown field") {
+                msg.split(" at line").next().unwrap_or("").to_string()
+            } else {
+                format!("a value is missing or has the wrong type (line {}, column {})", e.line(), e.column())
+            };
+            Problem::bad_request("invalid_body", format!("The JSON body is not valid: {safe}. See /openapi.json for the expected shape."))
+        })
+    }
+}
+
+/// The names in the path, validated (and lower-cased: names are case-insensitive).
+pub struct Names {
+    pub org: OrgId,
+    pub db: Option<DbName>,
+    pub alias: Option<Alias>,
+}
+
+impl Names {
+    pub fn container(&self) -> Result<ContainerRef, Problem> {
+        match (&self.db, &self.alias) {
+            (Some(db), Some(alias)) => Ok(ContainerRef { org: self.org.clone(), db: db.clone(), alias: alias.clone() }),
+            _ => Err(Problem::bad_request("invalid_name", "This route needs a database and a container alias.")),
+        }
+    }
+    pub fn db(&self) -> Result<DbName, Problem> {
+        self.db.clone().ok_or_else(|| Problem::bad_request("invalid_name", "This route needs a database name."))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Names {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let Path(map) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| Problem::bad_request("invalid_name", "The path holds characters that are not allowed in names."))?;
+        let org = OrgId::parse(map.get("org").map(String::as_str).unwrap_or(""))?;
+        let db = map.get("db").map(|d| DbName::parse(d)).transpose()?;
+        let alias = map.get("alias").map(|a| Alias::parse(a)).transpose()?;
+        Ok(Self { org, db, alias })
+    }
+}
+
+/// The verified claims of the caller's API token (set by the auth middleware).
+pub struct Caller(pub Claims);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        parts
+            .extensions
+            .get::<Claims>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| Problem::internal(&"route without auth middleware"))
+    }
+}

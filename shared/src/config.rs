@@ -1,0 +1,259 @@
+//! Configuration: one TOML file (`--config` / `CHAINKEEPER_CONFIG`). Provider profiles are data: the built-in
+//! ones (`shared/providers.toml`) are merged key by key with the file's `[providers.*]` tables, then
+//! `extends` is resolved. App registrations (`[apps.<profile>]`) are the embedded `Secrets` source.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::provider::ProviderProfile;
+
+const BUILT_IN_PROVIDERS: &str = include_str!("../providers.toml");
+
+/// An app registration at a provider (in AWS: a Secrets Manager secret).
+#[derive(Clone, Deserialize)]
+pub struct AppRegistration {
+    pub client_id: String,
+    pub client_secret: secrecy::SecretString,
+    /// Where the provider sends the person back: chainkeeper's `/v1/callback`.
+    pub redirect_uri: String,
+}
+
+impl std::fmt::Debug for AppRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppRegistration")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("redirect_uri", &self.redirect_uri)
+            .finish()
+    }
+}
+
+/// Tuning of the chain engine; the defaults suit every built-in provider.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Refresh when the access token has less than this left.
+    pub refresh_margin_s: f64,
+    /// How long a lease on a chain lasts; a crashed holder's lease frees itself after this.
+    pub lease_s: f64,
+    /// Timeout of one token request (well below `lease_s`).
+    pub token_timeout_s: f64,
+    /// How long a caller waits for another caller's refresh before giving up.
+    pub wait_s: f64,
+    /// First backoff after a transient provider failure; doubles per failure up to `max_backoff_s`.
+    pub backoff_s: f64,
+    pub max_backoff_s: f64,
+    /// How often `serve` sweeps for chains to keep alive (the `refresh` Lambda runs on EventBridge instead).
+    pub sweep_interval_s: f64,
+    /// How many chains one sweep refreshes at once.
+    pub sweep_concurrency: usize,
+    /// A chain whose token was handed out in this window counts as "in active use" and is refreshed ahead.
+    pub active_use_window_s: f64,
+    /// Keep-alive: refresh a chain this long before its refresh token would expire unused.
+    pub keep_alive_margin_s: f64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            refresh_margin_s: 60.0,
+            lease_s: 30.0,
+            token_timeout_s: 10.0,
+            wait_s: 20.0,
+            backoff_s: 5.0,
+            max_backoff_s: 300.0,
+            sweep_interval_s: 30.0,
+            sweep_concurrency: 16,
+            active_use_window_s: 900.0,
+            keep_alive_margin_s: 86_400.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The address where people and tools reach chainkeeper; renew links and the default redirect URI use it.
+    pub public_url: Option<String>,
+    /// How long an authorization started with `…/authorize` may take.
+    pub authorization_ttl_s: u64,
+    /// Days an audit entry is kept.
+    pub audit_retention_days: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { public_url: None, authorization_ttl_s: 600, audit_retention_days: 400 }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub providers: BTreeMap<String, ProviderProfile>,
+    pub apps: BTreeMap<String, AppRegistration>,
+    pub engine: EngineConfig,
+    pub server: ServerConfig,
+    /// Group scopes defined by the operator: name → the scopes it grants.
+    pub scope_groups: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    providers: toml::Table,
+    #[serde(default)]
+    apps: BTreeMap<String, AppRegistration>,
+    #[serde(default)]
+    engine: EngineConfig,
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    scope_groups: BTreeMap<String, Vec<String>>,
+}
+
+impl Config {
+    /// Built-in profiles only, default settings.
+    pub fn built_in() -> Self {
+        Self::from_toml("").expect("built-in providers parse")
+    }
+
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        match path {
+            None => Ok(Self::built_in()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+                Self::from_toml(&text).with_context(|| format!("in config {}", p.display()))
+            }
+        }
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let raw: RawConfig = toml::from_str(text)?;
+        let built_in: RawConfig = toml::from_str(BUILT_IN_PROVIDERS).context("built-in providers.toml")?;
+        let mut tables = built_in.providers;
+        for (name, value) in raw.providers {
+            let Some(overlay) = value.as_table() else { bail!("providers.{name} must be a table") };
+            match tables.get_mut(&name).and_then(|v| v.as_table_mut()) {
+                Some(base) => merge(base, overlay),
+                None => {
+                    tables.insert(name, value);
+                }
+            }
+        }
+        let mut providers = BTreeMap::new();
+        for name in tables.keys() {
+            let resolved = resolve_extends(&tables, name, 0)?;
+            if resolved.get("abstract").and_then(|v| v.as_bool()).unwrap_or(false) {
+                continue;
+            }
+            let mut profile: ProviderProfile = toml::Value::Table(resolved)
+                .try_into()
+                .with_context(|| format!("provider profile {name:?}"))?;
+            profile.name = name.clone();
+            profile.validate()?;
+            providers.insert(name.clone(), profile);
+        }
+        for app in raw.apps.keys() {
+            if !providers.contains_key(app) {
+                bail!("[apps.{app}] names no provider profile; known: {}", providers.keys().cloned().collect::<Vec<_>>().join(", "));
+            }
+        }
+        Ok(Self { providers, apps: raw.apps, engine: raw.engine, server: raw.server, scope_groups: raw.scope_groups })
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderProfile> {
+        self.providers.get(name)
+    }
+}
+
+/// Key-by-key merge: nested tables merge, everything else is replaced.
+fn merge(base: &mut toml::Table, overlay: &toml::Table) {
+    for (k, v) in overlay {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+fn resolve_extends(tables: &toml::Table, name: &str, depth: usize) -> anyhow::Result<toml::Table> {
+    if depth > 8 {
+        bail!("provider {name:?}: `extends` goes round in a circle");
+    }
+    let Some(own) = tables.get(name).and_then(|v| v.as_table()) else {
+        bail!("provider {name:?} does not exist");
+    };
+    let mut own = own.clone();
+    let Some(parent) = own.remove("extends") else { return Ok(own) };
+    let parent = parent.as_str().with_context(|| format!("provider {name:?}: extends must be a name"))?;
+    let mut base = resolve_extends(tables, parent, depth + 1)?;
+    base.remove("abstract");
+    merge(&mut base, &own);
+    Ok(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_profiles_cover_the_platforms() {
+        let c = Config::built_in();
+        for name in [
+            "exact-online-nl", "exact-online-be", "exact-online-de", "exact-online-uk", "exact-online-us",
+            "exact-online-fr", "exact-online-es", "twinfield", "teamleader", "salesforce",
+        ] {
+            assert!(c.provider(name).is_some(), "{name} is built in");
+        }
+        assert!(c.provider("exact-online").is_none(), "abstract profiles are not usable");
+        let be = c.provider("exact-online-be").unwrap();
+        assert_eq!(be.token_url, "https://start.exactonline.be/api/oauth2/token");
+        assert_eq!(be.min_token_interval_s, 570.0);
+        assert!(be.single_instance);
+    }
+
+    #[test]
+    fn a_config_file_overrides_key_by_key_and_adds_profiles() {
+        let c = Config::from_toml(
+            r#"
+            [providers.exact-online-nl]
+            token_url = "http://127.0.0.1:9/api/oauth2/token"
+            min_token_interval_s = 9.5
+            [providers.my-idp]
+            extends = "generic-oidc"
+            authorize_url = "http://127.0.0.1:9/auth"
+            token_url = "http://127.0.0.1:9/token"
+            api_base_url = "http://127.0.0.1:9"
+            token_auth = "post"
+            [apps.my-idp]
+            client_id = "c"
+            client_secret = "s"
+            redirect_uri = "http://127.0.0.1:8080/v1/callback"
+            "#,
+        )
+        .unwrap();
+        let nl = c.provider("exact-online-nl").unwrap();
+        assert_eq!(nl.token_url, "http://127.0.0.1:9/api/oauth2/token");
+        assert_eq!(nl.min_token_interval_s, 9.5);
+        assert_eq!(nl.authorize_url, "https://start.exactonline.nl/api/oauth2/auth", "untouched keys stay");
+        let mine = c.provider("my-idp").unwrap();
+        assert_eq!(mine.identity.as_ref().unwrap().user_id, "/sub");
+        assert_eq!(mine.token_auth, crate::provider::TokenAuth::Post);
+        assert!(format!("{:?}", c.apps["my-idp"]).contains("[redacted]"));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let e = Config::from_toml("[apps.nope]\nclient_id='a'\nclient_secret='b'\nredirect_uri='c'").unwrap_err();
+        assert!(format!("{e:#}").contains("names no provider profile"));
+        let e = Config::from_toml("[providers.x]\nextends='y'").unwrap_err();
+        assert!(format!("{e:#}").contains("does not exist"));
+        assert!(Config::from_toml("[enginee]\nx=1").is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! A provider profile: everything chainkeeper needs to know about one OAuth2 platform, as data.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenAuth {
+    /// HTTP Basic header with client id and secret (RFC 6749 2.3.1, preferred).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rotation {
+    /// One active refresh token per (app, user); every refresh and every new authorization kills the others.
+    SingleActive,
+    /// A new refresh token on every refresh; the old one dies.
+    #[default]
+    Rotating,
+    /// The refresh token stays the same.
+    Static,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Who-am-I endpoint; relative to `api_base_url` when it starts with "/".
+    pub url: String,
+    /// JSON pointer to the user id in its answer.
+    pub user_id: String,
+    /// JSON pointer to a display name.
+    #[serde(default)]
+    pub user_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderProfile {
+    #[serde(skip)]
+    pub name: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default, rename = "abstract")]
+    pub is_abstract: bool,
+    pub authorize_url: String,
+    pub token_url: String,
+    #[serde(default)]
+    pub api_base_url: Option<String>,
+    #[serde(default)]
+    pub revocation_url: Option<String>,
+    #[serde(default)]
+    pub token_auth: TokenAuth,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default = "yes")]
+    pub pkce: bool,
+    /// Used when the provider's token response has no `expires_in`.
+    #[serde(default = "one_hour")]
+    pub access_token_lifetime_s: f64,
+    /// The provider's minimum time between two token requests of one (app, user). Exact: 570.
+    #[serde(default)]
+    pub min_token_interval_s: f64,
+    #[serde(default)]
+    pub refresh_rotation: Rotation,
+    /// A refresh token unused this long expires (Exact: 30 days). The sweep keeps chains alive before that.
+    #[serde(default)]
+    pub refresh_token_idle_expiry_s: Option<f64>,
+    /// At most one container in all organisations may hold one `client_id#user_id` (Exact).
+    #[serde(default)]
+    pub single_instance: bool,
+    #[serde(default)]
+    pub identity: Option<Identity>,
+    /// Called once with the new access token after every refresh (Exact: `current/Me`).
+    #[serde(default)]
+    pub activation_url: Option<String>,
+    #[serde(default)]
+    pub extra_authorize_params: BTreeMap<String, String>,
+    /// Response headers of the platform's API passed on by the query proxy.
+    #[serde(default)]
+    pub rate_limit_headers: Vec<String>,
+    /// Seconds a GET through the query proxy may be served from cache (0 = never, the default).
+    #[serde(default)]
+    pub cache_ttl_s: f64,
+    /// How the auto-recovery login driver fills the provider's login pages.
+    #[serde(default)]
+    pub login_form: Option<toml::Table>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one_hour() -> f64 {
+    3600.0
+}
+
+impl ProviderProfile {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (what, u) in [("authorize_url", &self.authorize_url), ("token_url", &self.token_url)] {
+            if url::Url::parse(u).is_err() {
+                bail!("{what} {u:?} is not an absolute URL");
+            }
+        }
+        if self.min_token_interval_s < 0.0 || self.access_token_lifetime_s <= 0.0 {
+            bail!("token times must be positive");
+        }
+        Ok(())
+    }
+
+    /// An endpoint URL: absolute as given, or relative to `api_base_url`.
+    pub fn endpoint(&self, url_or_path: &str) -> anyhow::Result<String> {
+        if url_or_path.starts_with('/') {
+            let Some(base) = &self.api_base_url else {
+                bail!("provider {} has no api_base_url for {url_or_path}", self.name)
+            };
+            Ok(format!("{}{}", base.trim_end_matches('/'), url_or_path))
+        } else {
+            Ok(url_or_path.to_string())
+        }
+    }
+
+    pub fn min_token_interval_ms(&self) -> i64 {
+        (self.min_token_interval_s * 1000.0) as i64
+    }
+}

@@ -1,0 +1,237 @@
+//! What chainkeeper stores, and under which keys. One place, so a reader sees the whole data model.
+//!
+//! | item | pk | sk |
+//! | --- | --- | --- |
+//! | organisation | `org#{org}` | `meta` |
+//! | organisation key (embedded) | `org#{org}` | `orgkey` |
+//! | database | `org#{org}` | `db#{db}` |
+//! | container | `org#{org}` | `ctr#{db}#{alias}` |
+//! | chain | `chain#{org}#{db}#{alias}` | `chain` (index `Due`: `due` / next due time; index `Repair`: `repair#{org}`) |
+//! | rescued refresh token | `chain#{org}#{db}#{alias}` | `rescue#{time}#{id}` |
+//! | last use of a chain | `chain#{org}#{db}#{alias}` | `usage` |
+//! | pending authorization | `authz#{state}` | `authz` (expires) |
+//! | single-instance identifier | `ident#{client_id}#{user_id}` | `ident` |
+//! | audit entry | `audit#{org}` | `{time}#{id}` (expires after the retention) |
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::clock::Millis;
+use crate::ids::{ContainerRef, DbName, OrgId};
+use crate::store::{Item, Key, StoreError};
+
+pub fn org_key(org: &OrgId) -> Key {
+    Key::new(format!("org#{org}"), "meta")
+}
+pub fn db_key(org: &OrgId, db: &DbName) -> Key {
+    Key::new(format!("org#{org}"), format!("db#{db}"))
+}
+pub fn container_key(c: &ContainerRef) -> Key {
+    Key::new(format!("org#{}", c.org), format!("ctr#{}#{}", c.db, c.alias))
+}
+pub fn containers_of_db_prefix(db: &DbName) -> String {
+    format!("ctr#{db}#")
+}
+pub fn chain_pk(c: &ContainerRef) -> String {
+    format!("chain#{}#{}#{}", c.org, c.db, c.alias)
+}
+pub fn chain_key(c: &ContainerRef) -> Key {
+    Key::new(chain_pk(c), "chain")
+}
+pub fn usage_key(c: &ContainerRef) -> Key {
+    Key::new(chain_pk(c), "usage")
+}
+pub fn authz_key(state: &str) -> Key {
+    Key::new(format!("authz#{state}"), "authz")
+}
+pub fn ident_key(single_instance_id: &str) -> Key {
+    Key::new(format!("ident#{single_instance_id}"), "ident")
+}
+pub fn audit_pk(org: &OrgId) -> String {
+    format!("audit#{org}")
+}
+/// Sort-key text of a time: fixed width so text order is time order.
+pub fn time_sk(ms: Millis) -> String {
+    format!("{:015}", ms.max(0))
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize")
+}
+
+pub fn decode<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
+    serde_json::from_slice(&item.body)
+        .map_err(|e| StoreError::Unavailable(anyhow::anyhow!("unreadable item {}/{}: {e}", item.key.pk, item.key.sk)))
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrgRecord {
+    pub name: OrgId,
+    pub display_name: Option<String>,
+    pub created_at_ms: Millis,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DbRecord {
+    pub name: DbName,
+    pub description: Option<String>,
+    pub created_at_ms: Millis,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    Password,
+    ApiToken,
+    Oauth2Code,
+    Oauth2ClientCredentials,
+    Oauth2Password,
+}
+
+impl CredentialKind {
+    pub fn uses_provider(self) -> bool {
+        matches!(self, Self::Oauth2Code | Self::Oauth2ClientCredentials | Self::Oauth2Password)
+    }
+}
+
+/// The identity an authorization signed in as.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdentityInfo {
+    pub user_id: String,
+    pub user_name: Option<String>,
+    /// `client_id#user_id`, where the provider allows one active authorization per app and user.
+    pub single_instance_id: Option<String>,
+    pub authorized_at_ms: Millis,
+}
+
+/// A data container. Fields named `sealed_*` hold ciphertexts from the `Vault`; nothing here is plaintext secret.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub container: ContainerRef,
+    pub kind: CredentialKind,
+    pub provider: Option<String>,
+    pub created_at_ms: Millis,
+    pub updated_at_ms: Millis,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub sealed_password: Option<String>,
+    #[serde(default)]
+    pub sealed_api_token: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub sealed_client_secret: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub identity: Option<IdentityInfo>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainStatus {
+    Healthy,
+    NeedsRepair,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    pub until_ms: Millis,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChainErrorInfo {
+    pub code: String,
+    pub at_ms: Millis,
+    /// The provider's own words (never a token).
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Transition {
+    pub at_ms: Millis,
+    pub status: ChainStatus,
+    pub code: String,
+}
+
+/// The live token state of an `oauth2_code` container (also used for client-credentials and password grants,
+/// which simply have no refresh token to keep).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChainRecord {
+    pub provider: String,
+    pub status: ChainStatus,
+    /// Grows by one with every new authorization; rescued tokens of another generation are ignored.
+    pub generation: u64,
+    pub sealed_refresh_token: Option<String>,
+    pub sealed_access_token: Option<String>,
+    pub access_expires_at_ms: Option<Millis>,
+    /// When chainkeeper last asked the provider for a token (the provider's minimum interval counts from here).
+    pub last_token_request_at_ms: Option<Millis>,
+    /// When the current refresh token was received.
+    pub refresh_token_issued_at_ms: Option<Millis>,
+    /// A token request may have been sent and its outcome is not recorded (crash or lost answer).
+    #[serde(default)]
+    pub pending_request_at_ms: Option<Millis>,
+    #[serde(default)]
+    pub lease: Option<Lease>,
+    #[serde(default)]
+    pub backoff_until_ms: Option<Millis>,
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub last_error: Option<ChainErrorInfo>,
+    #[serde(default)]
+    pub history: Vec<Transition>,
+    #[serde(default)]
+    pub last_refresh_at_ms: Option<Millis>,
+    #[serde(default)]
+    pub refresh_count: u64,
+}
+
+/// A refresh token received but not written to its chain (the write lost its lease): the next holder tries it first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RescueRecord {
+    pub generation: u64,
+    pub sealed_refresh_token: String,
+    pub sealed_access_token: String,
+    pub access_expires_at_ms: Millis,
+    pub received_at_ms: Millis,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub last_used_at_ms: Millis,
+}
+
+/// A pending authorization (`state`), single use, expiring.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuthzRecord {
+    pub container: ContainerRef,
+    pub provider: String,
+    pub sealed_pkce_verifier: Option<String>,
+    pub redirect_uri: String,
+    pub started_by: String,
+    pub created_at_ms: Millis,
+    pub expires_at_ms: Millis,
+}
+
+/// The holder of a single-instance identifier.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdentRecord {
+    pub container: ContainerRef,
+    pub since_ms: Millis,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub at_ms: Millis,
+    pub actor: String,
+    pub action: String,
+    pub container: Option<String>,
+    pub outcome: String,
+    #[serde(default)]
+    pub detail: Option<String>,
+}

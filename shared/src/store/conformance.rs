@@ -1,0 +1,132 @@
+//! One conformance suite for every `Store` adapter: the SQLite store, the in-memory fake, and (with the `aws`
+//! feature) DynamoDB. Each check panics with a message naming the rule it broke.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::clock::{Clock, ManualClock};
+
+fn put(pk: &str, sk: &str, body: &str, condition: Condition) -> Put {
+    Put::new(Key::new(pk, sk), body.as_bytes().to_vec(), condition)
+}
+
+/// Runs every check. `clock` must be the clock the store was built with; `ns` keeps runs apart on a shared
+/// backend.
+pub async fn run(store: Arc<dyn Store>, clock: ManualClock, ns: &str) {
+    let pk = |s: &str| format!("{ns}#{s}");
+
+    // Versions start at 1 and grow by one per write.
+    let v1 = store.put(put(&pk("a"), "x", "one", Condition::Absent)).await.expect("create");
+    assert_eq!(v1, 1, "a new item has version 1");
+    let item = store.get(&Key::new(pk("a"), "x")).await.unwrap().expect("item written");
+    assert_eq!(item.body, b"one");
+    assert_eq!(item.version, 1);
+
+    // Absent refuses an existing item.
+    assert!(
+        matches!(store.put(put(&pk("a"), "x", "two", Condition::Absent)).await, Err(StoreError::Conflict)),
+        "Absent on an existing item must conflict"
+    );
+    // Version guards.
+    let v2 = store.put(put(&pk("a"), "x", "two", Condition::Version(1))).await.expect("version 1 holds");
+    assert_eq!(v2, 2);
+    assert!(
+        matches!(store.put(put(&pk("a"), "x", "stale", Condition::Version(1))).await, Err(StoreError::Conflict)),
+        "a stale version must conflict"
+    );
+    assert_eq!(store.get(&Key::new(pk("a"), "x")).await.unwrap().unwrap().body, b"two", "a conflict changes nothing");
+    assert!(matches!(store.put(put(&pk("none"), "x", "b", Condition::Exists)).await, Err(StoreError::Conflict)));
+    assert!(matches!(store.put(put(&pk("none"), "x", "b", Condition::Version(1))).await, Err(StoreError::Conflict)));
+    assert_eq!(store.put(put(&pk("a"), "x", "three", Condition::None)).await.unwrap(), 3);
+
+    // Delete with conditions.
+    assert!(matches!(store.delete(&Key::new(pk("a"), "x"), Condition::Version(1)).await, Err(StoreError::Conflict)));
+    store.delete(&Key::new(pk("a"), "x"), Condition::Version(3)).await.expect("delete at version");
+    assert!(store.get(&Key::new(pk("a"), "x")).await.unwrap().is_none());
+    store.delete(&Key::new(pk("a"), "x"), Condition::None).await.expect("deleting nothing is fine");
+
+    // Query by prefix, in order, limited.
+    for sk in ["c#2", "c#1", "c#3", "d#1"] {
+        store.put(put(&pk("q"), sk, sk, Condition::None)).await.unwrap();
+    }
+    let got: Vec<String> =
+        store.query(&pk("q"), "c#", 10).await.unwrap().into_iter().map(|i| i.key.sk).collect();
+    assert_eq!(got, ["c#1", "c#2", "c#3"], "query returns the prefix in sort-key order");
+    assert_eq!(store.query(&pk("q"), "c#", 2).await.unwrap().len(), 2, "query honours the limit");
+
+    // Expiry: an expired item reads as absent and may be created again.
+    let now = clock.now_ms();
+    store.put(put(&pk("ttl"), "x", "short", Condition::None).expires_at(Some(now + 1_000))).await.unwrap();
+    assert!(store.get(&Key::new(pk("ttl"), "x")).await.unwrap().is_some());
+    clock.advance(std::time::Duration::from_secs(2));
+    assert!(store.get(&Key::new(pk("ttl"), "x")).await.unwrap().is_none(), "expired items read as absent");
+    assert!(store.query(&pk("ttl"), "", 10).await.unwrap().is_empty(), "expired items are not listed");
+    store
+        .put(put(&pk("ttl"), "x", "again", Condition::Absent))
+        .await
+        .expect("Absent holds for an expired item");
+
+    // Transactions: all or nothing.
+    let ok = store
+        .transact(vec![
+            WriteOp::Put(put(&pk("t"), "1", "a", Condition::Absent)),
+            WriteOp::Put(put(&pk("t"), "2", "b", Condition::Absent)),
+        ])
+        .await;
+    assert!(ok.is_ok(), "independent creates commit together");
+    let failed = store
+        .transact(vec![
+            WriteOp::Put(put(&pk("t"), "3", "c", Condition::Absent)),
+            WriteOp::Check { key: Key::new(pk("t"), "1"), condition: Condition::Version(99) },
+        ])
+        .await;
+    assert!(matches!(failed, Err(StoreError::Conflict)), "a failed check cancels the transaction");
+    assert!(store.get(&Key::new(pk("t"), "3")).await.unwrap().is_none(), "nothing of a cancelled transaction is written");
+    store
+        .transact(vec![
+            WriteOp::Delete { key: Key::new(pk("t"), "1"), condition: Condition::Exists },
+            WriteOp::Put(put(&pk("t"), "2", "b2", Condition::Version(1))),
+        ])
+        .await
+        .expect("delete and update together");
+    assert!(store.get(&Key::new(pk("t"), "1")).await.unwrap().is_none());
+
+    // Sparse indexes.
+    let due_pk = pk("due");
+    for (sk, at) in [("x1", "0000000300"), ("x2", "0000000100"), ("x3", "0000000200")] {
+        let mut p = put(&pk("idx"), sk, sk, Condition::None);
+        p.due = Some(IndexKey { pk: due_pk.clone(), sk: at.into() });
+        store.put(p).await.unwrap();
+    }
+    store.put(put(&pk("idx"), "x4", "not indexed", Condition::None)).await.unwrap();
+    let due: Vec<String> = store
+        .query_index(Index::Due, &due_pk, Some("0000000250"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key.sk)
+        .collect();
+    assert_eq!(due, ["x2", "x3"], "index query is ordered by index key and bounded by sk_max");
+    // Rewriting without the index key removes the item from the index.
+    store.put(put(&pk("idx"), "x2", "x2", Condition::None)).await.unwrap();
+    let due = store.query_index(Index::Due, &due_pk, None, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    assert!(store.query_index(Index::Repair, &due_pk, None, 10).await.unwrap().is_empty(), "indexes are separate");
+
+    // Concurrency: of 32 writers racing on one version, exactly one wins.
+    store.put(put(&pk("race"), "x", "0", Condition::None)).await.unwrap();
+    let seen = store.get(&Key::new(pk("race"), "x")).await.unwrap().unwrap().version;
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let store = store.clone();
+        let key = pk("race");
+        tasks.push(tokio::spawn(async move {
+            store.put(put(&key, "x", &i.to_string(), Condition::Version(seen))).await.is_ok()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += t.await.unwrap() as usize;
+    }
+    assert_eq!(wins, 1, "exactly one of the racing conditional writes wins");
+}
