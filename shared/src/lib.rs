@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod ids;
 pub mod keys;
+pub mod lambda;
 pub mod oauth;
 pub mod problem;
 pub mod provider;

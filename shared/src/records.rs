@@ -3,6 +3,7 @@
 //! | item | pk | sk |
 //! | --- | --- | --- |
 //! | organisation | `org#{org}` | `meta` |
+//! | list of organisations | `orgs` | `{org}` |
 //! | organisation key (embedded) | `org#{org}` | `orgkey` |
 //! | database | `org#{org}` | `db#{db}` |
 //! | container | `org#{org}` | `ctr#{db}#{alias}` |
@@ -19,6 +20,10 @@ use crate::clock::Millis;
 use crate::ids::{ContainerRef, DbName, OrgId};
 use crate::store::{Item, Key, StoreError};
 
+pub const ORG_LIST_PK: &str = "orgs";
+pub fn org_list_key(org: &OrgId) -> Key {
+    Key::new(ORG_LIST_PK, org.as_str())
+}
 pub fn org_key(org: &OrgId) -> Key {
     Key::new(format!("org#{org}"), "meta")
 }

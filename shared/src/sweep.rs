@@ -80,3 +80,21 @@ pub fn spawn_ticker(s: Arc<Services>) -> tokio::task::JoinHandle<()> {
         }
     })
 }
+
+#[derive(Debug, Default, Serialize, Clone)]
+pub struct RepairReport {
+    /// Chains that need a person (or auto-recovery), over all organisations seen.
+    pub needs_repair: usize,
+    /// Auto-recovery runs done (auto-recovery is not built yet, so always 0).
+    pub recovered: usize,
+}
+
+/// Counts the chains that need repair in every organisation (the `Repair` index, one query per organisation).
+pub async fn needs_repair_report(s: &Arc<Services>) -> anyhow::Result<RepairReport> {
+    let mut report = RepairReport::default();
+    for org in s.store.query(crate::records::ORG_LIST_PK, "", 100_000).await? {
+        let repairs = s.store.query_index(Index::Repair, &format!("repair#{}", org.key.sk), None, 10_000).await?;
+        report.needs_repair += repairs.len();
+    }
+    Ok(report)
+}

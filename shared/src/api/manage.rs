@@ -55,8 +55,12 @@ pub async fn create_org(State(s): State<AppState>, Caller(who): Caller, Body(b):
     let org = OrgId::parse(&b.name)?;
     s.vault.keys().create_org_key(org.as_str()).await?;
     let rec = OrgRecord { name: org.clone(), display_name: b.display_name, created_at_ms: s.clock.now_ms(), webhook_url: None };
-    match s.store.put(Put::new(org_key(&org), encode(&rec), Condition::Absent)).await {
-        Ok(_) => {}
+    let ops = vec![
+        WriteOp::Put(Put::new(org_key(&org), encode(&rec), Condition::Absent)),
+        WriteOp::Put(Put::new(org_list_key(&org), Vec::new(), Condition::None)),
+    ];
+    match s.store.transact(ops).await {
+        Ok(()) => {}
         Err(crate::store::StoreError::Conflict) => {
             return Err(Problem::conflict("org_exists", format!("Organisation '{org}' already exists.")));
         }

@@ -1,0 +1,9 @@
+//! Lambda `callback`: wiring only. Services are built once per cold start; every request goes through the same
+//! axum router that `chainkeeper serve` uses.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    chainkeeper::telemetry::init();
+    let services = chainkeeper::lambda::services_from_env()?;
+    lambda_http::run(chainkeeper::api::callback_router(services)).await
+}
