@@ -232,6 +232,8 @@ impl ChainEngine {
         let key = chain_key(c);
         let started = self.clock.now_ms();
         let deadline = started + ms(cfg.wait_s);
+        // Tests run on a clock that may stand still: bound the wait in real time too.
+        let wall_deadline = tokio::time::Instant::now() + Duration::from_secs_f64(cfg.wait_s);
         let mut waited = false;
         loop {
             let now = self.clock.now_ms();
@@ -260,13 +262,15 @@ impl ChainEngine {
             }
             // A refresh is wanted. Is someone else doing it?
             if chain.lease.as_ref().is_some_and(|l| l.until_ms > now) {
-                if usable {
-                    return self.open_access(c, &chain).await.map(Some);
-                }
+                // Someone else is refreshing: wait for their token (it is due any moment), never call the
+                // provider ourselves. Only if that takes too long, fall back to the current token while valid.
                 if want == Want::IfDue {
                     return Ok(None);
                 }
-                if now >= deadline {
+                if now >= deadline || tokio::time::Instant::now() >= wall_deadline {
+                    if usable {
+                        return self.open_access(c, &chain).await.map(Some);
+                    }
                     return Err(ChainError::RefreshInProgress);
                 }
                 if !waited {
@@ -299,11 +303,11 @@ impl ChainEngine {
             let mut leased = chain.clone();
             leased.lease = Some(Lease { owner: owner.clone(), until_ms: now + ms(cfg.lease_s) });
             leased.last_token_request_at_ms = Some(now);
-            let previous_pending = chain.pending_request_at_ms;
+            let before = Before { pending: chain.pending_request_at_ms, requested: chain.last_token_request_at_ms };
             leased.pending_request_at_ms = Some(now);
             match self.write_chain(c, &leased, Condition::Version(item.version), now).await {
                 Ok(version) => {
-                    return self.refresh_holding(c, leased, version, previous_pending, usable).await.map(Some);
+                    return self.refresh_holding(c, leased, version, before, usable).await.map(Some);
                 }
                 Err(StoreError::Conflict) => continue, // someone else moved first: look again
                 Err(e) => return Err(e.into()),
@@ -431,15 +435,23 @@ impl ChainEngine {
         c: &ContainerRef,
         mut chain: ChainRecord,
         mut version: u64,
-        previous_pending: Option<Millis>,
+        before: Before,
         usable: bool,
     ) -> Result<AccessToken, ChainError> {
+        let previous_pending = before.pending;
         let profile = self.profile(&chain.provider)?.clone();
         let Some(app) = self.secrets.app(&profile.name).await? else {
             self.release(c, &mut chain, &mut version, None).await;
             return Err(ChainError::NoApp(profile.name.clone()));
         };
         self.crash_here(CrashPoint::BeforeRequest)?;
+        // A refresh token may only become usable once its access token was used (Exact's activation). The
+        // previous refresh activated it right after writing; if that process died in between, do it now.
+        if let (Some(url), true) = (&profile.activation_url, usable) {
+            if let Ok(current) = self.open_access(c, &chain).await {
+                self.activate(&profile, url, &current.token).await;
+            }
+        }
         let mut tried: Vec<String> = Vec::new();
         let mut last_invalid = String::new();
         let mut candidates: VecDeque<Candidate> = self.candidates(c, &chain).await?.into();
@@ -483,6 +495,7 @@ impl ChainEngine {
                     last_invalid = d;
                 }
                 Err(TokenError::TooEarly(d)) => {
+                    // The provider counts from its own last token: wait a full interval from now.
                     let wait = profile.min_token_interval_ms().max(1000);
                     chain.pending_request_at_ms = previous_pending;
                     self.release(c, &mut chain, &mut version, Some(("token_rate_limited", d))).await;
@@ -492,6 +505,7 @@ impl ChainEngine {
                     return Err(ChainError::RateLimited { wait_s: (wait / 1000) as u64 });
                 }
                 Err(TokenError::Transient { retry_after_s, reason, status }) => {
+                    chain.last_token_request_at_ms = before.requested;
                     chain.pending_request_at_ms = previous_pending;
                     let backoff = self.backoff_ms(chain.failures, retry_after_s);
                     chain.failures += 1;
@@ -516,6 +530,7 @@ impl ChainEngine {
                     return Err(ChainError::ProviderUnavailable { retry_after_s: (backoff / 1000).max(1) as u64, reason });
                 }
                 Err(TokenError::InvalidClient(d)) => {
+                    chain.last_token_request_at_ms = before.requested;
                     chain.pending_request_at_ms = previous_pending;
                     let backoff = ms(self.engine_config().max_backoff_s);
                     chain.backoff_until_ms = Some(self.clock.now_ms() + backoff);
@@ -523,6 +538,7 @@ impl ChainEngine {
                     return Err(ChainError::InvalidClient(d));
                 }
                 Err(TokenError::Refused(d)) => {
+                    chain.last_token_request_at_ms = before.requested;
                     chain.pending_request_at_ms = previous_pending;
                     let backoff = self.backoff_ms(chain.failures, None);
                     chain.failures += 1;
@@ -747,6 +763,12 @@ impl ChainEngine {
         self.rescued_in_memory.lock().unwrap().remove(&chain_pk(c));
         Ok(())
     }
+}
+
+/// What the chain said before we took the lease, restored when the provider issued nothing.
+struct Before {
+    pending: Option<Millis>,
+    requested: Option<Millis>,
 }
 
 struct Candidate {

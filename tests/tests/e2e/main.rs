@@ -1,0 +1,7 @@
+//! chainkeeper's end-to-end tests: one binary, real peers started on free loopback ports.
+//! Needs `cargo build -p chainkeeper-cli` (the `serve` process) and `npm ci --prefix tests/peers/oidc`.
+
+mod api_errors;
+mod cli;
+mod oidc_flow;
+mod processes;

@@ -1,0 +1,204 @@
+//! The authorization-code flow end to end against oidc-provider (a certified OpenID Connect server) with
+//! refresh-token rotation and reuse detection on, signed in the way a person does: the login and consent
+//! forms posted over HTTP.
+
+use std::time::Duration;
+
+use chainkeeper_e2e::oidc_peer::{OidcPeer, OidcPeerOptions, sign_in};
+use chainkeeper_e2e::{Api, Serve, container_path, free_port, issue_token};
+use serde_json::json;
+
+pub struct Setup {
+    pub peer: OidcPeer,
+    pub serve: Serve,
+    pub api: Api,
+    pub _dir: tempfile::TempDir,
+}
+
+/// oidc-provider + `chainkeeper serve` configured for it. Access tokens live `access_ttl_s`.
+pub async fn setup(access_ttl_s: u64, token_auth: &str) -> Setup {
+    let port = free_port();
+    let redirect = format!("http://127.0.0.1:{port}/v1/callback");
+    let peer = OidcPeer::start(OidcPeerOptions {
+        client_id: "ck-app".into(),
+        client_secret: "ck-client-secret-PLANTED".into(),
+        redirect_uris: vec![redirect.clone()],
+        token_auth: token_auth.into(),
+        access_ttl_s,
+        ..Default::default()
+    })
+    .await
+    .expect("oidc-provider starts (npm ci --prefix tests/peers/oidc)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("chainkeeper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+public_url = "http://127.0.0.1:{port}"
+
+[engine]
+refresh_margin_s = 1
+sweep_interval_s = 3600
+
+[providers.oidc-test]
+extends = "generic-oidc"
+authorize_url = "{issuer}/auth"
+token_url = "{issuer}/token"
+api_base_url = "{issuer}"
+revocation_url = "{issuer}/token/revocation"
+token_auth = "{token_auth}"
+scopes = ["openid", "profile", "email"]
+
+[apps.oidc-test]
+client_id = "ck-app"
+client_secret = "ck-client-secret-PLANTED"
+redirect_uri = "{redirect}"
+"#,
+            issuer = peer.issuer
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start_on(dir.path(), Some(&config), port).await.unwrap();
+    let api = Api::new(&serve.base, &issue_token(dir.path(), &["--platform"], &["admin"]));
+    Setup { peer, serve, api, _dir: dir }
+}
+
+/// Runs POST …/authorize, signs in at the provider, and follows the redirect back to chainkeeper.
+pub async fn authorize(api: &Api, org: &str, db: &str, alias: &str, login: &str) -> chainkeeper_e2e::Reply {
+    let r = api.post(&format!("{}/authorize", container_path(org, db, alias)), json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let url = r.body["authorize_url"].as_str().unwrap().to_string();
+    let parsed = url::Url::parse(&url).unwrap();
+    let q: std::collections::HashMap<_, _> = parsed.query_pairs().into_owned().collect();
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["code_challenge_method"], "S256", "PKCE S256");
+    assert_eq!(q["state"], r.body["state"].as_str().unwrap());
+    let back = sign_in(&url, login, "any-password").await.expect("sign in at oidc-provider");
+    assert!(back.as_str().starts_with(&api.base), "redirected back to chainkeeper: {back}");
+    api.with_token("").get(back.as_str()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_code_flow_end_to_end_with_rotation() {
+    let s = setup(4, "basic").await;
+    let api = &s.api;
+    api.create_container("acme", "main", "crm", "oauth2_code", Some("oidc-test")).await;
+    let path = container_path("acme", "main", "crm");
+
+    // Before authorization: a clear error.
+    api.post(&format!("{path}/token"), json!({})).await.assert_problem(409, "not_authorized");
+
+    let done = authorize(api, "acme", "main", "crm", "alice").await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.as_str().unwrap_or("").contains("Authorization complete"), "{}", done.body);
+
+    // The masked view: configured, the user, never a token.
+    let view = api.get(&path).await;
+    assert_eq!(view.body["status"], "healthy", "{}", view.body);
+    assert_eq!(view.body["credential"]["user_id"], "alice");
+    assert_eq!(view.body["credential"]["configured"], true);
+
+    // A valid token, accepted by the provider's userinfo endpoint.
+    let t1 = api.post(&format!("{path}/token"), json!({})).await;
+    assert_eq!(t1.status, 200, "{}", t1.body);
+    assert_eq!(t1.headers["cache-control"], "no-store");
+    let at1 = t1.body["access_token"].as_str().unwrap().to_string();
+    let me = reqwest::Client::new().get(s.peer.userinfo_url()).bearer_auth(&at1).send().await.unwrap();
+    assert_eq!(me.status(), 200, "the handed-out token works at the provider");
+    assert!(!view.body.to_string().contains(&at1), "the masked view never shows a token");
+
+    // Warm: the same token while it is valid.
+    let again = api.post(&format!("{path}/token"), json!({})).await;
+    assert_eq!(again.body["access_token"], at1.as_str());
+
+    // Twice past expiry: each time one refresh through the rotating chain, and the new token works.
+    let mut previous = at1.clone();
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let t = api.post(&format!("{path}/token"), json!({})).await;
+        assert_eq!(t.status, 200, "round {round}: {}", t.body);
+        let at = t.body["access_token"].as_str().unwrap().to_string();
+        assert_ne!(at, previous, "round {round}: refreshed");
+        let me = reqwest::Client::new().get(s.peer.userinfo_url()).bearer_auth(&at).send().await.unwrap();
+        assert_eq!(me.status(), 200, "round {round}: the refreshed token works (the chain was not broken by reuse)");
+        previous = at;
+    }
+    let view = api.get(&path).await;
+    assert_eq!(view.body["chain"]["refreshes"], 2, "{}", view.body);
+    assert_eq!(view.body["status"], "healthy");
+
+    // The client secret and tokens never reached a log line.
+    let log = s.serve.log();
+    assert!(!log.contains("ck-client-secret-PLANTED"), "client secret in the log");
+    assert!(!log.contains(&at1) && !log.contains(&previous), "access token in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_client_auth_and_concurrent_callers_share_one_refresh() {
+    let s = setup(3, "post").await;
+    let api = &s.api;
+    api.create_container("acme", "main", "crm", "oauth2_code", Some("oidc-test")).await;
+    let done = authorize(api, "acme", "main", "crm", "bob").await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let first = api.post(&format!("{}/token", container_path("acme", "main", "crm")), json!({})).await;
+    let first = first.body["access_token"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // 50 callers at once on an expiring token: one refresh (oidc-provider would revoke the grant on a second
+    // use of the same refresh token), and every caller gets a working token.
+    let path = format!("{}/token", container_path("acme", "main", "crm"));
+    let calls = (0..50).map(|_| {
+        let api = api.clone();
+        let path = path.clone();
+        async move { api.post(&path, json!({})).await }
+    });
+    let replies = futures::future::join_all(calls).await;
+    let mut tokens = std::collections::HashSet::new();
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", r.body);
+        let t = r.body["access_token"].as_str().unwrap().to_string();
+        assert_ne!(t, first, "nobody gets the expiring token once a refresh is due: {}", r.body);
+        tokens.insert(t);
+    }
+    for t in &tokens {
+        let me = reqwest::Client::new().get(s.peer.userinfo_url()).bearer_auth(t).send().await.unwrap();
+        assert_eq!(
+            me.status(),
+            200,
+            "every handed-out token works: the grant was never revoked by a reused refresh token ({} distinct tokens)\npeer: {}\nview: {}",
+            tokens.len(),
+            s.peer.logs(),
+            api.get(&container_path("acme", "main", "crm")).await.body
+        );
+    }
+    let view = api.get(&container_path("acme", "main", "crm")).await;
+    assert_eq!(view.body["chain"]["refreshes"], 1, "exactly one refresh for 50 callers: {}", view.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_state_is_single_use_expiring_and_bound() {
+    let s = setup(60, "basic").await;
+    let api = &s.api;
+    api.create_container("acme", "main", "crm", "oauth2_code", Some("oidc-test")).await;
+    let anon = api.with_token("");
+    anon.get("/v1/callback?code=x").await.assert_problem(400, "authorization_state_missing");
+    anon.get("/v1/callback?code=x&state=forged").await.assert_problem(400, "authorization_state_invalid");
+
+    let r = api.post(&format!("{}/authorize", container_path("acme", "main", "crm")), json!({})).await;
+    let url = r.body["authorize_url"].as_str().unwrap().to_string();
+    let back = sign_in(&url, "carol", "pw").await.unwrap();
+    let first = anon.get(back.as_str()).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    // Replaying the same callback does nothing.
+    let replay = anon.get(back.as_str()).await;
+    assert_eq!(replay.status, 400);
+    assert_eq!(replay.content_type, "application/problem+json");
+    let view = api.get(&container_path("acme", "main", "crm")).await;
+    assert_eq!(view.body["status"], "healthy", "a replayed callback leaves the chain alone");
+
+    // A provider error comes back as a clear problem.
+    let r = api.post(&format!("{}/authorize", container_path("acme", "main", "crm")), json!({})).await;
+    let state = r.body["state"].as_str().unwrap();
+    anon.get(&format!("/v1/callback?error=access_denied&state={state}")).await.assert_problem(400, "authorization_denied");
+}

@@ -1,0 +1,45 @@
+//! Embedded mode across processes: a second `serve` on the same data directory sees the same containers,
+//! and a SIGKILL loses nothing that was acknowledged.
+
+use chainkeeper_e2e::{Api, Serve, container_path, issue_token};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_data_directory_and_sigkill_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Serve::start(dir.path(), None).await.unwrap();
+    let token = issue_token(dir.path(), &["--platform"], &["admin"]);
+    let api_a = Api::new(&a.base, &token);
+    api_a.create_container("acme", "main", "sql", "password", None).await;
+
+    // A second process on the same directory sees it and writes too.
+    let b = Serve::start(dir.path(), None).await.unwrap();
+    let api_b = Api::new(&b.base, &token);
+    let r = api_b.get(&container_path("acme", "main", "sql")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = api_b
+        .put(&format!("{}/credentials", container_path("acme", "main", "sql")), json!({"username": "u", "password": "pw-one"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = api_a.get(&container_path("acme", "main", "sql")).await;
+    assert_eq!(r.body["credential"]["password"], "configured", "process A sees B's write: {}", r.body);
+
+    // Acknowledged writes survive SIGKILL of every process.
+    let mut acknowledged = Vec::new();
+    for i in 0..20 {
+        let alias = format!("c{i}");
+        let r = api_a.post("/v1/orgs/acme/databases/main/containers", json!({"alias": alias, "kind": "api_token"})).await;
+        assert_eq!(r.status, 201);
+        acknowledged.push(alias);
+    }
+    a.kill9().await;
+    b.kill9().await;
+    let c = Serve::start(dir.path(), None).await.unwrap();
+    let api_c = Api::new(&c.base, &token);
+    let r = api_c.get("/v1/orgs/acme/databases/main/containers").await;
+    let names: Vec<String> = r.body["containers"].as_array().unwrap().iter().map(|c| c["alias"].as_str().unwrap().to_string()).collect();
+    for alias in acknowledged {
+        assert!(names.contains(&alias), "{alias} survived the kill: {names:?}");
+    }
+    assert_eq!(api_c.get(&container_path("acme", "main", "sql")).await.body["credential"]["username"], "u");
+}
