@@ -115,6 +115,9 @@ async fn check(state: &AppState, header: Option<String>, method: &Method, path: 
         .ok_or_else(|| unauthorized("Use the Bearer scheme: `Authorization: Bearer <API token>`."))?;
     let key = state.secrets.signing_key().await.map_err(|e| Problem::internal(&e))?;
     let claims = verify(&key, token.trim(), state.clock.now_ms())?;
+    if state.store.get(&crate::records::revoked_key(&claims.jti)).await.map_err(Problem::from)?.is_some() {
+        return Err(unauthorized("This API token was revoked. Ask an administrator for a new one."));
+    }
     if let Some(path_org) = org_of_path(path) {
         if claims.org.as_deref().is_some_and(|o| o != path_org) {
             return Err(Problem::new(

@@ -151,6 +151,8 @@ pub struct ChainEngine {
     usage_noted: Mutex<HashMap<String, Millis>>,
     pub stats: EngineStats,
     crash_at: Mutex<Option<CrashPoint>>,
+    /// Wakes this process's waiters the moment a refresh of their chain is written (other processes poll).
+    written: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 /// Pretend the process died here (tests only).
@@ -186,6 +188,7 @@ impl ChainEngine {
             usage_noted: Mutex::default(),
             stats: EngineStats::default(),
             crash_at: Mutex::new(None),
+            written: Mutex::default(),
         }
     }
 
@@ -250,14 +253,24 @@ impl ChainEngine {
             let profile = self.profile(&chain.provider)?;
             let remaining = chain.access_expires_at_ms.map_or(-1, |e| e - now);
             let usable = remaining > 0 && chain.sealed_access_token.is_some();
+            let in_use = match want {
+                Want::Valid => true,
+                Want::IfDue => self.in_active_use(c, now).await?,
+            };
             let needed = match want {
                 Want::Valid => remaining <= ms(cfg.refresh_margin_s),
-                Want::IfDue => self.is_due(c, &chain, profile, now).await?,
+                Want::IfDue => self.is_due(&chain, profile, now, in_use),
             };
             if usable && !needed {
                 return self.open_access(c, &chain).await.map(Some);
             }
             if want == Want::IfDue && !needed {
+                // Not due after all (say, no longer in active use): move it in the index so the sweep does not
+                // look at it again before it is.
+                let desired = self.next_due(&chain, profile, in_use).map(time_sk);
+                if item.due.as_ref().map(|d| &d.sk) != desired.as_ref() {
+                    let _ = self.write_chain(c, &chain, Condition::Version(item.version), in_use).await;
+                }
                 return Ok(None);
             }
             // A refresh is wanted. Is someone else doing it?
@@ -277,8 +290,14 @@ impl ChainEngine {
                     waited = true;
                     self.stats.waits.fetch_add(1, Ordering::Relaxed);
                 }
-                let pause = rand::thread_rng().gen_range(10..40);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
+                // Woken at once by a refresh in this process; a refresh in another process is seen by polling.
+                let notify = self.written.lock().unwrap().entry(chain_pk(c)).or_default().clone();
+                let notified = notify.notified();
+                let pause = rand::thread_rng().gen_range(5..15);
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                }
                 continue;
             }
             if let Some(until) = chain.backoff_until_ms.filter(|u| *u > now) {
@@ -305,9 +324,9 @@ impl ChainEngine {
             leased.last_token_request_at_ms = Some(now);
             let before = Before { pending: chain.pending_request_at_ms, requested: chain.last_token_request_at_ms };
             leased.pending_request_at_ms = Some(now);
-            match self.write_chain(c, &leased, Condition::Version(item.version), now).await {
+            match self.write_chain(c, &leased, Condition::Version(item.version), true).await {
                 Ok(version) => {
-                    return self.refresh_holding(c, leased, version, before, usable).await.map(Some);
+                    return self.refresh_holding(c, leased, version, before, usable, in_use).await.map(Some);
                 }
                 Err(StoreError::Conflict) => continue, // someone else moved first: look again
                 Err(e) => return Err(e.into()),
@@ -317,51 +336,50 @@ impl ChainEngine {
 
     /// Sweep rule: due when the refresh token would expire unused, or the chain is in active use and its
     /// access token is about to expire.
-    async fn is_due(&self, c: &ContainerRef, chain: &ChainRecord, p: &ProviderProfile, now: Millis) -> Result<bool, ChainError> {
+    fn is_due(&self, chain: &ChainRecord, p: &ProviderProfile, now: Millis, in_use: bool) -> bool {
         let cfg = self.engine_config();
         if let (Some(idle), Some(issued)) = (p.refresh_token_idle_expiry_s, chain.refresh_token_issued_at_ms) {
             if now >= issued + ms(idle) - ms(cfg.keep_alive_margin_s.min(idle / 2.0)) {
-                return Ok(true);
+                return true;
             }
         }
         let remaining = chain.access_expires_at_ms.map_or(-1, |e| e - now);
-        if remaining > ms(cfg.refresh_margin_s) || chain.sealed_refresh_token.is_none() {
-            return Ok(false);
-        }
-        let used = match self.store.get(&usage_key(c)).await? {
-            Some(item) => decode::<UsageRecord>(&item)?.last_used_at_ms,
-            None => 0,
-        };
-        Ok(now - used <= ms(cfg.active_use_window_s))
+        in_use && remaining <= ms(cfg.refresh_margin_s) && chain.sealed_refresh_token.is_some()
     }
 
-    /// When the sweep should look at this chain next.
-    fn next_due(&self, chain: &ChainRecord, p: &ProviderProfile) -> Option<Millis> {
+    /// When the sweep should look at this chain next: shortly before its access token expires while it is in
+    /// active use, and in any case before its refresh token would expire unused.
+    fn next_due(&self, chain: &ChainRecord, p: &ProviderProfile, in_use: bool) -> Option<Millis> {
         if chain.status != ChainStatus::Healthy || chain.sealed_refresh_token.is_none() {
             return None;
         }
         let cfg = self.engine_config();
-        let mut due = chain.access_expires_at_ms.map(|e| e - ms(cfg.refresh_margin_s));
-        if let Some(t) = chain.last_token_request_at_ms {
-            due = due.map(|d| d.max(t + p.min_token_interval_ms()));
+        let mut due = None;
+        if in_use {
+            due = chain.access_expires_at_ms.map(|e| e - ms(cfg.refresh_margin_s));
+            if let Some(t) = chain.last_token_request_at_ms {
+                due = due.map(|d| d.max(t + p.min_token_interval_ms()));
+            }
         }
         if let (Some(idle), Some(issued)) = (p.refresh_token_idle_expiry_s, chain.refresh_token_issued_at_ms) {
             let keep_alive = issued + ms(idle) - ms(cfg.keep_alive_margin_s.min(idle / 2.0));
-            due = Some(due.map_or(keep_alive, |d| d.min(keep_alive)));
+            due = Some(due.map_or(keep_alive, |d: Millis| d.min(keep_alive)));
         }
         due
     }
 
-    async fn write_chain(
-        &self,
-        c: &ContainerRef,
-        chain: &ChainRecord,
-        condition: Condition,
-        _now: Millis,
-    ) -> Result<u64, StoreError> {
+    async fn in_active_use(&self, c: &ContainerRef, now: Millis) -> Result<bool, StoreError> {
+        let used = match self.store.get(&usage_key(c)).await? {
+            Some(item) => decode::<UsageRecord>(&item)?.last_used_at_ms,
+            None => return Ok(false),
+        };
+        Ok(now - used <= ms(self.engine_config().active_use_window_s))
+    }
+
+    async fn write_chain(&self, c: &ContainerRef, chain: &ChainRecord, condition: Condition, in_use: bool) -> Result<u64, StoreError> {
         let profile = self.config.provider(&chain.provider);
         let mut put = Put::new(chain_key(c), encode(chain), condition);
-        put.due = profile.and_then(|p| self.next_due(chain, p)).map(|d| IndexKey { pk: "due".into(), sk: time_sk(d) });
+        put.due = profile.and_then(|p| self.next_due(chain, p, in_use)).map(|d| IndexKey { pk: "due".into(), sk: time_sk(d) });
         if chain.status == ChainStatus::NeedsRepair {
             put.repair = Some(IndexKey {
                 pk: format!("repair#{}", c.org),
@@ -377,6 +395,12 @@ impl ChainEngine {
         let sealed = chain.sealed_access_token.as_deref().ok_or(ChainError::NotAuthorized)?;
         let token = self.vault.open_string(&field_ctx(c, &local, "access_token"), sealed).await?;
         Ok(AccessToken { token, expires_at_ms: chain.access_expires_at_ms.unwrap_or(0) })
+    }
+
+    fn wake_waiters(&self, c: &ContainerRef) {
+        if let Some(n) = self.written.lock().unwrap().remove(&chain_pk(c)) {
+            n.notify_waiters();
+        }
     }
 
     /// Records (at most once a minute per chain and process) that the chain's token was used.
@@ -437,6 +461,7 @@ impl ChainEngine {
         mut version: u64,
         before: Before,
         usable: bool,
+        in_use: bool,
     ) -> Result<AccessToken, ChainError> {
         let previous_pending = before.pending;
         let profile = self.profile(&chain.provider)?.clone();
@@ -489,14 +514,16 @@ impl ChainEngine {
                     if candidate.rescue_sk.is_some() {
                         self.stats.rescues_used.fetch_add(1, Ordering::Relaxed);
                     }
-                    return self.persist(c, chain, version, &profile, tokens, candidate.token).await;
+                    return self.persist(c, chain, version, &profile, tokens, candidate.token, in_use).await;
                 }
                 Err(TokenError::InvalidGrant(d)) => {
                     last_invalid = d;
                 }
                 Err(TokenError::TooEarly(d)) => {
-                    // The provider counts from its own last token: wait a full interval from now.
-                    let wait = profile.min_token_interval_ms().max(1000);
+                    // The provider counts from its own last token: wait a full interval (at least a minute) from
+                    // now, even when the profile's interval is set too short.
+                    let wait = profile.min_token_interval_ms().max(60_000);
+                    chain.backoff_until_ms = Some(self.clock.now_ms() + wait);
                     chain.pending_request_at_ms = previous_pending;
                     self.release(c, &mut chain, &mut version, Some(("token_rate_limited", d))).await;
                     if usable {
@@ -567,6 +594,7 @@ impl ChainEngine {
         profile: &ProviderProfile,
         tokens: TokenSet,
         used_refresh_token: SecretString,
+        in_use: bool,
     ) -> Result<AccessToken, ChainError> {
         let now = self.clock.now_ms();
         let local = c.local_name();
@@ -592,8 +620,9 @@ impl ChainEngine {
 
         let mut attempt = 0u32;
         loop {
-            match self.write_chain(c, &chain, Condition::Version(version), now).await {
+            match self.write_chain(c, &chain, Condition::Version(version), in_use).await {
                 Ok(_) => {
+                    self.wake_waiters(c);
                     self.rescued_in_memory.lock().unwrap().remove(&chain_pk(c));
                     self.clear_rescues(c).await;
                     break;
@@ -611,7 +640,7 @@ impl ChainEngine {
                         self.rescue(c, &chain, sealed_rt, sealed_at, expires_at, &refresh_token).await;
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
                 }
             }
         }
@@ -686,8 +715,11 @@ impl ChainEngine {
         if let Some((code, detail)) = error {
             chain.last_error = Some(ChainErrorInfo { code: code.to_string(), at_ms: now, detail });
         }
-        match self.write_chain(c, chain, Condition::Version(*version), now).await {
-            Ok(v) => *version = v,
+        match self.write_chain(c, chain, Condition::Version(*version), true).await {
+            Ok(v) => {
+                *version = v;
+                self.wake_waiters(c);
+            }
             Err(e) => tracing::warn!(error = %e, container = %c, "could not release the lease; it will run out"),
         }
     }
@@ -707,8 +739,8 @@ impl ChainEngine {
         chain.last_error = Some(ChainErrorInfo { code: code.to_string(), at_ms: now, detail: provider_said.to_string() });
         push_transition(&mut chain, now, ChainStatus::NeedsRepair, code);
         tracing::warn!(container = %c, code, "chain needs repair");
-        match self.write_chain(c, &chain, Condition::Version(version), now).await {
-            Ok(_) => {}
+        match self.write_chain(c, &chain, Condition::Version(version), false).await {
+            Ok(_) => self.wake_waiters(c),
             Err(e) => tracing::warn!(error = %e, container = %c, "could not record the broken chain"),
         }
         Err(ChainError::NeedsRepair { code: code.to_string(), since_ms: now, provider_said: provider_said.to_string() })
@@ -748,7 +780,7 @@ impl ChainEngine {
         };
         std::mem::swap(&mut chain.history, &mut history);
         push_transition(&mut chain, now, ChainStatus::Healthy, "authorized");
-        self.write_chain(c, &chain, Condition::None, now).await?;
+        self.write_chain(c, &chain, Condition::None, true).await?;
         self.clear_rescues(c).await;
         Ok(chain)
     }

@@ -12,6 +12,8 @@
 //! | last use of a chain | `chain#{org}#{db}#{alias}` | `usage` |
 //! | pending authorization | `authz#{state}` | `authz` (expires) |
 //! | single-instance identifier | `ident#{client_id}#{user_id}` | `ident` |
+//! | API token (metadata, never the token) | `org#{org}` | `apitoken#{id}` |
+//! | revoked API token | `revoked#{id}` | `revoked` (expires with the token) |
 //! | audit entry | `audit#{org}` | `{time}#{id}` (expires after the retention) |
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -50,6 +52,10 @@ pub fn authz_key(state: &str) -> Key {
 }
 pub fn ident_key(single_instance_id: &str) -> Key {
     Key::new(format!("ident#{single_instance_id}"), "ident")
+}
+/// A revoked API token (by its id), kept until the token would have expired anyway.
+pub fn revoked_key(jti: &str) -> Key {
+    Key::new(format!("revoked#{jti}"), "revoked")
 }
 pub fn audit_pk(org: &OrgId) -> String {
     format!("audit#{org}")

@@ -1,6 +1,7 @@
 //! Helpers for chainkeeper's end-to-end tests: start the real peers and chainkeeper itself on free loopback
 //! ports, and talk to the API. Every process started here is killed when its handle drops.
 
+pub mod exact;
 pub mod oidc_peer;
 
 use std::net::TcpListener;
@@ -29,8 +30,11 @@ pub fn cli_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from);
-    let bin = target.join("debug").join("chainkeeper");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p chainkeeper-cli` first (bash .ci/run does)", bin.display());
+    // The benchmark (a release build) runs the release `serve`; tests run the debug one.
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let bin = target.join(profile).join("chainkeeper");
+    let flag = if cfg!(debug_assertions) { "" } else { " --release" };
+    assert!(bin.exists(), "{} is missing: run `cargo build{flag} -p chainkeeper-cli` first (bash .ci/run does)", bin.display());
     bin
 }
 

@@ -7,6 +7,7 @@ pub mod manage;
 pub mod openapi;
 pub mod routes;
 pub mod token;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -52,6 +53,8 @@ fn manage_routes() -> Router<AppState> {
         .route(&format!("{C}/credentials"), axum::routing::put(manage::set_credentials))
         .route("/v1/orgs/{org}/repairs", get(manage::repairs))
         .route("/v1/orgs/{org}/audit", get(manage::audit))
+        .route("/v1/orgs/{org}/api-tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/orgs/{org}/api-tokens/{id}", axum::routing::delete(tokens::revoke))
 }
 
 /// The `callback` function's routes.

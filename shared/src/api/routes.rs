@@ -40,6 +40,9 @@ pub const ROUTES: &[RouteSpec] = &[
     r!("POST", "/v1/orgs/{org}/databases/{db}/containers/{alias}/token", "tokens", "query", "A valid access token for the caller's own use."),
     r!("GET", "/v1/orgs/{org}/repairs", "repairs", "manage", "Containers that need a person, each with its renew link."),
     r!("GET", "/v1/orgs/{org}/audit", "audit", "manage", "Who changed which credential when."),
+    r!("POST", "/v1/orgs/{org}/api-tokens", "api-tokens", "manage", "Issue an API token of the organisation (the token is shown once)."),
+    r!("GET", "/v1/orgs/{org}/api-tokens", "api-tokens", "manage", "List the organisation's API tokens (never the tokens themselves)."),
+    r!("DELETE", "/v1/orgs/{org}/api-tokens/{id}", "api-tokens", "manage", "Revoke an API token: refused from its next request on, in every process."),
 ];
 
 /// The route spec for a matched path template and method.

@@ -3,5 +3,7 @@
 
 mod api_errors;
 mod cli;
+mod exact_engine;
 mod oidc_flow;
 mod processes;
+mod races;
