@@ -20,6 +20,7 @@ pub struct Services {
     pub config: Arc<Config>,
     pub http: reqwest::Client,
     pub engine: Arc<ChainEngine>,
+    pub query_cache: crate::api::query::ResponseCache,
 }
 
 impl Services {
@@ -41,7 +42,7 @@ impl Services {
             config.clone(),
             http.clone(),
         ));
-        Arc::new(Self { store, vault, secrets, clock, config, http, engine })
+        Arc::new(Self { store, vault, secrets, clock, config, http, engine, query_cache: Default::default() })
     }
 }
 

@@ -114,6 +114,8 @@ pub enum Want {
     /// Refresh only if the chain is due: its refresh token would expire unused, or it is in active use and its
     /// access token is about to expire (the scheduled sweep).
     IfDue,
+    /// The platform refused the access token with this SHA-256: a valid token other than that one.
+    Replace([u8; 32]),
 }
 
 /// Counters, for tests and benchmarks.
@@ -221,6 +223,12 @@ impl ChainEngine {
         t.ok_or(ChainError::RefreshInProgress)
     }
 
+    /// The platform refused `rejected` although it looked valid: a different valid token (refreshing once,
+    /// through the same protocol, when the chain still holds the rejected one).
+    pub async fn replace_rejected(&self, c: &ContainerRef, rejected: &AccessToken) -> Result<AccessToken, ChainError> {
+        self.obtain(c, Want::Replace(token_digest(&rejected.token))).await?.ok_or(ChainError::RefreshInProgress)
+    }
+
     /// The chain record as stored (no secrets in it; the tokens are sealed).
     pub async fn chain(&self, c: &ContainerRef) -> Result<Option<(ChainRecord, u64)>, ChainError> {
         match self.store.get(&chain_key(c)).await? {
@@ -254,12 +262,16 @@ impl ChainEngine {
             let remaining = chain.access_expires_at_ms.map_or(-1, |e| e - now);
             let usable = remaining > 0 && chain.sealed_access_token.is_some();
             let in_use = match want {
-                Want::Valid => true,
+                Want::Valid | Want::Replace(_) => true,
                 Want::IfDue => self.in_active_use(c, now).await?,
             };
             let needed = match want {
                 Want::Valid => remaining <= ms(cfg.refresh_margin_s),
                 Want::IfDue => self.is_due(&chain, profile, now, in_use),
+                Want::Replace(rejected) => {
+                    remaining <= ms(cfg.refresh_margin_s)
+                        || self.open_access(c, &chain).await.map_or(true, |t| token_digest(&t.token) == rejected)
+                }
             };
             if usable && !needed {
                 return self.open_access(c, &chain).await.map(Some);
@@ -820,6 +832,11 @@ fn push_transition(chain: &mut ChainRecord, at_ms: Millis, status: ChainStatus, 
 
 fn secs_until(now: Millis, at: Millis) -> u64 {
     (((at - now).max(0) + 999) / 1000).max(1) as u64
+}
+
+fn token_digest(t: &SecretString) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(t.expose_secret().as_bytes()).into()
 }
 
 /// The provider's words for a dead refresh token, turned into a stable code.

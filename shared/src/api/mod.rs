@@ -5,6 +5,7 @@ pub mod authorize;
 pub mod extract;
 pub mod manage;
 pub mod openapi;
+pub mod query;
 pub mod routes;
 pub mod token;
 pub mod tokens;
@@ -39,7 +40,9 @@ fn callback_routes() -> Router<AppState> {
 }
 
 fn query_routes() -> Router<AppState> {
-    Router::new().route(&format!("{C}/token"), post(token::hand_out))
+    Router::new()
+        .route(&format!("{C}/token"), post(token::hand_out))
+        .route(&format!("{C}/query/{{*path}}"), axum::routing::any(query::proxy))
 }
 
 fn manage_routes() -> Router<AppState> {

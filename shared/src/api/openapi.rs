@@ -17,11 +17,14 @@ pub fn document() -> Value {
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"}}))
+            .map(|name| match name.strip_prefix('*') {
+                Some(rest) => json!({"name": rest, "in": "path", "required": true, "description": "a path relative to the platform's API", "schema": {"type": "string"}}),
+                None => json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"}}),
+            })
             .collect();
         let mut op = json!({
             "summary": r.summary,
-            "operationId": format!("{}_{}", r.method.to_lowercase(), r.path.trim_start_matches('/').replace(['/', '{', '}', '.'], "_")),
+            "operationId": format!("{}_{}", r.method.to_lowercase(), r.path.trim_start_matches('/').replace(['/', '{', '}', '.', '*', '-'], "_")),
             "tags": [r.function],
             "parameters": params,
             "responses": {
@@ -40,7 +43,7 @@ pub fn document() -> Value {
             op["security"] = Value::Array(alternatives);
             op["x-chainkeeper-resource"] = json!(r.resource);
         }
-        let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
+        let entry = paths.entry(r.path.replace("{*", "{")).or_insert_with(|| json!({}));
         entry[r.method.to_lowercase()] = op;
     }
     json!({

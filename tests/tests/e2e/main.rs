@@ -7,3 +7,4 @@ mod exact_engine;
 mod oidc_flow;
 mod processes;
 mod races;
+mod scopes;
