@@ -1,0 +1,210 @@
+//! chainkeeper in-process against the Exact Online simulator, both on clocks the test moves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chainkeeper::app::{DataDir, Services};
+use chainkeeper::clock::{Clock, ManualClock};
+use chainkeeper::config::Config;
+use chainkeeper::ids::{Alias, ContainerRef, DbName, OrgId};
+use chainkeeper::keys::Keys;
+use chainkeeper::keys::local::LocalKeys;
+use chainkeeper::secrets::{LocalSecrets, Secrets};
+use chainkeeper::store::sqlite::SqliteStore;
+use chainkeeper::store::{Condition, Index, Item, Key, Put, Store, StoreError, Version, WriteOp};
+use exact_sim::{ExactSim, SimApp, SimClock, SimConfig, SimUser};
+use serde_json::json;
+
+use crate::{Api, container_path};
+
+pub const T0: i64 = 1_800_000_000_000;
+pub const CLIENT_ID: &str = "ck-exact-app";
+pub const CLIENT_SECRET: &str = "ck-exact-secret-PLANTED";
+
+/// A store whose writes can be made to fail (fault injection).
+pub struct FlakyStore {
+    pub inner: Arc<dyn Store>,
+    skip: AtomicU32,
+    fail_writes: AtomicU32,
+}
+
+impl FlakyStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self { inner, skip: AtomicU32::new(0), fail_writes: AtomicU32::new(0) }
+    }
+
+    /// Lets the next `skip` writes through, then fails the `fail` after them.
+    pub fn skip_then_fail(&self, skip: u32, fail: u32) {
+        self.skip.store(skip, Ordering::SeqCst);
+        self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+
+    fn fail(&self) -> Result<(), StoreError> {
+        if self.skip.load(Ordering::SeqCst) > 0 {
+            self.skip.fetch_sub(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        let left = self.fail_writes.load(Ordering::SeqCst);
+        if left > 0 {
+            self.fail_writes.store(left - 1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable(anyhow::anyhow!("injected store failure")));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for FlakyStore {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, put: Put) -> Result<Version, StoreError> {
+        self.fail()?;
+        self.inner.put(put).await
+    }
+    async fn delete(&self, key: &Key, condition: Condition) -> Result<(), StoreError> {
+        self.fail()?;
+        self.inner.delete(key, condition).await
+    }
+    async fn query(&self, pk: &str, sk_prefix: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
+        self.inner.query(pk, sk_prefix, limit).await
+    }
+    async fn query_index(&self, index: Index, pk: &str, sk_max: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+        self.inner.query_index(index, pk, sk_max, limit).await
+    }
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        self.fail()?;
+        self.inner.transact(ops).await
+    }
+}
+
+pub struct ExactHarness {
+    pub sim: ExactSim,
+    pub clock: ManualClock,
+    pub services: Arc<Services>,
+    pub store: Arc<FlakyStore>,
+    pub api: Api,
+    pub container: ContainerRef,
+    pub user: SimUser,
+    pub dir: tempfile::TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ExactHarness {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The default simulated user.
+pub fn sim_user(n: u32) -> SimUser {
+    SimUser {
+        user_id: format!("5a9c1a5e-0000-4000-8000-00000000000{n}"),
+        username: format!("user{n}@example.nl"),
+        password: format!("pw-{n}-PLANTED"),
+        totp_secret_base32: Some("JBSWY3DPEHPK3PXP".into()),
+        full_name: format!("User {n}"),
+        division: 100 + n as i64,
+    }
+}
+
+impl ExactHarness {
+    /// Simulator + chainkeeper (in-process, SQLite in a temp dir) + one authorized `eol` container.
+    pub async fn start(tune: impl FnOnce(&mut SimConfig)) -> ExactHarness {
+        Self::start_with(tune, "").await
+    }
+
+    /// `extra_provider`: more keys for the `exact-online-nl` profile.
+    pub async fn start_with(tune: impl FnOnce(&mut SimConfig), extra_provider: &str) -> ExactHarness {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let redirect = format!("http://127.0.0.1:{port}/v1/callback");
+        let user = sim_user(1);
+        let mut sim_config = SimConfig {
+            apps: vec![SimApp { client_id: CLIENT_ID.into(), client_secret: CLIENT_SECRET.into(), redirect_uris: vec![redirect.clone()] }],
+            users: vec![user.clone(), sim_user(2)],
+            ..SimConfig::default()
+        };
+        tune(&mut sim_config);
+        let sim = ExactSim::start(sim_config, SimClock::new(T0)).await.unwrap();
+        let config = Config::from_toml(&format!(
+            r#"
+[server]
+public_url = "http://127.0.0.1:{port}"
+[engine]
+token_timeout_s = 1
+sweep_interval_s = 3600
+[providers.exact-online-nl]
+{extra_provider}
+authorize_url = "{base}/api/oauth2/auth"
+token_url = "{base}/api/oauth2/token"
+api_base_url = "{base}/api"
+[apps.exact-online-nl]
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+redirect_uri = "{redirect}"
+"#,
+            base = sim.base_url
+        ))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        let clock = ManualClock::new(T0);
+        let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
+        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.store_path(), clock_dyn.clone()).unwrap());
+        let store = Arc::new(FlakyStore::new(sqlite));
+        let keys: Arc<dyn Keys> = Arc::new(LocalKeys::new(store.clone(), data.master_key().unwrap()));
+        let signing = data.signing_key().unwrap();
+        let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(config.apps.clone(), signing));
+        let services = Services::new(store.clone(), keys, secrets, clock_dyn, config);
+        let app = chainkeeper::api::router(services.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        let token = chainkeeper::auth::issue(
+            &signing,
+            &chainkeeper::auth::Claims {
+                sub: "test-admin".into(),
+                org: None,
+                scopes: vec!["admin".into()],
+                exp: T0 / 1000 + 10 * 365 * 86_400,
+                iat: T0 / 1000,
+                jti: "t".into(),
+            },
+        )
+        .unwrap();
+        let api = Api::new(&format!("http://127.0.0.1:{port}"), &token);
+        let container = ContainerRef { org: OrgId::parse("acme").unwrap(), db: DbName::parse("finance").unwrap(), alias: Alias::parse("eol").unwrap() };
+        let h = ExactHarness { sim, clock, services, store, api, container, user, dir, server };
+        h.api.create_container("acme", "finance", "eol", "oauth2_code", Some("exact-online-nl")).await;
+        let done = h.authorize("acme", "finance", "eol", &h.user.clone()).await;
+        assert_eq!(done.status, 200, "authorization: {}", done.body);
+        h
+    }
+
+    /// POST …/authorize, sign in at the simulator with the user's password and TOTP, follow the callback.
+    pub async fn authorize(&self, org: &str, db: &str, alias: &str, user: &SimUser) -> crate::Reply {
+        let r = self.api.post(&format!("{}/authorize", container_path(org, db, alias)), json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let url = r.body["authorize_url"].as_str().unwrap();
+        let totp = self.sim.totp_now(&user.username);
+        let back = exact_sim::browser::login(url, &user.username, &user.password, totp.as_deref()).await.expect("sign in at the simulator");
+        self.api.with_token("").get(&back).await
+    }
+
+    /// Moves both clocks.
+    pub fn advance(&self, d: Duration) {
+        self.clock.advance(d);
+        self.sim.clock().advance(d);
+    }
+
+    pub fn token_path(&self) -> String {
+        format!("{}/token", container_path("acme", "finance", "eol"))
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        self.api.get(&container_path("acme", "finance", "eol")).await.body
+    }
+}
