@@ -22,15 +22,27 @@ pub fn document() -> Value {
                 None => json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"}}),
             })
             .collect();
+        let success = success_status(r.method, r.path);
+        let mut responses = json!({
+            "default": {"description": "An error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        });
+        responses[success.to_string()] = match (success, r.path) {
+            (204, _) => json!({"description": "Done"}),
+            (_, p) if p.contains("/query/") => json!({"description": "The platform's answer, passed on", "content": {"*/*": {}}}),
+            (_, "/v1/callback") => json!({"description": "Authorization complete", "content": {"text/html": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}}),
+            (_, "/healthz") => json!({"description": "Serving", "content": {"text/plain": {"schema": {"type": "string"}}}}),
+            _ => json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}),
+        };
         let mut op = json!({
             "summary": r.summary,
             "operationId": format!("{}_{}", r.method.to_lowercase(), r.path.trim_start_matches('/').replace(['/', '{', '}', '.', '*', '-'], "_")),
             "tags": [r.function],
             "parameters": params,
-            "responses": {
-                "default": {"description": "An error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
-            }
+            "responses": responses,
         });
+        if let Some(schema) = request_schema(r.method, r.path) {
+            op["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": schema}}});
+        }
         if r.public {
             op["security"] = json!([]);
         } else {
@@ -58,6 +70,40 @@ pub fn document() -> Value {
                     "code": {"type": "string"}, "detail": {"type": "string"}, "retry_after": {"type": "integer"}}}
             }
         }
+    })
+}
+
+fn success_status(method: &str, path: &str) -> u16 {
+    match method {
+        "DELETE" if !path.contains("/query/") => 204,
+        "POST" if path.ends_with("/v1/orgs") || path.ends_with("/databases") || path.ends_with("/containers") || path.ends_with("/api-tokens") => 201,
+        _ => 200,
+    }
+}
+
+/// The JSON body each route takes (the handlers' `Deserialize` types, written out).
+fn request_schema(method: &str, path: &str) -> Option<Value> {
+    let name = json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"});
+    let text = json!({"type": "string"});
+    let object = |props: Value, required: &[&str]| json!({"type": "object", "properties": props, "required": required, "additionalProperties": false});
+    Some(match (method, path.rsplit('/').next().unwrap_or("")) {
+        ("POST", "orgs") => object(json!({"name": name, "display_name": text}), &["name"]),
+        ("POST", "databases") => object(json!({"name": name, "description": text}), &["name"]),
+        ("POST", "containers") => object(
+            json!({"alias": name, "kind": {"type": "string", "enum": ["password", "api_token", "oauth2_code", "oauth2_client_credentials", "oauth2_password"]},
+                   "provider": text, "scopes": {"type": "array", "items": text}}),
+            &["alias", "kind"],
+        ),
+        ("PUT", "credentials") => object(
+            json!({"username": text, "password": text, "api_token": text, "client_id": text, "client_secret": text}),
+            &[],
+        ),
+        ("POST", "api-tokens") => object(
+            json!({"subject": text, "scopes": {"type": "array", "items": text, "minItems": 1}, "expires_in_s": {"type": "integer", "minimum": 60}}),
+            &["subject", "scopes"],
+        ),
+        ("POST", "authorize") | ("POST", "token") => object(json!({}), &[]),
+        _ => return None,
     })
 }
 

@@ -1,0 +1,100 @@
+//! The `exact-sim` binary: one ready line on stdout, a config file, the system clock.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn binary_prints_ready_line_and_serves_config() {
+    let dir = std::env::temp_dir().join(format!("exact-sim-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("sim.json");
+    let mut f = std::fs::File::create(&cfg).unwrap();
+    write!(
+        f,
+        r#"{{"min_token_interval_s": 1, "access_token_lifetime": 10,
+             "apps": [{{"client_id": "ck-app", "client_secret": "ck-secret", "redirect_uris": ["http://127.0.0.1:8080/v1/callback"]}}],
+             "users": [{{"user_id": "u-1", "username": "bob", "password": "pw", "full_name": "Bob", "division": 42}}]}}"#
+    )
+    .unwrap();
+    drop(f);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exact-sim"))
+        .args(["--port", "0", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Kill(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("ready line")
+        .to_string();
+    assert!(
+        base.starts_with("http://127.0.0.1:") && !base.ends_with('/'),
+        "{base}"
+    );
+
+    let auth = format!(
+        "{base}/api/oauth2/auth?client_id=ck-app&redirect_uri=http%3A%2F%2F127.0.0.1%3A8080%2Fv1%2Fcallback&response_type=code&state=xyz"
+    );
+    // no TOTP secret: password, consent, redirect
+    let loc = exact_sim::browser::login(&auth, "bob", "pw", None)
+        .await
+        .unwrap();
+    let q: std::collections::HashMap<String, String> = url::Url::parse(&loc)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    assert_eq!(q["state"], "xyz");
+    let c = reqwest::Client::new();
+    let r: serde_json::Value = c
+        .post(format!("{base}/api/oauth2/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", q["code"].as_str()),
+            ("redirect_uri", "http://127.0.0.1:8080/v1/callback"),
+            ("client_id", "ck-app"),
+            ("client_secret", "ck-secret"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["expires_in"], "10");
+    let me: serde_json::Value = c
+        .get(format!("{base}/api/v1/current/Me"))
+        .bearer_auth(r["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["d"]["results"][0]["CurrentDivision"], 42);
+    let st: serde_json::Value = c
+        .get(format!("{base}/_sim/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["code_requests"], 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
