@@ -208,3 +208,45 @@ redirect_uri = "{redirect}"
         self.api.get(&container_path("acme", "finance", "eol")).await.body
     }
 }
+
+/// Exact's rules scaled down 200x (3 s tokens, 2.85 s between token requests) and four `chainkeeper serve`
+/// processes on one SQLite file, with one authorized `acme/finance/eol` container.
+pub async fn four_processes(latency: Duration) -> anyhow::Result<(ExactSim, Vec<Api>, Vec<crate::Serve>, tempfile::TempDir)> {
+    let ports: Vec<u16> = (0..4).map(|_| crate::free_port()).collect();
+    let redirect = format!("http://127.0.0.1:{}/v1/callback", ports[0]);
+    let user = sim_user(1);
+    let sim = ExactSim::start(
+        SimConfig {
+            apps: vec![SimApp { client_id: CLIENT_ID.into(), client_secret: CLIENT_SECRET.into(), redirect_uris: vec![redirect.clone()] }],
+            users: vec![user.clone()],
+            access_token_lifetime: Duration::from_secs(3),
+            min_token_interval: Duration::from_millis(2_850),
+            token_latency: latency,
+            ..SimConfig::default()
+        },
+        SimClock::system(),
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("chainkeeper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\nrefresh_margin_s = 1\nsweep_interval_s = 3600\n[providers.exact-online-nl]\nauthorize_url = \"{b}/api/oauth2/auth\"\ntoken_url = \"{b}/api/oauth2/token\"\napi_base_url = \"{b}/api\"\nmin_token_interval_s = 2.85\n[apps.exact-online-nl]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nredirect_uri = \"{redirect}\"\n",
+            b = sim.base_url
+        ),
+    )?;
+    let mut serves = Vec::new();
+    for port in &ports {
+        serves.push(crate::Serve::start_on(dir.path(), Some(&config), *port).await?);
+    }
+    let token = crate::issue_token(dir.path(), &["--platform"], &["admin"]);
+    let apis: Vec<Api> = serves.iter().map(|s| Api::new(&s.base, &token)).collect();
+    apis[0].create_container("acme", "finance", "eol", "oauth2_code", Some("exact-online-nl")).await;
+    let r = apis[0].post(&format!("{}/authorize", container_path("acme", "finance", "eol")), json!({})).await;
+    let url = r.body["authorize_url"].as_str().unwrap().to_string();
+    let back = exact_sim::browser::login(&url, &user.username, &user.password, sim.totp_now(&user.username).as_deref()).await?;
+    anyhow::ensure!(apis[0].with_token("").get(&back).await.status == 200, "authorization failed");
+    Ok((sim, apis, serves, dir))
+}
+

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chainkeeper::ids::{Alias, ContainerRef, DbName, OrgId};
 use chainkeeper::oauth::TokenSet;
-use chainkeeper_e2e::exact::{CLIENT_ID, CLIENT_SECRET, ExactHarness, sim_user};
+use chainkeeper_e2e::exact::{CLIENT_ID, CLIENT_SECRET, ExactHarness, four_processes, sim_user};
 use chainkeeper_e2e::{Api, Serve, container_path, free_port, issue_token};
 use exact_sim::{ExactSim, SimApp, SimClock, SimConfig};
 use serde_json::json;
@@ -88,45 +88,6 @@ async fn amplification_four_processes() -> anyhow::Result<()> {
         println!("callers {callers:>5}: {:.2} ({requests} requests for {rounds} refreshes)", requests as f64 / rounds as f64);
     }
     Ok(())
-}
-
-async fn four_processes(latency: Duration) -> anyhow::Result<(ExactSim, Vec<Api>, Vec<Serve>, tempfile::TempDir)> {
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let redirect = format!("http://127.0.0.1:{}/v1/callback", ports[0]);
-    let user = sim_user(1);
-    let sim = ExactSim::start(
-        SimConfig {
-            apps: vec![SimApp { client_id: CLIENT_ID.into(), client_secret: CLIENT_SECRET.into(), redirect_uris: vec![redirect.clone()] }],
-            users: vec![user.clone()],
-            access_token_lifetime: Duration::from_secs(3),
-            min_token_interval: Duration::from_millis(2_850),
-            token_latency: latency,
-            ..SimConfig::default()
-        },
-        SimClock::system(),
-    )
-    .await?;
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("chainkeeper.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[engine]\nrefresh_margin_s = 1\nsweep_interval_s = 3600\n[providers.exact-online-nl]\nauthorize_url = \"{b}/api/oauth2/auth\"\ntoken_url = \"{b}/api/oauth2/token\"\napi_base_url = \"{b}/api\"\nmin_token_interval_s = 2.85\n[apps.exact-online-nl]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nredirect_uri = \"{redirect}\"\n",
-            b = sim.base_url
-        ),
-    )?;
-    let mut serves = Vec::new();
-    for port in &ports {
-        serves.push(Serve::start_on(dir.path(), Some(&config), *port).await?);
-    }
-    let token = issue_token(dir.path(), &["--platform"], &["admin"]);
-    let apis: Vec<Api> = serves.iter().map(|s| Api::new(&s.base, &token)).collect();
-    apis[0].create_container("acme", "finance", "eol", "oauth2_code", Some("exact-online-nl")).await;
-    let r = apis[0].post(&format!("{}/authorize", container_path("acme", "finance", "eol")), json!({})).await;
-    let url = r.body["authorize_url"].as_str().unwrap().to_string();
-    let back = exact_sim::browser::login(&url, &user.username, &user.password, sim.totp_now(&user.username).as_deref()).await?;
-    anyhow::ensure!(apis[0].with_token("").get(&back).await.status == 200, "authorization failed");
-    Ok((sim, apis, serves, dir))
 }
 
 /// How long callers that lose the race wait, compared with the provider's own token latency.
