@@ -12,6 +12,10 @@ use chainkeeper::app::{DataDir, embedded_system};
 use chainkeeper::auth::{Claims, issue};
 use chainkeeper::config::Config;
 
+/// mimalloc: the warm token path allocates a little per request, and glibc's malloc showed in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "chainkeeper", version, about = "Keeps OAuth2 and other credentials of data containers alive and safe.")]
 struct Cli {

@@ -66,7 +66,7 @@ impl Default for EngineConfig {
             backoff_s: 5.0,
             max_backoff_s: 300.0,
             sweep_interval_s: 30.0,
-            sweep_concurrency: 16,
+            sweep_concurrency: 64,
             active_use_window_s: 900.0,
             keep_alive_margin_s: 86_400.0,
         }
