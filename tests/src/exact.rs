@@ -80,11 +80,49 @@ impl Store for FlakyStore {
     }
 }
 
+/// Counts the calls that reach the key adapter (KMS in AWS): the warm path must make none.
+pub struct CountingKeys {
+    inner: Arc<dyn Keys>,
+    calls: AtomicU32,
+}
+
+impl CountingKeys {
+    pub fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Keys for CountingKeys {
+    async fn create_org_key(&self, org: &str) -> Result<(), chainkeeper::keys::KeyError> {
+        self.inner.create_org_key(org).await
+    }
+    async fn delete_org_key(&self, org: &str) -> Result<(), chainkeeper::keys::KeyError> {
+        self.inner.delete_org_key(org).await
+    }
+    async fn generate_data_key(
+        &self,
+        ctx: &chainkeeper::keys::Context<'_>,
+    ) -> Result<(chainkeeper::keys::DataKey, Vec<u8>), chainkeeper::keys::KeyError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.generate_data_key(ctx).await
+    }
+    async fn decrypt_data_key(
+        &self,
+        ctx: &chainkeeper::keys::Context<'_>,
+        wrapped: &[u8],
+    ) -> Result<chainkeeper::keys::DataKey, chainkeeper::keys::KeyError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.decrypt_data_key(ctx, wrapped).await
+    }
+}
+
 pub struct ExactHarness {
     pub sim: ExactSim,
     pub clock: ManualClock,
     pub services: Arc<Services>,
     pub store: Arc<FlakyStore>,
+    pub keys: Arc<CountingKeys>,
     pub api: Api,
     pub container: ContainerRef,
     pub user: SimUser,
@@ -118,6 +156,11 @@ impl ExactHarness {
 
     /// `extra_provider`: more keys for the `exact-online-nl` profile.
     pub async fn start_with(tune: impl FnOnce(&mut SimConfig), extra_provider: &str) -> ExactHarness {
+        Self::start_full(tune, "", extra_provider).await
+    }
+
+    /// `extra_engine`: more `[engine]` keys; `extra_provider`: more keys for the `exact-online-nl` profile.
+    pub async fn start_full(tune: impl FnOnce(&mut SimConfig), extra_engine: &str, extra_provider: &str) -> ExactHarness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let redirect = format!("http://127.0.0.1:{port}/v1/callback");
@@ -136,6 +179,7 @@ public_url = "http://127.0.0.1:{port}"
 [engine]
 token_timeout_s = 1
 sweep_interval_s = 3600
+{extra_engine}
 [providers.exact-online-nl]
 {extra_provider}
 authorize_url = "{base}/api/oauth2/auth"
@@ -155,10 +199,11 @@ redirect_uri = "{redirect}"
         let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
         let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.store_path(), clock_dyn.clone()).unwrap());
         let store = Arc::new(FlakyStore::new(sqlite));
-        let keys: Arc<dyn Keys> = Arc::new(LocalKeys::new(store.clone(), data.master_key().unwrap()));
+        let local: Arc<dyn Keys> = Arc::new(LocalKeys::new(store.clone(), data.master_key().unwrap()));
+        let keys = Arc::new(CountingKeys { inner: local, calls: AtomicU32::new(0) });
         let signing = data.signing_key().unwrap();
         let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(config.apps.clone(), signing));
-        let services = Services::new(store.clone(), keys, secrets, clock_dyn, config);
+        let services = Services::new(store.clone(), keys.clone(), secrets, clock_dyn, config);
         let app = chainkeeper::api::router(services.clone());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -177,7 +222,7 @@ redirect_uri = "{redirect}"
         .unwrap();
         let api = Api::new(&format!("http://127.0.0.1:{port}"), &token);
         let container = ContainerRef { org: OrgId::parse("acme").unwrap(), db: DbName::parse("finance").unwrap(), alias: Alias::parse("eol").unwrap() };
-        let h = ExactHarness { sim, clock, services, store, api, container, user, dir, server };
+        let h = ExactHarness { sim, clock, services, store, keys, api, container, user, dir, server };
         h.api.create_container("acme", "finance", "eol", "oauth2_code", Some("exact-online-nl")).await;
         let done = h.authorize("acme", "finance", "eol", &h.user.clone()).await;
         assert_eq!(done.status, 200, "authorization: {}", done.body);

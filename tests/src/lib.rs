@@ -211,3 +211,19 @@ impl Api {
 pub fn container_path(org: &str, db: &str, alias: &str) -> String {
     format!("/v1/orgs/{org}/databases/{db}/containers/{alias}")
 }
+
+/// Sends one HTTP/1.1 request with the path exactly as given (no client-side normalisation of `..` or
+/// percent-encoding), for traversal tests. Returns the status code and the body.
+pub async fn raw_request(base: &str, method: &str, path: &str, token: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}

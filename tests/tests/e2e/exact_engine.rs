@@ -294,3 +294,58 @@ async fn store_write_failures_never_lose_a_received_refresh_token() {
     assert_eq!(other.engine.stats.rescues_used.load(Ordering::SeqCst), 1);
     assert_eq!(h.sim.stats().invalid_grant, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_left_too_long_expires() {
+    let h = ExactHarness::start(|_| {}).await;
+    let r = h.api.post(&format!("{}/authorize", container_path("acme", "finance", "eol")), json!({})).await;
+    let url = r.body["authorize_url"].as_str().unwrap().to_string();
+    let back = exact_sim::browser::login(&url, &h.user.username, &h.user.password, h.sim.totp_now(&h.user.username).as_deref())
+        .await
+        .unwrap();
+    // The person took eleven minutes: the state (10 minutes) is gone, even though the code itself were valid.
+    h.advance(secs(11 * 60));
+    h.api.with_token("").get(&back).await.assert_problem(400, "authorization_state_invalid");
+    assert_eq!(h.status().await["chain"]["generation"], 1, "the chain was not replaced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_left_unused_for_thirty_days_is_reported_expired() {
+    let h = ExactHarness::start(|_| {}).await;
+    // No sweep ran (as if the scheduler was off for a month).
+    h.advance(Duration::from_secs(31 * 86_400));
+    let r = h.api.post(&h.token_path(), json!({})).await;
+    r.assert_problem(409, "refresh_token_expired");
+    assert!(r.body["detail"].as_str().unwrap().contains("expired unused"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_client_secret_keeps_the_chain_and_backs_off() {
+    let h = ExactHarness::start(|_| {}).await;
+    // A second process whose app registration has the wrong secret.
+    let mut config = (*h.services.config).clone();
+    config.apps.get_mut("exact-online-nl").unwrap().client_secret = secrecy::SecretString::from("wrong".to_string());
+    let other = chainkeeper::app::embedded(&chainkeeper::app::DataDir::open(h.dir.path()).unwrap(), config, Arc::new(h.clock.clone())).unwrap();
+    h.advance(secs(601));
+    assert!(matches!(other.engine.access_token(&h.container).await, Err(ChainError::InvalidClient(_))));
+    let requests = h.sim.stats().token_requests;
+    assert!(other.engine.access_token(&h.container).await.is_err());
+    assert_eq!(h.sim.stats().token_requests, requests, "no retry inside the backoff");
+    let view = h.status().await;
+    assert_eq!(view["status"], "healthy", "the chain itself is fine: {view}");
+    assert_eq!(view["chain"]["last_error"]["code"], "invalid_client");
+    // The right registration refreshes as soon as the backoff is over.
+    h.advance(secs(301));
+    h.services.engine.access_token(&h.container).await.expect("the chain was never broken");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_token_hand_out_does_no_key_work() {
+    let h = ExactHarness::start(|_| {}).await;
+    h.services.engine.access_token(&h.container).await.unwrap(); // warms the data-key cache
+    let before = h.keys.calls();
+    for _ in 0..100 {
+        h.services.engine.access_token(&h.container).await.unwrap();
+    }
+    assert_eq!(h.keys.calls(), before, "no key-file (or KMS) call on the warm path");
+}

@@ -6,5 +6,7 @@ mod cli;
 mod exact_engine;
 mod oidc_flow;
 mod processes;
+mod query_proxy;
 mod races;
 mod scopes;
+mod single_instance;

@@ -125,6 +125,11 @@ async fn authorization_code_flow_end_to_end_with_rotation() {
         assert_eq!(me.status(), 200, "round {round}: the refreshed token works (the chain was not broken by reuse)");
         previous = at;
     }
+    // The query proxy reaches the provider's API (here: userinfo) with the chain's token.
+    let me = api.get(&format!("{path}/query/me")).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.body["sub"], "alice");
+
     let view = api.get(&path).await;
     assert_eq!(view.body["chain"]["refreshes"], 2, "{}", view.body);
     assert_eq!(view.body["status"], "healthy");
@@ -136,7 +141,7 @@ async fn authorization_code_flow_end_to_end_with_rotation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn post_client_auth_and_concurrent_callers_share_one_refresh() {
+async fn post_client_auth_and_200_concurrent_callers_share_one_refresh() {
     let s = setup(3, "post").await;
     let api = &s.api;
     api.create_container("acme", "main", "crm", "oauth2_code", Some("oidc-test")).await;
@@ -145,10 +150,10 @@ async fn post_client_auth_and_concurrent_callers_share_one_refresh() {
     let first = api.post(&format!("{}/token", container_path("acme", "main", "crm")), json!({})).await;
     let first = first.body["access_token"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    // 50 callers at once on an expiring token: one refresh (oidc-provider would revoke the grant on a second
+    // 200 callers at once on an expiring token: one refresh (oidc-provider would revoke the grant on a second
     // use of the same refresh token), and every caller gets a working token.
     let path = format!("{}/token", container_path("acme", "main", "crm"));
-    let calls = (0..50).map(|_| {
+    let calls = (0..200).map(|_| {
         let api = api.clone();
         let path = path.clone();
         async move { api.post(&path, json!({})).await }
@@ -173,7 +178,7 @@ async fn post_client_auth_and_concurrent_callers_share_one_refresh() {
         );
     }
     let view = api.get(&container_path("acme", "main", "crm")).await;
-    assert_eq!(view.body["chain"]["refreshes"], 1, "exactly one refresh for 50 callers: {}", view.body);
+    assert_eq!(view.body["chain"]["refreshes"], 1, "exactly one refresh for 200 callers: {}", view.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
