@@ -99,6 +99,9 @@ pub fn repair_remediation(code: &str) -> &'static str {
             "A token request was sent but its answer never arrived, and the provider no longer accepts the previous refresh token. Renew the authorization of this container."
         }
         "refresh_token_missing" => "The provider never gave this container a refresh token. Renew the authorization (ask for offline access).",
+        "credentials_rejected" => {
+            "The provider refused the container's stored credentials (client id and secret, or username and password). Set correct ones with PUT …/credentials."
+        }
         "recovery_credentials_invalid" => {
             "Auto-recovery could not sign in with the stored username, password or TOTP secret. Store correct auto-recovery credentials, or renew the authorization by hand."
         }
@@ -440,6 +443,9 @@ impl ChainEngine {
 
     /// The refresh tokens to try, best first: rescued ones (newer than the chain's), then the chain's own.
     async fn candidates(&self, c: &ContainerRef, chain: &ChainRecord) -> Result<Vec<Candidate>, ChainError> {
+        if chain.grant.is_some() {
+            return Ok(vec![Candidate { token: SecretString::from(String::new()), rescue_sk: None, seen: "grant".into() }]);
+        }
         let local = c.local_name();
         let mut out = Vec::new();
         if let Some(list) = self.rescued_in_memory.lock().unwrap().get(&chain_pk(c)) {
@@ -477,9 +483,17 @@ impl ChainEngine {
     ) -> Result<AccessToken, ChainError> {
         let previous_pending = before.pending;
         let profile = self.profile(&chain.provider)?.clone();
-        let Some(app) = self.secrets.app(&profile.name).await? else {
-            self.release(c, &mut chain, &mut version, None).await;
-            return Err(ChainError::NoApp(profile.name.clone()));
+        // The refresh and password grants use the provider's app registration; the client-credentials grant uses
+        // the container's own client id and secret.
+        let app = match chain.grant {
+            Some(CredentialKind::Oauth2ClientCredentials) => None,
+            _ => match self.secrets.app(&profile.name).await? {
+                Some(app) => Some(app),
+                None => {
+                    self.release(c, &mut chain, &mut version, None).await;
+                    return Err(ChainError::NoApp(profile.name.clone()));
+                }
+            },
         };
         self.crash_here(CrashPoint::BeforeRequest)?;
         // A refresh token may only become usable once its access token was used (Exact's activation). The
@@ -509,7 +523,9 @@ impl ChainEngine {
                     candidates = fresh.into();
                     continue;
                 }
-                let code = if previous_pending.is_some() {
+                let code = if chain.grant.is_some() {
+                    "credentials_rejected"
+                } else if previous_pending.is_some() {
                     "refresh_response_lost"
                 } else {
                     classify_invalid_grant(&last_invalid)
@@ -518,8 +534,13 @@ impl ChainEngine {
             };
             tried.push(candidate.seen.clone());
             self.stats.token_requests.fetch_add(1, Ordering::Relaxed);
-            let result =
-                oauth::request_token(&self.http, &profile, &app, Grant::RefreshToken(&candidate.token), timeout).await;
+            let result = match (chain.grant, &app) {
+                (Some(kind), _) => self.run_grant(c, &profile, app.as_ref(), kind, timeout).await?,
+                (None, Some(app)) => {
+                    oauth::request_token(&self.http, &profile, app, Grant::RefreshToken(&candidate.token), timeout).await
+                }
+                (None, None) => return Err(ChainError::NoApp(profile.name.clone())),
+            };
             match result {
                 Ok(tokens) => {
                     self.crash_here(CrashPoint::AfterAnswer)?;
@@ -568,6 +589,10 @@ impl ChainEngine {
                     }
                     return Err(ChainError::ProviderUnavailable { retry_after_s: (backoff / 1000).max(1) as u64, reason });
                 }
+                Err(TokenError::InvalidClient(d)) if chain.grant == Some(CredentialKind::Oauth2ClientCredentials) => {
+                    // The container's own client id or secret is wrong: a person must replace it.
+                    return self.mark_broken(c, chain, version, "credentials_rejected", &d).await;
+                }
                 Err(TokenError::InvalidClient(d)) => {
                     chain.last_token_request_at_ms = before.requested;
                     chain.pending_request_at_ms = previous_pending;
@@ -612,10 +637,14 @@ impl ChainEngine {
         let local = c.local_name();
         let rotated = tokens.refresh_token.is_some();
         let refresh_token = tokens.refresh_token.clone().unwrap_or(used_refresh_token);
-        let sealed_rt = self.vault.seal(&field_ctx(c, &local, "refresh_token"), refresh_token.expose_secret().as_bytes()).await?;
+        let sealed_rt = if chain.grant.is_some() {
+            String::new() // grants are simply run again: no refresh token to keep
+        } else {
+            self.vault.seal(&field_ctx(c, &local, "refresh_token"), refresh_token.expose_secret().as_bytes()).await?
+        };
         let sealed_at = self.vault.seal(&field_ctx(c, &local, "access_token"), tokens.access_token.expose_secret().as_bytes()).await?;
         let expires_at = now + ms(tokens.expires_in.unwrap_or(profile.access_token_lifetime_s));
-        chain.sealed_refresh_token = Some(sealed_rt.clone());
+        chain.sealed_refresh_token = (!sealed_rt.is_empty()).then(|| sealed_rt.clone());
         chain.sealed_access_token = Some(sealed_at.clone());
         chain.access_expires_at_ms = Some(expires_at);
         if rotated || chain.refresh_token_issued_at_ms.is_none() || profile.refresh_rotation != Rotation::Static {
@@ -776,6 +805,7 @@ impl ChainEngine {
             provider: profile.name.clone(),
             status: ChainStatus::Healthy,
             generation,
+            grant: None,
             sealed_refresh_token,
             sealed_access_token: Some(sealed_at),
             access_expires_at_ms: Some(now + ms(tokens.expires_in.unwrap_or(profile.access_token_lifetime_s))),
@@ -795,6 +825,71 @@ impl ChainEngine {
         self.write_chain(c, &chain, Condition::None, true).await?;
         self.clear_rescues(c).await;
         Ok(chain)
+    }
+
+    /// Runs a container's client-credentials or password grant with its stored credentials.
+    async fn run_grant(
+        &self,
+        c: &ContainerRef,
+        profile: &ProviderProfile,
+        app: Option<&crate::config::AppRegistration>,
+        kind: CredentialKind,
+        timeout: Duration,
+    ) -> Result<Result<TokenSet, TokenError>, ChainError> {
+        let item = self.store.get(&container_key(c)).await?.ok_or(ChainError::NotAuthorized)?;
+        let rec: ContainerRecord = decode(&item)?;
+        let local = c.local_name();
+        let missing = || TokenError::InvalidGrant("the container has no complete credentials".into());
+        Ok(match kind {
+            CredentialKind::Oauth2ClientCredentials => {
+                let (Some(client_id), Some(sealed)) = (rec.client_id.clone(), rec.sealed_client_secret.as_deref()) else {
+                    return Ok(Err(missing()));
+                };
+                let secret = self.vault.open_string(&field_ctx(c, &local, "client_secret"), sealed).await?;
+                let own = crate::config::AppRegistration { client_id, client_secret: secret, redirect_uri: String::new() };
+                oauth::request_token(&self.http, profile, &own, Grant::ClientCredentials { scopes: &rec.scopes }, timeout).await
+            }
+            _ => {
+                let (Some(username), Some(sealed), Some(app)) = (rec.username.as_deref(), rec.sealed_password.as_deref(), app) else {
+                    return Ok(Err(missing()));
+                };
+                let password = self.vault.open_string(&field_ctx(c, &local, "password"), sealed).await?;
+                let grant = Grant::Password { username, password: &password, scopes: &rec.scopes };
+                oauth::request_token(&self.http, profile, app, grant, timeout).await
+            }
+        })
+    }
+
+    /// The token cache of a client-credentials or password container: created on first use, then the same
+    /// protocol as a refresh-token chain (one request at a time, the provider's interval, backoff).
+    pub async fn grant_token(&self, c: &ContainerRef, provider: &str, kind: CredentialKind) -> Result<AccessToken, ChainError> {
+        if self.chain(c).await?.is_none() {
+            let now = self.clock.now_ms();
+            let chain = ChainRecord {
+                provider: provider.to_string(),
+                status: ChainStatus::Healthy,
+                generation: 1,
+                grant: Some(kind),
+                sealed_refresh_token: None,
+                sealed_access_token: None,
+                access_expires_at_ms: None,
+                last_token_request_at_ms: None,
+                refresh_token_issued_at_ms: None,
+                pending_request_at_ms: None,
+                lease: None,
+                backoff_until_ms: None,
+                failures: 0,
+                last_error: None,
+                history: vec![Transition { at_ms: now, status: ChainStatus::Healthy, code: "credentials_set".into() }],
+                last_refresh_at_ms: None,
+                refresh_count: 0,
+            };
+            match self.write_chain(c, &chain, Condition::Absent, false).await {
+                Ok(_) | Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.access_token(c).await
     }
 
     /// Removes a container's chain and everything kept beside it.

@@ -176,6 +176,9 @@ pub struct ChainRecord {
     pub status: ChainStatus,
     /// Grows by one with every new authorization; rescued tokens of another generation are ignored.
     pub generation: u64,
+    /// For client-credentials and password containers: the grant that gets a new token (no refresh token).
+    #[serde(default)]
+    pub grant: Option<CredentialKind>,
     pub sealed_refresh_token: Option<String>,
     pub sealed_access_token: Option<String>,
     pub access_expires_at_ms: Option<Millis>,

@@ -373,6 +373,10 @@ pub async fn set_credentials(
     }
     rec.updated_at_ms = s.clock.now_ms();
     s.store.put(Put::new(container_key(&c), encode(&rec), Condition::Version(version))).await?;
+    if matches!(rec.kind, CredentialKind::Oauth2ClientCredentials | CredentialKind::Oauth2Password) {
+        // Tokens of the old credentials (and a `credentials_rejected` state) go; the next call uses the new ones.
+        s.engine.remove(&c).await.map_err(|e| Problem::internal(&e))?;
+    }
     audit::record(&s, &c.org, &who.sub, "credentials.set", Some(&c), "ok", Some(given.join(","))).await;
     Ok(Json(container_view(&s, &rec, None)))
 }

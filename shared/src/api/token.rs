@@ -28,11 +28,30 @@ pub async fn hand_out(State(s): State<AppState>, names: Names) -> Result<Respons
                     "not_authorized",
                     format!("{c} has no authorization yet. Start one with POST …/containers/{}/authorize.", c.alias),
                 ),
+                kind @ (CredentialKind::Oauth2ClientCredentials | CredentialKind::Oauth2Password) => {
+                    let complete = match kind {
+                        CredentialKind::Oauth2ClientCredentials => rec.client_id.is_some() && rec.sealed_client_secret.is_some(),
+                        _ => rec.username.is_some() && rec.sealed_password.is_some(),
+                    };
+                    if !complete {
+                        let needs = if kind == CredentialKind::Oauth2ClientCredentials { "client_id and client_secret" } else { "username and password" };
+                        return Err(Problem::conflict("credentials_missing", format!("{c} has no {needs} yet. Set them with PUT …/containers/{}/credentials.", c.alias)));
+                    }
+                    let provider = rec.provider.clone().unwrap_or_default();
+                    match s.engine.grant_token(&c, &provider, kind).await {
+                        Ok(t) => return Ok(token_response(&s, t)),
+                        Err(e) => chain_problem(&c, e),
+                    }
+                }
                 _ => Problem::bad_request("no_access_token", format!("{c} uses {:?} credentials, which have no access token.", rec.kind)),
             });
         }
         Err(e) => return Err(chain_problem(&c, e)),
     };
+    Ok(token_response(&s, token))
+}
+
+fn token_response(s: &AppState, token: crate::chain::AccessToken) -> Response {
     let now = s.clock.now_ms();
     let body = json!({
         "access_token": token.token.expose_secret(),
@@ -42,7 +61,7 @@ pub async fn hand_out(State(s): State<AppState>, names: Names) -> Result<Respons
     });
     let mut res = Json(body).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(res)
+    res
 }
 
 /// A chain failure as the API shows it, naming the container and what to do.
@@ -55,11 +74,15 @@ pub fn chain_problem(c: &ContainerRef, e: ChainError) -> Problem {
                 "refresh_response_lost" => "refresh_response_lost",
                 "refresh_token_missing" => "refresh_token_missing",
                 "recovery_credentials_invalid" => "recovery_credentials_invalid",
+                "credentials_rejected" => "credentials_rejected",
                 _ => "refresh_token_invalid",
             };
             Problem::conflict(
                 code,
-                format!("{c} needs repair: {} Renew it with POST …/containers/{}/authorize.", repair_remediation(code), c.alias),
+                match code {
+                    "credentials_rejected" => format!("{c} needs new credentials: {}", repair_remediation(code)),
+                    _ => format!("{c} needs repair: {} Renew it with POST …/containers/{}/authorize.", repair_remediation(code), c.alias),
+                },
             )
         }
         ChainError::RateLimited { wait_s } => Problem::new(

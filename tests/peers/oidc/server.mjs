@@ -34,6 +34,7 @@ try {
       'refresh-ttl': { type: 'string', default: String(24 * 60 * 60) },
       'cc-client-id': { type: 'string' },
       'cc-client-secret': { type: 'string' },
+      'ropc-password': { type: 'string' },
     },
     strict: true,
     allowPositionals: false,
@@ -71,6 +72,8 @@ const clientId = args['client-id'];
 const clientSecret = args['client-secret'];
 const ccClientId = args['cc-client-id'] ?? `${clientId}-cc`;
 const ccClientSecret = args['cc-client-secret'] ?? `${clientSecret}-cc`;
+// The resource-owner password grant (not built into oidc-provider; registered below): every user's password.
+const ropcPassword = args['ropc-password'] ?? 'correct horse battery staple';
 
 const { default: Provider } = await import('oidc-provider');
 
@@ -101,7 +104,7 @@ const provider = new Provider(issuer, {
       application_type: 'web',
       redirect_uris: redirectUris,
       response_types: ['code'],
-      grant_types: ['authorization_code', 'refresh_token'],
+      grant_types: ['authorization_code', 'refresh_token', 'password'],
       token_endpoint_auth_method: tokenAuth,
       scope: 'openid profile email offline_access',
     },
@@ -174,6 +177,33 @@ for (const ev of ['grant.error', 'authorization.error', 'userinfo.error', 'revoc
     process.stderr.write(`oidc peer ${ev}: ${err?.error ?? err}${detail}\n`);
   });
 }
+
+// Resource-owner password grant (RFC 6749 4.3): any username, the one configured password.
+const { errors } = await import('oidc-provider');
+provider.registerGrantType(
+  'password',
+  async (ctx) => {
+    const { username, password } = ctx.oidc.params;
+    if (!username || password !== ropcPassword) {
+      throw new errors.InvalidGrant('invalid resource owner credentials');
+    }
+    const client = ctx.oidc.client;
+    const grant = new provider.Grant({ clientId: client.clientId, accountId: username });
+    grant.addOIDCScope('openid profile email');
+    await grant.save();
+    const at = new provider.AccessToken({
+      accountId: username,
+      client,
+      grantId: grant.jti,
+      gty: 'password',
+      scope: 'openid profile email',
+      claims: { userinfo: { sub: null, name: null, email: null } },
+    });
+    const value = await at.save();
+    ctx.body = { access_token: value, expires_in: at.expiration, token_type: 'Bearer', scope: at.scope };
+  },
+  ['username', 'password', 'scope'],
+);
 
 const callback = provider.callback();
 server.on('request', callback);

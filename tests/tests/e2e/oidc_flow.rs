@@ -207,3 +207,50 @@ async fn callback_state_is_single_use_expiring_and_bound() {
     let state = r.body["state"].as_str().unwrap();
     anon.get(&format!("/v1/callback?error=access_denied&state={state}")).await.assert_problem(400, "authorization_denied");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_and_password_containers_get_and_renew_tokens() {
+    let s = setup(3, "basic").await;
+    let api = &s.api;
+    let svc = container_path("acme", "main", "svc");
+    api.create_container("acme", "main", "svc", "oauth2_client_credentials", Some("oidc-test")).await;
+    api.post(&format!("{svc}/token"), json!({})).await.assert_problem(409, "credentials_missing");
+    let r = api
+        .put(&format!("{svc}/credentials"), json!({"client_id": "ck-app-cc", "client_secret": "ck-client-secret-PLANTED-cc"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["credential"]["client_secret"], "configured");
+    assert!(!r.body.to_string().contains("PLANTED"));
+    let t1 = api.post(&format!("{svc}/token"), json!({})).await;
+    assert_eq!(t1.status, 200, "{}", t1.body);
+    assert_eq!(api.post(&format!("{svc}/token"), json!({})).await.body["access_token"], t1.body["access_token"], "cached while valid");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let t2 = api.post(&format!("{svc}/token"), json!({})).await;
+    assert_eq!(t2.status, 200);
+    assert_ne!(t2.body["access_token"], t1.body["access_token"], "renewed when it expires");
+    // A wrong secret: the container says so and is not retried until the secret is replaced.
+    api.put(&format!("{svc}/credentials"), json!({"client_secret": "wrong"})).await;
+    api.post(&format!("{svc}/token"), json!({})).await.assert_problem(409, "credentials_rejected");
+    assert_eq!(api.get(&svc).await.body["status"], "needs_repair");
+    api.put(&format!("{svc}/credentials"), json!({"client_secret": "ck-client-secret-PLANTED-cc"})).await;
+    assert_eq!(api.post(&format!("{svc}/token"), json!({})).await.status, 200);
+
+    // The resource-owner password grant.
+    let ropc = container_path("acme", "main", "ropc");
+    api.create_container("acme", "main", "ropc", "oauth2_password", Some("oidc-test")).await;
+    api.put(&format!("{ropc}/credentials"), json!({"username": "zoe", "password": "correct horse battery staple"})).await;
+    let t = api.post(&format!("{ropc}/token"), json!({})).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let me = reqwest::Client::new().get(s.peer.userinfo_url()).bearer_auth(t.body["access_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(me.json::<serde_json::Value>().await.unwrap()["sub"], "zoe");
+    api.put(&format!("{ropc}/credentials"), json!({"password": "wrong-PLANTED"})).await;
+    api.post(&format!("{ropc}/token"), json!({})).await.assert_problem(409, "credentials_rejected");
+    let view = api.get(&ropc).await;
+    assert_eq!(view.body["credential"]["username"], "zoe");
+    assert_eq!(view.body["credential"]["password"], "configured");
+    assert!(!view.body.to_string().contains("PLANTED"));
+    let audit = api.get("/v1/orgs/acme/audit").await;
+    assert!(audit.body.to_string().contains("credentials.set"), "{}", audit.body);
+    assert!(!audit.body.to_string().contains("PLANTED"));
+    assert!(!s.serve.log().contains("PLANTED"), "no planted secret in the log");
+}
