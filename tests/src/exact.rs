@@ -133,7 +133,40 @@ pub struct ExactHarness {
 impl Drop for ExactHarness {
     fn drop(&mut self) {
         self.server.abort();
+        if !std::thread::panicking() {
+            crate::assert_no_planted_secret("chainkeeper's log lines", &captured_log());
+        }
     }
+}
+
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything chainkeeper logged in this test process (debug level), for the planted-secret check.
+pub fn captured_log() -> String {
+    String::from_utf8_lossy(&LOG.lock().unwrap()).to_string()
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug,hyper=info,reqwest=info,h2=info,rustls=info,hyper_util=info")
+            .with_writer(|| LogSink)
+            .json()
+            .try_init();
+    });
 }
 
 /// The default simulated user.
@@ -161,6 +194,7 @@ impl ExactHarness {
 
     /// `extra_engine`: more `[engine]` keys; `extra_provider`: more keys for the `exact-online-nl` profile.
     pub async fn start_full(tune: impl FnOnce(&mut SimConfig), extra_engine: &str, extra_provider: &str) -> ExactHarness {
+        capture_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let redirect = format!("http://127.0.0.1:{port}/v1/callback");

@@ -14,6 +14,19 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// Every secret a test plants (passwords, client secrets, TOTP seeds) contains this marker. No response
+/// body, header or log line anywhere in the suite may contain it: `Api` checks every reply, `Serve` every
+/// line its process wrote, and in-process harnesses every log line (see [`assert_no_planted_secret`]).
+pub const PLANTED: &str = "PLANTED";
+
+/// Panics if `text` (from `what`) holds a planted secret.
+pub fn assert_no_planted_secret(what: &str, text: &str) {
+    if let Some(at) = text.find(PLANTED) {
+        let start = text[..at].char_indices().rev().nth(60).map_or(0, |(i, _)| i);
+        panic!("a planted secret leaked into {what}: …{}…", &text[start..(at + PLANTED.len()).min(text.len())]);
+    }
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -126,6 +139,14 @@ impl Serve {
     }
 }
 
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_no_planted_secret("the log of chainkeeper serve", &self.log());
+        }
+    }
+}
+
 /// A small API client.
 #[derive(Clone)]
 pub struct Api {
@@ -175,6 +196,10 @@ impl Api {
         let headers = res.headers().clone();
         let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let text = res.text().await.unwrap_or_default();
+        assert_no_planted_secret(&format!("the answer to {method} {path}"), &text);
+        for (name, value) in &headers {
+            assert_no_planted_secret(&format!("header {name} of {method} {path}"), &String::from_utf8_lossy(value.as_bytes()));
+        }
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Reply { status, content_type, body, headers }
     }

@@ -125,6 +125,8 @@ async fn a_revoked_chain_needs_repair_is_listed_and_is_not_retried() {
     let view = h.status().await;
     assert_eq!(view["status"], "needs_repair");
     assert_eq!(view["chain"]["last_error"]["code"], code.as_str());
+    let log = chainkeeper_e2e::exact::captured_log();
+    assert!(log.contains("chain needs repair") && log.contains(&code), "the break is logged, structured: {log}");
     assert_eq!(view["chain"]["history"].as_array().unwrap().last().unwrap()["status"], "needs_repair");
     let repairs = h.api.get("/v1/orgs/acme/repairs").await;
     assert_eq!(repairs.body["count"], 1, "{}", repairs.body);
