@@ -892,6 +892,32 @@ impl ChainEngine {
         self.access_token(c).await
     }
 
+    /// Revokes the chain's refresh token (else its access token) at the provider, where the profile has a
+    /// revocation endpoint. `Ok(None)` when there was nothing to revoke or no endpoint.
+    pub async fn revoke_at_provider(&self, c: &ContainerRef) -> Result<Option<bool>, ChainError> {
+        let Some((chain, _)) = self.chain(c).await? else { return Ok(None) };
+        let profile = self.profile(&chain.provider)?.clone();
+        if profile.revocation_url.is_none() || chain.grant == Some(CredentialKind::Oauth2ClientCredentials) {
+            return Ok(None);
+        }
+        let Some(app) = self.secrets.app(&profile.name).await? else { return Ok(None) };
+        let local = c.local_name();
+        let (sealed, field, hint) = match (&chain.sealed_refresh_token, &chain.sealed_access_token) {
+            (Some(rt), _) => (rt, "refresh_token", "refresh_token"),
+            (None, Some(at)) => (at, "access_token", "access_token"),
+            (None, None) => return Ok(None),
+        };
+        let token = self.vault.open_string(&field_ctx(c, &local, field), sealed).await?;
+        let timeout = Duration::from_secs_f64(self.engine_config().token_timeout_s);
+        match oauth::revoke_token(&self.http, &profile, &app, &token, hint, timeout).await {
+            Ok(()) => Ok(Some(true)),
+            Err(e) => {
+                tracing::warn!(error = %e, container = %c, "revocation at the provider failed");
+                Ok(Some(false))
+            }
+        }
+    }
+
     /// Removes a container's chain and everything kept beside it.
     pub async fn remove(&self, c: &ContainerRef) -> Result<(), ChainError> {
         let items: Vec<Item> = self.store.query(&chain_pk(c), "", 100).await?;

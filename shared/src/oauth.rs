@@ -211,6 +211,35 @@ pub async fn request_token(
     }
 }
 
+/// RFC 7009 token revocation at the provider. Returns whether the provider confirmed it (200).
+pub async fn revoke_token(
+    http: &reqwest::Client,
+    profile: &ProviderProfile,
+    app: &AppRegistration,
+    token: &SecretString,
+    hint: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let Some(url) = &profile.revocation_url else { anyhow::bail!("provider {} has no revocation endpoint", profile.name) };
+    let mut form: Vec<(&str, String)> = vec![("token", token.expose_secret().to_string()), ("token_type_hint", hint.to_string())];
+    let mut req = http.post(url).timeout(timeout);
+    match profile.token_auth {
+        TokenAuth::Basic => {
+            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let cred = format!("{}:{}", enc(&app.client_id), enc(app.client_secret.expose_secret()));
+            req = req.header("Authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(cred)));
+        }
+        TokenAuth::Post => {
+            form.push(("client_id", app.client_id.clone()));
+            form.push(("client_secret", app.client_secret.expose_secret().to_string()));
+        }
+    }
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter()).finish();
+    let res = req.header("Content-Type", "application/x-www-form-urlencoded").body(body).send().await?;
+    anyhow::ensure!(res.status().is_success(), "revocation endpoint answered HTTP {}", res.status().as_u16());
+    Ok(())
+}
+
 /// PKCE (RFC 7636): a random verifier and its S256 challenge.
 pub fn pkce_pair() -> (String, String) {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -271,8 +271,15 @@ pub async fn list_containers(State(s): State<AppState>, names: Names) -> Result<
 pub async fn delete_container(State(s): State<AppState>, Caller(who): Caller, names: Names) -> Result<StatusCode, Problem> {
     let c = names.container()?;
     let (rec, version) = load_container(&s, &c).await?;
+    // Tokens die at the provider first (best effort: an unreachable provider does not keep the container alive).
+    let revoked = s.engine.revoke_at_provider(&c).await.map_err(|e| Problem::internal(&e))?;
     remove_container(&s, &rec, version).await?;
-    audit::record(&s, &c.org, &who.sub, "container.delete", Some(&c), "ok", None).await;
+    let detail = match revoked {
+        Some(true) => Some("tokens revoked at the provider".to_string()),
+        Some(false) => Some("revocation at the provider failed; the tokens expire on their own".to_string()),
+        None => None,
+    };
+    audit::record(&s, &c.org, &who.sub, "container.delete", Some(&c), "ok", detail).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -254,3 +254,20 @@ async fn client_credentials_and_password_containers_get_and_renew_tokens() {
     assert!(!audit.body.to_string().contains("PLANTED"));
     assert!(!s.serve.log().contains("PLANTED"), "no planted secret in the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_container_revokes_its_tokens_at_the_provider() {
+    let s = setup(60, "basic").await;
+    let api = &s.api;
+    api.create_container("acme", "main", "crm", "oauth2_code", Some("oidc-test")).await;
+    assert_eq!(authorize(api, "acme", "main", "crm", "dave").await.status, 200);
+    let path = container_path("acme", "main", "crm");
+    let at = api.post(&format!("{path}/token"), json!({})).await.body["access_token"].as_str().unwrap().to_string();
+    let me = || async { reqwest::Client::new().get(s.peer.userinfo_url()).bearer_auth(&at).send().await.unwrap().status().as_u16() };
+    assert_eq!(me().await, 200);
+    assert_eq!(api.delete(&path).await.status, 204);
+    assert_eq!(me().await, 401, "revoking the refresh token revoked the grant at oidc-provider");
+    api.get(&path).await.assert_problem(404, "container_not_found");
+    let audit = api.get("/v1/orgs/acme/audit").await.body.to_string();
+    assert!(audit.contains("tokens revoked at the provider"), "{audit}");
+}
