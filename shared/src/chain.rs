@@ -158,6 +158,8 @@ pub struct ChainEngine {
     crash_at: Mutex<Option<CrashPoint>>,
     /// Wakes this process's waiters the moment a refresh of their chain is written (other processes poll).
     written: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Tells the organisation (webhook) when a chain breaks or recovers.
+    notifier: Arc<crate::notify::Notifier>,
 }
 
 /// Pretend the process died here (tests only).
@@ -183,17 +185,18 @@ impl ChainEngine {
         http: reqwest::Client,
     ) -> Self {
         Self {
-            store,
-            vault,
+            store: store.clone(),
+            vault: vault.clone(),
             secrets,
-            clock,
-            config,
-            http,
+            clock: clock.clone(),
+            config: config.clone(),
+            http: http.clone(),
             rescued_in_memory: Mutex::default(),
             usage_noted: Mutex::default(),
             stats: EngineStats::default(),
             crash_at: Mutex::new(None),
             written: Mutex::default(),
+            notifier: Arc::new(crate::notify::Notifier::new(store, vault, clock, http)),
         }
     }
 
@@ -781,7 +784,10 @@ impl ChainEngine {
         push_transition(&mut chain, now, ChainStatus::NeedsRepair, code);
         tracing::warn!(container = %c, code, "chain needs repair");
         match self.write_chain(c, &chain, Condition::Version(version), false).await {
-            Ok(_) => self.wake_waiters(c),
+            Ok(_) => {
+                self.wake_waiters(c);
+                self.notifier.container_event("chain.needs_repair", c, Some(code));
+            }
             Err(e) => tracing::warn!(error = %e, container = %c, "could not record the broken chain"),
         }
         Err(ChainError::NeedsRepair { code: code.to_string(), since_ms: now, provider_said: provider_said.to_string() })
@@ -800,6 +806,7 @@ impl ChainEngine {
             None => None,
         };
         let sealed_at = self.vault.seal(&field_ctx(c, &local, "access_token"), tokens.access_token.expose_secret().as_bytes()).await?;
+        let was_broken = previous.as_ref().is_some_and(|(p, _)| p.status == ChainStatus::NeedsRepair);
         let mut history = previous.map(|(p, _)| p.history).unwrap_or_default();
         let mut chain = ChainRecord {
             provider: profile.name.clone(),
@@ -824,6 +831,9 @@ impl ChainEngine {
         push_transition(&mut chain, now, ChainStatus::Healthy, "authorized");
         self.write_chain(c, &chain, Condition::None, true).await?;
         self.clear_rescues(c).await;
+        if was_broken {
+            self.notifier.container_event("chain.recovered", c, None);
+        }
         Ok(chain)
     }
 

@@ -82,11 +82,13 @@ pub struct ServerConfig {
     pub authorization_ttl_s: u64,
     /// Days an audit entry is kept.
     pub audit_retention_days: u64,
+    /// Allow webhooks to loopback and private addresses (tests, closed networks). Off: no SSRF into your network.
+    pub webhook_allow_private_networks: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { public_url: None, authorization_ttl_s: 600, audit_retention_days: 400 }
+        Self { public_url: None, authorization_ttl_s: 600, audit_retention_days: 400, webhook_allow_private_networks: false }
     }
 }
 

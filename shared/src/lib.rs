@@ -18,6 +18,7 @@ pub mod config;
 pub mod ids;
 pub mod keys;
 pub mod lambda;
+pub mod notify;
 pub mod oauth;
 pub mod problem;
 pub mod provider;

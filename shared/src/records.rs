@@ -81,6 +81,9 @@ pub struct OrgRecord {
     pub created_at_ms: Millis,
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// The HMAC key that signs webhook events, sealed with the organisation's key.
+    #[serde(default)]
+    pub sealed_webhook_secret: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -192,8 +192,17 @@ impl ExactHarness {
         Self::start_full(tune, "", extra_provider).await
     }
 
+    /// `extra_server`: more `[server]` keys.
+    pub async fn start_server_config(tune: impl FnOnce(&mut SimConfig), extra_server: &str) -> ExactHarness {
+        Self::start_all(tune, extra_server, "", "").await
+    }
+
     /// `extra_engine`: more `[engine]` keys; `extra_provider`: more keys for the `exact-online-nl` profile.
     pub async fn start_full(tune: impl FnOnce(&mut SimConfig), extra_engine: &str, extra_provider: &str) -> ExactHarness {
+        Self::start_all(tune, "", extra_engine, extra_provider).await
+    }
+
+    async fn start_all(tune: impl FnOnce(&mut SimConfig), extra_server: &str, extra_engine: &str, extra_provider: &str) -> ExactHarness {
         capture_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -210,6 +219,7 @@ impl ExactHarness {
             r#"
 [server]
 public_url = "http://127.0.0.1:{port}"
+{extra_server}
 [engine]
 token_timeout_s = 1
 sweep_interval_s = 3600

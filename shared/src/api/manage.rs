@@ -54,7 +54,7 @@ pub struct NewOrg {
 pub async fn create_org(State(s): State<AppState>, Caller(who): Caller, Body(b): Body<NewOrg>) -> Result<Created, Problem> {
     let org = OrgId::parse(&b.name)?;
     s.vault.keys().create_org_key(org.as_str()).await?;
-    let rec = OrgRecord { name: org.clone(), display_name: b.display_name, created_at_ms: s.clock.now_ms(), webhook_url: None };
+    let rec = OrgRecord { name: org.clone(), display_name: b.display_name, created_at_ms: s.clock.now_ms(), webhook_url: None, sealed_webhook_secret: None };
     let ops = vec![
         WriteOp::Put(Put::new(org_key(&org), encode(&rec), Condition::Absent)),
         WriteOp::Put(Put::new(org_list_key(&org), Vec::new(), Condition::None)),
@@ -71,7 +71,55 @@ pub async fn create_org(State(s): State<AppState>, Caller(who): Caller, Body(b):
 }
 
 fn org_view(o: &OrgRecord) -> Value {
-    json!({"name": o.name, "display_name": o.display_name, "created_at": rfc3339(o.created_at_ms)})
+    json!({"name": o.name, "display_name": o.display_name, "created_at": rfc3339(o.created_at_ms), "webhook_url": o.webhook_url})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    url: String,
+}
+
+/// Registers (or replaces) the organisation's webhook; the signing secret is returned once.
+pub async fn set_webhook(State(s): State<AppState>, Caller(who): Caller, names: Names, Body(b): Body<Webhook>) -> Result<Json<Value>, Problem> {
+    let url = url::Url::parse(&b.url).map_err(|_| Problem::bad_request("invalid_webhook_url", "The webhook URL is not an absolute URL."))?;
+    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() || !url.username().is_empty() {
+        return Err(Problem::bad_request("invalid_webhook_url", "The webhook URL must be http(s)://host/path, without credentials."));
+    }
+    if !s.config.server.webhook_allow_private_networks && is_private_host(&url) {
+        return Err(Problem::bad_request(
+            "invalid_webhook_url",
+            "Webhooks to loopback or private addresses are refused (set server.webhook_allow_private_networks to allow them).",
+        ));
+    }
+    let item = s.store.get(&org_key(&names.org)).await?.ok_or_else(|| Problem::not_found("org_not_found", format!("Organisation '{}' does not exist.", names.org)))?;
+    let mut rec: OrgRecord = decode(&item)?;
+    use base64::Engine;
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    rec.sealed_webhook_secret = Some(s.vault.seal(&crate::notify::secret_context(names.org.as_str()), secret.as_bytes()).await?);
+    rec.webhook_url = Some(url.to_string());
+    s.store.put(Put::new(org_key(&names.org), encode(&rec), Condition::Version(item.version))).await?;
+    audit::record(&s, &names.org, &who.sub, "webhook.set", None, "ok", Some(url.to_string())).await;
+    Ok(Json(json!({"url": url.as_str(), "secret": secret, "signature_header": "X-Chainkeeper-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>"})))
+}
+
+pub async fn delete_webhook(State(s): State<AppState>, Caller(who): Caller, names: Names) -> Result<StatusCode, Problem> {
+    let item = s.store.get(&org_key(&names.org)).await?.ok_or_else(|| Problem::not_found("org_not_found", format!("Organisation '{}' does not exist.", names.org)))?;
+    let mut rec: OrgRecord = decode(&item)?;
+    rec.webhook_url = None;
+    rec.sealed_webhook_secret = None;
+    s.store.put(Put::new(org_key(&names.org), encode(&rec), Condition::Version(item.version))).await?;
+    audit::record(&s, &names.org, &who.sub, "webhook.delete", None, "ok", None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn is_private_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00,
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") || d.ends_with(".internal"),
+        None => true,
+    }
 }
 
 pub async fn get_org(State(s): State<AppState>, names: Names) -> Result<Json<Value>, Problem> {

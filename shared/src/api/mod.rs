@@ -56,6 +56,7 @@ fn manage_routes() -> Router<AppState> {
         .route(&format!("{C}/credentials"), axum::routing::put(manage::set_credentials))
         .route("/v1/orgs/{org}/repairs", get(manage::repairs))
         .route("/v1/orgs/{org}/audit", get(manage::audit))
+        .route("/v1/orgs/{org}/webhook", axum::routing::put(manage::set_webhook).delete(manage::delete_webhook))
         .route("/v1/orgs/{org}/api-tokens", post(tokens::create).get(tokens::list))
         .route("/v1/orgs/{org}/api-tokens/{id}", axum::routing::delete(tokens::revoke))
 }

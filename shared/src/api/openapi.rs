@@ -103,6 +103,7 @@ fn request_schema(method: &str, path: &str) -> Option<Value> {
             &["subject", "scopes"],
         ),
         ("POST", "authorize") | ("POST", "token") => object(json!({}), &[]),
+        ("PUT", "webhook") => object(json!({"url": {"type": "string", "format": "uri"}}), &["url"]),
         _ => return None,
     })
 }

@@ -45,6 +45,8 @@ pub const ROUTES: &[RouteSpec] = &[
     r!("DELETE", "/v1/orgs/{org}/databases/{db}/containers/{alias}/query/{*path}", "query", "query", "The platform's API behind the container's credential (DELETE)."),
     r!("GET", "/v1/orgs/{org}/repairs", "repairs", "manage", "Containers that need a person, each with its renew link."),
     r!("GET", "/v1/orgs/{org}/audit", "audit", "manage", "Who changed which credential when."),
+    r!("PUT", "/v1/orgs/{org}/webhook", "webhooks", "manage", "Register the organisation's webhook (events: chain.needs_repair, chain.recovered); returns its signing secret once."),
+    r!("DELETE", "/v1/orgs/{org}/webhook", "webhooks", "manage", "Remove the organisation's webhook."),
     r!("POST", "/v1/orgs/{org}/api-tokens", "api-tokens", "manage", "Issue an API token of the organisation (the token is shown once)."),
     r!("GET", "/v1/orgs/{org}/api-tokens", "api-tokens", "manage", "List the organisation's API tokens (never the tokens themselves)."),
     r!("DELETE", "/v1/orgs/{org}/api-tokens/{id}", "api-tokens", "manage", "Revoke an API token: refused from its next request on, in every process."),

@@ -10,3 +10,4 @@ mod query_proxy;
 mod races;
 mod scopes;
 mod single_instance;
+mod webhooks;

@@ -1,0 +1,79 @@
+//! Webhooks: a signed JSON event when a chain needs repair and when it recovered.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use chainkeeper_e2e::exact::{CLIENT_ID, ExactHarness};
+use serde_json::{Value, json};
+
+type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+async fn receiver() -> (String, Received) {
+    let got: Received = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push((headers, body));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+async fn wait_for(got: &Received, n: usize) -> Vec<(HeaderMap, Bytes)> {
+    for _ in 0..100 {
+        if got.lock().unwrap().len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    got.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_events_when_a_chain_breaks_and_recovers() {
+    // Private addresses are refused by default; this deployment allows them (the receiver is on loopback).
+    let h = ExactHarness::start_full(|_| {}, "", "").await;
+    let (url, got) = receiver().await;
+    h.api.put("/v1/orgs/acme/webhook", json!({"url": url})).await.assert_problem(400, "invalid_webhook_url");
+    drop(h);
+
+    let h = ExactHarness::start_server_config(|_| {}, "webhook_allow_private_networks = true").await;
+    let r = h.api.put("/v1/orgs/acme/webhook", json!({"url": url})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let secret = r.body["secret"].as_str().unwrap().to_string();
+    assert_eq!(h.api.get("/v1/orgs/acme").await.body["webhook_url"], url.as_str());
+    assert!(!h.api.get("/v1/orgs/acme").await.body.to_string().contains(&secret), "the secret is shown once");
+
+    h.sim.revoke(CLIENT_ID, &h.user.user_id);
+    h.advance(Duration::from_secs(601));
+    assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 409);
+    let events = wait_for(&got, 1).await;
+    assert_eq!(events.len(), 1, "one event for one break");
+    let (headers, body) = &events[0];
+    let event: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(event["type"], "chain.needs_repair");
+    assert_eq!(event["organisation"], "acme");
+    assert_eq!(event["container"], "eol");
+    assert!(event["code"].as_str().unwrap().starts_with("refresh_token_"), "{event}");
+    assert_eq!(headers["x-chainkeeper-event"], "chain.needs_repair");
+    let sig = headers["x-chainkeeper-signature"].to_str().unwrap();
+    let t: i64 = sig.split(',').next().unwrap().trim_start_matches("t=").parse().unwrap();
+    assert_eq!(sig, chainkeeper::notify::signature(secret.as_bytes(), t, body), "HMAC-SHA256 over t.body with the secret");
+    assert_ne!(sig, chainkeeper::notify::signature(b"another secret", t, body));
+
+    let user = h.user.clone();
+    assert_eq!(h.authorize("acme", "finance", "eol", &user).await.status, 200);
+    let events = wait_for(&got, 2).await;
+    let recovered: Value = serde_json::from_slice(&events[1].1).unwrap();
+    assert_eq!(recovered["type"], "chain.recovered");
+}
