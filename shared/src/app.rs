@@ -42,7 +42,19 @@ impl Services {
             config.clone(),
             http.clone(),
         ));
-        Arc::new(Self { store, vault, secrets, clock, config, http, engine, query_cache: Default::default() })
+        let services = Arc::new(Self { store, vault, secrets, clock, config, http, engine, query_cache: Default::default() });
+        // A chain that breaks gets an auto-recovery attempt right away (where the organisation stored credentials).
+        let weak = Arc::downgrade(&services);
+        services.engine.set_on_broken(Box::new(move |c| {
+            if let Some(s) = weak.upgrade() {
+                tokio::spawn(async move {
+                    if let Err(e) = crate::recover::recover_container(&s, &c, "the chain broke").await {
+                        tracing::warn!(error = %e, container = %c, "auto-recovery failed to run");
+                    }
+                });
+            }
+        }));
+        services
     }
 }
 

@@ -160,6 +160,8 @@ pub struct ChainEngine {
     written: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Tells the organisation (webhook) when a chain breaks or recovers.
     notifier: Arc<crate::notify::Notifier>,
+    /// Called when a chain breaks (auto-recovery starts from here).
+    on_broken: std::sync::OnceLock<Box<dyn Fn(ContainerRef) + Send + Sync>>,
 }
 
 /// Pretend the process died here (tests only).
@@ -197,6 +199,7 @@ impl ChainEngine {
             crash_at: Mutex::new(None),
             written: Mutex::default(),
             notifier: Arc::new(crate::notify::Notifier::new(store, vault, clock, http)),
+            on_broken: std::sync::OnceLock::new(),
         }
     }
 
@@ -413,6 +416,28 @@ impl ChainEngine {
         let sealed = chain.sealed_access_token.as_deref().ok_or(ChainError::NotAuthorized)?;
         let token = self.vault.open_string(&field_ctx(c, &local, "access_token"), sealed).await?;
         Ok(AccessToken { token, expires_at_ms: chain.access_expires_at_ms.unwrap_or(0) })
+    }
+
+    /// Registers what happens when a chain breaks (set once, by the services wiring).
+    pub fn set_on_broken(&self, f: Box<dyn Fn(ContainerRef) + Send + Sync>) {
+        let _ = self.on_broken.set(f);
+    }
+
+    pub fn notifier(&self) -> &Arc<crate::notify::Notifier> {
+        &self.notifier
+    }
+
+    /// Marks a chain `needs_repair` with `code` from outside the refresh path (auto-recovery's verdicts).
+    pub async fn set_repair_code(&self, c: &ContainerRef, code: &str, detail: &str) -> Result<(), ChainError> {
+        for _ in 0..5 {
+            let Some((chain, version)) = self.chain(c).await? else { return Ok(()) };
+            match self.mark_broken(c, chain, version, code, detail).await {
+                Err(ChainError::NeedsRepair { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(_) => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     fn wake_waiters(&self, c: &ContainerRef) {
@@ -787,6 +812,9 @@ impl ChainEngine {
             Ok(_) => {
                 self.wake_waiters(c);
                 self.notifier.container_event("chain.needs_repair", c, Some(code));
+                if let Some(f) = self.on_broken.get() {
+                    f(c.clone());
+                }
             }
             Err(e) => tracing::warn!(error = %e, container = %c, "could not record the broken chain"),
         }

@@ -61,9 +61,19 @@ impl Notifier {
         Self { store, vault, clock, http }
     }
 
+    /// Auto-recovery credentials of a container expire soon.
+    pub fn expiring_event(self: &Arc<Self>, c: &ContainerRef, expires_at: String) {
+        self.send(self.event("auto_recovery.expiring", c, None, Some(format!("The auto-recovery credentials expire at {expires_at}. Store them again (PUT …/auto-recovery) to keep auto-recovery."))));
+    }
+
     /// An event about a container, delivered in the background (never delays the caller).
     pub fn container_event(self: &Arc<Self>, kind: &'static str, c: &ContainerRef, code: Option<&str>) {
-        let event = Event {
+        let remediation = code.map(|c| crate::chain::repair_remediation(c).to_string());
+        self.send(self.event(kind, c, code, remediation));
+    }
+
+    fn event(&self, kind: &'static str, c: &ContainerRef, code: Option<&str>, remediation: Option<String>) -> Event {
+        Event {
             id: random_id(),
             kind,
             occurred_at: rfc3339(self.clock.now_ms()),
@@ -71,12 +81,15 @@ impl Notifier {
             database: c.db.to_string(),
             container: c.alias.to_string(),
             code: code.map(str::to_string),
-            remediation: code.map(|c| crate::chain::repair_remediation(c).to_string()),
-        };
+            remediation,
+        }
+    }
+
+    fn send(self: &Arc<Self>, event: Event) {
         let me = self.clone();
-        let org = c.org.clone();
+        let org = event.organisation.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.deliver(org.as_str(), &event).await {
+            if let Err(e) = me.deliver(&org, &event).await {
                 tracing::warn!(error = %e, event = event.kind, %org, "webhook not delivered");
             }
         });

@@ -77,24 +77,14 @@ pub fn spawn_ticker(s: Arc<Services>) -> tokio::task::JoinHandle<()> {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "sweep failed"),
             }
+            match crate::recover::run_once(&s).await {
+                Ok(r) if r.needs_repair > 0 || r.expiry_warnings > 0 => {
+                    tracing::info!(needs_repair = r.needs_repair, recovered = r.recovered, warnings = r.expiry_warnings, "recovery run")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "recovery run failed"),
+            }
         }
     })
 }
 
-#[derive(Debug, Default, Serialize, Clone)]
-pub struct RepairReport {
-    /// Chains that need a person (or auto-recovery), over all organisations seen.
-    pub needs_repair: usize,
-    /// Auto-recovery runs done (auto-recovery is not built yet, so always 0).
-    pub recovered: usize,
-}
-
-/// Counts the chains that need repair in every organisation (the `Repair` index, one query per organisation).
-pub async fn needs_repair_report(s: &Arc<Services>) -> anyhow::Result<RepairReport> {
-    let mut report = RepairReport::default();
-    for org in s.store.query(crate::records::ORG_LIST_PK, "", 100_000).await? {
-        let repairs = s.store.query_index(Index::Repair, &format!("repair#{}", org.key.sk), None, 10_000).await?;
-        report.needs_repair += repairs.len();
-    }
-    Ok(report)
-}

@@ -78,6 +78,9 @@ impl Store for FlakyStore {
         self.fail()?;
         self.inner.transact(ops).await
     }
+    async fn purge_expired(&self) -> Result<usize, StoreError> {
+        self.inner.purge_expired().await
+    }
 }
 
 /// Counts the calls that reach the key adapter (KMS in AWS): the warm path must make none.

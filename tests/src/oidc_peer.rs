@@ -38,6 +38,8 @@ pub struct OidcPeerOptions {
     pub access_ttl_s: u64,
     /// Refresh-token lifetime, seconds (each rotated refresh token gets the full lifetime again).
     pub refresh_ttl_s: u64,
+    /// Listen on this port (0: a free one). A restarted peer on the same port has forgotten every grant.
+    pub port: u16,
 }
 
 impl Default for OidcPeerOptions {
@@ -49,6 +51,7 @@ impl Default for OidcPeerOptions {
             token_auth: "basic".to_owned(),
             access_ttl_s: 60,
             refresh_ttl_s: 24 * 60 * 60,
+            port: 0,
         }
     }
 }
@@ -127,7 +130,7 @@ impl OidcPeer {
         let node = std::env::var_os("NODE").unwrap_or_else(|| "node".into());
         let mut cmd = Command::new(&node);
         cmd.arg(&script)
-            .args(["--port", "0"])
+            .args(["--port", &opts.port.to_string()])
             .args(["--client-id", &opts.client_id])
             .args(["--client-secret", &opts.client_secret])
             .args(["--token-auth", token_auth])

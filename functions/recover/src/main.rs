@@ -1,5 +1,5 @@
-//! Lambda `recover`: on its EventBridge schedule (and when a chain breaks) it looks at the chains that need
-//! repair. Auto-recovery itself (signing in with stored credentials) is not built yet: this reports them.
+//! Lambda `recover`: on its EventBridge schedule, auto-recovery of every broken chain that has recovery
+//! credentials, the expiry warnings, and the purge of expired items.
 
 use lambda_runtime::{LambdaEvent, service_fn};
 
@@ -10,7 +10,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<serde_json::Value>| {
         let services = services.clone();
         async move {
-            let report = chainkeeper::sweep::needs_repair_report(&services).await?;
+            let report = chainkeeper::recover::run_once(&services).await?;
             Ok::<_, lambda_runtime::Error>(serde_json::to_value(report)?)
         }
     }))

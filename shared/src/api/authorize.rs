@@ -25,7 +25,17 @@ use crate::store::{Condition, Put, StoreError, WriteOp};
 
 pub async fn start(State(s): State<AppState>, Caller(who): Caller, names: Names) -> Result<Json<serde_json::Value>, Problem> {
     let c = names.container()?;
-    let (rec, _) = load_container(&s, &c).await?;
+    let (url, _) = begin(&s, &c, &who.sub).await?;
+    let state = url::Url::parse(&url).ok().and_then(|u| u.query_pairs().find(|(k, _)| k == "state").map(|(_, v)| v.to_string())).unwrap_or_default();
+    let expires_at_ms = s.clock.now_ms() + s.config.server.authorization_ttl_s as i64 * 1000;
+    audit::record(&s, &c.org, &who.sub, "authorization.start", Some(&c), "ok", None).await;
+    Ok(Json(json!({"authorize_url": url, "state": state, "expires_at": rfc3339(expires_at_ms)})))
+}
+
+/// Starts an authorization of `c`: a single-use expiring `state` bound to the container, PKCE where the
+/// profile uses it. Returns the provider's authorize URL and the redirect URI it will come back to.
+pub async fn begin(s: &Services, c: &ContainerRef, started_by: &str) -> Result<(String, String), Problem> {
+    let (rec, _) = load_container(s, c).await?;
     if rec.kind != CredentialKind::Oauth2Code {
         return Err(Problem::bad_request(
             "not_an_authorization_container",
@@ -51,7 +61,7 @@ pub async fn start(State(s): State<AppState>, Caller(who): Caller, names: Names)
         provider: provider.clone(),
         sealed_pkce_verifier,
         redirect_uri: app.redirect_uri.clone(),
-        started_by: who.sub.clone(),
+        started_by: started_by.to_string(),
         created_at_ms: now,
         expires_at_ms,
     };
@@ -74,8 +84,7 @@ pub async fn start(State(s): State<AppState>, Caller(who): Caller, names: Names)
             q.append_pair(k, v);
         }
     }
-    audit::record(&s, &c.org, &who.sub, "authorization.start", Some(&c), "ok", None).await;
-    Ok(Json(json!({"authorize_url": url.as_str(), "state": state, "expires_at": rfc3339(expires_at_ms)})))
+    Ok((url.to_string(), app.redirect_uri.clone()))
 }
 
 #[derive(Deserialize)]
@@ -91,7 +100,7 @@ pub async fn callback(State(s): State<AppState>, headers: HeaderMap, Query(q): Q
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"));
-    match complete(&s, q).await {
+    match complete_with(&s, q.code, q.state, q.error.map(|e| format!("{e} {}", q.error_description.unwrap_or_default())), None).await {
         Ok(done) => {
             if wants_json {
                 Json(done).into_response()
@@ -113,8 +122,16 @@ fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-async fn complete(s: &Services, q: CallbackQuery) -> Result<serde_json::Value, Problem> {
-    let state = q.state.filter(|v| !v.is_empty() && v.len() <= 200).ok_or_else(|| {
+/// Completes an authorization from the provider's redirect (`code`, `state`, or `error`). With `expect_user`
+/// (auto-recovery), a different user than expected is refused before anything is stored.
+pub async fn complete_with(
+    s: &Services,
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    expect_user: Option<&str>,
+) -> Result<serde_json::Value, Problem> {
+    let state = state.filter(|v| !v.is_empty() && v.len() <= 200).ok_or_else(|| {
         Problem::bad_request("authorization_state_missing", "The callback has no `state`. Start the authorization again with POST …/authorize.")
     })?;
     let key = authz_key(&state);
@@ -134,15 +151,15 @@ async fn complete(s: &Services, q: CallbackQuery) -> Result<serde_json::Value, P
     }
     let authz: AuthzRecord = decode(&item)?;
     let c = authz.container.clone();
-    if let Some(err) = q.error {
-        let detail: String = q.error_description.unwrap_or_default().chars().take(200).collect();
-        audit::record(s, &c.org, &authz.started_by, "authorization.complete", Some(&c), "denied", Some(err.chars().take(60).collect())).await;
+    if let Some(err) = error {
+        let said: String = err.trim().chars().take(200).collect();
+        audit::record(s, &c.org, &authz.started_by, "authorization.complete", Some(&c), "denied", Some(said.clone())).await;
         return Err(Problem::bad_request(
             "authorization_denied",
-            format!("The provider did not authorize {c}: {} {detail}. Start again and allow access.", err.chars().take(60).collect::<String>()),
+            format!("The provider did not authorize {c}: {said}. Start again and allow access."),
         ));
     }
-    let code = q.code.filter(|v| !v.is_empty()).ok_or_else(|| {
+    let code = code.filter(|v| !v.is_empty()).ok_or_else(|| {
         Problem::bad_request("authorization_code_missing", "The callback has no `code`. Start the authorization again.")
     })?;
     let (rec, version) = load_container(s, &c).await?;
@@ -196,6 +213,13 @@ async fn complete(s: &Services, q: CallbackQuery) -> Result<serde_json::Value, P
         })?,
         None => (String::from("unknown"), None),
     };
+    if let Some(expected) = expect_user.filter(|e| *e != user_id) {
+        audit::record(s, &c.org, &authz.started_by, "authorization.complete", Some(&c), "wrong_identity", Some(format!("signed in as {user_id}, expected {expected}"))).await;
+        return Err(Problem::conflict(
+            "recovery_wrong_identity",
+            format!("Auto-recovery signed in as a different user than {c} uses; nothing was stored. Store the recovery credentials of the container's own user."),
+        ));
+    }
     let now = s.clock.now_ms();
     let single_instance_id = profile.single_instance.then(|| format!("{}#{}", app.client_id, user_id));
 

@@ -299,8 +299,23 @@ pub(crate) fn container_view(s: &Services, rec: &ContainerRecord, chain: Option<
 pub async fn get_container(State(s): State<AppState>, names: Names) -> Result<Json<Value>, Problem> {
     let c = names.container()?;
     let (rec, _) = load_container(&s, &c).await?;
-    let chain = s.engine.chain(&c).await.map_err(|e| Problem::internal(&e))?.map(|(ch, _)| ch);
-    Ok(Json(container_view(&s, &rec, chain.as_ref())))
+    full_view(&s, &rec).await.map(Json)
+}
+
+/// The masked view with the chain and the auto-recovery state (presence and expiry, never a value).
+async fn full_view(s: &Services, rec: &ContainerRecord) -> Result<Value, Problem> {
+    let chain = s.engine.chain(&rec.container).await.map_err(|e| Problem::internal(&e))?.map(|(ch, _)| ch);
+    let mut v = container_view(s, rec, chain.as_ref());
+    if rec.kind == CredentialKind::Oauth2Code {
+        v["auto_recovery"] = match crate::recover::load(s, &rec.container).await? {
+            Some((r, _)) => json!({
+                "configured": true, "totp": r.sealed_totp.is_some(), "expires_at": rfc3339(r.expires_at_ms),
+                "retention_days": r.retention_days, "stopped": r.stopped,
+            }),
+            None => json!({"configured": false}),
+        };
+    }
+    Ok(v)
 }
 
 pub async fn list_containers(State(s): State<AppState>, names: Names) -> Result<Json<Value>, Problem> {
@@ -310,8 +325,7 @@ pub async fn list_containers(State(s): State<AppState>, names: Names) -> Result<
     let mut out = Vec::new();
     for item in items {
         let rec: ContainerRecord = decode(&item)?;
-        let chain = s.engine.chain(&rec.container).await.map_err(|e| Problem::internal(&e))?.map(|(ch, _)| ch);
-        out.push(container_view(&s, &rec, chain.as_ref()));
+        out.push(full_view(&s, &rec).await?);
     }
     Ok(Json(json!({ "containers": out })))
 }

@@ -6,6 +6,7 @@ pub mod extract;
 pub mod manage;
 pub mod openapi;
 pub mod query;
+pub mod recovery;
 pub mod routes;
 pub mod token;
 pub mod tokens;
@@ -54,6 +55,8 @@ fn manage_routes() -> Router<AppState> {
         .route("/v1/orgs/{org}/databases/{db}/containers", post(manage::create_container).get(manage::list_containers))
         .route(C, get(manage::get_container).delete(manage::delete_container))
         .route(&format!("{C}/credentials"), axum::routing::put(manage::set_credentials))
+        .route(&format!("{C}/auto-recovery"), axum::routing::put(recovery::set).delete(recovery::delete))
+        .route(&format!("{C}/recover"), post(recovery::run))
         .route("/v1/orgs/{org}/repairs", get(manage::repairs))
         .route("/v1/orgs/{org}/audit", get(manage::audit))
         .route("/v1/orgs/{org}/webhook", axum::routing::put(manage::set_webhook).delete(manage::delete_webhook))

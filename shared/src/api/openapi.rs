@@ -103,6 +103,11 @@ fn request_schema(method: &str, path: &str) -> Option<Value> {
             &["subject", "scopes"],
         ),
         ("POST", "authorize") | ("POST", "token") => object(json!({}), &[]),
+        ("PUT", "auto-recovery") => object(
+            json!({"username": text, "password": text, "totp_secret": text, "retention_days": {"type": "integer", "minimum": 1, "maximum": 90}}),
+            &["username", "password"],
+        ),
+        ("POST", "recover") => object(json!({}), &[]),
         ("PUT", "webhook") => object(json!({"url": {"type": "string", "format": "uri"}}), &["url"]),
         _ => return None,
     })

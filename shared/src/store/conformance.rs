@@ -65,6 +65,10 @@ pub async fn run(store: Arc<dyn Store>, clock: ManualClock, ns: &str) {
         .put(put(&pk("ttl"), "x", "again", Condition::Absent))
         .await
         .expect("Absent holds for an expired item");
+    store.put(put(&pk("ttl"), "y", "gone", Condition::None).expires_at(Some(clock.now_ms() + 1_000))).await.unwrap();
+    clock.advance(std::time::Duration::from_secs(2));
+    assert!(store.purge_expired().await.unwrap() <= 1, "purging is optional, but never removes live items");
+    assert!(store.get(&Key::new(pk("ttl"), "x")).await.unwrap().is_some(), "a live item survives a purge");
 
     // Transactions: all or nothing.
     let ok = store

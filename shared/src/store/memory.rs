@@ -118,6 +118,14 @@ impl Store for MemoryStore {
         Ok(hits)
     }
 
+    async fn purge_expired(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now_ms();
+        let mut items = self.items.lock().unwrap();
+        let before = items.len();
+        items.retain(|_, i| i.expires_at_ms.is_none_or(|t| t > now));
+        Ok(before - items.len())
+    }
+
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let mut items = self.items.lock().unwrap();
         if !ops.iter().all(|op| self.check(&items, op)) {

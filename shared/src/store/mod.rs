@@ -129,6 +129,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Item>, StoreError>;
     /// All operations or none.
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+    /// Deletes expired items for good; returns how many. Backends that expire items themselves (DynamoDB TTL)
+    /// keep the default, which does nothing.
+    async fn purge_expired(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 }
 
 /// Decide whether `condition` holds for the item currently stored (already filtered for expiry).

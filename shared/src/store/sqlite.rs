@@ -211,4 +211,15 @@ impl Store for SqliteStore {
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         self.write(ops).await.map(|_| ())
     }
+
+    async fn purge_expired(&self) -> Result<usize, StoreError> {
+        let writer = self.writer.clone();
+        let now = self.clock.now_ms();
+        tokio::task::spawn_blocking(move || {
+            let conn = writer.lock().map_err(|_| unavailable(anyhow::anyhow!("writer poisoned")))?;
+            conn.execute("DELETE FROM items WHERE expires_at IS NOT NULL AND expires_at <= ?1", params![now]).map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
 }

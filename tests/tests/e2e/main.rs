@@ -2,6 +2,7 @@
 //! Needs `cargo build -p chainkeeper-cli` (the `serve` process) and `npm ci --prefix tests/peers/oidc`.
 
 mod api_errors;
+mod auto_recovery;
 mod cli;
 mod exact_engine;
 mod oidc_flow;

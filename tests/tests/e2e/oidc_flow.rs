@@ -271,3 +271,45 @@ async fn deleting_a_container_revokes_its_tokens_at_the_provider() {
     let audit = api.get("/v1/orgs/acme/audit").await.body.to_string();
     assert!(audit.contains("tokens revoked at the provider"), "{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_recovery_signs_in_through_the_providers_login_and_consent_forms() {
+    let Setup { peer, serve, api, _dir } = setup(2, "basic").await;
+    api.create_container("acme", "main", "crm", "oauth2_code", Some("oidc-test")).await;
+    assert_eq!(authorize(&api, "acme", "main", "crm", "frank").await.status, 200);
+    let path = container_path("acme", "main", "crm");
+    let r = api.put(&format!("{path}/auto-recovery"), json!({"username": "frank", "password": "any-password-PLANTED"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The provider forgets every grant (a restart of its in-memory store): the chain's refresh token is dead.
+    let port = peer.port;
+    peer.stop().await.unwrap();
+    let peer = OidcPeer::start(OidcPeerOptions {
+        client_id: "ck-app".into(),
+        client_secret: "ck-client-secret-PLANTED".into(),
+        redirect_uris: vec![format!("{}/v1/callback", serve.base)],
+        token_auth: "basic".into(),
+        access_ttl_s: 60,
+        port,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let broken = api.post(&format!("{path}/token"), json!({})).await;
+    assert_eq!(broken.status, 409, "{}", broken.body);
+    // The break starts auto-recovery, which signs in through oidc-provider's HTML login and consent forms.
+    let mut view = api.get(&path).await.body;
+    for _ in 0..100 {
+        if view["status"] == "healthy" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        view = api.get(&path).await.body;
+    }
+    assert_eq!(view["status"], "healthy", "{view}");
+    let t = api.post(&format!("{path}/token"), json!({})).await;
+    assert_eq!(t.status, 200);
+    let me = reqwest::Client::new().get(peer.userinfo_url()).bearer_auth(t.body["access_token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(me.json::<serde_json::Value>().await.unwrap()["sub"], "frank");
+    drop(serve);
+}
