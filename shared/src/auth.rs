@@ -16,7 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
-use crate::api::routes::route_for;
+use crate::api::routes::{RouteSpec, route_for};
 use crate::clock::Millis;
 use crate::problem::Problem;
 
@@ -96,7 +96,7 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
     }
     let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    match check(&state, header, &method, &path, route.resource).await {
+    match check(&state, header, &method, &path, route).await {
         Ok(claims) => {
             let mut req = req;
             req.extensions_mut().insert(claims);
@@ -106,7 +106,8 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
     }
 }
 
-async fn check(state: &AppState, header: Option<String>, method: &Method, path: &str, resource: &str) -> Result<Claims, Problem> {
+async fn check(state: &AppState, header: Option<String>, method: &Method, path: &str, route: &RouteSpec) -> Result<Claims, Problem> {
+    let resource = route.resource;
     let header = header
         .ok_or_else(|| unauthorized("This call needs `Authorization: Bearer <API token>`. Issue one with `chainkeeper token issue` or POST /v1/orgs/{org}/api-tokens."))?;
     let token = header
@@ -126,11 +127,12 @@ async fn check(state: &AppState, header: Option<String>, method: &Method, path: 
                 "This API token belongs to another organisation. Use a token of the organisation in the URL.",
             ));
         }
-    } else if claims.org.is_some() && resource == "orgs" {
+    }
+    if claims.org.is_some() && route.platform_only() {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "platform_scope_required",
-            "Creating organisations needs a platform token (`chainkeeper token issue --platform`).",
+            "Creating or deleting organisations needs a platform token (`chainkeeper token issue --platform`).",
         ));
     }
     if !allows(&claims.scopes, &state.config.scope_groups, method, resource) {

@@ -11,6 +11,8 @@
 pub mod api;
 pub mod app;
 pub mod audit;
+#[cfg(feature = "aws")]
+pub mod aws;
 pub mod auth;
 pub mod chain;
 pub mod clock;

@@ -2,7 +2,7 @@
 //!
 //! | item | pk | sk |
 //! | --- | --- | --- |
-//! | organisation | `org#{org}` | `meta` |
+//! | organisation (a tombstone once deleted) | `org#{org}` | `meta` |
 //! | list of organisations | `orgs` | `{org}` |
 //! | organisation key (embedded) | `org#{org}` | `orgkey` |
 //! | database | `org#{org}` | `db#{db}` |
@@ -84,6 +84,10 @@ pub struct OrgRecord {
     /// The HMAC key that signs webhook events, sealed with the organisation's key.
     #[serde(default)]
     pub sealed_webhook_secret: Option<String>,
+    /// Set when the organisation was deleted. The record stays as a tombstone so that its name is never given
+    /// to another organisation: tokens issued for the old one, and its audit trail, can never reach a newcomer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at_ms: Option<Millis>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -2,6 +2,9 @@
 //! ports, and talk to the API. Every process started here is killed when its handle drops.
 
 pub mod exact;
+pub mod lambda_runtime;
+#[cfg(feature = "aws")]
+pub mod moto;
 pub mod oidc_peer;
 
 use std::net::TcpListener;

@@ -4,6 +4,6 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     chainkeeper::telemetry::init();
-    let services = chainkeeper::lambda::services_from_env()?;
+    let services = chainkeeper::lambda::services_from_env().await?;
     lambda_http::run(chainkeeper::api::query_router(services)).await
 }

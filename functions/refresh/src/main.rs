@@ -6,7 +6,7 @@ use lambda_runtime::{LambdaEvent, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     chainkeeper::telemetry::init();
-    let services = chainkeeper::lambda::services_from_env()?;
+    let services = chainkeeper::lambda::services_from_env().await?;
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<serde_json::Value>| {
         let services = services.clone();
         async move {

@@ -21,10 +21,18 @@ use crate::store::{Condition, Index, Put, WriteOp};
 type Created = (StatusCode, Json<Value>);
 
 pub(crate) async fn load_org(s: &Services, org: &OrgId) -> Result<OrgRecord, Problem> {
-    let item = s.store.get(&org_key(org)).await?.ok_or_else(|| {
-        Problem::not_found("org_not_found", format!("Organisation '{org}' does not exist. Create it with POST /v1/orgs."))
-    })?;
-    Ok(decode(&item)?)
+    Ok(load_org_versioned(s, org).await?.0)
+}
+
+/// The organisation and its item version; a deleted organisation (tombstone) does not exist.
+async fn load_org_versioned(s: &Services, org: &OrgId) -> Result<(OrgRecord, u64), Problem> {
+    let not_found = || Problem::not_found("org_not_found", format!("Organisation '{org}' does not exist. Create it with POST /v1/orgs."));
+    let item = s.store.get(&org_key(org)).await?.ok_or_else(not_found)?;
+    let rec: OrgRecord = decode(&item)?;
+    if rec.deleted_at_ms.is_some() {
+        return Err(not_found());
+    }
+    Ok((rec, item.version))
 }
 
 pub(crate) async fn load_db(s: &Services, org: &OrgId, db: &DbName) -> Result<DbRecord, Problem> {
@@ -53,8 +61,19 @@ pub struct NewOrg {
 
 pub async fn create_org(State(s): State<AppState>, Caller(who): Caller, Body(b): Body<NewOrg>) -> Result<Created, Problem> {
     let org = OrgId::parse(&b.name)?;
+    // Look before making a key, so that a taken or retired name does not leave an orphan key behind.
+    if let Some(item) = s.store.get(&org_key(&org)).await? {
+        return Err(org_name_taken(&org, &decode(&item)?));
+    }
     s.vault.keys().create_org_key(org.as_str()).await?;
-    let rec = OrgRecord { name: org.clone(), display_name: b.display_name, created_at_ms: s.clock.now_ms(), webhook_url: None, sealed_webhook_secret: None };
+    let rec = OrgRecord {
+        name: org.clone(),
+        display_name: b.display_name,
+        created_at_ms: s.clock.now_ms(),
+        webhook_url: None,
+        sealed_webhook_secret: None,
+        deleted_at_ms: None,
+    };
     let ops = vec![
         WriteOp::Put(Put::new(org_key(&org), encode(&rec), Condition::Absent)),
         WriteOp::Put(Put::new(org_list_key(&org), Vec::new(), Condition::None)),
@@ -68,6 +87,49 @@ pub async fn create_org(State(s): State<AppState>, Caller(who): Caller, Body(b):
     }
     audit::record(&s, &org, &who.sub, "org.create", None, "ok", None).await;
     Ok((StatusCode::CREATED, Json(org_view(&rec))))
+}
+
+/// Deletes an empty organisation (platform token only): its API tokens are revoked, its record becomes a
+/// tombstone (the name is retired), and its key is destroyed (KMS: scheduled for deletion), so whatever sealed
+/// data remained anywhere can no longer be opened.
+pub async fn delete_org(State(s): State<AppState>, Caller(who): Caller, names: Names) -> Result<StatusCode, Problem> {
+    // Platform tokens only: the auth middleware refuses organisation tokens (RouteSpec::platform_only).
+    let org = &names.org;
+    let (mut rec, version) = load_org_versioned(&s, org).await?;
+    if !s.store.query(&format!("org#{org}"), "db#", 1).await?.is_empty() {
+        return Err(Problem::conflict(
+            "org_not_empty",
+            format!("Organisation '{org}' still has databases. Delete its containers and databases first."),
+        ));
+    }
+    let revoked = super::tokens::revoke_all(&s, org).await?;
+    rec.deleted_at_ms = Some(s.clock.now_ms());
+    rec.webhook_url = None;
+    rec.sealed_webhook_secret = None;
+    s.store
+        .transact(vec![
+            WriteOp::Put(Put::new(org_key(org), encode(&rec), Condition::Version(version))),
+            WriteOp::Delete { key: org_list_key(org), condition: Condition::None },
+        ])
+        .await?;
+    s.vault.keys().delete_org_key(org.as_str()).await?;
+    s.vault.forget_all();
+    audit::record(&s, org, &who.sub, "org.delete", None, "ok", Some(format!("key destroyed, {revoked} API tokens revoked"))).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn org_name_taken(org: &OrgId, existing: &OrgRecord) -> Problem {
+    match existing.deleted_at_ms {
+        Some(at) => Problem::conflict(
+            "org_name_retired",
+            format!(
+                "The name '{org}' belonged to an organisation deleted at {}. Names are never reused, so that its API tokens \
+                 and audit trail cannot reach a new owner. Choose another name.",
+                rfc3339(at)
+            ),
+        ),
+        None => Problem::conflict("org_exists", format!("Organisation '{org}' already exists.")),
+    }
 }
 
 fn org_view(o: &OrgRecord) -> Value {
@@ -92,23 +154,21 @@ pub async fn set_webhook(State(s): State<AppState>, Caller(who): Caller, names: 
             "Webhooks to loopback or private addresses are refused (set server.webhook_allow_private_networks to allow them).",
         ));
     }
-    let item = s.store.get(&org_key(&names.org)).await?.ok_or_else(|| Problem::not_found("org_not_found", format!("Organisation '{}' does not exist.", names.org)))?;
-    let mut rec: OrgRecord = decode(&item)?;
+    let (mut rec, version) = load_org_versioned(&s, &names.org).await?;
     use base64::Engine;
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     rec.sealed_webhook_secret = Some(s.vault.seal(&crate::notify::secret_context(names.org.as_str()), secret.as_bytes()).await?);
     rec.webhook_url = Some(url.to_string());
-    s.store.put(Put::new(org_key(&names.org), encode(&rec), Condition::Version(item.version))).await?;
+    s.store.put(Put::new(org_key(&names.org), encode(&rec), Condition::Version(version))).await?;
     audit::record(&s, &names.org, &who.sub, "webhook.set", None, "ok", Some(url.to_string())).await;
     Ok(Json(json!({"url": url.as_str(), "secret": secret, "signature_header": "X-Chainkeeper-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>"})))
 }
 
 pub async fn delete_webhook(State(s): State<AppState>, Caller(who): Caller, names: Names) -> Result<StatusCode, Problem> {
-    let item = s.store.get(&org_key(&names.org)).await?.ok_or_else(|| Problem::not_found("org_not_found", format!("Organisation '{}' does not exist.", names.org)))?;
-    let mut rec: OrgRecord = decode(&item)?;
+    let (mut rec, version) = load_org_versioned(&s, &names.org).await?;
     rec.webhook_url = None;
     rec.sealed_webhook_secret = None;
-    s.store.put(Put::new(org_key(&names.org), encode(&rec), Condition::Version(item.version))).await?;
+    s.store.put(Put::new(org_key(&names.org), encode(&rec), Condition::Version(version))).await?;
     audit::record(&s, &names.org, &who.sub, "webhook.delete", None, "ok", None).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -49,7 +49,7 @@ fn query_routes() -> Router<AppState> {
 fn manage_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/orgs", post(manage::create_org))
-        .route("/v1/orgs/{org}", get(manage::get_org))
+        .route("/v1/orgs/{org}", get(manage::get_org).delete(manage::delete_org))
         .route("/v1/orgs/{org}/databases", post(manage::create_db).get(manage::list_dbs))
         .route("/v1/orgs/{org}/databases/{db}", axum::routing::delete(manage::delete_db))
         .route("/v1/orgs/{org}/databases/{db}/containers", post(manage::create_container).get(manage::list_containers))

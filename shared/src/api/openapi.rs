@@ -54,6 +54,9 @@ pub fn document() -> Value {
             alternatives.push(json!({"apiToken": ["admin"]}));
             op["security"] = Value::Array(alternatives);
             op["x-chainkeeper-resource"] = json!(r.resource);
+            if r.platform_only() {
+                op["x-chainkeeper-platform-only"] = json!(true);
+            }
         }
         let entry = paths.entry(r.path.replace("{*", "{")).or_insert_with(|| json!({}));
         entry[r.method.to_lowercase()] = op;

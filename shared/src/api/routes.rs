@@ -14,6 +14,15 @@ pub struct RouteSpec {
     pub function: &'static str,
 }
 
+impl RouteSpec {
+    /// Routes that act on organisations themselves (create, delete) need a platform token: an organisation's
+    /// own token, even with `admin`, cannot create or delete organisations. Published as
+    /// `x-chainkeeper-platform-only` in `/openapi.json`.
+    pub fn platform_only(&self) -> bool {
+        self.resource == "orgs" && self.method != "GET"
+    }
+}
+
 const C: &str = "/v1/orgs/{org}/databases/{db}/containers/{alias}";
 
 macro_rules! r {
@@ -28,6 +37,7 @@ pub const ROUTES: &[RouteSpec] = &[
     RouteSpec { method: "GET", path: "/v1/callback", resource: "callback", public: true, summary: "The OAuth2 redirect URI: completes an authorization.", function: "callback" },
     r!("POST", "/v1/orgs", "orgs", "manage", "Create an organisation and its encryption key (platform token)."),
     r!("GET", "/v1/orgs/{org}", "orgs", "manage", "An organisation."),
+    r!("DELETE", "/v1/orgs/{org}", "orgs", "manage", "Delete an empty organisation and destroy its encryption key (platform token)."),
     r!("POST", "/v1/orgs/{org}/databases", "databases", "manage", "Create a database."),
     r!("GET", "/v1/orgs/{org}/databases", "databases", "manage", "List databases."),
     r!("DELETE", "/v1/orgs/{org}/databases/{db}", "databases", "manage", "Delete an empty database."),

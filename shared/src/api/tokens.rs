@@ -102,6 +102,22 @@ pub async fn list(State(s): State<AppState>, names: Names) -> Result<Json<Value>
     Ok(Json(json!({ "api_tokens": list })))
 }
 
+/// Revokes every API token issued for the organisation through the API (when the organisation is deleted, so
+/// that a later organisation of the same name does not inherit them). Returns how many were revoked.
+pub(crate) async fn revoke_all(s: &crate::app::Services, org: &crate::ids::OrgId) -> Result<usize, Problem> {
+    let now = s.clock.now_ms();
+    let mut n = 0;
+    for item in s.store.query(&format!("org#{org}"), "apitoken#", 100_000).await? {
+        let rec: ApiTokenRecord = decode(&item)?;
+        if rec.expires_at_ms > now {
+            s.store.put(Put::new(revoked_key(&rec.id), Vec::new(), Condition::None).expires_at(Some(rec.expires_at_ms + 60_000))).await?;
+            n += 1;
+        }
+        s.store.delete(&item.key, Condition::None).await?;
+    }
+    Ok(n)
+}
+
 pub async fn revoke(State(s): State<AppState>, Caller(who): Caller, names: Names, Path(params): Path<std::collections::HashMap<String, String>>) -> Result<StatusCode, Problem> {
     load_org(&s, &names.org).await?;
     let id = params.get("id").cloned().unwrap_or_default();

@@ -6,6 +6,7 @@
 //! organisation, container or field does not open. Plaintext data keys are cached in memory, bounded in
 //! number and age, so a warm `access_token` call does no key-file or KMS work.
 
+pub mod conformance;
 pub mod local;
 
 use std::collections::HashMap;
@@ -255,6 +256,13 @@ mod tests {
         let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
         let keys = local::LocalKeys::new(store, [7u8; 32]);
         (Vault::new(Arc::new(keys), Arc::new(clock.clone()), limits), clock)
+    }
+
+    #[tokio::test]
+    async fn local_keys_conform() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock)));
+        conformance::run(Arc::new(local::LocalKeys::new(store, [5u8; 32])), "t").await;
     }
 
     #[tokio::test]

@@ -2,8 +2,10 @@
 //!
 //!     cargo build --release -p chainkeeper-cli -p chainkeeper-e2e
 //!     target/release/chainkeeper-bench [amplification|warm|waiters|sweep|all]
+//!     target/release/chainkeeper-bench lambda-init [target/lambda]
 //!
-//! `warm` needs `wrk` (Debian package) and the release `chainkeeper` binary.
+//! `warm` needs `wrk` (Debian package) and the release `chainkeeper` binary. `lambda-init` times the init phase of
+//! the Lambda artifacts that `infra/build-lambdas.sh` builds (each `<dir>/<function>/bootstrap` or `bootstrap.zip`).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -31,6 +33,70 @@ async fn main() -> anyhow::Result<()> {
     }
     if what == "warm" || what == "all" {
         warm().await?;
+    }
+    if what == "lambda-init" {
+        let dir = std::env::args().nth(2).unwrap_or_else(|| "target/lambda".into());
+        lambda_init(std::path::Path::new(&dir)).await?;
+    }
+    Ok(())
+}
+
+/// Cold start of each Lambda artifact: from spawning `bootstrap` to its first request for an event at the Runtime
+/// API (what Lambda reports as Init Duration), with the environment the SAM template gives it (DynamoDB, KMS and
+/// Secrets Manager adapters built; nothing is called before the first event). Median and max of 7 starts.
+async fn lambda_init(dir: &std::path::Path) -> anyhow::Result<()> {
+    use chainkeeper_e2e::lambda_runtime::LocalLambda;
+    println!("\n## Lambda cold start: init duration (spawn -> first `invocation/next`), 7 starts each; target <= 100 ms");
+    let tmp = tempfile::tempdir()?;
+    let env = [
+        ("CHAINKEEPER_TABLE", "chainkeeper-bench".to_string()),
+        ("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/bench/api-token-signing-key".to_string()),
+        ("CHAINKEEPER_KMS_ALIAS_PREFIX", "alias/chainkeeper/bench/".to_string()),
+        ("CHAINKEEPER_STAGE", "bench".to_string()),
+        ("AWS_ACCESS_KEY_ID", "bench".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "bench".to_string()),
+        ("AWS_LAMBDA_LOG_FORMAT", "JSON".to_string()),
+    ];
+    for name in ["callback", "query", "manage", "refresh", "recover"] {
+        let zip = dir.join(name).join("bootstrap.zip");
+        let size = std::fs::metadata(&zip).map(|m| m.len()).ok();
+        let binary = if dir.join(name).join("bootstrap").exists() {
+            dir.join(name).join("bootstrap")
+        } else if size.is_some() {
+            // cargo lambda's zip holds one file, `bootstrap`: unpack it to run it.
+            let out = tmp.path().join(name);
+            std::fs::create_dir_all(&out)?;
+            let status = std::process::Command::new("python3")
+                .args(["-c", "import sys,zipfile,os; z=zipfile.ZipFile(sys.argv[1]); z.extract('bootstrap', sys.argv[2]); os.chmod(os.path.join(sys.argv[2],'bootstrap'), 0o755)"])
+                .arg(&zip)
+                .arg(&out)
+                .status()?;
+            anyhow::ensure!(status.success(), "cannot unpack {}", zip.display());
+            out.join("bootstrap")
+        } else {
+            println!("{name:>8}: no artifact under {} (run infra/build-lambdas.sh)", dir.join(name).display());
+            continue;
+        };
+        let mut times = Vec::new();
+        for _ in 0..7 {
+            let f = LocalLambda::start(&binary, &env).await?;
+            let t0 = Instant::now();
+            let init = loop {
+                if let Some(d) = f.init_duration() {
+                    break d;
+                }
+                anyhow::ensure!(t0.elapsed() < Duration::from_secs(10), "{name} did not ask for an event within 10 s");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            times.push(init);
+        }
+        times.sort();
+        let zip_text = size.map_or_else(|| "no zip".to_string(), |b| format!("zip {:.2} MB", b as f64 / 1_000_000.0));
+        println!(
+            "{name:>8}: init median {:.1} ms, max {:.1} ms; {zip_text}",
+            times[times.len() / 2].as_secs_f64() * 1000.0,
+            times[times.len() - 1].as_secs_f64() * 1000.0
+        );
     }
     Ok(())
 }

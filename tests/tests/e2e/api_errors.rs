@@ -60,3 +60,37 @@ async fn every_error_is_problem_json_with_a_code() {
     let log = serve.log();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// Deleting an organisation: platform tokens only, only when empty; its API tokens die with it, its name is
+/// retired, and its key is destroyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_organisation_needs_the_platform_an_empty_org_and_shreds_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), None).await.unwrap();
+    let admin = Api::new(&serve.base, &issue_token(dir.path(), &["--platform"], &["admin"]));
+    admin.post("/v1/orgs", json!({"name": "acme"})).await;
+    admin.post("/v1/orgs/acme/databases", json!({"name": "main"})).await;
+    admin.create_container("acme", "main", "sql", "password", None).await;
+    let r = admin.put(&format!("{}/credentials", container_path("acme", "main", "sql")), json!({"username": "u", "password": "pw-PLANTED"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin.post("/v1/orgs/acme/api-tokens", json!({"subject": "power-bi", "scopes": ["databases.read"]})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let bi = admin.with_token(r.body["token"].as_str().unwrap());
+    assert_eq!(bi.get("/v1/orgs/acme/databases").await.status, 200);
+
+    let own_admin = admin.with_token(&issue_token(dir.path(), &["--org", "acme"], &["admin"]));
+    own_admin.delete("/v1/orgs/acme").await.assert_problem(403, "platform_scope_required");
+    admin.delete("/v1/orgs/acme").await.assert_problem(409, "org_not_empty");
+    assert_eq!(admin.delete(&container_path("acme", "main", "sql")).await.status, 204);
+    assert_eq!(admin.delete("/v1/orgs/acme/databases/main").await.status, 204);
+    assert_eq!(admin.delete("/v1/orgs/acme").await.status, 204);
+    admin.get("/v1/orgs/acme").await.assert_problem(404, "org_not_found");
+    admin.delete("/v1/orgs/acme").await.assert_problem(404, "org_not_found");
+
+    // Its tokens are dead, and its name is retired: no newcomer inherits its tokens or its audit trail.
+    bi.get("/v1/orgs/acme/databases").await.assert_problem(401, "unauthorized");
+    own_admin.get("/v1/orgs/acme/databases").await.assert_problem(404, "org_not_found");
+    admin.post("/v1/orgs", json!({"name": "ACME"})).await.assert_problem(409, "org_name_retired");
+    admin.put("/v1/orgs/acme/webhook", json!({"url": "https://hooks.example/x"})).await.assert_problem(404, "org_not_found");
+    assert_eq!(admin.post("/v1/orgs", json!({"name": "acme2"})).await.status, 201, "other names are fine");
+}

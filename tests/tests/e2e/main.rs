@@ -3,7 +3,10 @@
 
 mod api_errors;
 mod auto_recovery;
+#[cfg(feature = "aws")]
+mod aws;
 mod cli;
+mod lambda_functions;
 mod exact_engine;
 mod oidc_flow;
 mod processes;

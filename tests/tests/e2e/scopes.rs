@@ -33,7 +33,14 @@ async fn every_route_enforces_the_scopes_the_spec_publishes() {
         }
         let scopes: Vec<String> = security.iter().map(|alt| alt["apiToken"][0].as_str().unwrap().to_string()).collect();
         let resource = op["x-chainkeeper-resource"].as_str().unwrap();
-        let owner: &[&str] = if path.contains("{org}") { &["--org", "acme"] } else { &["--platform"] };
+        let platform_only = op["x-chainkeeper-platform-only"] == json!(true);
+        let owner: &[&str] = if path.contains("{org}") && !platform_only { &["--org", "acme"] } else { &["--platform"] };
+        if platform_only && path.contains("{org}") {
+            // The organisation's own admin token does not reach a platform-only route.
+            let own_admin = platform.with_token(&issue_token(dir.path(), &["--org", "acme"], &["admin"]));
+            let body = if m == "GET" || m == "DELETE" { None } else { Some(json!({})) };
+            own_admin.call(&m, &url, body).await.assert_problem(403, "platform_scope_required");
+        }
         // A token with another resource's scopes only: refused.
         let other = if resource == "audit" { "repairs.readwrite" } else { "audit.readwrite" };
         let wrong = platform.with_token(&issue_token(dir.path(), owner, &[other]));

@@ -1,0 +1,64 @@
+//! The AWS adapters (feature `aws`): DynamoDB [`Store`](crate::store::Store), KMS [`Keys`](crate::keys::Keys),
+//! Secrets Manager [`Secrets`](crate::secrets::Secrets). Only this module imports `aws_sdk_*`.
+
+pub mod dynamo;
+pub mod kms;
+pub mod secrets;
+
+use std::sync::Arc;
+
+use crate::app::Services;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+
+/// Environment of the Lambda functions (and of anything else that runs on AWS).
+pub struct AwsEnv {
+    /// `CHAINKEEPER_TABLE`: the DynamoDB table.
+    pub table: String,
+    /// `CHAINKEEPER_SIGNING_KEY_SECRET`: the Secrets Manager secret holding the API-token signing key.
+    pub signing_key_secret: String,
+    /// `CHAINKEEPER_APPS_SECRET_PREFIX` (default `chainkeeper/apps/`): app registrations are `<prefix><provider>`.
+    pub apps_secret_prefix: String,
+    /// `CHAINKEEPER_STAGE` (default `prod`): tags the organisation keys, so stages never share keys.
+    pub stage: String,
+    /// `CHAINKEEPER_KMS_ALIAS_PREFIX` (default `alias/chainkeeper/`): organisation keys are `<prefix><org>`.
+    pub kms_alias_prefix: String,
+}
+
+impl AwsEnv {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |k: &str| std::env::var(k).map_err(|_| anyhow::anyhow!("{k} is not set"));
+        Ok(Self {
+            table: var("CHAINKEEPER_TABLE")?,
+            signing_key_secret: var("CHAINKEEPER_SIGNING_KEY_SECRET")?,
+            apps_secret_prefix: std::env::var("CHAINKEEPER_APPS_SECRET_PREFIX").unwrap_or_else(|_| "chainkeeper/apps/".into()),
+            stage: std::env::var("CHAINKEEPER_STAGE").unwrap_or_else(|_| "prod".into()),
+            kms_alias_prefix: std::env::var("CHAINKEEPER_KMS_ALIAS_PREFIX").unwrap_or_else(|_| "alias/chainkeeper/".into()),
+        })
+    }
+}
+
+/// The SDK configuration for a local AWS stand-in (moto): its endpoint, a region, static test credentials.
+pub async fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("eu-west-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "local"))
+        .load()
+        .await
+}
+
+/// Services on AWS: the SDK configuration is loaded once (region, credentials, `AWS_ENDPOINT_URL`).
+pub async fn services(env: AwsEnv, config: Config) -> anyhow::Result<Arc<Services>> {
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = Arc::new(dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), env.table.clone(), clock.clone()));
+    let keys = Arc::new(kms::KmsKeys::new(aws_sdk_kms::Client::new(&sdk), env.stage.clone(), env.kms_alias_prefix.clone()));
+    let secrets = Arc::new(secrets::SecretsManager::new(
+        aws_sdk_secretsmanager::Client::new(&sdk),
+        env.apps_secret_prefix.clone(),
+        env.signing_key_secret.clone(),
+        clock.clone(),
+    ));
+    Ok(Services::new(store, keys, secrets, clock, config))
+}

@@ -1,0 +1,32 @@
+//! moto in server mode (PyPI `moto[server]`): DynamoDB, KMS and Secrets Manager on a free loopback port.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::bail;
+
+pub struct Moto {
+    pub endpoint: String,
+    _child: tokio::process::Child,
+}
+
+impl Moto {
+    pub async fn start() -> anyhow::Result<Moto> {
+        let port = crate::free_port();
+        let child = tokio::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("moto_server did not start ({e}): pip install 'moto[server]'"))?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if reqwest::get(format!("{endpoint}/moto-api/")).await.is_ok() {
+                return Ok(Moto { endpoint, _child: child });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("moto_server did not answer on {endpoint}")
+    }
+}

@@ -1,0 +1,292 @@
+//! The AWS adapters against moto in server mode: the same Store and Keys conformance as the embedded ones, the
+//! same one-refresh-under-200-callers guarantee on DynamoDB, and Secrets Manager app registrations.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chainkeeper::app::Services;
+use chainkeeper::aws::dynamo::DynamoStore;
+use chainkeeper::aws::kms::KmsKeys;
+use chainkeeper::aws::secrets::SecretsManager;
+use chainkeeper::clock::{Clock, ManualClock};
+use chainkeeper::config::Config;
+use chainkeeper::ids::{Alias, ContainerRef, DbName, OrgId};
+use chainkeeper::keys::{CacheLimits, Context, KeyError, Keys, Vault};
+use chainkeeper::secrets::{LocalSecrets, Secrets};
+use chainkeeper::store::Store;
+use chainkeeper_e2e::exact::{CLIENT_ID, CLIENT_SECRET, T0};
+use chainkeeper_e2e::moto::Moto;
+use exact_sim::{ExactSim, SimApp, SimClock, SimConfig};
+use secrecy::ExposeSecret;
+
+async fn dynamo(moto: &Moto, clock: &ManualClock) -> Arc<DynamoStore> {
+    let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
+    let table = format!("chainkeeper-{}", chainkeeper::ids::random_id().to_lowercase().replace(['-', '_'], "x"));
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table, Arc::new(clock.clone()));
+    store.create_table().await.expect("create table in moto");
+    Arc::new(store)
+}
+
+async fn kms(moto: &Moto) -> Arc<KmsKeys> {
+    let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
+    Arc::new(KmsKeys::new(aws_sdk_kms::Client::new(&sdk), "test".into(), "alias/chainkeeper/test/".into()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_store_conforms() {
+    let moto = Moto::start().await.unwrap();
+    let clock = ManualClock::new(T0);
+    let store = dynamo(&moto, &clock).await;
+    chainkeeper::store::conformance::run(store, clock, "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_keys_conform_bind_ciphertexts_and_shred_on_delete() {
+    let moto = Moto::start().await.unwrap();
+    let keys: Arc<dyn Keys> = kms(&moto).await;
+    chainkeeper::keys::conformance::run(keys.clone(), "conf").await;
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    keys.create_org_key("acme").await.unwrap();
+    keys.create_org_key("acme").await.expect("idempotent");
+    keys.create_org_key("other").await.unwrap();
+    let vault = Vault::new(keys.clone(), clock.clone(), CacheLimits::default());
+    let ctx = Context { org: "acme", container: "finance/eol", field: "refresh_token" };
+    let sealed = vault.seal(&ctx, b"rt-PLANTED").await.unwrap();
+    // A fresh vault (no cache) opens it through KMS with the same context, and nothing else.
+    let fresh = Vault::new(keys.clone(), clock.clone(), CacheLimits::default());
+    assert_eq!(&fresh.open(&ctx, &sealed).await.unwrap()[..], b"rt-PLANTED");
+    for wrong in [Context { org: "other", ..ctx }, Context { container: "finance/yuki", ..ctx }, Context { field: "access_token", ..ctx }] {
+        let v = Vault::new(keys.clone(), clock.clone(), CacheLimits::default());
+        assert!(v.open(&wrong, &sealed).await.is_err(), "{wrong:?} must not open");
+    }
+    keys.delete_org_key("acme").await.unwrap();
+    let after = Vault::new(keys.clone(), clock.clone(), CacheLimits::default());
+    assert!(matches!(after.open(&ctx, &sealed).await, Err(KeyError::NoOrgKey(_)) | Err(KeyError::Decrypt)), "the organisation's key is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_manager_holds_app_registrations_and_the_signing_key() {
+    let moto = Moto::start().await.unwrap();
+    let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    sm.create_secret()
+        .name("chainkeeper/apps/exact-online-nl")
+        .secret_string(r#"{"client_id":"app","client_secret":"app-secret-PLANTED","redirect_uri":"https://ck.example/v1/callback"}"#)
+        .send()
+        .await
+        .unwrap();
+    sm.create_secret().name("chainkeeper/test/signing").secret_string("x".repeat(64)).send().await.unwrap();
+    let secrets = SecretsManager::new(sm, "chainkeeper/apps/".into(), "chainkeeper/test/signing".into(), Arc::new(ManualClock::new(T0)));
+    let app = secrets.app("exact-online-nl").await.unwrap().expect("registered");
+    assert_eq!(app.client_id, "app");
+    assert_eq!(app.client_secret.expose_secret(), "app-secret-PLANTED");
+    assert!(!format!("{app:?}").contains("PLANTED"));
+    assert!(secrets.app("twinfield").await.unwrap().is_none(), "an unregistered provider has no app");
+    assert_eq!(secrets.signing_key().await.unwrap().len(), 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_callers_cause_one_refresh_on_dynamodb_and_kms() {
+    let moto = Moto::start().await.unwrap();
+    let clock = ManualClock::new(T0);
+    let sim = ExactSim::start(
+        SimConfig { apps: vec![SimApp { client_id: CLIENT_ID.into(), client_secret: CLIENT_SECRET.into(), redirect_uris: vec![] }], ..SimConfig::default() },
+        SimClock::new(T0),
+    )
+    .await
+    .unwrap();
+    let config = Config::from_toml(&format!(
+        "[providers.exact-online-nl]\nauthorize_url = \"{b}/api/oauth2/auth\"\ntoken_url = \"{b}/api/oauth2/token\"\napi_base_url = \"{b}/api\"\n[apps.exact-online-nl]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nredirect_uri = \"http://127.0.0.1:1/v1/callback\"\n",
+        b = sim.base_url
+    ))
+    .unwrap();
+    let store: Arc<dyn Store> = dynamo(&moto, &clock).await;
+    let keys: Arc<dyn Keys> = kms(&moto).await;
+    let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(config.apps.clone(), [3u8; 32]));
+    let services = Services::new(store, keys.clone(), secrets, Arc::new(clock.clone()), config);
+    keys.create_org_key("acme").await.unwrap();
+    let c = ContainerRef { org: OrgId::parse("acme").unwrap(), db: DbName::parse("finance").unwrap(), alias: Alias::parse("eol").unwrap() };
+    let (access, refresh) = sim.mint_tokens(CLIENT_ID, exact_sim::DEFAULT_USER_ID);
+    let tokens = chainkeeper::oauth::TokenSet {
+        access_token: secrecy::SecretString::from(access),
+        refresh_token: Some(secrecy::SecretString::from(refresh)),
+        expires_in: Some(600.0),
+        scope: None,
+    };
+    services.engine.install(&c, "exact-online-nl", &tokens).await.unwrap();
+    clock.advance(Duration::from_secs(601));
+    sim.clock().advance(Duration::from_secs(601));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let engine = services.engine.clone();
+            let c = c.clone();
+            tokio::spawn(async move { engine.access_token(&c).await.map(|t| t.token.expose_secret().to_string()) })
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for t in tasks {
+        seen.insert(t.await.unwrap().expect("every caller gets a token"));
+    }
+    assert_eq!(sim.stats().refresh_requests, 1, "exactly one refresh reached Exact");
+    assert_eq!(seen.len(), 1, "every caller got the same token");
+    assert_eq!(sim.stats().invalid_grant, 0);
+}
+
+/// The five function binaries, started the way Lambda starts them (`AWS_LAMBDA_RUNTIME_API`), on DynamoDB, KMS
+/// and Secrets Manager served by moto: an organisation gets its own KMS key, a person signs in at the Exact
+/// simulator through `callback`, `query` hands out the token, and what DynamoDB holds is sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
+    use chainkeeper_e2e::lambda_runtime::{LocalLambda, http_event, scheduled_event};
+    use serde_json::Value;
+
+    let moto = Moto::start().await.unwrap();
+    let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
+    let redirect = "https://ck.example/v1/callback";
+    let sim_config = SimConfig {
+        apps: vec![SimApp { client_id: CLIENT_ID.into(), client_secret: CLIENT_SECRET.into(), redirect_uris: vec![redirect.into()] }],
+        ..SimConfig::default()
+    };
+    let sim = ExactSim::start(sim_config, SimClock::system()).await.unwrap();
+
+    // What `sam deploy` creates: the table, the signing-key secret, and the operator's app registration.
+    let table = format!("ck{}", chainkeeper::ids::random_id().to_lowercase().replace(['-', '_'], "x"));
+    DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone(), Arc::new(chainkeeper::clock::SystemClock))
+        .create_table()
+        .await
+        .unwrap();
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let signing = "s".repeat(40) + "PLANTED-signing-key";
+    sm.create_secret().name("chainkeeper/test/api-token-signing-key").secret_string(&signing).send().await.unwrap();
+    sm.create_secret()
+        .name("chainkeeper/test/apps/exact-online-nl")
+        .secret_string(serde_json::json!({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": redirect}).to_string())
+        .send()
+        .await
+        .unwrap();
+    // The operator's config file points the Exact profile at the simulator (no app in it: that is in Secrets Manager).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("chainkeeper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[providers.exact-online-nl]\nauthorize_url = \"{b}/api/oauth2/auth\"\ntoken_url = \"{b}/api/oauth2/token\"\napi_base_url = \"{b}/api\"\n",
+            b = sim.base_url
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("CHAINKEEPER_TABLE", table.clone()),
+        ("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/test/api-token-signing-key".to_string()),
+        ("CHAINKEEPER_APPS_SECRET_PREFIX", "chainkeeper/test/apps/".to_string()),
+        ("CHAINKEEPER_KMS_ALIAS_PREFIX", "alias/chainkeeper/test/".to_string()),
+        ("CHAINKEEPER_STAGE", "test".to_string()),
+        ("CHAINKEEPER_PUBLIC_URL", "https://ck.example".to_string()),
+        ("CHAINKEEPER_CONFIG", config.display().to_string()),
+        ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", "test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+    ];
+    let function = |name: &str| {
+        let bin = chainkeeper_e2e::cli_bin().with_file_name(name);
+        assert!(bin.exists(), "{} is missing: cargo build --workspace --features chainkeeper-e2e/aws", bin.display());
+        bin
+    };
+    let body = |v: &Value| -> Value { serde_json::from_str(v["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null) };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let token = chainkeeper::auth::issue(
+        signing.as_bytes(),
+        &chainkeeper::auth::Claims { sub: "ops".into(), org: None, scopes: vec!["admin".into()], exp: now + 3600, iat: now, jti: "t1".into() },
+    )
+    .unwrap();
+
+    let manage = LocalLambda::start(&function("manage"), &env).await.unwrap();
+    let r = manage.invoke(http_event("POST", "/v1/orgs", Some(&token), Some(r#"{"name":"acme"}"#))).await.unwrap();
+    assert_eq!(r["statusCode"], 201, "{r}");
+    // The organisation's key is a KMS key under the stage's alias, tagged for this stage.
+    let kms = aws_sdk_kms::Client::new(&sdk);
+    let key = kms.describe_key().key_id("alias/chainkeeper/test/acme").send().await.expect("the organisation's KMS key exists");
+    let key_id = key.key_metadata.unwrap().key_id;
+    let tags = kms.list_resource_tags().key_id(&key_id).send().await.unwrap();
+    assert!(
+        tags.tags().iter().any(|t| t.tag_key == "chainkeeper-stage" && t.tag_value == "test"),
+        "the key carries the stage tag the IAM policies require: {:?}",
+        tags.tags()
+    );
+    let r = manage.invoke(http_event("POST", "/v1/orgs/acme/databases", Some(&token), Some(r#"{"name":"finance"}"#))).await.unwrap();
+    assert_eq!(r["statusCode"], 201, "{r}");
+    let r = manage
+        .invoke(http_event(
+            "POST",
+            "/v1/orgs/acme/databases/finance/containers",
+            Some(&token),
+            Some(r#"{"alias":"eol","kind":"oauth2_code","provider":"exact-online-nl"}"#),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r["statusCode"], 201, "{r}");
+
+    // A person signs in: `callback` starts the authorization and takes the redirect.
+    let callback = LocalLambda::start(&function("callback"), &env).await.unwrap();
+    let r = callback.invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/authorize", Some(&token), None)).await.unwrap();
+    assert_eq!(r["statusCode"], 200, "{r}");
+    let authorize_url = body(&r)["authorize_url"].as_str().unwrap().to_string();
+    let totp = sim.totp_now(exact_sim::DEFAULT_USERNAME);
+    let back = exact_sim::browser::login(&authorize_url, exact_sim::DEFAULT_USERNAME, exact_sim::DEFAULT_PASSWORD, totp.as_deref())
+        .await
+        .expect("sign in at the simulator");
+    let back = url::Url::parse(&back).unwrap();
+    assert_eq!(back.path(), "/v1/callback");
+    let r = callback.invoke(http_event("GET", &format!("/v1/callback?{}", back.query().unwrap()), None, None)).await.unwrap();
+    assert_eq!(r["statusCode"], 200, "{r}");
+
+    // `query` hands out the access token the simulator issued.
+    let query = LocalLambda::start(&function("query"), &env).await.unwrap();
+    let r = query.invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/token", Some(&token), None)).await.unwrap();
+    assert_eq!(r["statusCode"], 200, "{r}");
+    let access = body(&r)["access_token"].as_str().expect("an access token").to_string();
+    assert_eq!(sim.stats().code_requests, 1, "one code exchange reached Exact");
+
+    // DynamoDB holds the chain, sealed: neither token appears in any item.
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let items = ddb.scan().table_name(&table).send().await.unwrap();
+    let dump = format!("{:?}", items.items());
+    assert!(items.items().len() >= 4, "organisation, database, container and chain are in DynamoDB: {dump}");
+    assert!(!dump.contains(&access), "the access token is stored sealed");
+    chainkeeper_e2e::assert_no_planted_secret("DynamoDB items", &dump);
+
+    // The manage function sees the container as healthy with the signed-in user (masked view).
+    let r = manage.invoke(http_event("GET", "/v1/orgs/acme/databases/finance/containers/eol", Some(&token), None)).await.unwrap();
+    assert_eq!(r["statusCode"], 200, "{r}");
+    let view = body(&r);
+    assert_eq!(view["status"], "healthy", "{view}");
+    assert!(!view.to_string().contains(&access));
+
+    // The scheduled functions take EventBridge events, twice without harm.
+    let refresh = LocalLambda::start(&function("refresh"), &env).await.unwrap();
+    let recover = LocalLambda::start(&function("recover"), &env).await.unwrap();
+    for _ in 0..2 {
+        let r = refresh.invoke(scheduled_event()).await.expect("the sweep runs");
+        assert!(r.get("due").is_some(), "{r}");
+        let r = recover.invoke(scheduled_event()).await.expect("the recovery run runs");
+        assert_eq!(r["needs_repair"], 0, "{r}");
+    }
+    assert_eq!(sim.stats().invalid_grant, 0, "no chain was broken");
+
+    // Deleting the container, the database and the organisation: the chain's items go, the identifier is
+    // released, and the organisation's KMS key is scheduled for deletion (crypto-shredding).
+    for path in ["/v1/orgs/acme/databases/finance/containers/eol", "/v1/orgs/acme/databases/finance", "/v1/orgs/acme"] {
+        let r = manage.invoke(http_event("DELETE", path, Some(&token), None)).await.unwrap();
+        assert_eq!(r["statusCode"], 204, "DELETE {path}: {r}");
+    }
+    let state = kms.describe_key().key_id(&key_id).send().await.unwrap().key_metadata.unwrap().key_state;
+    assert_eq!(state, Some(aws_sdk_kms::types::KeyState::PendingDeletion), "the organisation's key is shredded");
+    assert!(kms.describe_key().key_id("alias/chainkeeper/test/acme").send().await.is_err(), "its alias is gone");
+    let left = format!("{:?}", ddb.scan().table_name(&table).send().await.unwrap().items());
+    assert!(!left.contains("chain#acme#finance#eol"), "the chain's items are removed: {left}");
+    assert!(!left.contains("ident#"), "the single-instance identifier is released: {left}");
+
+    for (name, f) in [("manage", &manage), ("callback", &callback), ("query", &query), ("refresh", &refresh), ("recover", &recover)] {
+        eprintln!("{name}: init {:?} on DynamoDB/KMS/Secrets Manager (debug build)", f.init_duration().unwrap());
+    }
+}
