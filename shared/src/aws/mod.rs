@@ -15,8 +15,9 @@ use crate::config::Config;
 pub struct AwsEnv {
     /// `CHAINKEEPER_TABLE`: the DynamoDB table.
     pub table: String,
-    /// `CHAINKEEPER_SIGNING_KEY_SECRET`: the Secrets Manager secret holding the API-token signing key.
-    pub signing_key_secret: String,
+    /// `CHAINKEEPER_SIGNING_KEY_SECRET`: the Secrets Manager secret holding the API-token signing key. Only the
+    /// HTTP functions have it (and may read it); `refresh` and `recover` check no API tokens.
+    pub signing_key_secret: Option<String>,
     /// `CHAINKEEPER_APPS_SECRET_PREFIX` (default `chainkeeper/apps/`): app registrations are `<prefix><provider>`.
     pub apps_secret_prefix: String,
     /// `CHAINKEEPER_STAGE` (default `prod`): tags the organisation keys, so stages never share keys.
@@ -30,7 +31,7 @@ impl AwsEnv {
         let var = |k: &str| std::env::var(k).map_err(|_| anyhow::anyhow!("{k} is not set"));
         Ok(Self {
             table: var("CHAINKEEPER_TABLE")?,
-            signing_key_secret: var("CHAINKEEPER_SIGNING_KEY_SECRET")?,
+            signing_key_secret: std::env::var("CHAINKEEPER_SIGNING_KEY_SECRET").ok().filter(|v| !v.is_empty()),
             apps_secret_prefix: std::env::var("CHAINKEEPER_APPS_SECRET_PREFIX").unwrap_or_else(|_| "chainkeeper/apps/".into()),
             stage: std::env::var("CHAINKEEPER_STAGE").unwrap_or_else(|_| "prod".into()),
             kms_alias_prefix: std::env::var("CHAINKEEPER_KMS_ALIAS_PREFIX").unwrap_or_else(|_| "alias/chainkeeper/".into()),

@@ -17,14 +17,15 @@ const TTL_MS: Millis = 60_000;
 pub struct SecretsManager {
     client: Client,
     apps_prefix: String,
-    signing_key_secret: String,
+    signing_key_secret: Option<String>,
     clock: Arc<dyn Clock>,
     apps: Mutex<HashMap<String, (Millis, Option<AppRegistration>)>>,
     signing: Mutex<Option<(Millis, Arc<Zeroizing<Vec<u8>>>)>>,
 }
 
 impl SecretsManager {
-    pub fn new(client: Client, apps_prefix: String, signing_key_secret: String, clock: Arc<dyn Clock>) -> Self {
+    /// `signing_key_secret`: `None` in functions that check no API tokens (their role may not read it).
+    pub fn new(client: Client, apps_prefix: String, signing_key_secret: Option<String>, clock: Arc<dyn Clock>) -> Self {
         Self { client, apps_prefix, signing_key_secret, clock, apps: Mutex::default(), signing: Mutex::default() }
     }
 
@@ -63,7 +64,8 @@ impl Secrets for SecretsManager {
                 return Ok(key.clone());
             }
         }
-        let text = self.read(&self.signing_key_secret).await?.ok_or_else(|| anyhow::anyhow!("signing key secret {} not found", self.signing_key_secret))?;
+        let id = self.signing_key_secret.as_deref().ok_or_else(|| anyhow::anyhow!("CHAINKEEPER_SIGNING_KEY_SECRET is not set for this function"))?;
+        let text = self.read(id).await?.ok_or_else(|| anyhow::anyhow!("signing key secret {id} not found"))?;
         anyhow::ensure!(text.len() >= 32, "the signing key secret must hold at least 32 characters");
         let key = Arc::new(Zeroizing::new(text.into_bytes()));
         *self.signing.lock().unwrap() = Some((now, key.clone()));

@@ -76,13 +76,17 @@ async fn secrets_manager_holds_app_registrations_and_the_signing_key() {
         .await
         .unwrap();
     sm.create_secret().name("chainkeeper/test/signing").secret_string("x".repeat(64)).send().await.unwrap();
-    let secrets = SecretsManager::new(sm, "chainkeeper/apps/".into(), "chainkeeper/test/signing".into(), Arc::new(ManualClock::new(T0)));
+    let secrets = SecretsManager::new(sm.clone(), "chainkeeper/apps/".into(), Some("chainkeeper/test/signing".into()), Arc::new(ManualClock::new(T0)));
     let app = secrets.app("exact-online-nl").await.unwrap().expect("registered");
     assert_eq!(app.client_id, "app");
     assert_eq!(app.client_secret.expose_secret(), "app-secret-PLANTED");
     assert!(!format!("{app:?}").contains("PLANTED"));
     assert!(secrets.app("twinfield").await.unwrap().is_none(), "an unregistered provider has no app");
     assert_eq!(secrets.signing_key().await.unwrap().len(), 64);
+    // The scheduled functions are not given the signing key's secret (nor may they read it).
+    let unsigned = SecretsManager::new(sm, "chainkeeper/apps/".into(), None, Arc::new(ManualClock::new(T0)));
+    assert!(unsigned.app("exact-online-nl").await.unwrap().is_some());
+    assert!(unsigned.signing_key().await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,8 +267,10 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     assert!(!view.to_string().contains(&access));
 
     // The scheduled functions take EventBridge events, twice without harm.
-    let refresh = LocalLambda::start(&function("refresh"), &env).await.unwrap();
-    let recover = LocalLambda::start(&function("recover"), &env).await.unwrap();
+    // As in the template, the scheduled functions get no signing-key secret.
+    let scheduled_env: Vec<(&str, String)> = env.iter().filter(|(k, _)| *k != "CHAINKEEPER_SIGNING_KEY_SECRET").cloned().collect();
+    let refresh = LocalLambda::start(&function("refresh"), &scheduled_env).await.unwrap();
+    let recover = LocalLambda::start(&function("recover"), &scheduled_env).await.unwrap();
     for _ in 0..2 {
         let r = refresh.invoke(scheduled_event()).await.expect("the sweep runs");
         assert!(r.get("due").is_some(), "{r}");
