@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the five Lambda artifacts the SAM template deploys: release profile (LTO, stripped), the `aws` feature
+# Builds the five Lambda artifacts the SAM template deploys: the `lambda` profile (release, size-optimised, fat LTO,
+# stripped, panic = abort: see Cargo.toml), the `aws` feature
 # (DynamoDB, KMS, Secrets Manager), one `target/lambda/<function>/bootstrap.zip` each for x86_64, and for arm64
 # under `target/lambda-arm64/` where that Rust target is installed. Prints each zip's size against the 8 MB target.
 #
@@ -28,8 +29,8 @@ for arch in "${arches[@]}"; do
         x86_64) flag=--x86-64 dir=target/lambda ;;
         arm64) flag=--arm64 dir=target/lambda-arm64 ;;
     esac
-    echo "== cargo lambda build --release $flag (${functions[*]})"
-    cargo lambda build --release --locked "$flag" "${packages[@]}" --features "$features" \
+    echo "== cargo lambda build --profile lambda $flag (${functions[*]})"
+    cargo lambda build --profile lambda --locked "$flag" "${packages[@]}" --features "$features" \
         --output-format zip --lambda-dir "$dir"
     over=0
     for f in "${functions[@]}"; do

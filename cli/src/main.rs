@@ -65,6 +65,11 @@ struct IssueArgs {
     /// The data directory of the `serve` that will accept the token (its signing key lives there).
     #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
     data_dir: PathBuf,
+    /// Read the signing key from standard input instead, as the text stored in Secrets Manager (AWS deployments):
+    /// `aws secretsmanager get-secret-value --secret-id ARN --query SecretString --output text | chainkeeper token issue --signing-key-stdin …`
+    /// (`--data-dir` is then not used.)
+    #[arg(long)]
+    signing_key_stdin: bool,
     /// A platform token: not limited to one organisation (needed to create organisations).
     #[arg(long)]
     platform: bool,
@@ -96,8 +101,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn issue_token(a: IssueArgs) -> anyhow::Result<()> {
-    let data = DataDir::open(&a.data_dir)?;
-    let key = data.signing_key()?;
+    let key: zeroize::Zeroizing<Vec<u8>> = if a.signing_key_stdin {
+        let mut text = zeroize::Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading the signing key from standard input")?;
+        // The same bytes the Secrets Manager adapter signs with: the secret's text, without the newline a shell adds.
+        let key = text.trim_end_matches(['\n', '\r']);
+        anyhow::ensure!(key.len() >= 32, "the signing key on standard input must be at least 32 characters (the secret's text)");
+        zeroize::Zeroizing::new(key.as_bytes().to_vec())
+    } else {
+        zeroize::Zeroizing::new(DataDir::open(&a.data_dir)?.signing_key()?.to_vec())
+    };
     let org = match a.org {
         Some(o) => Some(chainkeeper::ids::OrgId::parse(&o)?.to_string()),
         None => None,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex, KeySchemaElement, KeyType,
@@ -159,6 +160,27 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// Runs a query page after page until `limit` live items are found or the results end.
+    async fn pages(&self, req: QueryFluentBuilder, limit: usize) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let res = req.clone().set_exclusive_start_key(start).send().await.map_err(|e| unavailable(e.into_service_error()))?;
+            for a in res.items() {
+                if let Some(item) = self.live(to_item(a)?) {
+                    out.push(item);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match res.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
     fn update_of(&self, p: &Put, now: Millis) -> Result<Update, StoreError> {
         let (expr, mut values) = put_expression(p);
         let (cond, cond_values) = condition(p.condition, now);
@@ -244,35 +266,14 @@ impl Store for DynamoStore {
     }
 
     async fn query(&self, pk: &str, sk_prefix: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let req = self.client.query().table_name(&self.table).expression_attribute_values(":pk", s(pk));
-            // DynamoDB refuses an empty string as a key value, so "every sort key" is a query on pk alone.
-            let req = if sk_prefix.is_empty() {
-                req.key_condition_expression("pk = :pk")
-            } else {
-                req.key_condition_expression("pk = :pk AND begins_with(sk, :prefix)").expression_attribute_values(":prefix", s(sk_prefix))
-            };
-            let res = req
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| unavailable(e.into_service_error()))?;
-            for a in res.items() {
-                if let Some(item) = self.live(to_item(a)?) {
-                    out.push(item);
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
-                }
-            }
-            match res.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(out),
-            }
-        }
+        let req = self.client.query().table_name(&self.table).consistent_read(true).expression_attribute_values(":pk", s(pk));
+        // DynamoDB refuses an empty string as a key value, so "every sort key" is a query on pk alone.
+        let req = if sk_prefix.is_empty() {
+            req.key_condition_expression("pk = :pk")
+        } else {
+            req.key_condition_expression("pk = :pk AND begins_with(sk, :prefix)").expression_attribute_values(":prefix", s(sk_prefix))
+        };
+        self.pages(req, limit).await
     }
 
     async fn query_index(&self, index: Index, pk: &str, sk_max: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
@@ -280,28 +281,13 @@ impl Store for DynamoStore {
             Index::Due => ("due", "due_pk", "due_sk"),
             Index::Repair => ("repair", "repair_pk", "repair_sk"),
         };
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let mut req = self.client.query().table_name(&self.table).index_name(name).expression_attribute_values(":pk", s(pk));
-            req = match sk_max {
-                Some(max) => req.key_condition_expression(format!("{pk_attr} = :pk AND {sk_attr} <= :max")).expression_attribute_values(":max", s(max)),
-                None => req.key_condition_expression(format!("{pk_attr} = :pk")),
-            };
-            let res = req.set_exclusive_start_key(start).send().await.map_err(|e| unavailable(e.into_service_error()))?;
-            for a in res.items() {
-                if let Some(item) = self.live(to_item(a)?) {
-                    out.push(item);
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
-                }
-            }
-            match res.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(out),
-            }
-        }
+        // Secondary indexes are eventually consistent (see the Store contract).
+        let req = self.client.query().table_name(&self.table).index_name(name).expression_attribute_values(":pk", s(pk));
+        let req = match sk_max {
+            Some(max) => req.key_condition_expression(format!("{pk_attr} = :pk AND {sk_attr} <= :max")).expression_attribute_values(":max", s(max)),
+            None => req.key_condition_expression(format!("{pk_attr} = :pk")),
+        };
+        self.pages(req, limit).await
     }
 
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {

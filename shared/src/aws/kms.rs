@@ -2,6 +2,8 @@
 //! `chainkeeper=org` and `chainkeeper-stage=<stage>`), data keys from `GenerateDataKey` with the encryption
 //! context `{org, container, field}`, crypto-shredding by scheduling the key's deletion.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use aws_sdk_kms::Client;
 use aws_sdk_kms::primitives::Blob;
@@ -24,6 +26,11 @@ fn to_key(blob: Option<Blob>) -> Result<DataKey, KeyError> {
     let bytes = blob.ok_or(KeyError::Decrypt)?;
     let key: [u8; 32] = bytes.as_ref().try_into().map_err(|_| KeyError::Decrypt)?;
     Ok(Zeroizing::new(key))
+}
+
+/// The KMS encryption context of a data key: the same three values as the AES-GCM associated data.
+fn encryption_context(ctx: &Context<'_>) -> HashMap<String, String> {
+    HashMap::from([("org".into(), ctx.org.into()), ("container".into(), ctx.container.into()), ("field".into(), ctx.field.into())])
 }
 
 impl KmsKeys {
@@ -94,9 +101,7 @@ impl Keys for KmsKeys {
             .generate_data_key()
             .key_id(self.alias(ctx.org))
             .key_spec(DataKeySpec::Aes256)
-            .encryption_context("org", ctx.org)
-            .encryption_context("container", ctx.container)
-            .encryption_context("field", ctx.field)
+            .set_encryption_context(Some(encryption_context(ctx)))
             .send()
             .await
             .map_err(|e| {
@@ -113,9 +118,7 @@ impl Keys for KmsKeys {
             .decrypt()
             .key_id(self.alias(ctx.org))
             .ciphertext_blob(Blob::new(wrapped.to_vec()))
-            .encryption_context("org", ctx.org)
-            .encryption_context("container", ctx.container)
-            .encryption_context("field", ctx.field)
+            .set_encryption_context(Some(encryption_context(ctx)))
             .send()
             .await
             .map_err(|e| {

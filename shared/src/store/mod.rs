@@ -10,7 +10,8 @@
 //! - An item whose `expires_at_ms` is in the past MUST read as absent (DynamoDB deletes expired items late,
 //!   moto never): `get`, `query` and conditions all treat it as gone.
 //! - `transact` applies every operation or none; any failed condition gives `Conflict`.
-//! - Reads are strongly consistent.
+//! - `get` and `query` are strongly consistent. `query_index` may lag behind writes (DynamoDB's secondary indexes
+//!   are eventually consistent): callers use it to find candidates and re-read each item before acting on it.
 
 pub mod conformance;
 pub mod memory;

@@ -197,12 +197,20 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
         bin
     };
     let body = |v: &Value| -> Value { serde_json::from_str(v["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null) };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let token = chainkeeper::auth::issue(
-        signing.as_bytes(),
-        &chainkeeper::auth::Claims { sub: "ops".into(), org: None, scopes: vec!["admin".into()], exp: now + 3600, iat: now, jti: "t1".into() },
-    )
-    .unwrap();
+    // The first platform token, as the README says: the secret's text piped into `chainkeeper token issue`.
+    let token = {
+        use std::io::Write;
+        let mut child = std::process::Command::new(chainkeeper_e2e::cli_bin())
+            .args(["token", "issue", "--signing-key-stdin", "--platform", "--scope", "admin", "--subject", "ops"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{signing}").unwrap(); // `--output text` ends with a newline
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "token issue --signing-key-stdin");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
 
     let manage = LocalLambda::start(&function("manage"), &env).await.unwrap();
     let r = manage.invoke(http_event("POST", "/v1/orgs", Some(&token), Some(r#"{"name":"acme"}"#))).await.unwrap();

@@ -13,7 +13,7 @@ fn help_names_every_flag() {
         assert!(serve.contains(flag), "serve --help explains {flag}: {serve}");
     }
     let issue = cli(&["token", "issue", "--help"]).unwrap();
-    for flag in ["--data-dir", "--platform", "--org", "--scope", "--expires-in", "--subject"] {
+    for flag in ["--data-dir", "--signing-key-stdin", "--platform", "--org", "--scope", "--expires-in", "--subject"] {
         assert!(issue.contains(flag), "token issue --help explains {flag}: {issue}");
     }
 }
@@ -47,4 +47,31 @@ fn token_issue_needs_an_owner_and_a_scope() {
     assert!(cli(&["token", "issue", "--data-dir", d, "--scope", "admin"]).is_err(), "needs --platform or --org");
     assert!(cli(&["token", "issue", "--data-dir", d, "--platform"]).is_err(), "needs --scope");
     assert!(cli(&["token", "issue", "--data-dir", d, "--org", "not a name", "--scope", "admin"]).is_err());
+}
+
+#[test]
+fn token_issue_signs_with_a_key_read_from_standard_input() {
+    use std::io::Write;
+    let key = "k".repeat(48);
+    let run = |input: &str| {
+        let mut child = std::process::Command::new(chainkeeper_e2e::cli_bin())
+            .args(["token", "issue", "--signing-key-stdin", "--org", "acme", "--scope", "admin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&format!("{key}\n"));
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap();
+    let claims = chainkeeper::auth::verify(key.as_bytes(), token.trim(), chainkeeper::clock::Clock::now_ms(&chainkeeper::clock::SystemClock))
+        .expect("signed with the key's text, without the newline");
+    assert_eq!(claims.org.as_deref(), Some("acme"));
+    let short = run("too-short\n");
+    assert!(!short.status.success(), "a short key is refused");
+    let err = String::from_utf8(short.stderr).unwrap();
+    assert!(err.contains("at least 32 characters") && !err.contains("too-short"), "says why, never echoes the key: {err}");
 }
