@@ -124,6 +124,10 @@ impl DynamoStore {
         Self { client, table, clock }
     }
 
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
     fn live(&self, item: Item) -> Option<Item> {
         let now = self.clock.now_ms();
         item.expires_at_ms.is_none_or(|t| t > now).then_some(item)

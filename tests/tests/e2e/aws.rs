@@ -37,7 +37,36 @@ async fn dynamodb_store_conforms() {
     let moto = Moto::start().await.unwrap();
     let clock = ManualClock::new(T0);
     let store = dynamo(&moto, &clock).await;
-    chainkeeper::store::conformance::run(store, clock, "t").await;
+    chainkeeper::store::conformance::run(store.clone(), clock.clone(), "t").await;
+
+    // Items that expire carry DynamoDB's TTL attribute (`expires_at`, a Number of epoch seconds, as the template's
+    // TimeToLiveSpecification names it), so AWS deletes them; items that do not expire carry none.
+    use chainkeeper::store::{Condition, Key, Put};
+    let at = clock.now_ms() + 90_500;
+    store.put(Put::new(Key::new("ttl#x", "authz"), b"{}".to_vec(), Condition::Absent).expires_at(Some(at))).await.unwrap();
+    store.put(Put::new(Key::new("ttl#y", "meta"), b"{}".to_vec(), Condition::Absent)).await.unwrap();
+    let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
+    let raw = |pk: &'static str, sk: &'static str| {
+        let client = aws_sdk_dynamodb::Client::new(&sdk);
+        let table = store.table().to_string();
+        async move {
+            use aws_sdk_dynamodb::types::AttributeValue;
+            client
+                .get_item()
+                .table_name(table)
+                .key("pk", AttributeValue::S(pk.into()))
+                .key("sk", AttributeValue::S(sk.into()))
+                .send()
+                .await
+                .unwrap()
+                .item
+                .unwrap()
+        }
+    };
+    let expiring = raw("ttl#x", "authz").await;
+    let ttl: i64 = expiring["expires_at"].as_n().expect("expires_at is a Number").parse().unwrap();
+    assert_eq!(ttl, at / 1000 + 1, "epoch seconds, rounded up so an item is never deleted early");
+    assert!(!raw("ttl#y", "meta").await.contains_key("expires_at"), "an item that does not expire has no TTL attribute");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
