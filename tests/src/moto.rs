@@ -1,4 +1,5 @@
-//! moto in server mode (PyPI `moto[server]`): DynamoDB, KMS and Secrets Manager on a free loopback port.
+//! moto in server mode (PyPI `moto[server]`): DynamoDB, KMS and Secrets Manager on a free loopback port, started
+//! through `tests/peers/moto/serve.py` (moto's server, one request at a time).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,13 +14,17 @@ pub struct Moto {
 impl Moto {
     pub async fn start() -> anyhow::Result<Moto> {
         let port = crate::free_port();
-        let child = tokio::process::Command::new("moto_server")
+        // moto's own server with requests applied one at a time, so that conditional writes are atomic as in
+        // DynamoDB (see tests/peers/moto/serve.py for why plain `moto_server` is not enough).
+        let script = crate::workspace().join("tests/peers/moto/serve.py");
+        let child = tokio::process::Command::new("python3")
+            .arg(&script)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| anyhow::anyhow!("moto_server did not start ({e}): pip install 'moto[server]'"))?;
+            .map_err(|e| anyhow::anyhow!("moto did not start ({e}): pip install 'moto[server]'"))?;
         let endpoint = format!("http://127.0.0.1:{port}");
         for _ in 0..200 {
             if reqwest::get(format!("{endpoint}/moto-api/")).await.is_ok() {
