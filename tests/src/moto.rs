@@ -32,6 +32,6 @@ impl Moto {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("moto_server did not answer on {endpoint}")
+        bail!("moto (tests/peers/moto/serve.py) did not answer on {endpoint}")
     }
 }
