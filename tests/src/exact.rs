@@ -23,6 +23,18 @@ pub const T0: i64 = 1_800_000_000_000;
 pub const CLIENT_ID: &str = "ck-exact-app";
 pub const CLIENT_SECRET: &str = "ck-exact-secret-PLANTED";
 
+/// Config lines that point the built-in `exact-online-nl` profile at a simulator.
+pub fn sim_profile_toml(base_url: &str) -> String {
+    format!(
+        "[providers.exact-online-nl]\nauthorize_url = \"{base_url}/api/oauth2/auth\"\ntoken_url = \"{base_url}/api/oauth2/token\"\napi_base_url = \"{base_url}/api\"\n"
+    )
+}
+
+/// The `[apps.exact-online-nl]` registration of the test app, with `redirect_uri`.
+pub fn sim_app_toml(redirect_uri: &str) -> String {
+    format!("[apps.exact-online-nl]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nredirect_uri = \"{redirect_uri}\"\n")
+}
+
 /// A store whose writes can be made to fail (fault injection).
 pub struct FlakyStore {
     pub inner: Arc<dyn Store>,
@@ -324,8 +336,9 @@ pub async fn four_processes(latency: Duration) -> anyhow::Result<(ExactSim, Vec<
     std::fs::write(
         &config,
         format!(
-            "[engine]\nrefresh_margin_s = 1\nsweep_interval_s = 3600\n[providers.exact-online-nl]\nauthorize_url = \"{b}/api/oauth2/auth\"\ntoken_url = \"{b}/api/oauth2/token\"\napi_base_url = \"{b}/api\"\nmin_token_interval_s = 2.85\n[apps.exact-online-nl]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nredirect_uri = \"{redirect}\"\n",
-            b = sim.base_url
+            "[engine]\nrefresh_margin_s = 1\nsweep_interval_s = 3600\n{}min_token_interval_s = 2.85\n{}",
+            sim_profile_toml(&sim.base_url),
+            sim_app_toml(&redirect)
         ),
     )?;
     let mut serves = Vec::new();

@@ -102,6 +102,11 @@ pub async fn list(State(s): State<AppState>, names: Names) -> Result<Json<Value>
     Ok(Json(json!({ "api_tokens": list })))
 }
 
+/// The marker that makes every process refuse a token, kept until the token would have expired anyway.
+fn revocation_marker(rec: &ApiTokenRecord) -> Put {
+    Put::new(revoked_key(&rec.id), Vec::new(), Condition::None).expires_at(Some(rec.expires_at_ms + 60_000))
+}
+
 /// Revokes every API token issued for the organisation through the API (when the organisation is deleted, so
 /// that a later organisation of the same name does not inherit them). Returns how many were revoked.
 pub(crate) async fn revoke_all(s: &crate::app::Services, org: &crate::ids::OrgId) -> Result<usize, Problem> {
@@ -110,7 +115,7 @@ pub(crate) async fn revoke_all(s: &crate::app::Services, org: &crate::ids::OrgId
     for item in s.store.query(&format!("org#{org}"), "apitoken#", 100_000).await? {
         let rec: ApiTokenRecord = decode(&item)?;
         if rec.expires_at_ms > now {
-            s.store.put(Put::new(revoked_key(&rec.id), Vec::new(), Condition::None).expires_at(Some(rec.expires_at_ms + 60_000))).await?;
+            s.store.put(revocation_marker(&rec)).await?;
             n += 1;
         }
         s.store.delete(&item.key, Condition::None).await?;
@@ -132,7 +137,7 @@ pub async fn revoke(State(s): State<AppState>, Caller(who): Caller, names: Names
     let mut rec: ApiTokenRecord = decode(&item)?;
     // The revocation marker first: from this write on, every process refuses the token.
     s.store
-        .put(Put::new(revoked_key(&id), Vec::new(), Condition::None).expires_at(Some(rec.expires_at_ms + 60_000)))
+        .put(revocation_marker(&rec))
         .await?;
     rec.revoked_at_ms.get_or_insert(now);
     s.store.put(Put::new(key, encode(&rec), Condition::None).expires_at(Some(rec.expires_at_ms))).await?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chainkeeper::ids::{Alias, ContainerRef, DbName, OrgId};
 use chainkeeper::oauth::TokenSet;
-use chainkeeper_e2e::exact::{CLIENT_ID, CLIENT_SECRET, ExactHarness, four_processes, sim_user};
+use chainkeeper_e2e::exact::{CLIENT_ID, CLIENT_SECRET, ExactHarness, four_processes, sim_app_toml, sim_profile_toml, sim_user};
 use chainkeeper_e2e::{Api, Serve, container_path, free_port, issue_token};
 use exact_sim::{ExactSim, SimApp, SimClock, SimConfig};
 use serde_json::json;
@@ -273,10 +273,7 @@ async fn warm() -> anyhow::Result<()> {
     let config = dir.path().join("chainkeeper.toml");
     std::fs::write(
         &config,
-        format!(
-            "[providers.exact-online-nl]\nauthorize_url = \"{b}/api/oauth2/auth\"\ntoken_url = \"{b}/api/oauth2/token\"\napi_base_url = \"{b}/api\"\n[apps.exact-online-nl]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nredirect_uri = \"{redirect}\"\n",
-            b = sim.base_url
-        ),
+        format!("{}{}", sim_profile_toml(&sim.base_url), sim_app_toml(&redirect)),
     )?;
     let serve = Serve::start_on(dir.path(), Some(&config), port).await?;
     let token = issue_token(dir.path(), &["--org", "acme"], &["admin"]);

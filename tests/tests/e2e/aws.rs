@@ -14,7 +14,7 @@ use chainkeeper::ids::{Alias, ContainerRef, DbName, OrgId};
 use chainkeeper::keys::{CacheLimits, Context, KeyError, Keys, Vault};
 use chainkeeper::secrets::{LocalSecrets, Secrets};
 use chainkeeper::store::Store;
-use chainkeeper_e2e::exact::{CLIENT_ID, CLIENT_SECRET, T0};
+use chainkeeper_e2e::exact::{CLIENT_ID, CLIENT_SECRET, T0, sim_app_toml, sim_profile_toml};
 use chainkeeper_e2e::moto::Moto;
 use exact_sim::{ExactSim, SimApp, SimClock, SimConfig};
 use secrecy::ExposeSecret;
@@ -128,11 +128,7 @@ async fn two_hundred_callers_cause_one_refresh_on_dynamodb_and_kms() {
     )
     .await
     .unwrap();
-    let config = Config::from_toml(&format!(
-        "[providers.exact-online-nl]\nauthorize_url = \"{b}/api/oauth2/auth\"\ntoken_url = \"{b}/api/oauth2/token\"\napi_base_url = \"{b}/api\"\n[apps.exact-online-nl]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nredirect_uri = \"http://127.0.0.1:1/v1/callback\"\n",
-        b = sim.base_url
-    ))
-    .unwrap();
+    let config = Config::from_toml(&format!("{}{}", sim_profile_toml(&sim.base_url), sim_app_toml("http://127.0.0.1:1/v1/callback"))).unwrap();
     let store: Arc<dyn Store> = dynamo(&moto, &clock).await;
     let keys: Arc<dyn Keys> = kms(&moto).await;
     let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(config.apps.clone(), [3u8; 32]));
@@ -200,14 +196,7 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     // The operator's config file points the Exact profile at the simulator (no app in it: that is in Secrets Manager).
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("chainkeeper.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[providers.exact-online-nl]\nauthorize_url = \"{b}/api/oauth2/auth\"\ntoken_url = \"{b}/api/oauth2/token\"\napi_base_url = \"{b}/api\"\n",
-            b = sim.base_url
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, sim_profile_toml(&sim.base_url)).unwrap();
     let env = [
         ("CHAINKEEPER_TABLE", table.clone()),
         ("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/test/api-token-signing-key".to_string()),
