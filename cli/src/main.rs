@@ -17,7 +17,11 @@ use chainkeeper::config::Config;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "chainkeeper", version, about = "Keeps OAuth2 and other credentials of data containers alive and safe.")]
+#[command(
+    name = "chainkeeper",
+    version,
+    about = "Keeps OAuth2 and other credentials of data containers alive and safe."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -103,10 +107,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn issue_token(a: IssueArgs) -> anyhow::Result<()> {
     let key: zeroize::Zeroizing<Vec<u8>> = if a.signing_key_stdin {
         let mut text = zeroize::Zeroizing::new(String::new());
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading the signing key from standard input")?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the signing key from standard input")?;
         // The same bytes the Secrets Manager adapter signs with: the secret's text, without the newline a shell adds.
         let key = text.trim_end_matches(['\n', '\r']);
-        anyhow::ensure!(key.len() >= 32, "the signing key on standard input must be at least 32 characters (the secret's text)");
+        anyhow::ensure!(
+            key.len() >= 32,
+            "the signing key on standard input must be at least 32 characters (the secret's text)"
+        );
         zeroize::Zeroizing::new(key.as_bytes().to_vec())
     } else {
         zeroize::Zeroizing::new(DataDir::open(&a.data_dir)?.signing_key()?.to_vec())
@@ -130,7 +138,8 @@ fn issue_token(a: IssueArgs) -> anyhow::Result<()> {
 
 fn load(storage: &StorageArgs) -> anyhow::Result<(DataDir, Arc<chainkeeper::app::Services>)> {
     let config = Config::load(storage.config.as_deref())?;
-    let data = DataDir::open(&storage.data_dir).with_context(|| format!("data directory {}", storage.data_dir.display()))?;
+    let data =
+        DataDir::open(&storage.data_dir).with_context(|| format!("data directory {}", storage.data_dir.display()))?;
     let services = embedded_system(&data, config)?;
     Ok((data, services))
 }
@@ -138,7 +147,8 @@ fn load(storage: &StorageArgs) -> anyhow::Result<(DataDir, Arc<chainkeeper::app:
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     chainkeeper::telemetry::init();
     let (data, services) = load(&a.storage)?;
-    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
     let dir = std::fs::canonicalize(&data.root).unwrap_or(data.root.clone());
     println!("chainkeeper serving on http://{addr}");
@@ -147,7 +157,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     println!("  signing key: {}", dir.join("signing.key").display());
     println!("  first admin API token:");
     println!("    TOKEN=$(chainkeeper token issue --data-dir {} --platform --scope admin)", dir.display());
-    println!("    (from a checkout: cargo run --release -p chainkeeper-cli -- token issue --data-dir {} --platform --scope admin)", dir.display());
+    println!(
+        "    (from a checkout: cargo run --release -p chainkeeper-cli -- token issue --data-dir {} --platform --scope admin)",
+        dir.display()
+    );
     use std::io::Write;
     std::io::stdout().flush()?;
     let ticker = chainkeeper::sweep::spawn_ticker(services.clone());
@@ -161,7 +174,8 @@ async fn shutdown() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]

@@ -42,7 +42,8 @@ impl Services {
             config.clone(),
             http.clone(),
         ));
-        let services = Arc::new(Self { store, vault, secrets, clock, config, http, engine, query_cache: Default::default() });
+        let services =
+            Arc::new(Self { store, vault, secrets, clock, config, http, engine, query_cache: Default::default() });
         // A chain that breaks gets an auto-recovery attempt right away (where the organisation stored credentials).
         let weak = Arc::downgrade(&services);
         services.engine.set_on_broken(Box::new(move |c| {

@@ -98,7 +98,9 @@ pub fn repair_remediation(code: &str) -> &'static str {
         "refresh_response_lost" => {
             "A token request was sent but its answer never arrived, and the provider no longer accepts the previous refresh token. Renew the authorization of this container."
         }
-        "refresh_token_missing" => "The provider never gave this container a refresh token. Renew the authorization (ask for offline access).",
+        "refresh_token_missing" => {
+            "The provider never gave this container a refresh token. Renew the authorization (ask for offline access)."
+        }
         "credentials_rejected" => {
             "The provider refused the container's stored credentials (client id and secret, or username and password). Set correct ones with PUT …/credentials."
         }
@@ -397,15 +399,20 @@ impl ChainEngine {
         Ok(now - used <= ms(self.engine_config().active_use_window_s))
     }
 
-    async fn write_chain(&self, c: &ContainerRef, chain: &ChainRecord, condition: Condition, in_use: bool) -> Result<u64, StoreError> {
+    async fn write_chain(
+        &self,
+        c: &ContainerRef,
+        chain: &ChainRecord,
+        condition: Condition,
+        in_use: bool,
+    ) -> Result<u64, StoreError> {
         let profile = self.config.provider(&chain.provider);
         let mut put = Put::new(chain_key(c), encode(chain), condition);
-        put.due = profile.and_then(|p| self.next_due(chain, p, in_use)).map(|d| IndexKey { pk: "due".into(), sk: time_sk(d) });
+        put.due = profile
+            .and_then(|p| self.next_due(chain, p, in_use))
+            .map(|d| IndexKey { pk: "due".into(), sk: time_sk(d) });
         if chain.status == ChainStatus::NeedsRepair {
-            put.repair = Some(IndexKey {
-                pk: format!("repair#{}", c.org),
-                sk: format!("{}#{}", c.db, c.alias),
-            });
+            put.repair = Some(IndexKey { pk: format!("repair#{}", c.org), sk: format!("{}#{}", c.db, c.alias) });
         }
         self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
         self.store.put(put).await
@@ -472,7 +479,11 @@ impl ChainEngine {
     /// The refresh tokens to try, best first: rescued ones (newer than the chain's), then the chain's own.
     async fn candidates(&self, c: &ContainerRef, chain: &ChainRecord) -> Result<Vec<Candidate>, ChainError> {
         if chain.grant.is_some() {
-            return Ok(vec![Candidate { token: SecretString::from(String::new()), rescue_sk: None, seen: "grant".into() }]);
+            return Ok(vec![Candidate {
+                token: SecretString::from(String::new()),
+                rescue_sk: None,
+                seen: "grant".into(),
+            }]);
         }
         let local = c.local_name();
         let mut out = Vec::new();
@@ -565,7 +576,8 @@ impl ChainEngine {
             let result = match (chain.grant, &app) {
                 (Some(kind), _) => self.run_grant(c, &profile, app.as_ref(), kind, timeout).await?,
                 (None, Some(app)) => {
-                    oauth::request_token(&self.http, &profile, app, Grant::RefreshToken(&candidate.token), timeout).await
+                    oauth::request_token(&self.http, &profile, app, Grant::RefreshToken(&candidate.token), timeout)
+                        .await
                 }
                 (None, None) => return Err(ChainError::NoApp(profile.name.clone())),
             };
@@ -603,7 +615,10 @@ impl ChainEngine {
                     if usable {
                         return self.open_access(c, &chain).await;
                     }
-                    return Err(ChainError::ProviderUnavailable { retry_after_s: (backoff / 1000).max(1) as u64, reason: detail });
+                    return Err(ChainError::ProviderUnavailable {
+                        retry_after_s: (backoff / 1000).max(1) as u64,
+                        reason: detail,
+                    });
                 }
                 Err(TokenError::Lost(reason)) => {
                     // The provider may have rotated the token. Keep `pending` so the next holder knows; tokens
@@ -615,7 +630,10 @@ impl ChainEngine {
                     if usable {
                         return self.open_access(c, &chain).await;
                     }
-                    return Err(ChainError::ProviderUnavailable { retry_after_s: (backoff / 1000).max(1) as u64, reason });
+                    return Err(ChainError::ProviderUnavailable {
+                        retry_after_s: (backoff / 1000).max(1) as u64,
+                        reason,
+                    });
                 }
                 Err(TokenError::InvalidClient(d)) if chain.grant == Some(CredentialKind::Oauth2ClientCredentials) => {
                     // The container's own client id or secret is wrong: a person must replace it.
@@ -636,7 +654,10 @@ impl ChainEngine {
                     chain.failures += 1;
                     chain.backoff_until_ms = Some(self.clock.now_ms() + backoff);
                     self.release(c, &mut chain, &mut version, Some(("token_request_refused", d.clone()))).await;
-                    return Err(ChainError::ProviderUnavailable { retry_after_s: (backoff / 1000).max(1) as u64, reason: d });
+                    return Err(ChainError::ProviderUnavailable {
+                        retry_after_s: (backoff / 1000).max(1) as u64,
+                        reason: d,
+                    });
                 }
             }
         }
@@ -670,7 +691,10 @@ impl ChainEngine {
         } else {
             self.vault.seal(&field_ctx(c, &local, "refresh_token"), refresh_token.expose_secret().as_bytes()).await?
         };
-        let sealed_at = self.vault.seal(&field_ctx(c, &local, "access_token"), tokens.access_token.expose_secret().as_bytes()).await?;
+        let sealed_at = self
+            .vault
+            .seal(&field_ctx(c, &local, "access_token"), tokens.access_token.expose_secret().as_bytes())
+            .await?;
         let expires_at = now + ms(tokens.expires_in.unwrap_or(profile.access_token_lifetime_s));
         chain.sealed_refresh_token = (!sealed_rt.is_empty()).then(|| sealed_rt.clone());
         chain.sealed_access_token = Some(sealed_at.clone());
@@ -754,7 +778,8 @@ impl ChainEngine {
     async fn clear_rescues(&self, c: &ContainerRef) {
         if let Ok(items) = self.store.query(&chain_pk(c), "rescue#", 50).await {
             if !items.is_empty() {
-                let ops = items.into_iter().map(|i| WriteOp::Delete { key: i.key, condition: Condition::None }).collect();
+                let ops =
+                    items.into_iter().map(|i| WriteOp::Delete { key: i.key, condition: Condition::None }).collect();
                 let _ = self.store.transact(ops).await;
             }
         }
@@ -778,7 +803,13 @@ impl ChainEngine {
     }
 
     /// Gives the lease back, recording an error if any. Best effort: a lease that is not released runs out.
-    async fn release(&self, c: &ContainerRef, chain: &mut ChainRecord, version: &mut u64, error: Option<(&str, String)>) {
+    async fn release(
+        &self,
+        c: &ContainerRef,
+        chain: &mut ChainRecord,
+        version: &mut u64,
+        error: Option<(&str, String)>,
+    ) {
         let now = self.clock.now_ms();
         chain.lease = None;
         if let Some((code, detail)) = error {
@@ -805,7 +836,8 @@ impl ChainEngine {
         chain.lease = None;
         chain.pending_request_at_ms = None;
         chain.status = ChainStatus::NeedsRepair;
-        chain.last_error = Some(ChainErrorInfo { code: code.to_string(), at_ms: now, detail: provider_said.to_string() });
+        chain.last_error =
+            Some(ChainErrorInfo { code: code.to_string(), at_ms: now, detail: provider_said.to_string() });
         push_transition(&mut chain, now, ChainStatus::NeedsRepair, code);
         tracing::warn!(container = %c, code, "chain needs repair");
         match self.write_chain(c, &chain, Condition::Version(version), false).await {
@@ -823,17 +855,27 @@ impl ChainEngine {
 
     /// Starts a new chain from a fresh token set (a completed authorization). Replaces any earlier chain of the
     /// container; callers of the old chain keep their still-valid token until they ask again.
-    pub async fn install(&self, c: &ContainerRef, provider: &str, tokens: &TokenSet) -> Result<ChainRecord, ChainError> {
+    pub async fn install(
+        &self,
+        c: &ContainerRef,
+        provider: &str,
+        tokens: &TokenSet,
+    ) -> Result<ChainRecord, ChainError> {
         let profile = self.profile(provider)?.clone();
         let now = self.clock.now_ms();
         let local = c.local_name();
         let previous = self.chain(c).await?;
         let generation = previous.as_ref().map_or(1, |(p, _)| p.generation + 1);
         let sealed_refresh_token = match &tokens.refresh_token {
-            Some(rt) => Some(self.vault.seal(&field_ctx(c, &local, "refresh_token"), rt.expose_secret().as_bytes()).await?),
+            Some(rt) => {
+                Some(self.vault.seal(&field_ctx(c, &local, "refresh_token"), rt.expose_secret().as_bytes()).await?)
+            }
             None => None,
         };
-        let sealed_at = self.vault.seal(&field_ctx(c, &local, "access_token"), tokens.access_token.expose_secret().as_bytes()).await?;
+        let sealed_at = self
+            .vault
+            .seal(&field_ctx(c, &local, "access_token"), tokens.access_token.expose_secret().as_bytes())
+            .await?;
         let was_broken = previous.as_ref().is_some_and(|(p, _)| p.status == ChainStatus::NeedsRepair);
         let mut history = previous.map(|(p, _)| p.history).unwrap_or_default();
         let mut chain = ChainRecord {
@@ -880,15 +922,26 @@ impl ChainEngine {
         let missing = || TokenError::InvalidGrant("the container has no complete credentials".into());
         Ok(match kind {
             CredentialKind::Oauth2ClientCredentials => {
-                let (Some(client_id), Some(sealed)) = (rec.client_id.clone(), rec.sealed_client_secret.as_deref()) else {
+                let (Some(client_id), Some(sealed)) = (rec.client_id.clone(), rec.sealed_client_secret.as_deref())
+                else {
                     return Ok(Err(missing()));
                 };
                 let secret = self.vault.open_string(&field_ctx(c, &local, "client_secret"), sealed).await?;
-                let own = crate::config::AppRegistration { client_id, client_secret: secret, redirect_uri: String::new() };
-                oauth::request_token(&self.http, profile, &own, Grant::ClientCredentials { scopes: &rec.scopes }, timeout).await
+                let own =
+                    crate::config::AppRegistration { client_id, client_secret: secret, redirect_uri: String::new() };
+                oauth::request_token(
+                    &self.http,
+                    profile,
+                    &own,
+                    Grant::ClientCredentials { scopes: &rec.scopes },
+                    timeout,
+                )
+                .await
             }
             _ => {
-                let (Some(username), Some(sealed), Some(app)) = (rec.username.as_deref(), rec.sealed_password.as_deref(), app) else {
+                let (Some(username), Some(sealed), Some(app)) =
+                    (rec.username.as_deref(), rec.sealed_password.as_deref(), app)
+                else {
                     return Ok(Err(missing()));
                 };
                 let password = self.vault.open_string(&field_ctx(c, &local, "password"), sealed).await?;
@@ -900,7 +953,12 @@ impl ChainEngine {
 
     /// The token cache of a client-credentials or password container: created on first use, then the same
     /// protocol as a refresh-token chain (one request at a time, the provider's interval, backoff).
-    pub async fn grant_token(&self, c: &ContainerRef, provider: &str, kind: CredentialKind) -> Result<AccessToken, ChainError> {
+    pub async fn grant_token(
+        &self,
+        c: &ContainerRef,
+        provider: &str,
+        kind: CredentialKind,
+    ) -> Result<AccessToken, ChainError> {
         if self.chain(c).await?.is_none() {
             let now = self.clock.now_ms();
             let chain = ChainRecord {
@@ -959,7 +1017,8 @@ impl ChainEngine {
     /// Removes a container's chain and everything kept beside it.
     pub async fn remove(&self, c: &ContainerRef) -> Result<(), ChainError> {
         let items: Vec<Item> = self.store.query(&chain_pk(c), "", 100).await?;
-        let ops: Vec<WriteOp> = items.into_iter().map(|i| WriteOp::Delete { key: i.key, condition: Condition::None }).collect();
+        let ops: Vec<WriteOp> =
+            items.into_iter().map(|i| WriteOp::Delete { key: i.key, condition: Condition::None }).collect();
         if !ops.is_empty() {
             self.store.transact(ops).await?;
         }
@@ -979,7 +1038,6 @@ struct Candidate {
     rescue_sk: Option<String>,
     seen: String,
 }
-
 
 fn push_transition(chain: &mut ChainRecord, at_ms: Millis, status: ChainStatus, code: &str) {
     chain.history.push(Transition { at_ms, status, code: code.to_string() });
@@ -1003,7 +1061,11 @@ pub fn classify_invalid_grant(description: &str) -> &'static str {
     let d = description.to_ascii_lowercase();
     if d.contains("expired") {
         "refresh_token_expired"
-    } else if d.contains("old refresh token") || d.contains("revoked") || d.contains("obsolete") || d.contains("superseded") {
+    } else if d.contains("old refresh token")
+        || d.contains("revoked")
+        || d.contains("obsolete")
+        || d.contains("superseded")
+    {
         "refresh_token_superseded"
     } else {
         "refresh_token_invalid"

@@ -88,7 +88,12 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { public_url: None, authorization_ttl_s: 600, audit_retention_days: 400, webhook_allow_private_networks: false }
+        Self {
+            public_url: None,
+            authorization_ttl_s: 600,
+            audit_retention_days: 400,
+            webhook_allow_private_networks: false,
+        }
     }
 }
 
@@ -152,16 +157,18 @@ impl Config {
             if resolved.get("abstract").and_then(|v| v.as_bool()).unwrap_or(false) {
                 continue;
             }
-            let mut profile: ProviderProfile = toml::Value::Table(resolved)
-                .try_into()
-                .with_context(|| format!("provider profile {name:?}"))?;
+            let mut profile: ProviderProfile =
+                toml::Value::Table(resolved).try_into().with_context(|| format!("provider profile {name:?}"))?;
             profile.name = name.clone();
             profile.validate()?;
             providers.insert(name.clone(), profile);
         }
         for app in raw.apps.keys() {
             if !providers.contains_key(app) {
-                bail!("[apps.{app}] names no provider profile; known: {}", providers.keys().cloned().collect::<Vec<_>>().join(", "));
+                bail!(
+                    "[apps.{app}] names no provider profile; known: {}",
+                    providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
             }
         }
         Ok(Self { providers, apps: raw.apps, engine: raw.engine, server: raw.server, scope_groups: raw.scope_groups })
@@ -208,8 +215,16 @@ mod tests {
     fn built_in_profiles_cover_the_platforms() {
         let c = Config::built_in();
         for name in [
-            "exact-online-nl", "exact-online-be", "exact-online-de", "exact-online-uk", "exact-online-us",
-            "exact-online-fr", "exact-online-es", "twinfield", "teamleader", "salesforce",
+            "exact-online-nl",
+            "exact-online-be",
+            "exact-online-de",
+            "exact-online-uk",
+            "exact-online-us",
+            "exact-online-fr",
+            "exact-online-es",
+            "twinfield",
+            "teamleader",
+            "salesforce",
         ] {
             assert!(c.provider(name).is_some(), "{name} is built in");
         }

@@ -10,7 +10,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
-#[error("{kind} name {given:?} is not valid: use 1-63 characters a-z, 0-9, '-' or '_', starting with a letter or digit")]
+#[error(
+    "{kind} name {given:?} is not valid: use 1-63 characters a-z, 0-9, '-' or '_', starting with a letter or digit"
+)]
 pub struct InvalidName {
     pub kind: &'static str,
     pub given: String,
@@ -22,11 +24,7 @@ fn normalize(kind: &'static str, raw: &str) -> Result<String, InvalidName> {
         && lower.len() <= 63
         && lower.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && lower.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(lower)
-    } else {
-        Err(InvalidName { kind, given: raw.chars().take(80).collect() })
-    }
+    if ok { Ok(lower) } else { Err(InvalidName { kind, given: raw.chars().take(80).collect() }) }
 }
 
 macro_rules! name_type {

@@ -11,9 +11,9 @@
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod auth;
 #[cfg(feature = "aws")]
 pub mod aws;
-pub mod auth;
 pub mod chain;
 pub mod clock;
 pub mod config;
@@ -29,6 +29,6 @@ pub mod records;
 pub mod recover;
 pub mod secrets;
 pub mod store;
-pub mod totp;
 pub mod sweep;
 pub mod telemetry;
+pub mod totp;

@@ -57,7 +57,7 @@ pub enum LoginError {
 struct Form {
     action: Option<String>,
     method: String,
-    inputs: Vec<(String, String, String)>, // (type, name, value)
+    inputs: Vec<(String, String, String)>,  // (type, name, value)
     buttons: Vec<(String, String, String)>, // (name, value, text)
 }
 
@@ -83,7 +83,12 @@ fn attr(tag: &str, name: &str) -> Option<String> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("&amp;", "&").replace("&quot;", "\"").replace("&#39;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&#x2F;", "/")
+    s.replace("&amp;", "&")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#x2F;", "/")
 }
 
 fn parse_forms(html: &str) -> Vec<Form> {
@@ -123,7 +128,11 @@ fn parse_forms(html: &str) -> Vec<Form> {
                 let text = body[close + 1.min(body.len() - close)..text_end].trim().to_string();
                 let kind = attr(tag, "type").unwrap_or_else(|| "submit".into()).to_ascii_lowercase();
                 if kind == "submit" {
-                    form.buttons.push((attr(tag, "name").unwrap_or_default(), attr(tag, "value").unwrap_or_default(), text));
+                    form.buttons.push((
+                        attr(tag, "name").unwrap_or_default(),
+                        attr(tag, "value").unwrap_or_default(),
+                        text,
+                    ));
                 }
             }
             i = close.max(p + 1);
@@ -142,7 +151,12 @@ pub struct Credentials<'a> {
 }
 
 /// Signs in and returns the final redirect (the redirect URI with `code` and `state`), without requesting it.
-pub async fn sign_in(authorize_url: &str, redirect_uri: &str, creds: &Credentials<'_>, spec: &FormSpec) -> Result<String, LoginError> {
+pub async fn sign_in(
+    authorize_url: &str,
+    redirect_uri: &str,
+    creds: &Credentials<'_>,
+    spec: &FormSpec,
+) -> Result<String, LoginError> {
     let fail = |m: String| LoginError::Failed(m);
     let client = reqwest::Client::builder()
         .cookie_store(true)
@@ -152,7 +166,8 @@ pub async fn sign_in(authorize_url: &str, redirect_uri: &str, creds: &Credential
         .build()
         .map_err(|e| fail(e.to_string()))?;
     let start = url::Url::parse(authorize_url).map_err(|e| fail(e.to_string()))?;
-    let same_site = |u: &url::Url| u.host_str() == start.host_str() && u.port_or_known_default() == start.port_or_known_default();
+    let same_site =
+        |u: &url::Url| u.host_str() == start.host_str() && u.port_or_known_default() == start.port_or_known_default();
     let mut url = start.clone();
     let mut form_body: Option<Vec<(String, String)>> = None;
     let (mut sent_password, mut sent_totp) = (0, 0);
@@ -164,13 +179,20 @@ pub async fn sign_in(authorize_url: &str, redirect_uri: &str, creds: &Credential
         let res = req.send().await.map_err(|e| fail(format!("provider unreachable: {e}")))?;
         let status = res.status();
         if status.is_redirection() {
-            let location = res.headers().get("location").and_then(|v| v.to_str().ok()).ok_or_else(|| fail("redirect without a location".into()))?;
+            let location = res
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| fail("redirect without a location".into()))?;
             let next = url.join(location).map_err(|e| fail(e.to_string()))?;
             if next.as_str().starts_with(redirect_uri) {
                 return Ok(next.to_string());
             }
             if !same_site(&next) {
-                return Err(fail(format!("the provider redirected to another host ({})", next.host_str().unwrap_or("?"))));
+                return Err(fail(format!(
+                    "the provider redirected to another host ({})",
+                    next.host_str().unwrap_or("?")
+                )));
             }
             url = next;
             form_body = None;
@@ -181,7 +203,9 @@ pub async fn sign_in(authorize_url: &str, redirect_uri: &str, creds: &Credential
         }
         let html = res.text().await.map_err(|e| fail(e.to_string()))?;
         let forms = parse_forms(&html);
-        let has = |f: &Form, names: &[String]| f.inputs.iter().any(|(_, n, _)| names.iter().any(|m| m.eq_ignore_ascii_case(n)));
+        let has = |f: &Form, names: &[String]| {
+            f.inputs.iter().any(|(_, n, _)| names.iter().any(|m| m.eq_ignore_ascii_case(n)))
+        };
         let Some(form) = forms
             .iter()
             .find(|f| has(f, &spec.password_fields) || has(f, &spec.totp_fields))
@@ -199,7 +223,11 @@ pub async fn sign_in(authorize_url: &str, redirect_uri: &str, creds: &Credential
             } else if is(&spec.totp_fields) {
                 match creds.totp {
                     Some(code) => code(),
-                    None => return Err(LoginError::Rejected("TOTP secret (the account asks for a code and none is stored)")),
+                    None => {
+                        return Err(LoginError::Rejected(
+                            "TOTP secret (the account asks for a code and none is stored)",
+                        ));
+                    }
                 }
             } else {
                 value.clone()
@@ -217,12 +245,18 @@ pub async fn sign_in(authorize_url: &str, redirect_uri: &str, creds: &Credential
                 return Err(LoginError::Rejected("TOTP secret"));
             }
         }
-        let word = |s: &str, words: &[String]| words.iter().any(|w| s.to_ascii_lowercase().split(|c: char| !c.is_alphanumeric()).any(|p| p == w));
+        let word = |s: &str, words: &[String]| {
+            words.iter().any(|w| s.to_ascii_lowercase().split(|c: char| !c.is_alphanumeric()).any(|p| p == w))
+        };
         let button = form
             .buttons
             .iter()
             .find(|(n, v, t)| word(v, &spec.allow_words) || word(t, &spec.allow_words) || word(n, &spec.allow_words))
-            .or_else(|| form.buttons.iter().find(|(n, v, t)| !(word(v, &spec.deny_words) || word(t, &spec.deny_words) || word(n, &spec.deny_words))));
+            .or_else(|| {
+                form.buttons.iter().find(|(n, v, t)| {
+                    !(word(v, &spec.deny_words) || word(t, &spec.deny_words) || word(n, &spec.deny_words))
+                })
+            });
         if let Some((name, value, _)) = button {
             if !name.is_empty() {
                 fields.push((name.clone(), value.clone()));

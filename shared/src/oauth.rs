@@ -27,7 +27,10 @@ pub struct TokenSet {
 
 impl std::fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSet").field("expires_in", &self.expires_in).field("scope", &self.scope).finish_non_exhaustive()
+        f.debug_struct("TokenSet")
+            .field("expires_in", &self.expires_in)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
     }
 }
 
@@ -146,10 +149,8 @@ pub async fn request_token(
             // RFC 6749 2.3.1: both parts form-urlencoded before Base64.
             let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             let cred = format!("{}:{}", enc(&app.client_id), enc(app.client_secret.expose_secret()));
-            req = req.header(
-                "Authorization",
-                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(cred)),
-            );
+            req = req
+                .header("Authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(cred)));
         }
         TokenAuth::Post => {
             form.push(("client_id", app.client_id.clone()));
@@ -161,7 +162,11 @@ pub async fn request_token(
     let res = match res {
         Ok(r) => r,
         Err(e) if e.is_connect() => {
-            return Err(TokenError::Transient { status: None, retry_after_s: None, reason: "could not connect".into() });
+            return Err(TokenError::Transient {
+                status: None,
+                retry_after_s: None,
+                reason: "could not connect".into(),
+            });
         }
         Err(e) if e.is_timeout() => return Err(TokenError::Lost("no answer before the timeout".into())),
         Err(_) => return Err(TokenError::Lost("connection broke before an answer".into())),
@@ -201,7 +206,11 @@ pub async fn request_token(
         return Err(TokenError::TooEarly(description));
     }
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        return Err(TokenError::Transient { status: Some(status.as_u16()), retry_after_s: retry_after, reason: description });
+        return Err(TokenError::Transient {
+            status: Some(status.as_u16()),
+            retry_after_s: retry_after,
+            reason: description,
+        });
     }
     match err.error.as_str() {
         "invalid_grant" => Err(TokenError::InvalidGrant(description)),
@@ -220,14 +229,18 @@ pub async fn revoke_token(
     hint: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let Some(url) = &profile.revocation_url else { anyhow::bail!("provider {} has no revocation endpoint", profile.name) };
-    let mut form: Vec<(&str, String)> = vec![("token", token.expose_secret().to_string()), ("token_type_hint", hint.to_string())];
+    let Some(url) = &profile.revocation_url else {
+        anyhow::bail!("provider {} has no revocation endpoint", profile.name)
+    };
+    let mut form: Vec<(&str, String)> =
+        vec![("token", token.expose_secret().to_string()), ("token_type_hint", hint.to_string())];
     let mut req = http.post(url).timeout(timeout);
     match profile.token_auth {
         TokenAuth::Basic => {
             let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             let cred = format!("{}:{}", enc(&app.client_id), enc(app.client_secret.expose_secret()));
-            req = req.header("Authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(cred)));
+            req = req
+                .header("Authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(cred)));
         }
         TokenAuth::Post => {
             form.push(("client_id", app.client_id.clone()));
@@ -256,9 +269,7 @@ pub async fn fetch_identity(
     access_token: &SecretString,
     timeout: Duration,
 ) -> anyhow::Result<(String, Option<String>)> {
-    let Some(identity) = &profile.identity else {
-        anyhow::bail!("provider {} has no identity endpoint", profile.name)
-    };
+    let Some(identity) = &profile.identity else { anyhow::bail!("provider {} has no identity endpoint", profile.name) };
     let url = profile.endpoint(&identity.url)?;
     let res = http
         .get(url)

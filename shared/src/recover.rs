@@ -55,10 +55,18 @@ fn ctx<'a>(c: &'a ContainerRef, local: &'a str, field: &'a str) -> Context<'a> {
 }
 
 /// Writes the record with its TTL and its place in the expiry-warning index.
-pub async fn write(s: &Services, c: &ContainerRef, rec: &RecoveryRecord, condition: Condition) -> Result<u64, crate::store::StoreError> {
+pub async fn write(
+    s: &Services,
+    c: &ContainerRef,
+    rec: &RecoveryRecord,
+    condition: Condition,
+) -> Result<u64, crate::store::StoreError> {
     let mut put = Put::new(recovery_key(c), encode(rec), condition).expires_at(Some(rec.expires_at_ms));
     if !rec.expiry_notified {
-        put.due = Some(IndexKey { pk: EXPIRY_INDEX_PK.into(), sk: format!("{}#{}", time_sk(rec.expires_at_ms - WARN_BEFORE_MS), chain_pk(c)) });
+        put.due = Some(IndexKey {
+            pk: EXPIRY_INDEX_PK.into(),
+            sk: format!("{}#{}", time_sk(rec.expires_at_ms - WARN_BEFORE_MS), chain_pk(c)),
+        });
     }
     s.store.put(put).await
 }
@@ -82,12 +90,20 @@ pub async fn seal(
     let local = c.local_name();
     let now = s.clock.now_ms();
     let sealed_totp = match totp {
-        Some(t) => Some(s.vault.seal(&ctx(c, &local, "recovery_totp"), &serde_json::to_vec(t).unwrap_or_default()).await?),
+        Some(t) => {
+            Some(s.vault.seal(&ctx(c, &local, "recovery_totp"), &serde_json::to_vec(t).unwrap_or_default()).await?)
+        }
         None => None,
     };
     Ok(RecoveryRecord {
-        sealed_username: s.vault.seal(&ctx(c, &local, "recovery_username"), username.expose_secret().as_bytes()).await?,
-        sealed_password: s.vault.seal(&ctx(c, &local, "recovery_password"), password.expose_secret().as_bytes()).await?,
+        sealed_username: s
+            .vault
+            .seal(&ctx(c, &local, "recovery_username"), username.expose_secret().as_bytes())
+            .await?,
+        sealed_password: s
+            .vault
+            .seal(&ctx(c, &local, "recovery_password"), password.expose_secret().as_bytes())
+            .await?,
         sealed_totp,
         retention_days,
         created_at_ms: now,
@@ -141,8 +157,12 @@ pub async fn recover_container(s: &Arc<Services>, c: &ContainerRef, why: &str) -
     let outcome = attempt(s, c, &rec).await;
     let (outcome, detail) = match outcome {
         Ok(()) => (Outcome::Recovered, None),
-        Err(Attempt::Rejected(what)) => (Outcome::CredentialsRejected, Some(format!("the provider did not accept the stored {what}"))),
-        Err(Attempt::WrongIdentity) => (Outcome::WrongIdentity, Some("a different user signed in than the container's own".to_string())),
+        Err(Attempt::Rejected(what)) => {
+            (Outcome::CredentialsRejected, Some(format!("the provider did not accept the stored {what}")))
+        }
+        Err(Attempt::WrongIdentity) => {
+            (Outcome::WrongIdentity, Some("a different user signed in than the container's own".to_string()))
+        }
         Err(Attempt::Failed(why)) => (Outcome::Failed, Some(why)),
     };
     let stop_code = match outcome {
@@ -173,8 +193,16 @@ enum Attempt {
 async fn attempt(s: &Arc<Services>, c: &ContainerRef, rec: &RecoveryRecord) -> Result<(), Attempt> {
     let failed = |e: &dyn std::fmt::Display| Attempt::Failed(e.to_string());
     let local = c.local_name();
-    let username = s.vault.open_string(&ctx(c, &local, "recovery_username"), &rec.sealed_username).await.map_err(|e| failed(&e))?;
-    let password = s.vault.open_string(&ctx(c, &local, "recovery_password"), &rec.sealed_password).await.map_err(|e| failed(&e))?;
+    let username = s
+        .vault
+        .open_string(&ctx(c, &local, "recovery_username"), &rec.sealed_username)
+        .await
+        .map_err(|e| failed(&e))?;
+    let password = s
+        .vault
+        .open_string(&ctx(c, &local, "recovery_password"), &rec.sealed_password)
+        .await
+        .map_err(|e| failed(&e))?;
     let totp: Option<Totp> = match &rec.sealed_totp {
         Some(sealed) => {
             let bytes = s.vault.open(&ctx(c, &local, "recovery_totp"), sealed).await.map_err(|e| failed(&e))?;
@@ -183,14 +211,23 @@ async fn attempt(s: &Arc<Services>, c: &ContainerRef, rec: &RecoveryRecord) -> R
         None => None,
     };
     let (container, _) = crate::api::manage::load_container(s, c).await.map_err(|e| failed(&e))?;
-    let expected = container.identity.as_ref().map(|i| i.user_id.clone()).ok_or_else(|| Attempt::Failed("the container never had a user".into()))?;
-    let (authorize_url, redirect_uri) = crate::api::authorize::begin(s, c, "chainkeeper-recovery").await.map_err(|e| failed(&e))?;
-    let profile = s.config.provider(container.provider.as_deref().unwrap_or("")).ok_or_else(|| Attempt::Failed("provider not configured".into()))?;
+    let expected = container
+        .identity
+        .as_ref()
+        .map(|i| i.user_id.clone())
+        .ok_or_else(|| Attempt::Failed("the container never had a user".into()))?;
+    let (authorize_url, redirect_uri) =
+        crate::api::authorize::begin(s, c, "chainkeeper-recovery").await.map_err(|e| failed(&e))?;
+    let profile = s
+        .config
+        .provider(container.provider.as_deref().unwrap_or(""))
+        .ok_or_else(|| Attempt::Failed("provider not configured".into()))?;
     let spec = FormSpec::from_profile(profile.login_form.as_ref());
     let clock = s.clock.clone();
     let code = move || totp.as_ref().map(|t| t.at((clock.now_ms() / 1000) as u64)).unwrap_or_default();
     let has_totp = rec.sealed_totp.is_some();
-    let creds = Credentials { username: &username, password: &password, totp: if has_totp { Some(&code) } else { None } };
+    let creds =
+        Credentials { username: &username, password: &password, totp: if has_totp { Some(&code) } else { None } };
     let back = match sign_in(&authorize_url, &redirect_uri, &creds, &spec).await {
         Ok(url) => url,
         Err(LoginError::Rejected(what)) => return Err(Attempt::Rejected(what)),
@@ -198,7 +235,15 @@ async fn attempt(s: &Arc<Services>, c: &ContainerRef, rec: &RecoveryRecord) -> R
     };
     let url = url::Url::parse(&back).map_err(|e| failed(&e))?;
     let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
-    match crate::api::authorize::complete_with(s, q.get("code").cloned(), q.get("state").cloned(), q.get("error").cloned(), Some(&expected)).await {
+    match crate::api::authorize::complete_with(
+        s,
+        q.get("code").cloned(),
+        q.get("state").cloned(),
+        q.get("error").cloned(),
+        Some(&expected),
+    )
+    .await
+    {
         Ok(_) => Ok(()),
         Err(p) if p.code == "recovery_wrong_identity" => Err(Attempt::WrongIdentity),
         Err(p) => Err(Attempt::Failed(p.to_string())),
@@ -236,7 +281,16 @@ pub async fn run_once(s: &Arc<Services>) -> anyhow::Result<RecoverReport> {
         rec.expiry_notified = true;
         if write(s, &c, &rec, Condition::Version(item.version)).await.is_ok() {
             s.engine.notifier().expiring_event(&c, rfc3339(rec.expires_at_ms));
-            audit::record(s, &c.org, "chainkeeper", "auto_recovery.expiring", Some(&c), "notified", Some(format!("expires {}", rfc3339(rec.expires_at_ms)))).await;
+            audit::record(
+                s,
+                &c.org,
+                "chainkeeper",
+                "auto_recovery.expiring",
+                Some(&c),
+                "notified",
+                Some(format!("expires {}", rfc3339(rec.expires_at_ms))),
+            )
+            .await;
             report.expiry_warnings += 1;
         }
     }

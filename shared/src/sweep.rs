@@ -79,7 +79,12 @@ pub fn spawn_ticker(s: Arc<Services>) -> tokio::task::JoinHandle<()> {
             }
             match crate::recover::run_once(&s).await {
                 Ok(r) if r.needs_repair > 0 || r.expiry_warnings > 0 => {
-                    tracing::info!(needs_repair = r.needs_repair, recovered = r.recovered, warnings = r.expiry_warnings, "recovery run")
+                    tracing::info!(
+                        needs_repair = r.needs_repair,
+                        recovered = r.recovered,
+                        warnings = r.expiry_warnings,
+                        "recovery run"
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "recovery run failed"),
@@ -87,4 +92,3 @@ pub fn spawn_ticker(s: Arc<Services>) -> tokio::task::JoinHandle<()> {
         }
     })
 }
-

@@ -86,7 +86,8 @@ impl Totp {
             Algorithm::Sha512 => mac::<Hmac<sha2::Sha512>>(&self.secret, &counter),
         };
         let offset = (digest[digest.len() - 1] & 0x0f) as usize;
-        let binary = u32::from_be_bytes([digest[offset] & 0x7f, digest[offset + 1], digest[offset + 2], digest[offset + 3]]);
+        let binary =
+            u32::from_be_bytes([digest[offset] & 0x7f, digest[offset + 1], digest[offset + 2], digest[offset + 3]]);
         format!("{:0width$}", binary % 10u32.pow(self.digits), width = self.digits as usize)
     }
 }

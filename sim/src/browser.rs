@@ -53,9 +53,7 @@ pub fn decode_entities(s: &str) -> String {
             "quot" => Some('"'),
             "apos" => Some('\''),
             _ if ent.starts_with("#x") || ent.starts_with("#X") => {
-                u32::from_str_radix(&ent[2..], 16)
-                    .ok()
-                    .and_then(char::from_u32)
+                u32::from_str_radix(&ent[2..], 16).ok().and_then(char::from_u32)
             }
             _ if ent.starts_with('#') => ent[1..].parse::<u32>().ok().and_then(char::from_u32),
             _ => None,
@@ -148,42 +146,26 @@ fn tags<'a>(html: &'a str, name: &str) -> Vec<&'a str> {
 pub fn parse_form(html: &str) -> Option<Form> {
     let lower = html.to_ascii_lowercase();
     let start = lower.find("<form")?;
-    let end = lower[start..]
-        .find("</form")
-        .map(|e| start + e)
-        .unwrap_or(html.len());
+    let end = lower[start..].find("</form").map(|e| start + e).unwrap_or(html.len());
     let inner = &html[start..end];
     let form_tag = tags(inner, "form").into_iter().next()?;
     let fa = attributes(form_tag);
     let mut form = Form {
         action: fa.get("action").cloned(),
-        method: fa
-            .get("method")
-            .cloned()
-            .unwrap_or_else(|| "get".into())
-            .to_ascii_lowercase(),
+        method: fa.get("method").cloned().unwrap_or_else(|| "get".into()).to_ascii_lowercase(),
         ..Form::default()
     };
     for t in tags(inner, "input") {
         let a = attributes(t);
         if let Some(name) = a.get("name") {
-            let ty = a
-                .get("type")
-                .cloned()
-                .unwrap_or_else(|| "text".into())
-                .to_ascii_lowercase();
-            form.inputs.push((
-                name.clone(),
-                ty,
-                a.get("value").cloned().unwrap_or_default(),
-            ));
+            let ty = a.get("type").cloned().unwrap_or_else(|| "text".into()).to_ascii_lowercase();
+            form.inputs.push((name.clone(), ty, a.get("value").cloned().unwrap_or_default()));
         }
     }
     for t in tags(inner, "button") {
         let a = attributes(t);
         if let Some(name) = a.get("name") {
-            form.buttons
-                .push((name.clone(), a.get("value").cloned().unwrap_or_default()));
+            form.buttons.push((name.clone(), a.get("value").cloned().unwrap_or_default()));
         }
     }
     Some(form)
@@ -200,16 +182,8 @@ pub fn error_text(html: &str) -> Option<String> {
 /// Drives the login with a fresh cookie-keeping client without automatic redirects.
 /// `authorize_url` is the complete authorize URL (client_id, redirect_uri, state, …).
 /// Returns the final `Location` (the app's redirect URI with `code` and `state`), not fetched.
-pub async fn login(
-    authorize_url: &str,
-    username: &str,
-    password: &str,
-    totp: Option<&str>,
-) -> anyhow::Result<String> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()?;
+pub async fn login(authorize_url: &str, username: &str, password: &str, totp: Option<&str>) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).cookie_store(true).build()?;
     login_with(&client, authorize_url, username, password, totp).await
 }
 
@@ -222,11 +196,7 @@ pub async fn login_with(
     totp: Option<&str>,
 ) -> anyhow::Result<String> {
     let mut url = Url::parse(authorize_url).context("authorize URL")?;
-    let mut resp = client
-        .get(url.clone())
-        .send()
-        .await
-        .context("GET authorize URL")?;
+    let mut resp = client.get(url.clone()).send().await.context("GET authorize URL")?;
     let (mut sent_password, mut sent_code) = (false, false);
     for _ in 0..12 {
         let status = resp.status();
@@ -276,37 +246,24 @@ pub async fn login_with(
         };
         if form.has_input("Password") {
             if sent_password {
-                bail!(
-                    "login rejected: {}",
-                    error_text(&body).unwrap_or_else(|| "login page shown again".into())
-                );
+                bail!("login rejected: {}", error_text(&body).unwrap_or_else(|| "login page shown again".into()));
             }
             set(&mut fields, "UserName", username);
             set(&mut fields, "Password", password);
             sent_password = true;
         } else if form.has_input("Code") {
-            let Some(code) = totp else {
-                bail!("the login asks for a two-step verification code and none was given")
-            };
+            let Some(code) = totp else { bail!("the login asks for a two-step verification code and none was given") };
             if sent_code {
-                bail!(
-                    "verification code rejected: {}",
-                    error_text(&body).unwrap_or_default()
-                );
+                bail!("verification code rejected: {}", error_text(&body).unwrap_or_default());
             }
             set(&mut fields, "Code", code);
             sent_code = true;
         } else if form.has_button("Allow") {
             set(&mut fields, "Allow", "yes");
         } else {
-            bail!(
-                "unrecognised page: {}",
-                body.chars().take(300).collect::<String>()
-            );
+            bail!("unrecognised page: {}", body.chars().take(300).collect::<String>());
         }
-        let action = url
-            .join(form.action.as_deref().unwrap_or(""))
-            .context("form action")?;
+        let action = url.join(form.action.as_deref().unwrap_or("")).context("form action")?;
         resp = if form.method == "post" {
             client.post(action.clone()).form(&fields).send().await?
         } else {

@@ -9,10 +9,7 @@ use clap::Parser;
 use exact_sim::{ExactSim, SimClock, SimConfig};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "exact-sim",
-    about = "Exact Online simulator (OAuth2 + a slice of the REST API)"
-)]
+#[command(name = "exact-sim", about = "Exact Online simulator (OAuth2 + a slice of the REST API)")]
 struct Args {
     /// Port on 127.0.0.1 (0 = any free port).
     #[arg(long, default_value_t = 0)]
@@ -28,15 +25,12 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
     let args = Args::parse();
     let config = match &args.config {
         Some(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             SimConfig::from_json(&text).with_context(|| format!("parsing {}", p.display()))?
         }
         None => SimConfig::default(),

@@ -56,10 +56,8 @@ pub fn hotp(secret: &[u8], counter: u64, digits: u32) -> String {
     mac.update(&counter.to_be_bytes());
     let h = mac.finalize().into_bytes();
     let off = (h[h.len() - 1] & 0x0f) as usize;
-    let bin = ((h[off] as u32 & 0x7f) << 24)
-        | ((h[off + 1] as u32) << 16)
-        | ((h[off + 2] as u32) << 8)
-        | (h[off + 3] as u32);
+    let bin =
+        ((h[off] as u32 & 0x7f) << 24) | ((h[off + 1] as u32) << 16) | ((h[off + 2] as u32) << 8) | (h[off + 3] as u32);
     let modulo = 10u64.pow(digits);
     format!("{:0width$}", bin as u64 % modulo, width = digits as usize)
 }
@@ -97,10 +95,7 @@ mod tests {
         let enc = base32_encode(b"12345678901234567890");
         assert_eq!(enc, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
         assert_eq!(base32_decode(&enc).unwrap(), b"12345678901234567890");
-        assert_eq!(
-            base32_decode("gezd gnbv").unwrap(),
-            base32_decode("GEZDGNBV").unwrap()
-        );
+        assert_eq!(base32_decode("gezd gnbv").unwrap(), base32_decode("GEZDGNBV").unwrap());
         assert!(base32_decode("not base32!").is_none());
     }
 

@@ -37,28 +37,16 @@ async fn binary_prints_ready_line_and_serves_config() {
     let _guard = Kill(child);
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("ready line")
-        .to_string();
-    assert!(
-        base.starts_with("http://127.0.0.1:") && !base.ends_with('/'),
-        "{base}"
-    );
+    let base = line.trim().strip_prefix("listening on ").expect("ready line").to_string();
+    assert!(base.starts_with("http://127.0.0.1:") && !base.ends_with('/'), "{base}");
 
     let auth = format!(
         "{base}/api/oauth2/auth?client_id=ck-app&redirect_uri=http%3A%2F%2F127.0.0.1%3A8080%2Fv1%2Fcallback&response_type=code&state=xyz"
     );
     // no TOTP secret: password, consent, redirect
-    let loc = exact_sim::browser::login(&auth, "bob", "pw", None)
-        .await
-        .unwrap();
-    let q: std::collections::HashMap<String, String> = url::Url::parse(&loc)
-        .unwrap()
-        .query_pairs()
-        .into_owned()
-        .collect();
+    let loc = exact_sim::browser::login(&auth, "bob", "pw", None).await.unwrap();
+    let q: std::collections::HashMap<String, String> =
+        url::Url::parse(&loc).unwrap().query_pairs().into_owned().collect();
     assert_eq!(q["state"], "xyz");
     let c = reqwest::Client::new();
     let r: serde_json::Value = c
@@ -87,14 +75,7 @@ async fn binary_prints_ready_line_and_serves_config() {
         .await
         .unwrap();
     assert_eq!(me["d"]["results"][0]["CurrentDivision"], 42);
-    let st: serde_json::Value = c
-        .get(format!("{base}/_sim/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st: serde_json::Value = c.get(format!("{base}/_sim/stats")).send().await.unwrap().json().await.unwrap();
     assert_eq!(st["code_requests"], 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

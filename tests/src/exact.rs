@@ -32,7 +32,9 @@ pub fn sim_profile_toml(base_url: &str) -> String {
 
 /// The `[apps.exact-online-nl]` registration of the test app, with `redirect_uri`.
 pub fn sim_app_toml(redirect_uri: &str) -> String {
-    format!("[apps.exact-online-nl]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nredirect_uri = \"{redirect_uri}\"\n")
+    format!(
+        "[apps.exact-online-nl]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nredirect_uri = \"{redirect_uri}\"\n"
+    )
 }
 
 /// A store whose writes can be made to fail (fault injection).
@@ -83,7 +85,13 @@ impl Store for FlakyStore {
     async fn query(&self, pk: &str, sk_prefix: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
         self.inner.query(pk, sk_prefix, limit).await
     }
-    async fn query_index(&self, index: Index, pk: &str, sk_max: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+    async fn query_index(
+        &self,
+        index: Index,
+        pk: &str,
+        sk_max: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
         self.inner.query_index(index, pk, sk_max, limit).await
     }
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
@@ -213,18 +221,31 @@ impl ExactHarness {
     }
 
     /// `extra_engine`: more `[engine]` keys; `extra_provider`: more keys for the `exact-online-nl` profile.
-    pub async fn start_full(tune: impl FnOnce(&mut SimConfig), extra_engine: &str, extra_provider: &str) -> ExactHarness {
+    pub async fn start_full(
+        tune: impl FnOnce(&mut SimConfig),
+        extra_engine: &str,
+        extra_provider: &str,
+    ) -> ExactHarness {
         Self::start_all(tune, "", extra_engine, extra_provider).await
     }
 
-    async fn start_all(tune: impl FnOnce(&mut SimConfig), extra_server: &str, extra_engine: &str, extra_provider: &str) -> ExactHarness {
+    async fn start_all(
+        tune: impl FnOnce(&mut SimConfig),
+        extra_server: &str,
+        extra_engine: &str,
+        extra_provider: &str,
+    ) -> ExactHarness {
         capture_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let redirect = format!("http://127.0.0.1:{port}/v1/callback");
         let user = sim_user(1);
         let mut sim_config = SimConfig {
-            apps: vec![SimApp { client_id: CLIENT_ID.into(), client_secret: CLIENT_SECRET.into(), redirect_uris: vec![redirect.clone()] }],
+            apps: vec![SimApp {
+                client_id: CLIENT_ID.into(),
+                client_secret: CLIENT_SECRET.into(),
+                redirect_uris: vec![redirect.clone()],
+            }],
             users: vec![user.clone(), sim_user(2)],
             ..SimConfig::default()
         };
@@ -280,7 +301,11 @@ redirect_uri = "{redirect}"
         )
         .unwrap();
         let api = Api::new(&format!("http://127.0.0.1:{port}"), &token);
-        let container = ContainerRef { org: OrgId::parse("acme").unwrap(), db: DbName::parse("finance").unwrap(), alias: Alias::parse("eol").unwrap() };
+        let container = ContainerRef {
+            org: OrgId::parse("acme").unwrap(),
+            db: DbName::parse("finance").unwrap(),
+            alias: Alias::parse("eol").unwrap(),
+        };
         let h = ExactHarness { sim, clock, services, store, keys, api, container, user, dir, server };
         h.api.create_container("acme", "finance", "eol", "oauth2_code", Some("exact-online-nl")).await;
         let done = h.authorize("acme", "finance", "eol", &h.user.clone()).await;
@@ -294,7 +319,9 @@ redirect_uri = "{redirect}"
         assert_eq!(r.status, 200, "{}", r.body);
         let url = r.body["authorize_url"].as_str().unwrap();
         let totp = self.sim.totp_now(&user.username);
-        let back = exact_sim::browser::login(url, &user.username, &user.password, totp.as_deref()).await.expect("sign in at the simulator");
+        let back = exact_sim::browser::login(url, &user.username, &user.password, totp.as_deref())
+            .await
+            .expect("sign in at the simulator");
         self.api.with_token("").get(&back).await
     }
 
@@ -315,13 +342,19 @@ redirect_uri = "{redirect}"
 
 /// Exact's rules scaled down 200x (3 s tokens, 2.85 s between token requests) and four `chainkeeper serve`
 /// processes on one SQLite file, with one authorized `acme/finance/eol` container.
-pub async fn four_processes(latency: Duration) -> anyhow::Result<(ExactSim, Vec<Api>, Vec<crate::Serve>, tempfile::TempDir)> {
+pub async fn four_processes(
+    latency: Duration,
+) -> anyhow::Result<(ExactSim, Vec<Api>, Vec<crate::Serve>, tempfile::TempDir)> {
     let ports: Vec<u16> = (0..4).map(|_| crate::free_port()).collect();
     let redirect = format!("http://127.0.0.1:{}/v1/callback", ports[0]);
     let user = sim_user(1);
     let sim = ExactSim::start(
         SimConfig {
-            apps: vec![SimApp { client_id: CLIENT_ID.into(), client_secret: CLIENT_SECRET.into(), redirect_uris: vec![redirect.clone()] }],
+            apps: vec![SimApp {
+                client_id: CLIENT_ID.into(),
+                client_secret: CLIENT_SECRET.into(),
+                redirect_uris: vec![redirect.clone()],
+            }],
             users: vec![user.clone()],
             access_token_lifetime: Duration::from_secs(3),
             min_token_interval: Duration::from_millis(2_850),
@@ -350,8 +383,8 @@ pub async fn four_processes(latency: Duration) -> anyhow::Result<(ExactSim, Vec<
     apis[0].create_container("acme", "finance", "eol", "oauth2_code", Some("exact-online-nl")).await;
     let r = apis[0].post(&format!("{}/authorize", container_path("acme", "finance", "eol")), json!({})).await;
     let url = r.body["authorize_url"].as_str().unwrap().to_string();
-    let back = exact_sim::browser::login(&url, &user.username, &user.password, sim.totp_now(&user.username).as_deref()).await?;
+    let back = exact_sim::browser::login(&url, &user.username, &user.password, sim.totp_now(&user.username).as_deref())
+        .await?;
     anyhow::ensure!(apis[0].with_token("").get(&back).await.status == 200, "authorization failed");
     Ok((sim, apis, serves, dir))
 }
-

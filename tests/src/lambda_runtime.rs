@@ -39,10 +39,17 @@ async fn next(State(s): State<Shared>) -> Response {
                 let mut res = axum::Json(event).into_response();
                 let h = res.headers_mut();
                 h.insert("lambda-runtime-aws-request-id", HeaderValue::from_str(&id).unwrap());
-                let deadline = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 30_000;
+                let deadline =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 30_000;
                 h.insert("lambda-runtime-deadline-ms", HeaderValue::from_str(&deadline.to_string()).unwrap());
-                h.insert("lambda-runtime-invoked-function-arn", HeaderValue::from_static("arn:aws:lambda:eu-west-1:000000000000:function:test"));
-                h.insert("lambda-runtime-trace-id", HeaderValue::from_static("Root=1-00000000-000000000000000000000000"));
+                h.insert(
+                    "lambda-runtime-invoked-function-arn",
+                    HeaderValue::from_static("arn:aws:lambda:eu-west-1:000000000000:function:test"),
+                );
+                h.insert(
+                    "lambda-runtime-trace-id",
+                    HeaderValue::from_static("Root=1-00000000-000000000000000000000000"),
+                );
                 return res;
             }
         }
@@ -57,7 +64,12 @@ async fn respond(State(s): State<Shared>, UrlPath(id): UrlPath<String>, body: ax
     StatusCode::ACCEPTED
 }
 
-async fn error(State(s): State<Shared>, UrlPath(id): UrlPath<String>, _h: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+async fn error(
+    State(s): State<Shared>,
+    UrlPath(id): UrlPath<String>,
+    _h: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
     if let Some(tx) = s.inner.lock().unwrap().waiting.remove(&id) {
         let _ = tx.send(Err(serde_json::from_slice(&body).unwrap_or(Value::Null)));
     }
@@ -121,7 +133,10 @@ impl LocalLambda {
         }
         self.shared.ready.notify_waiters();
         self.shared.ready.notify_one();
-        tokio::time::timeout(Duration::from_secs(30), rx).await.expect("the function answered within 30 s").expect("answer")
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("the function answered within 30 s")
+            .expect("answer")
     }
 
     /// Time from spawning the binary to its first request for an event (its init phase).
@@ -132,7 +147,8 @@ impl LocalLambda {
 
 /// An API Gateway HTTP API (payload v2) event.
 pub fn http_event(method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Value {
-    let mut headers = serde_json::json!({"host": "api.example", "content-type": "application/json", "accept": "application/json"});
+    let mut headers =
+        serde_json::json!({"host": "api.example", "content-type": "application/json", "accept": "application/json"});
     if let Some(t) = token {
         headers["authorization"] = Value::String(format!("Bearer {t}"));
     }

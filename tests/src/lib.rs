@@ -50,7 +50,11 @@ pub fn cli_bin() -> PathBuf {
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     let bin = target.join(profile).join("chainkeeper");
     let flag = if cfg!(debug_assertions) { "" } else { " --release" };
-    assert!(bin.exists(), "{} is missing: run `cargo build{flag} -p chainkeeper-cli` first (bash .ci/run does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build{flag} -p chainkeeper-cli` first (bash .ci/run does)",
+        bin.display()
+    );
     bin
 }
 
@@ -171,7 +175,11 @@ impl Reply {
         assert_eq!(self.status, status, "status of {}", self.body);
         assert_eq!(self.content_type, "application/problem+json", "{}", self.body);
         assert_eq!(self.body["code"], code, "{}", self.body);
-        assert!(self.body["detail"].as_str().is_some_and(|d| d.len() > 10), "a detail that says what to do: {}", self.body);
+        assert!(
+            self.body["detail"].as_str().is_some_and(|d| d.len() > 10),
+            "a detail that says what to do: {}",
+            self.body
+        );
     }
 }
 
@@ -201,7 +209,10 @@ impl Api {
         let text = res.text().await.unwrap_or_default();
         assert_no_planted_secret(&format!("the answer to {method} {path}"), &text);
         for (name, value) in &headers {
-            assert_no_planted_secret(&format!("header {name} of {method} {path}"), &String::from_utf8_lossy(value.as_bytes()));
+            assert_no_planted_secret(
+                &format!("header {name} of {method} {path}"),
+                &String::from_utf8_lossy(value.as_bytes()),
+            );
         }
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Reply { status, content_type, body, headers }
@@ -246,7 +257,9 @@ pub async fn raw_request(base: &str, method: &str, path: &str, token: &str) -> (
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;

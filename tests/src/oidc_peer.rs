@@ -139,17 +139,10 @@ impl OidcPeer {
         for uri in &opts.redirect_uris {
             cmd.args(["--redirect-uri", uri]);
         }
-        cmd.current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| {
-            format!(
-                "oidc peer: cannot run {:?} (is Node.js installed and on PATH?)",
-                node
-            )
-        })?;
+        cmd.current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("oidc peer: cannot run {:?} (is Node.js installed and on PATH?)", node))?;
 
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         let echo = std::env::var_os("OIDC_PEER_LOG").is_some_and(|v| !v.is_empty() && v != "0");
@@ -163,11 +156,7 @@ impl OidcPeer {
         match read {
             Err(_) => {
                 let _ = child.start_kill();
-                bail!(
-                    "oidc peer: no ready line within {}s; stderr:\n{}",
-                    START_TIMEOUT.as_secs(),
-                    tail(&stderr_tail)
-                );
+                bail!("oidc peer: no ready line within {}s; stderr:\n{}", START_TIMEOUT.as_secs(), tail(&stderr_tail));
             }
             Ok(Err(e)) => {
                 let _ = child.start_kill();
@@ -185,8 +174,8 @@ impl OidcPeer {
             }
             Ok(Ok(_)) => {}
         }
-        let ready: serde_json::Value = serde_json::from_str(line.trim())
-            .with_context(|| format!("oidc peer: bad ready line {line:?}"))?;
+        let ready: serde_json::Value =
+            serde_json::from_str(line.trim()).with_context(|| format!("oidc peer: bad ready line {line:?}"))?;
         let issuer = ready["issuer"]
             .as_str()
             .ok_or_else(|| anyhow!("oidc peer: ready line without issuer: {line:?}"))?
@@ -298,9 +287,7 @@ pub async fn sign_in(authorize_url: &str, login: &str, password: &str) -> anyhow
                 .ok_or_else(|| anyhow!("sign_in: {status} from {url} without Location"))?
                 .to_str()
                 .context("sign_in: non-UTF-8 Location")?;
-            let next = url
-                .join(location)
-                .with_context(|| format!("sign_in: bad Location {location:?} from {url}"))?;
+            let next = url.join(location).with_context(|| format!("sign_in: bad Location {location:?} from {url}"))?;
             if next.origin() != origin {
                 return Ok(next);
             }
@@ -310,22 +297,14 @@ pub async fn sign_in(authorize_url: &str, login: &str, password: &str) -> anyhow
 
         let body = resp.text().await.unwrap_or_default();
         if !status.is_success() {
-            bail!(
-                "sign_in: {status} at {url} (after posting {forms_posted:?}): {}",
-                page_text(&body)
-            );
+            bail!("sign_in: {status} at {url} (after posting {forms_posted:?}): {}", page_text(&body));
         }
-        let form = parse_form(&body)
-            .ok_or_else(|| anyhow!("sign_in: no form on the page at {url}: {}", page_text(&body)))?;
+        let form =
+            parse_form(&body).ok_or_else(|| anyhow!("sign_in: no form on the page at {url}: {}", page_text(&body)))?;
         if !form.method.eq_ignore_ascii_case("post") {
             bail!("sign_in: form at {url} uses method {:?}", form.method);
         }
-        let prompt = form
-            .inputs
-            .iter()
-            .find(|(n, _)| n == "prompt")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let prompt = form.inputs.iter().find(|(n, _)| n == "prompt").map(|(_, v)| v.clone()).unwrap_or_default();
         let has_login = form.inputs.iter().any(|(n, _)| n == "login");
         if prompt == "login" && !has_login {
             bail!("sign_in: login form at {url} has no `login` field");
@@ -417,9 +396,7 @@ fn attr(tag: &str, name: &str) -> Option<String> {
             }
             _ => {
                 let rest = &tag[j..];
-                let stop = rest
-                    .find(|c: char| c.is_ascii_whitespace() || c == '>' || c == '/')
-                    .unwrap_or(rest.len());
+                let stop = rest.find(|c: char| c.is_ascii_whitespace() || c == '>' || c == '/').unwrap_or(rest.len());
                 &rest[..stop]
             }
         };

@@ -23,10 +23,17 @@ use crate::problem::Problem;
 use crate::records::*;
 use crate::store::{Condition, Put, StoreError, WriteOp};
 
-pub async fn start(State(s): State<AppState>, Caller(who): Caller, names: Names) -> Result<Json<serde_json::Value>, Problem> {
+pub async fn start(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+) -> Result<Json<serde_json::Value>, Problem> {
     let c = names.container()?;
     let (url, _) = begin(&s, &c, &who.sub).await?;
-    let state = url::Url::parse(&url).ok().and_then(|u| u.query_pairs().find(|(k, _)| k == "state").map(|(_, v)| v.to_string())).unwrap_or_default();
+    let state = url::Url::parse(&url)
+        .ok()
+        .and_then(|u| u.query_pairs().find(|(k, _)| k == "state").map(|(_, v)| v.to_string()))
+        .unwrap_or_default();
     let expires_at_ms = s.clock.now_ms() + s.config.server.authorization_ttl_s as i64 * 1000;
     audit::record(&s, &c.org, &who.sub, "authorization.start", Some(&c), "ok", None).await;
     Ok(Json(json!({"authorize_url": url, "state": state, "expires_at": rfc3339(expires_at_ms)})))
@@ -43,16 +50,27 @@ pub async fn begin(s: &Services, c: &ContainerRef, started_by: &str) -> Result<(
         ));
     }
     let provider = rec.provider.clone().unwrap_or_default();
-    let profile = s.config.provider(&provider).ok_or_else(|| Problem::conflict("unknown_provider", format!("Provider '{provider}' is no longer configured.")))?;
+    let profile = s.config.provider(&provider).ok_or_else(|| {
+        Problem::conflict("unknown_provider", format!("Provider '{provider}' is no longer configured."))
+    })?;
     let app = s.secrets.app(&provider).await.map_err(|e| Problem::internal(&e))?.ok_or_else(|| {
         Problem::conflict("app_not_configured", format!("No app registration for provider '{provider}': add [apps.{provider}] with client_id, client_secret and redirect_uri to the config."))
     })?;
     let state = random_id();
     let now = s.clock.now_ms();
     let local = c.local_name();
-    let (verifier, challenge) = if profile.pkce { let (v, ch) = oauth::pkce_pair(); (Some(v), Some(ch)) } else { (None, None) };
+    let (verifier, challenge) = if profile.pkce {
+        let (v, ch) = oauth::pkce_pair();
+        (Some(v), Some(ch))
+    } else {
+        (None, None)
+    };
     let sealed_pkce_verifier = match &verifier {
-        Some(v) => Some(s.vault.seal(&Context { org: c.org.as_str(), container: &local, field: "pkce_verifier" }, v.as_bytes()).await?),
+        Some(v) => Some(
+            s.vault
+                .seal(&Context { org: c.org.as_str(), container: &local, field: "pkce_verifier" }, v.as_bytes())
+                .await?,
+        ),
         None => None,
     };
     let expires_at_ms = now + s.config.server.authorization_ttl_s as i64 * 1000;
@@ -100,7 +118,15 @@ pub async fn callback(State(s): State<AppState>, headers: HeaderMap, Query(q): Q
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"));
-    match complete_with(&s, q.code, q.state, q.error.map(|e| format!("{e} {}", q.error_description.unwrap_or_default())), None).await {
+    match complete_with(
+        &s,
+        q.code,
+        q.state,
+        q.error.map(|e| format!("{e} {}", q.error_description.unwrap_or_default())),
+        None,
+    )
+    .await
+    {
         Ok(done) => {
             if wants_json {
                 Json(done).into_response()
@@ -132,7 +158,10 @@ pub async fn complete_with(
     expect_user: Option<&str>,
 ) -> Result<serde_json::Value, Problem> {
     let state = state.filter(|v| !v.is_empty() && v.len() <= 200).ok_or_else(|| {
-        Problem::bad_request("authorization_state_missing", "The callback has no `state`. Start the authorization again with POST …/authorize.")
+        Problem::bad_request(
+            "authorization_state_missing",
+            "The callback has no `state`. Start the authorization again with POST …/authorize.",
+        )
     })?;
     let key = authz_key(&state);
     let item = s.store.get(&key).await?.ok_or_else(|| {
@@ -145,7 +174,10 @@ pub async fn complete_with(
     match s.store.delete(&key, Condition::Version(item.version)).await {
         Ok(()) => {}
         Err(StoreError::Conflict) => {
-            return Err(Problem::bad_request("authorization_state_used", "This sign-in link was already used. Start a new authorization."));
+            return Err(Problem::bad_request(
+                "authorization_state_used",
+                "This sign-in link was already used. Start a new authorization.",
+            ));
         }
         Err(e) => return Err(e.into()),
     }
@@ -153,7 +185,8 @@ pub async fn complete_with(
     let c = authz.container.clone();
     if let Some(err) = error {
         let said: String = err.trim().chars().take(200).collect();
-        audit::record(s, &c.org, &authz.started_by, "authorization.complete", Some(&c), "denied", Some(said.clone())).await;
+        audit::record(s, &c.org, &authz.started_by, "authorization.complete", Some(&c), "denied", Some(said.clone()))
+            .await;
         return Err(Problem::bad_request(
             "authorization_denied",
             format!("The provider did not authorize {c}: {said}. Start again and allow access."),
@@ -174,9 +207,7 @@ pub async fn complete_with(
     let local = c.local_name();
     let verifier = match &authz.sealed_pkce_verifier {
         Some(v) => Some(
-            s.vault
-                .open_string(&Context { org: c.org.as_str(), container: &local, field: "pkce_verifier" }, v)
-                .await?,
+            s.vault.open_string(&Context { org: c.org.as_str(), container: &local, field: "pkce_verifier" }, v).await?,
         ),
         None => None,
     };
@@ -190,13 +221,18 @@ pub async fn complete_with(
         let p = match &e {
             TokenError::Transient { .. } | TokenError::Lost(_) => Problem::unavailable(
                 "provider_unavailable",
-                format!("The provider did not answer the code exchange for {c}. Start the authorization again in a minute."),
+                format!(
+                    "The provider did not answer the code exchange for {c}. Start the authorization again in a minute."
+                ),
                 30,
             ),
             TokenError::InvalidClient(_) => Problem::new(
                 StatusCode::BAD_GATEWAY,
                 "invalid_client",
-                format!("The provider refused chainkeeper's app registration for '{}'. Check client_id and client_secret.", profile.name),
+                format!(
+                    "The provider refused chainkeeper's app registration for '{}'. Check client_id and client_secret.",
+                    profile.name
+                ),
             ),
             _ => Problem::bad_request(
                 "authorization_code_rejected",
@@ -209,15 +245,30 @@ pub async fn complete_with(
     let (user_id, user_name) = match &profile.identity {
         Some(_) => oauth::fetch_identity(&s.http, &profile, &tokens.access_token, timeout).await.map_err(|e| {
             tracing::warn!(error = %e, "identity lookup failed");
-            Problem::new(StatusCode::BAD_GATEWAY, "identity_unavailable", format!("Could not read who signed in at the provider for {c}. Start the authorization again."))
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "identity_unavailable",
+                format!("Could not read who signed in at the provider for {c}. Start the authorization again."),
+            )
         })?,
         None => (String::from("unknown"), None),
     };
     if let Some(expected) = expect_user.filter(|e| *e != user_id) {
-        audit::record(s, &c.org, &authz.started_by, "authorization.complete", Some(&c), "wrong_identity", Some(format!("signed in as {user_id}, expected {expected}"))).await;
+        audit::record(
+            s,
+            &c.org,
+            &authz.started_by,
+            "authorization.complete",
+            Some(&c),
+            "wrong_identity",
+            Some(format!("signed in as {user_id}, expected {expected}")),
+        )
+        .await;
         return Err(Problem::conflict(
             "recovery_wrong_identity",
-            format!("Auto-recovery signed in as a different user than {c} uses; nothing was stored. Store the recovery credentials of the container's own user."),
+            format!(
+                "Auto-recovery signed in as a different user than {c} uses; nothing was stored. Store the recovery credentials of the container's own user."
+            ),
         ));
     }
     let now = s.clock.now_ms();
@@ -233,7 +284,12 @@ pub async fn complete_with(
     }
     // Register the identifier, release the previous one (another user), and update the container, together.
     let mut updated = rec.clone();
-    updated.identity = Some(IdentityInfo { user_id: user_id.clone(), user_name: user_name.clone(), single_instance_id: single_instance_id.clone(), authorized_at_ms: now });
+    updated.identity = Some(IdentityInfo {
+        user_id: user_id.clone(),
+        user_name: user_name.clone(),
+        single_instance_id: single_instance_id.clone(),
+        authorized_at_ms: now,
+    });
     updated.updated_at_ms = now;
     let mut ops = vec![WriteOp::Put(Put::new(container_key(&c), encode(&updated), Condition::Version(version)))];
     let previous_sid = rec.identity.as_ref().and_then(|i| i.single_instance_id.clone());
@@ -241,11 +297,24 @@ pub async fn complete_with(
         ops.push(WriteOp::Delete { key: ident_key(previous_sid.as_ref().unwrap()), condition: Condition::None });
     }
     if let Some(sid) = &single_instance_id {
-        ops.push(WriteOp::Put(Put::new(ident_key(sid), encode(&IdentRecord { container: c.clone(), since_ms: now }), Condition::None)));
+        ops.push(WriteOp::Put(Put::new(
+            ident_key(sid),
+            encode(&IdentRecord { container: c.clone(), since_ms: now }),
+            Condition::None,
+        )));
     }
     s.store.transact(ops).await?;
     s.engine.install(&c, &profile.name, &tokens).await.map_err(|e| Problem::internal(&e))?;
-    audit::record(s, &c.org, &authz.started_by, "authorization.complete", Some(&c), "ok", Some(format!("user {user_id}"))).await;
+    audit::record(
+        s,
+        &c.org,
+        &authz.started_by,
+        "authorization.complete",
+        Some(&c),
+        "ok",
+        Some(format!("user {user_id}")),
+    )
+    .await;
     Ok(json!({
         "alias": c.alias, "database": c.db, "status": "healthy",
         "user_id": user_id, "user_name": user_name, "single_instance_id": single_instance_id,
@@ -277,7 +346,16 @@ async fn refuse_second_instance(
         }
         removed.push('.');
     }
-    audit::record(s, &c.org, &authz.started_by, "authorization.complete", Some(c), "refused_single_instance", Some(format!("identifier {sid} is held by another container"))).await;
+    audit::record(
+        s,
+        &c.org,
+        &authz.started_by,
+        "authorization.complete",
+        Some(c),
+        "refused_single_instance",
+        Some(format!("identifier {sid} is held by another container")),
+    )
+    .await;
     audit::record(
         s,
         &holder.container.org,

@@ -21,7 +21,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|_| {
             Problem::bad_request("invalid_body", "The request body could not be read (too large or cut off).")
         })?;
-        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) { axum::body::Bytes::from_static(b"{}") } else { bytes };
+        let bytes =
+            if bytes.iter().all(u8::is_ascii_whitespace) { axum::body::Bytes::from_static(b"{}") } else { bytes };
         serde_json::from_slice(&bytes).map(Body).map_err(|e| {
             let msg = e.to_string();
             let safe = if msg.starts_with("missing field") || msg.starts_with("unknown field") {
@@ -29,7 +30,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             } else {
                 format!("a value is missing or has the wrong type (line {}, column {})", e.line(), e.column())
             };
-            Problem::bad_request("invalid_body", format!("The JSON body is not valid: {safe}. See /openapi.json for the expected shape."))
+            Problem::bad_request(
+                "invalid_body",
+                format!("The JSON body is not valid: {safe}. See /openapi.json for the expected shape."),
+            )
         })
     }
 }
@@ -57,9 +61,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Names {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        let Path(map) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| Problem::bad_request("invalid_name", "The path holds characters that are not allowed in names."))?;
+        let Path(map) = Path::<HashMap<String, String>>::from_request_parts(parts, state).await.map_err(|_| {
+            Problem::bad_request("invalid_name", "The path holds characters that are not allowed in names.")
+        })?;
         let org = OrgId::parse(map.get("org").map(String::as_str).unwrap_or(""))?;
         let db = map.get("db").map(|d| DbName::parse(d)).transpose()?;
         let alias = map.get("alias").map(|a| Alias::parse(a)).transpose()?;

@@ -26,7 +26,12 @@ pub(crate) async fn load_org(s: &Services, org: &OrgId) -> Result<OrgRecord, Pro
 
 /// The organisation and its item version; a deleted organisation (tombstone) does not exist.
 async fn load_org_versioned(s: &Services, org: &OrgId) -> Result<(OrgRecord, u64), Problem> {
-    let not_found = || Problem::not_found("org_not_found", format!("Organisation '{org}' does not exist. Create it with POST /v1/orgs."));
+    let not_found = || {
+        Problem::not_found(
+            "org_not_found",
+            format!("Organisation '{org}' does not exist. Create it with POST /v1/orgs."),
+        )
+    };
     let item = s.store.get(&org_key(org)).await?.ok_or_else(not_found)?;
     let rec: OrgRecord = decode(&item)?;
     if rec.deleted_at_ms.is_some() {
@@ -46,7 +51,10 @@ pub(crate) async fn load_db(s: &Services, org: &OrgId, db: &DbName) -> Result<Db
 pub(crate) async fn load_container(s: &Services, c: &ContainerRef) -> Result<(ContainerRecord, u64), Problem> {
     load_db(s, &c.org, &c.db).await?;
     let item = s.store.get(&container_key(c)).await?.ok_or_else(|| {
-        Problem::not_found("container_not_found", format!("There is no container with alias '{}' in database '{}'.", c.alias, c.db))
+        Problem::not_found(
+            "container_not_found",
+            format!("There is no container with alias '{}' in database '{}'.", c.alias, c.db),
+        )
     })?;
     Ok((decode(&item)?, item.version))
 }
@@ -59,7 +67,11 @@ pub struct NewOrg {
     display_name: Option<String>,
 }
 
-pub async fn create_org(State(s): State<AppState>, Caller(who): Caller, Body(b): Body<NewOrg>) -> Result<Created, Problem> {
+pub async fn create_org(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    Body(b): Body<NewOrg>,
+) -> Result<Created, Problem> {
     let org = OrgId::parse(&b.name)?;
     // Look before making a key, so that a taken or retired name does not leave an orphan key behind.
     if let Some(item) = s.store.get(&org_key(&org)).await? {
@@ -114,7 +126,16 @@ pub async fn delete_org(State(s): State<AppState>, Caller(who): Caller, names: N
         .await?;
     s.vault.keys().delete_org_key(org.as_str()).await?;
     s.vault.forget_all();
-    audit::record(&s, org, &who.sub, "org.delete", None, "ok", Some(format!("key destroyed, {revoked} API tokens revoked"))).await;
+    audit::record(
+        &s,
+        org,
+        &who.sub,
+        "org.delete",
+        None,
+        "ok",
+        Some(format!("key destroyed, {revoked} API tokens revoked")),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -143,10 +164,19 @@ pub struct Webhook {
 }
 
 /// Registers (or replaces) the organisation's webhook; the signing secret is returned once.
-pub async fn set_webhook(State(s): State<AppState>, Caller(who): Caller, names: Names, Body(b): Body<Webhook>) -> Result<Json<Value>, Problem> {
-    let url = url::Url::parse(&b.url).map_err(|_| Problem::bad_request("invalid_webhook_url", "The webhook URL is not an absolute URL."))?;
+pub async fn set_webhook(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+    Body(b): Body<Webhook>,
+) -> Result<Json<Value>, Problem> {
+    let url = url::Url::parse(&b.url)
+        .map_err(|_| Problem::bad_request("invalid_webhook_url", "The webhook URL is not an absolute URL."))?;
     if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() || !url.username().is_empty() {
-        return Err(Problem::bad_request("invalid_webhook_url", "The webhook URL must be http(s)://host/path, without credentials."));
+        return Err(Problem::bad_request(
+            "invalid_webhook_url",
+            "The webhook URL must be http(s)://host/path, without credentials.",
+        ));
     }
     if !s.config.server.webhook_allow_private_networks && is_private_host(&url) {
         return Err(Problem::bad_request(
@@ -157,14 +187,21 @@ pub async fn set_webhook(State(s): State<AppState>, Caller(who): Caller, names: 
     let (mut rec, version) = load_org_versioned(&s, &names.org).await?;
     use base64::Engine;
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    rec.sealed_webhook_secret = Some(s.vault.seal(&crate::notify::secret_context(names.org.as_str()), secret.as_bytes()).await?);
+    rec.sealed_webhook_secret =
+        Some(s.vault.seal(&crate::notify::secret_context(names.org.as_str()), secret.as_bytes()).await?);
     rec.webhook_url = Some(url.to_string());
     s.store.put(Put::new(org_key(&names.org), encode(&rec), Condition::Version(version))).await?;
     audit::record(&s, &names.org, &who.sub, "webhook.set", None, "ok", Some(url.to_string())).await;
-    Ok(Json(json!({"url": url.as_str(), "secret": secret, "signature_header": "X-Chainkeeper-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>"})))
+    Ok(Json(
+        json!({"url": url.as_str(), "secret": secret, "signature_header": "X-Chainkeeper-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>"}),
+    ))
 }
 
-pub async fn delete_webhook(State(s): State<AppState>, Caller(who): Caller, names: Names) -> Result<StatusCode, Problem> {
+pub async fn delete_webhook(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+) -> Result<StatusCode, Problem> {
     let (mut rec, version) = load_org_versioned(&s, &names.org).await?;
     rec.webhook_url = None;
     rec.sealed_webhook_secret = None;
@@ -177,7 +214,9 @@ fn is_private_host(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00,
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") || d.ends_with(".internal"),
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") || d.ends_with(".internal")
+        }
         None => true,
     }
 }
@@ -198,7 +237,12 @@ fn db_view(d: &DbRecord) -> Value {
     json!({"name": d.name, "description": d.description, "created_at": rfc3339(d.created_at_ms)})
 }
 
-pub async fn create_db(State(s): State<AppState>, Caller(who): Caller, names: Names, Body(b): Body<NewDb>) -> Result<Created, Problem> {
+pub async fn create_db(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+    Body(b): Body<NewDb>,
+) -> Result<Created, Problem> {
     load_org(&s, &names.org).await?;
     let db = DbName::parse(&b.name)?;
     let rec = DbRecord { name: db.clone(), description: b.description, created_at_ms: s.clock.now_ms() };
@@ -257,11 +301,21 @@ pub async fn create_container(
     let c = ContainerRef { org: names.org.clone(), db, alias: Alias::parse(&b.alias)? };
     let provider = match (b.kind.uses_provider(), b.provider) {
         (true, None) => {
-            return Err(Problem::bad_request("provider_required", format!("A {:?} container needs `provider`: one of {}.", b.kind, known(&s))));
+            return Err(Problem::bad_request(
+                "provider_required",
+                format!("A {:?} container needs `provider`: one of {}.", b.kind, known(&s)),
+            ));
         }
         (true, Some(p)) => {
             let profile = s.config.provider(&p).ok_or_else(|| {
-                Problem::bad_request("unknown_provider", format!("Provider '{}' is not known. Known: {}.", p.chars().take(60).collect::<String>(), known(&s)))
+                Problem::bad_request(
+                    "unknown_provider",
+                    format!(
+                        "Provider '{}' is not known. Known: {}.",
+                        p.chars().take(60).collect::<String>(),
+                        known(&s)
+                    ),
+                )
             })?;
             Some(profile.name.clone())
         }
@@ -288,7 +342,10 @@ pub async fn create_container(
     match s.store.put(Put::new(container_key(&c), encode(&rec), Condition::Absent)).await {
         Ok(_) => {}
         Err(crate::store::StoreError::Conflict) => {
-            return Err(Problem::conflict("container_exists", format!("Database '{}' already has a container '{}'.", c.db, c.alias)));
+            return Err(Problem::conflict(
+                "container_exists",
+                format!("Database '{}' already has a container '{}'.", c.db, c.alias),
+            ));
         }
         Err(e) => return Err(e.into()),
     }
@@ -325,7 +382,13 @@ pub(crate) fn container_view(s: &Services, rec: &ContainerRecord, chain: Option<
     credential["configured"] = json!(configured_any);
     let status = match chain {
         None if rec.kind == CredentialKind::Oauth2Code => "not_authorized",
-        None => if configured_any { "healthy" } else { "not_configured" },
+        None => {
+            if configured_any {
+                "healthy"
+            } else {
+                "not_configured"
+            }
+        }
         Some(ch) if ch.status == ChainStatus::NeedsRepair => "needs_repair",
         Some(ch) if ch.lease.as_ref().is_some_and(|l| l.until_ms > now) => "refreshing",
         Some(_) => "healthy",
@@ -390,7 +453,11 @@ pub async fn list_containers(State(s): State<AppState>, names: Names) -> Result<
     Ok(Json(json!({ "containers": out })))
 }
 
-pub async fn delete_container(State(s): State<AppState>, Caller(who): Caller, names: Names) -> Result<StatusCode, Problem> {
+pub async fn delete_container(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+) -> Result<StatusCode, Problem> {
     let c = names.container()?;
     let (rec, version) = load_container(&s, &c).await?;
     // Tokens die at the provider first (best effort: an unreachable provider does not keep the container alive).
@@ -478,7 +545,10 @@ pub async fn set_credentials(
         ));
     }
     if given.is_empty() {
-        return Err(Problem::bad_request("credentials_empty", format!("Give at least one of: {}.", allowed.join(", "))));
+        return Err(Problem::bad_request(
+            "credentials_empty",
+            format!("Give at least one of: {}.", allowed.join(", ")),
+        ));
     }
     if let Some(u) = b.username {
         rec.username = Some(u);
@@ -538,7 +608,11 @@ pub struct AuditQuery {
     limit: Option<usize>,
 }
 
-pub async fn audit(State(s): State<AppState>, names: Names, Query(q): Query<AuditQuery>) -> Result<Json<Value>, Problem> {
+pub async fn audit(
+    State(s): State<AppState>,
+    names: Names,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, Problem> {
     load_org(&s, &names.org).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let mut items = s.store.query(&audit_pk(&names.org), "", 100_000).await?;

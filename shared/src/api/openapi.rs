@@ -28,9 +28,15 @@ pub fn document() -> Value {
         });
         responses[success.to_string()] = match (success, r.path) {
             (204, _) => json!({"description": "Done"}),
-            (_, p) if p.contains("/query/") => json!({"description": "The platform's answer, passed on", "content": {"*/*": {}}}),
-            (_, "/v1/callback") => json!({"description": "Authorization complete", "content": {"text/html": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}}),
-            (_, "/healthz") => json!({"description": "Serving", "content": {"text/plain": {"schema": {"type": "string"}}}}),
+            (_, p) if p.contains("/query/") => {
+                json!({"description": "The platform's answer, passed on", "content": {"*/*": {}}})
+            }
+            (_, "/v1/callback") => {
+                json!({"description": "Authorization complete", "content": {"text/html": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}})
+            }
+            (_, "/healthz") => {
+                json!({"description": "Serving", "content": {"text/plain": {"schema": {"type": "string"}}}})
+            }
             _ => json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}),
         };
         let mut op = json!({
@@ -48,7 +54,10 @@ pub fn document() -> Value {
         } else {
             let scopes = accepted_scopes(&method, r.resource);
             for s in &scopes {
-                all_scopes.insert(s.clone(), format!("{} on {}", if s.ends_with(".read") { "Read" } else { "Read and write" }, r.resource));
+                all_scopes.insert(
+                    s.clone(),
+                    format!("{} on {}", if s.ends_with(".read") { "Read" } else { "Read and write" }, r.resource),
+                );
             }
             let mut alternatives: Vec<Value> = scopes.iter().map(|s| json!({"apiToken": [s]})).collect();
             alternatives.push(json!({"apiToken": ["admin"]}));
@@ -79,7 +88,14 @@ pub fn document() -> Value {
 fn success_status(method: &str, path: &str) -> u16 {
     match method {
         "DELETE" if !path.contains("/query/") => 204,
-        "POST" if path.ends_with("/v1/orgs") || path.ends_with("/databases") || path.ends_with("/containers") || path.ends_with("/api-tokens") => 201,
+        "POST"
+            if path.ends_with("/v1/orgs")
+                || path.ends_with("/databases")
+                || path.ends_with("/containers")
+                || path.ends_with("/api-tokens") =>
+        {
+            201
+        }
         _ => 200,
     }
 }

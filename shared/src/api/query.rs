@@ -20,9 +20,20 @@ use crate::clock::Millis;
 use crate::problem::Problem;
 
 /// Request headers passed on to the platform (content negotiation and conditional requests).
-const FORWARD_REQUEST: &[&str] = &["accept", "accept-language", "content-type", "if-none-match", "if-match", "if-modified-since", "prefer", "odata-version", "odata-maxversion"];
+const FORWARD_REQUEST: &[&str] = &[
+    "accept",
+    "accept-language",
+    "content-type",
+    "if-none-match",
+    "if-match",
+    "if-modified-since",
+    "prefer",
+    "odata-version",
+    "odata-maxversion",
+];
 /// Response headers passed back, besides the profile's rate-limit headers.
-const FORWARD_RESPONSE: &[&str] = &["content-type", "etag", "last-modified", "retry-after", "odata-version", "preference-applied", "location"];
+const FORWARD_RESPONSE: &[&str] =
+    &["content-type", "etag", "last-modified", "retry-after", "odata-version", "preference-applied", "location"];
 const MAX_BODY: usize = 10 * 1024 * 1024;
 const MAX_CACHED_BODY: usize = 1024 * 1024;
 /// A 429 whose reset is at most this far away is waited out and retried once.
@@ -61,7 +72,10 @@ impl ResponseCache {
 }
 
 fn refuse(detail: &str) -> Problem {
-    Problem::bad_request("query_path_refused", format!("{detail} The query path is relative to the platform's API, e.g. `v1/current/Me`."))
+    Problem::bad_request(
+        "query_path_refused",
+        format!("{detail} The query path is relative to the platform's API, e.g. `v1/current/Me`."),
+    )
 }
 
 /// Checks the caller's path before it is joined to the API base URL.
@@ -79,7 +93,12 @@ pub fn check_path(raw: &str) -> Result<String, Problem> {
     if raw.chars().any(|c| c.is_control() || c == ' ') {
         return Err(refuse("The query path holds control characters or spaces."));
     }
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") || lower.contains("%25") || lower.contains("%00") {
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%2e")
+        || lower.contains("%25")
+        || lower.contains("%00")
+    {
         return Err(refuse("Encoded slashes, dots and percent signs are not allowed."));
     }
     if raw.split('/').any(|seg| seg == ".." || seg == "." || seg.is_empty()) {
@@ -122,11 +141,20 @@ pub async fn proxy(
     let path = check_path(params.get("path").map(String::as_str).unwrap_or(""))?;
     let (rec, _) = load_container(&s, &c).await?;
     let provider = rec.provider.clone().unwrap_or_default();
-    let profile = s.config.provider(&provider).ok_or_else(|| Problem::conflict("unknown_provider", format!("{c} has no platform API to query.")))?;
-    let base = profile.api_base_url.clone().ok_or_else(|| Problem::conflict("no_api_base_url", format!("Provider '{provider}' has no api_base_url to query.")))?;
+    let profile = s
+        .config
+        .provider(&provider)
+        .ok_or_else(|| Problem::conflict("unknown_provider", format!("{c} has no platform API to query.")))?;
+    let base = profile.api_base_url.clone().ok_or_else(|| {
+        Problem::conflict("no_api_base_url", format!("Provider '{provider}' has no api_base_url to query."))
+    })?;
     let url = join(&base, &path, query.as_deref())?;
     if body.len() > MAX_BODY {
-        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Request bodies through the query proxy are limited to 10 MB."));
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "Request bodies through the query proxy are limited to 10 MB.",
+        ));
     }
     let now = s.clock.now_ms();
     let ttl_ms = (profile.cache_ttl_s * 1000.0) as Millis;
@@ -148,7 +176,11 @@ pub async fn proxy(
     let mut refreshed = false;
     let mut waited = false;
     let res = loop {
-        let mut req = s.http.request(method.clone(), url.clone()).bearer_auth(token.token.expose_secret()).timeout(Duration::from_secs(60));
+        let mut req = s
+            .http
+            .request(method.clone(), url.clone())
+            .bearer_auth(token.token.expose_secret())
+            .timeout(Duration::from_secs(60));
         for name in FORWARD_REQUEST {
             if let Some(v) = headers.get(*name) {
                 req = req.header(*name, v.clone());
@@ -159,7 +191,11 @@ pub async fn proxy(
         }
         let res = req.send().await.map_err(|e| {
             tracing::warn!(error = %e, container = %c, "platform API unreachable");
-            Problem::new(StatusCode::BAD_GATEWAY, "platform_unavailable", format!("The platform API of {c} did not answer. Try again shortly."))
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "platform_unavailable",
+                format!("The platform API of {c} did not answer. Try again shortly."),
+            )
         })?;
         if res.status() == StatusCode::UNAUTHORIZED && !refreshed {
             // The platform refused a token we thought valid: refresh once (through the engine) and retry.
@@ -186,7 +222,13 @@ pub async fn proxy(
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
         let wait_s = wait_ms(res.headers(), s.clock.now_ms()).map_or(60, |w| ((w + 999) / 1000).max(1) as u64);
-        let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "platform_rate_limited", format!("The platform's rate limit for {c} is used up. Try again in {wait_s} seconds.")).retry_after(wait_s).into_response();
+        let mut p = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "platform_rate_limited",
+            format!("The platform's rate limit for {c} is used up. Try again in {wait_s} seconds."),
+        )
+        .retry_after(wait_s)
+        .into_response();
         for (k, v) in out_headers {
             if k != header::CONTENT_TYPE && k != header::RETRY_AFTER {
                 p.headers_mut().append(k, v);
@@ -195,8 +237,14 @@ pub async fn proxy(
         return Ok(p);
     }
     if cacheable && status == StatusCode::OK && res.content_length().is_some_and(|l| (l as usize) <= MAX_CACHED_BODY) {
-        let bytes = res.bytes().await.map_err(|_| Problem::new(StatusCode::BAD_GATEWAY, "platform_unavailable", "The platform's answer broke off."))?;
-        s.query_cache.put(cache_key, Cached { at_ms: now, status, headers: out_headers.clone(), body: bytes.clone() }, ttl_ms);
+        let bytes = res.bytes().await.map_err(|_| {
+            Problem::new(StatusCode::BAD_GATEWAY, "platform_unavailable", "The platform's answer broke off.")
+        })?;
+        s.query_cache.put(
+            cache_key,
+            Cached { at_ms: now, status, headers: out_headers.clone(), body: bytes.clone() },
+            ttl_ms,
+        );
         let mut out = Response::new(AxumBody::from(bytes));
         *out.status_mut() = status;
         for (k, v) in out_headers {
@@ -219,12 +267,20 @@ pub async fn proxy(
 /// How long a 429 asks us to wait: `Retry-After` (seconds), or Exact's `X-RateLimit-Minutely-Reset` /
 /// `X-RateLimit-Reset` (a time in ms or s since the epoch).
 fn wait_ms(headers: &HeaderMap, now: Millis) -> Option<Millis> {
-    if let Some(s) = headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok()) {
+    if let Some(s) =
+        headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok())
+    {
         return Some(s * 1000);
     }
     for name in ["x-ratelimit-minutely-reset", "x-ratelimit-reset"] {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok()) {
-            let at = if v > 100_000_000_000 { v } else if v > 1_000_000_000 { v * 1000 } else { now + v * 1000 };
+            let at = if v > 100_000_000_000 {
+                v
+            } else if v > 1_000_000_000 {
+                v * 1000
+            } else {
+                now + v * 1000
+            };
             return Some((at - now).max(0));
         }
     }
@@ -241,8 +297,23 @@ mod tests {
             assert!(check_path(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "/etc/passwd", "http://evil.example/x", "HTTP://evil", "//evil.example/x", "../x", "a/../../b", "a/./b",
-            "%2e%2e/x", "a%2Fb", "a%5cb", "a\\b", "user@evil.example", "a//b", "a\r\nX-Injected: 1", "a b", "%252e%252e/x",
+            "",
+            "/etc/passwd",
+            "http://evil.example/x",
+            "HTTP://evil",
+            "//evil.example/x",
+            "../x",
+            "a/../../b",
+            "a/./b",
+            "%2e%2e/x",
+            "a%2Fb",
+            "a%5cb",
+            "a\\b",
+            "user@evil.example",
+            "a//b",
+            "a\r\nX-Injected: 1",
+            "a b",
+            "%252e%252e/x",
         ] {
             assert!(check_path(bad).is_err(), "{bad:?} must be refused");
         }
@@ -251,7 +322,10 @@ mod tests {
     #[test]
     fn joined_urls_stay_on_the_api() {
         let base = "https://start.exactonline.nl/api";
-        assert_eq!(join(base, "v1/current/Me", Some("$select=UserID")).unwrap().as_str(), "https://start.exactonline.nl/api/v1/current/Me?$select=UserID");
+        assert_eq!(
+            join(base, "v1/current/Me", Some("$select=UserID")).unwrap().as_str(),
+            "https://start.exactonline.nl/api/v1/current/Me?$select=UserID"
+        );
         assert!(join(base, "v1/x", Some("a=1\r\nb")).is_err());
     }
 }

@@ -30,12 +30,21 @@ pub async fn hand_out(State(s): State<AppState>, names: Names) -> Result<Respons
                 ),
                 kind @ (CredentialKind::Oauth2ClientCredentials | CredentialKind::Oauth2Password) => {
                     let complete = match kind {
-                        CredentialKind::Oauth2ClientCredentials => rec.client_id.is_some() && rec.sealed_client_secret.is_some(),
+                        CredentialKind::Oauth2ClientCredentials => {
+                            rec.client_id.is_some() && rec.sealed_client_secret.is_some()
+                        }
                         _ => rec.username.is_some() && rec.sealed_password.is_some(),
                     };
                     if !complete {
-                        let needs = if kind == CredentialKind::Oauth2ClientCredentials { "client_id and client_secret" } else { "username and password" };
-                        return Err(Problem::conflict("credentials_missing", format!("{c} has no {needs} yet. Set them with PUT …/containers/{}/credentials.", c.alias)));
+                        let needs = if kind == CredentialKind::Oauth2ClientCredentials {
+                            "client_id and client_secret"
+                        } else {
+                            "username and password"
+                        };
+                        return Err(Problem::conflict(
+                            "credentials_missing",
+                            format!("{c} has no {needs} yet. Set them with PUT …/containers/{}/credentials.", c.alias),
+                        ));
                     }
                     let provider = rec.provider.clone().unwrap_or_default();
                     match s.engine.grant_token(&c, &provider, kind).await {
@@ -43,7 +52,10 @@ pub async fn hand_out(State(s): State<AppState>, names: Names) -> Result<Respons
                         Err(e) => chain_problem(&c, e),
                     }
                 }
-                _ => Problem::bad_request("no_access_token", format!("{c} uses {:?} credentials, which have no access token.", rec.kind)),
+                _ => Problem::bad_request(
+                    "no_access_token",
+                    format!("{c} uses {:?} credentials, which have no access token.", rec.kind),
+                ),
             });
         }
         Err(e) => return Err(chain_problem(&c, e)),

@@ -52,16 +52,30 @@ fn view(t: &ApiTokenRecord) -> Value {
     })
 }
 
-pub async fn create(State(s): State<AppState>, Caller(who): Caller, names: Names, Body(b): Body<NewToken>) -> Result<(StatusCode, Json<Value>), Problem> {
+pub async fn create(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+    Body(b): Body<NewToken>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
     load_org(&s, &names.org).await?;
-    if b.scopes.is_empty() || b.scopes.iter().any(|sc| sc.is_empty() || sc.len() > 80 || sc.contains(char::is_whitespace)) {
-        return Err(Problem::bad_request("invalid_scopes", "Give one or more scopes such as `containers.read`, `tokens.readwrite` or `admin`."));
+    if b.scopes.is_empty()
+        || b.scopes.iter().any(|sc| sc.is_empty() || sc.len() > 80 || sc.contains(char::is_whitespace))
+    {
+        return Err(Problem::bad_request(
+            "invalid_scopes",
+            "Give one or more scopes such as `containers.read`, `tokens.readwrite` or `admin`.",
+        ));
     }
     // Nobody hands out more than they hold.
     let holds_admin = who.scopes.iter().any(|s| s == "admin");
     if !holds_admin {
         if let Some(extra) = b.scopes.iter().find(|sc| !who.scopes.contains(sc)) {
-            return Err(Problem::new(StatusCode::FORBIDDEN, "scope_escalation", format!("Your API token does not hold `{extra}`, so it cannot grant it.")));
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "scope_escalation",
+                format!("Your API token does not hold `{extra}`, so it cannot grant it."),
+            ));
         }
     }
     let ttl = b.expires_in_s.unwrap_or(90 * 86_400).clamp(60, 2 * 365 * 86_400);
@@ -87,9 +101,21 @@ pub async fn create(State(s): State<AppState>, Caller(who): Caller, names: Names
         revoked_at_ms: None,
     };
     s.store
-        .put(Put::new(token_key(names.org.as_str(), &id), encode(&rec), Condition::Absent).expires_at(Some(rec.expires_at_ms)))
+        .put(
+            Put::new(token_key(names.org.as_str(), &id), encode(&rec), Condition::Absent)
+                .expires_at(Some(rec.expires_at_ms)),
+        )
         .await?;
-    audit::record(&s, &names.org, &who.sub, "api_token.issue", None, "ok", Some(format!("id {id} for {}", rec.subject))).await;
+    audit::record(
+        &s,
+        &names.org,
+        &who.sub,
+        "api_token.issue",
+        None,
+        "ok",
+        Some(format!("id {id} for {}", rec.subject)),
+    )
+    .await;
     let mut body = view(&rec);
     body["token"] = json!(token);
     Ok((StatusCode::CREATED, Json(body)))
@@ -98,7 +124,8 @@ pub async fn create(State(s): State<AppState>, Caller(who): Caller, names: Names
 pub async fn list(State(s): State<AppState>, names: Names) -> Result<Json<Value>, Problem> {
     load_org(&s, &names.org).await?;
     let items = s.store.query(&format!("org#{}", names.org), "apitoken#", 10_000).await?;
-    let list: Vec<Value> = items.iter().map(|i| decode::<ApiTokenRecord>(i).map(|t| view(&t))).collect::<Result<_, _>>()?;
+    let list: Vec<Value> =
+        items.iter().map(|i| decode::<ApiTokenRecord>(i).map(|t| view(&t))).collect::<Result<_, _>>()?;
     Ok(Json(json!({ "api_tokens": list })))
 }
 
@@ -123,7 +150,12 @@ pub(crate) async fn revoke_all(s: &crate::app::Services, org: &crate::ids::OrgId
     Ok(n)
 }
 
-pub async fn revoke(State(s): State<AppState>, Caller(who): Caller, names: Names, Path(params): Path<std::collections::HashMap<String, String>>) -> Result<StatusCode, Problem> {
+pub async fn revoke(
+    State(s): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+) -> Result<StatusCode, Problem> {
     load_org(&s, &names.org).await?;
     let id = params.get("id").cloned().unwrap_or_default();
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
@@ -132,13 +164,14 @@ pub async fn revoke(State(s): State<AppState>, Caller(who): Caller, names: Names
     let now = s.clock.now_ms();
     let key = token_key(names.org.as_str(), &id);
     let Some(item) = s.store.get(&key).await? else {
-        return Err(Problem::not_found("api_token_not_found", format!("Organisation '{}' has no API token '{id}'.", names.org)));
+        return Err(Problem::not_found(
+            "api_token_not_found",
+            format!("Organisation '{}' has no API token '{id}'.", names.org),
+        ));
     };
     let mut rec: ApiTokenRecord = decode(&item)?;
     // The revocation marker first: from this write on, every process refuses the token.
-    s.store
-        .put(revocation_marker(&rec))
-        .await?;
+    s.store.put(revocation_marker(&rec)).await?;
     rec.revoked_at_ms.get_or_insert(now);
     s.store.put(Put::new(key, encode(&rec), Condition::None).expires_at(Some(rec.expires_at_ms))).await?;
     audit::record(&s, &names.org, &who.sub, "api_token.revoke", None, "ok", Some(format!("id {id}"))).await;

@@ -11,8 +11,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    Projection, ProjectionType, ReturnValue, ScalarAttributeType, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType, TransactWriteItem, Update,
 };
 
 use crate::clock::{Clock, Millis};
@@ -43,13 +43,25 @@ fn key_attrs(key: &Key) -> Attrs {
 
 /// The `#name` placeholders an expression uses (DynamoDB refuses unused ones).
 fn names_for(exprs: &[Option<&str>]) -> HashMap<String, String> {
-    [("#pk", "pk"), ("#v", "version"), ("#b", "body"), ("#e", "expires_at"), ("#em", "expires_at_ms"), ("#dp", "due_pk"), ("#ds", "due_sk"), ("#rp", "repair_pk"), ("#rs", "repair_sk")]
-        .into_iter()
-        .filter(|(a, _)| {
-            exprs.iter().flatten().any(|e| e.match_indices(a).any(|(i, _)| !e[i + a.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')))
+    [
+        ("#pk", "pk"),
+        ("#v", "version"),
+        ("#b", "body"),
+        ("#e", "expires_at"),
+        ("#em", "expires_at_ms"),
+        ("#dp", "due_pk"),
+        ("#ds", "due_sk"),
+        ("#rp", "repair_pk"),
+        ("#rs", "repair_sk"),
+    ]
+    .into_iter()
+    .filter(|(a, _)| {
+        exprs.iter().flatten().any(|e| {
+            e.match_indices(a).any(|(i, _)| !e[i + a.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_'))
         })
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
+    })
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect()
 }
 
 /// The condition expression of a `Condition`, and the values it uses.
@@ -57,8 +69,12 @@ fn condition(c: Condition, now: Millis) -> (Option<String>, Attrs) {
     let live = "(attribute_not_exists(#em) OR #em > :now)";
     match c {
         Condition::None => (None, Attrs::new()),
-        Condition::Absent => (Some("attribute_not_exists(#pk) OR #em <= :now".into()), HashMap::from([(":now".into(), n(now))])),
-        Condition::Exists => (Some(format!("attribute_exists(#pk) AND {live}")), HashMap::from([(":now".into(), n(now))])),
+        Condition::Absent => {
+            (Some("attribute_not_exists(#pk) OR #em <= :now".into()), HashMap::from([(":now".into(), n(now))]))
+        }
+        Condition::Exists => {
+            (Some(format!("attribute_exists(#pk) AND {live}")), HashMap::from([(":now".into(), n(now))]))
+        }
         Condition::Version(v) => (
             Some(format!("#v = :ver AND {live}")),
             HashMap::from([(":now".into(), n(now)), (":ver".into(), n(v as i64))]),
@@ -84,7 +100,9 @@ fn put_expression(p: &Put) -> (String, Attrs) {
         }
         None => remove.extend(["#em", "#e"]),
     }
-    for (ik, pk_name, sk_name, pv, sv) in [(&p.due, "#dp", "#ds", ":dp", ":ds"), (&p.repair, "#rp", "#rs", ":rp", ":rs")] {
+    for (ik, pk_name, sk_name, pv, sv) in
+        [(&p.due, "#dp", "#ds", ":dp", ":ds"), (&p.repair, "#rp", "#rs", ":rp", ":rs")]
+    {
         match ik {
             Some(ik) => {
                 set.push(format!("{pk_name} = {pv}"));
@@ -110,7 +128,10 @@ fn to_item(a: &Attrs) -> Result<Item, StoreError> {
         _ => None,
     };
     Ok(Item {
-        key: Key { pk: text("pk").ok_or_else(|| unavailable("item without pk"))?, sk: text("sk").ok_or_else(|| unavailable("item without sk"))? },
+        key: Key {
+            pk: text("pk").ok_or_else(|| unavailable("item without pk"))?,
+            sk: text("sk").ok_or_else(|| unavailable("item without sk"))?,
+        },
         version: num("version").unwrap_or(0) as u64,
         body: a.get("body").and_then(|v| v.as_b().ok()).map(|b| b.as_ref().to_vec()).unwrap_or_default(),
         expires_at_ms: num("expires_at_ms"),
@@ -135,7 +156,9 @@ impl DynamoStore {
 
     /// Creates the table as the SAM template does (for tests against a local stand-in).
     pub async fn create_table(&self) -> anyhow::Result<()> {
-        let attr = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build();
+        let attr = |name: &str| {
+            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
+        };
         let key = |name: &str, t: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(t).build();
         let gsi = |name: &str, pk: &str, sk: &str| -> anyhow::Result<GlobalSecondaryIndex> {
             Ok(GlobalSecondaryIndex::builder()
@@ -169,7 +192,12 @@ impl DynamoStore {
         let mut out = Vec::new();
         let mut start = None;
         loop {
-            let res = req.clone().set_exclusive_start_key(start).send().await.map_err(|e| unavailable(e.into_service_error()))?;
+            let res = req
+                .clone()
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable(e.into_service_error()))?;
             for a in res.items() {
                 if let Some(item) = self.live(to_item(a)?) {
                     out.push(item);
@@ -256,9 +284,16 @@ impl Store for DynamoStore {
     async fn delete(&self, key: &Key, condition_: Condition) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let (cond, values) = condition(condition_, now);
-        let mut req = self.client.delete_item().table_name(&self.table).set_key(Some(key_attrs(key))).set_condition_expression(cond.clone());
+        let mut req = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_attrs(key)))
+            .set_condition_expression(cond.clone());
         if cond.is_some() {
-            req = req.set_expression_attribute_names(Some(names_for(&[cond.as_deref()]))).set_expression_attribute_values(Some(values));
+            req = req
+                .set_expression_attribute_names(Some(names_for(&[cond.as_deref()])))
+                .set_expression_attribute_values(Some(values));
         }
         match req.send().await {
             Ok(_) => Ok(()),
@@ -270,25 +305,36 @@ impl Store for DynamoStore {
     }
 
     async fn query(&self, pk: &str, sk_prefix: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
-        let req = self.client.query().table_name(&self.table).consistent_read(true).expression_attribute_values(":pk", s(pk));
+        let req =
+            self.client.query().table_name(&self.table).consistent_read(true).expression_attribute_values(":pk", s(pk));
         // DynamoDB refuses an empty string as a key value, so "every sort key" is a query on pk alone.
         let req = if sk_prefix.is_empty() {
             req.key_condition_expression("pk = :pk")
         } else {
-            req.key_condition_expression("pk = :pk AND begins_with(sk, :prefix)").expression_attribute_values(":prefix", s(sk_prefix))
+            req.key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":prefix", s(sk_prefix))
         };
         self.pages(req, limit).await
     }
 
-    async fn query_index(&self, index: Index, pk: &str, sk_max: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+    async fn query_index(
+        &self,
+        index: Index,
+        pk: &str,
+        sk_max: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
         let (name, pk_attr, sk_attr) = match index {
             Index::Due => ("due", "due_pk", "due_sk"),
             Index::Repair => ("repair", "repair_pk", "repair_sk"),
         };
         // Secondary indexes are eventually consistent (see the Store contract).
-        let req = self.client.query().table_name(&self.table).index_name(name).expression_attribute_values(":pk", s(pk));
+        let req =
+            self.client.query().table_name(&self.table).index_name(name).expression_attribute_values(":pk", s(pk));
         let req = match sk_max {
-            Some(max) => req.key_condition_expression(format!("{pk_attr} = :pk AND {sk_attr} <= :max")).expression_attribute_values(":max", s(max)),
+            Some(max) => req
+                .key_condition_expression(format!("{pk_attr} = :pk AND {sk_attr} <= :max"))
+                .expression_attribute_values(":max", s(max)),
             None => req.key_condition_expression(format!("{pk_attr} = :pk")),
         };
         self.pages(req, limit).await
@@ -302,9 +348,14 @@ impl Store for DynamoStore {
                 WriteOp::Put(p) => TransactWriteItem::builder().update(self.update_of(p, now)?).build(),
                 WriteOp::Delete { key, condition: c } => {
                     let (cond, values) = condition(*c, now);
-                    let mut d = Delete::builder().table_name(&self.table).set_key(Some(key_attrs(key))).set_condition_expression(cond.clone());
+                    let mut d = Delete::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(key_attrs(key)))
+                        .set_condition_expression(cond.clone());
                     if cond.is_some() {
-                        d = d.set_expression_attribute_names(Some(names_for(&[cond.as_deref()]))).set_expression_attribute_values(Some(values));
+                        d = d
+                            .set_expression_attribute_names(Some(names_for(&[cond.as_deref()])))
+                            .set_expression_attribute_values(Some(values));
                     }
                     TransactWriteItem::builder().delete(d.build().map_err(unavailable)?).build()
                 }

@@ -30,7 +30,11 @@ fn to_key(blob: Option<Blob>) -> Result<DataKey, KeyError> {
 
 /// The KMS encryption context of a data key: the same three values as the AES-GCM associated data.
 fn encryption_context(ctx: &Context<'_>) -> HashMap<String, String> {
-    HashMap::from([("org".into(), ctx.org.into()), ("container".into(), ctx.container.into()), ("field".into(), ctx.field.into())])
+    HashMap::from([
+        ("org".into(), ctx.org.into()),
+        ("container".into(), ctx.container.into()),
+        ("field".into(), ctx.field.into()),
+    ])
 }
 
 impl KmsKeys {
@@ -88,9 +92,21 @@ impl Keys for KmsKeys {
     }
 
     async fn delete_org_key(&self, org: &str) -> Result<(), KeyError> {
-        let described = self.client.describe_key().key_id(self.alias(org)).send().await.map_err(|e| unavailable(e.into_service_error()))?;
+        let described = self
+            .client
+            .describe_key()
+            .key_id(self.alias(org))
+            .send()
+            .await
+            .map_err(|e| unavailable(e.into_service_error()))?;
         let id = described.key_metadata.map(|m| m.key_id).ok_or_else(|| unavailable("no key id"))?;
-        self.client.schedule_key_deletion().key_id(&id).pending_window_in_days(7).send().await.map_err(|e| unavailable(e.into_service_error()))?;
+        self.client
+            .schedule_key_deletion()
+            .key_id(&id)
+            .pending_window_in_days(7)
+            .send()
+            .await
+            .map_err(|e| unavailable(e.into_service_error()))?;
         let _ = self.client.delete_alias().alias_name(self.alias(org)).send().await;
         Ok(())
     }
@@ -108,7 +124,10 @@ impl Keys for KmsKeys {
                 let e = e.into_service_error();
                 if e.is_not_found_exception() { KeyError::NoOrgKey(ctx.org.to_string()) } else { unavailable(e) }
             })?;
-        let wrapped = out.ciphertext_blob.map(|b| b.into_inner()).ok_or_else(|| unavailable("GenerateDataKey returned no ciphertext"))?;
+        let wrapped = out
+            .ciphertext_blob
+            .map(|b| b.into_inner())
+            .ok_or_else(|| unavailable("GenerateDataKey returned no ciphertext"))?;
         Ok((to_key(out.plaintext)?, wrapped))
     }
 
@@ -125,7 +144,8 @@ impl Keys for KmsKeys {
                 let e = e.into_service_error();
                 if e.is_invalid_ciphertext_exception() || e.is_incorrect_key_exception() {
                     KeyError::Decrypt
-                } else if e.is_not_found_exception() || e.is_kms_invalid_state_exception() || e.is_disabled_exception() {
+                } else if e.is_not_found_exception() || e.is_kms_invalid_state_exception() || e.is_disabled_exception()
+                {
                     KeyError::NoOrgKey(ctx.org.to_string())
                 } else {
                     unavailable(e)

@@ -32,9 +32,11 @@ impl AwsEnv {
         Ok(Self {
             table: var("CHAINKEEPER_TABLE")?,
             signing_key_secret: std::env::var("CHAINKEEPER_SIGNING_KEY_SECRET").ok().filter(|v| !v.is_empty()),
-            apps_secret_prefix: std::env::var("CHAINKEEPER_APPS_SECRET_PREFIX").unwrap_or_else(|_| "chainkeeper/apps/".into()),
+            apps_secret_prefix: std::env::var("CHAINKEEPER_APPS_SECRET_PREFIX")
+                .unwrap_or_else(|_| "chainkeeper/apps/".into()),
             stage: std::env::var("CHAINKEEPER_STAGE").unwrap_or_else(|_| "prod".into()),
-            kms_alias_prefix: std::env::var("CHAINKEEPER_KMS_ALIAS_PREFIX").unwrap_or_else(|_| "alias/chainkeeper/".into()),
+            kms_alias_prefix: std::env::var("CHAINKEEPER_KMS_ALIAS_PREFIX")
+                .unwrap_or_else(|_| "alias/chainkeeper/".into()),
         })
     }
 }
@@ -53,8 +55,10 @@ pub async fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 pub async fn services(env: AwsEnv, config: Config) -> anyhow::Result<Arc<Services>> {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = Arc::new(dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), env.table.clone(), clock.clone()));
-    let keys = Arc::new(kms::KmsKeys::new(aws_sdk_kms::Client::new(&sdk), env.stage.clone(), env.kms_alias_prefix.clone()));
+    let store =
+        Arc::new(dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), env.table.clone(), clock.clone()));
+    let keys =
+        Arc::new(kms::KmsKeys::new(aws_sdk_kms::Client::new(&sdk), env.stage.clone(), env.kms_alias_prefix.clone()));
     let secrets = Arc::new(secrets::SecretsManager::new(
         aws_sdk_secretsmanager::Client::new(&sdk),
         env.apps_secret_prefix.clone(),

@@ -34,7 +34,11 @@ impl SecretsManager {
             Ok(out) => Ok(out.secret_string),
             Err(e) => {
                 let e = e.into_service_error();
-                if e.is_resource_not_found_exception() { Ok(None) } else { Err(anyhow::anyhow!("secrets manager: {e}")) }
+                if e.is_resource_not_found_exception() {
+                    Ok(None)
+                } else {
+                    Err(anyhow::anyhow!("secrets manager: {e}"))
+                }
             }
         }
     }
@@ -50,7 +54,9 @@ impl Secrets for SecretsManager {
             }
         }
         let app = match self.read(&format!("{}{provider}", self.apps_prefix)).await? {
-            Some(text) => Some(serde_json::from_str::<AppRegistration>(&text).map_err(|_| anyhow::anyhow!("app secret for {provider} is not JSON {{client_id, client_secret, redirect_uri}}"))?),
+            Some(text) => Some(serde_json::from_str::<AppRegistration>(&text).map_err(|_| {
+                anyhow::anyhow!("app secret for {provider} is not JSON {{client_id, client_secret, redirect_uri}}")
+            })?),
             None => None,
         };
         self.apps.lock().unwrap().insert(provider.to_string(), (now, app.clone()));
@@ -64,7 +70,10 @@ impl Secrets for SecretsManager {
                 return Ok(key.clone());
             }
         }
-        let id = self.signing_key_secret.as_deref().ok_or_else(|| anyhow::anyhow!("CHAINKEEPER_SIGNING_KEY_SECRET is not set for this function"))?;
+        let id = self
+            .signing_key_secret
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("CHAINKEEPER_SIGNING_KEY_SECRET is not set for this function"))?;
         let text = self.read(id).await?.ok_or_else(|| anyhow::anyhow!("signing key secret {id} not found"))?;
         anyhow::ensure!(text.len() >= 32, "the signing key secret must hold at least 32 characters");
         let key = Arc::new(Zeroizing::new(text.into_bytes()));

@@ -40,7 +40,10 @@ pub async fn run(keys: Arc<dyn Keys>, ns: &str) {
         Context { container: "finance/yuki", ..ctx },
         Context { field: "access_token", ..ctx },
     ] {
-        assert!(keys.decrypt_data_key(&wrong, &wrapped).await.is_err(), "a data key of {ctx:?} must not open as {wrong:?}");
+        assert!(
+            keys.decrypt_data_key(&wrong, &wrapped).await.is_err(),
+            "a data key of {ctx:?} must not open as {wrong:?}"
+        );
     }
     // A damaged wrapped key does not open.
     let mut damaged = wrapped.clone();

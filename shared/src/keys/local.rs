@@ -115,7 +115,11 @@ pub fn load_or_create_key_file(path: &Path, env: &str) -> anyhow::Result<[u8; 32
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            anyhow::bail!("{} is readable by others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display());
+            anyhow::bail!(
+                "{} is readable by others (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
         }
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -49,8 +49,7 @@ pub async fn run(store: Arc<dyn Store>, clock: ManualClock, ns: &str) {
     for sk in ["c#2", "c#1", "c#3", "d#1"] {
         store.put(put(&pk("q"), sk, sk, Condition::None)).await.unwrap();
     }
-    let got: Vec<String> =
-        store.query(&pk("q"), "c#", 10).await.unwrap().into_iter().map(|i| i.key.sk).collect();
+    let got: Vec<String> = store.query(&pk("q"), "c#", 10).await.unwrap().into_iter().map(|i| i.key.sk).collect();
     assert_eq!(got, ["c#1", "c#2", "c#3"], "query returns the prefix in sort-key order");
     assert_eq!(store.query(&pk("q"), "c#", 2).await.unwrap().len(), 2, "query honours the limit");
 
@@ -61,10 +60,7 @@ pub async fn run(store: Arc<dyn Store>, clock: ManualClock, ns: &str) {
     clock.advance(std::time::Duration::from_secs(2));
     assert!(store.get(&Key::new(pk("ttl"), "x")).await.unwrap().is_none(), "expired items read as absent");
     assert!(store.query(&pk("ttl"), "", 10).await.unwrap().is_empty(), "expired items are not listed");
-    store
-        .put(put(&pk("ttl"), "x", "again", Condition::Absent))
-        .await
-        .expect("Absent holds for an expired item");
+    store.put(put(&pk("ttl"), "x", "again", Condition::Absent)).await.expect("Absent holds for an expired item");
     store.put(put(&pk("ttl"), "y", "gone", Condition::None).expires_at(Some(clock.now_ms() + 1_000))).await.unwrap();
     clock.advance(std::time::Duration::from_secs(2));
     assert!(store.purge_expired().await.unwrap() <= 1, "purging is optional, but never removes live items");
@@ -85,7 +81,10 @@ pub async fn run(store: Arc<dyn Store>, clock: ManualClock, ns: &str) {
         ])
         .await;
     assert!(matches!(failed, Err(StoreError::Conflict)), "a failed check cancels the transaction");
-    assert!(store.get(&Key::new(pk("t"), "3")).await.unwrap().is_none(), "nothing of a cancelled transaction is written");
+    assert!(
+        store.get(&Key::new(pk("t"), "3")).await.unwrap().is_none(),
+        "nothing of a cancelled transaction is written"
+    );
     store
         .transact(vec![
             WriteOp::Delete { key: Key::new(pk("t"), "1"), condition: Condition::Exists },

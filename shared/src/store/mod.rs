@@ -97,9 +97,15 @@ impl Put {
 #[derive(Clone, Debug)]
 pub enum WriteOp {
     Put(Put),
-    Delete { key: Key, condition: Condition },
+    Delete {
+        key: Key,
+        condition: Condition,
+    },
     /// Writes nothing; fails the transaction if the condition does not hold.
-    Check { key: Key, condition: Condition },
+    Check {
+        key: Key,
+        condition: Condition,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

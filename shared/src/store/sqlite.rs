@@ -84,7 +84,9 @@ impl SqliteStore {
                 return f(&conn).map_err(unavailable);
             }
         }
-        let conn = self.readers[start % self.readers.len()].lock().map_err(|_| unavailable(anyhow::anyhow!("reader poisoned")))?;
+        let conn = self.readers[start % self.readers.len()]
+            .lock()
+            .map_err(|_| unavailable(anyhow::anyhow!("reader poisoned")))?;
         f(&conn).map_err(unavailable)
     }
 
@@ -217,7 +219,8 @@ impl Store for SqliteStore {
         let now = self.clock.now_ms();
         tokio::task::spawn_blocking(move || {
             let conn = writer.lock().map_err(|_| unavailable(anyhow::anyhow!("writer poisoned")))?;
-            conn.execute("DELETE FROM items WHERE expires_at IS NOT NULL AND expires_at <= ?1", params![now]).map_err(unavailable)
+            conn.execute("DELETE FROM items WHERE expires_at IS NOT NULL AND expires_at <= ?1", params![now])
+                .map_err(unavailable)
         })
         .await
         .map_err(unavailable)?

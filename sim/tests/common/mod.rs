@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use exact_sim::{
-    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REDIRECT_URI, ExactSim, SimClock, SimConfig,
-};
+use exact_sim::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_REDIRECT_URI, ExactSim, SimClock, SimConfig};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -16,16 +14,11 @@ pub const T0: i64 = 1_700_000_000_000;
 pub const S: u64 = 1000;
 
 pub async fn start(config: SimConfig) -> ExactSim {
-    ExactSim::start(config, SimClock::new(T0))
-        .await
-        .expect("sim starts")
+    ExactSim::start(config, SimClock::new(T0)).await.expect("sim starts")
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 pub fn pkce_pair() -> (String, String) {
@@ -44,19 +37,14 @@ pub fn authorize_url(sim: &ExactSim, state: &str, challenge: Option<&str>) -> St
             .append_pair("state", state)
             .append_pair("force_login", "1");
         if let Some(c) = challenge {
-            q.append_pair("code_challenge", c)
-                .append_pair("code_challenge_method", "S256");
+            q.append_pair("code_challenge", c).append_pair("code_challenge_method", "S256");
         }
     }
     u.to_string()
 }
 
 pub fn query_of(location: &str) -> HashMap<String, String> {
-    url::Url::parse(location)
-        .unwrap()
-        .query_pairs()
-        .into_owned()
-        .collect()
+    url::Url::parse(location).unwrap().query_pairs().into_owned().collect()
 }
 
 /// Logs the default user in through the HTML forms; returns the code.
@@ -88,16 +76,10 @@ impl TokenResp {
         self.json["error_description"].as_str().unwrap_or("")
     }
     pub fn refresh_token(&self) -> String {
-        self.json["refresh_token"]
-            .as_str()
-            .expect("refresh_token")
-            .to_string()
+        self.json["refresh_token"].as_str().expect("refresh_token").to_string()
     }
     pub fn access_token(&self) -> String {
-        self.json["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_string()
+        self.json["access_token"].as_str().expect("access_token").to_string()
     }
 }
 
@@ -124,31 +106,15 @@ pub async fn token_with(
     let headers = r.headers().clone();
     let text = r.text().await?;
     let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok(TokenResp {
-        status,
-        headers,
-        json,
-    })
+    Ok(TokenResp { status, headers, json })
 }
 
 pub async fn token(sim: &ExactSim, params: &[(&str, &str)]) -> TokenResp {
-    token_with(
-        &client(),
-        sim,
-        params,
-        (DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET),
-        false,
-    )
-    .await
-    .unwrap()
+    token_with(&client(), sim, params, (DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET), false).await.unwrap()
 }
 
 pub async fn exchange(sim: &ExactSim, code: &str, verifier: Option<&str>) -> TokenResp {
-    let mut p = vec![
-        ("grant_type", "authorization_code"),
-        ("code", code),
-        ("redirect_uri", DEFAULT_REDIRECT_URI),
-    ];
+    let mut p = vec![("grant_type", "authorization_code"), ("code", code), ("redirect_uri", DEFAULT_REDIRECT_URI)];
     if let Some(v) = verifier {
         p.push(("code_verifier", v));
     }
@@ -156,11 +122,7 @@ pub async fn exchange(sim: &ExactSim, code: &str, verifier: Option<&str>) -> Tok
 }
 
 pub async fn refresh(sim: &ExactSim, rt: &str) -> TokenResp {
-    token(
-        sim,
-        &[("grant_type", "refresh_token"), ("refresh_token", rt)],
-    )
-    .await
+    token(sim, &[("grant_type", "refresh_token"), ("refresh_token", rt)]).await
 }
 
 /// Login + code exchange: a fresh chain. Returns the token response.
@@ -172,12 +134,7 @@ pub async fn authorize(sim: &ExactSim) -> TokenResp {
 }
 
 pub async fn me(sim: &ExactSim, access: &str) -> (u16, Value) {
-    let r = client()
-        .get(format!("{}/api/v1/current/Me", sim.base_url))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(format!("{}/api/v1/current/Me", sim.base_url)).bearer_auth(access).send().await.unwrap();
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
 }

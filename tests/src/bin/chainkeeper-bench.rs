@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use chainkeeper::ids::{Alias, ContainerRef, DbName, OrgId};
 use chainkeeper::oauth::TokenSet;
-use chainkeeper_e2e::exact::{CLIENT_ID, CLIENT_SECRET, ExactHarness, four_processes, sim_app_toml, sim_profile_toml, sim_user};
+use chainkeeper_e2e::exact::{
+    CLIENT_ID, CLIENT_SECRET, ExactHarness, four_processes, sim_app_toml, sim_profile_toml, sim_user,
+};
 use chainkeeper_e2e::{Api, Serve, container_path, free_port, issue_token};
 use exact_sim::{ExactSim, SimApp, SimClock, SimConfig};
 use serde_json::json;
@@ -53,7 +55,9 @@ async fn main() -> anyhow::Result<()> {
 /// Secrets Manager adapters built; nothing is called before the first event). Median and max of 7 starts.
 async fn lambda_init(dir: &std::path::Path) -> anyhow::Result<()> {
     use chainkeeper_e2e::lambda_runtime::LocalLambda;
-    println!("\n## Lambda cold start: init duration (spawn -> first `invocation/next`), 7 starts each; target <= 100 ms");
+    println!(
+        "\n## Lambda cold start: init duration (spawn -> first `invocation/next`), 7 starts each; target <= 100 ms"
+    );
     let tmp = tempfile::tempdir()?;
     let env = [
         ("CHAINKEEPER_TABLE", "chainkeeper-bench".to_string()),
@@ -158,7 +162,10 @@ async fn amplification_four_processes() -> anyhow::Result<()> {
             assert!(statuses.iter().all(|s| *s == 200), "every caller got a token");
         }
         let requests = sim.stats().refresh_requests - before;
-        println!("callers {callers:>5}: {:.2} ({requests} requests for {rounds} refreshes)", requests as f64 / rounds as f64);
+        println!(
+            "callers {callers:>5}: {:.2} ({requests} requests for {rounds} refreshes)",
+            requests as f64 / rounds as f64
+        );
     }
     Ok(())
 }
@@ -210,7 +217,11 @@ async fn sweep() -> anyhow::Result<()> {
     for i in 0..n {
         let user = format!("bench-user-{i}");
         let (access, refresh) = h.sim.mint_tokens(CLIENT_ID, &user);
-        let c = ContainerRef { org: OrgId::parse("bench")?, db: DbName::parse("db")?, alias: Alias::parse(&format!("c{i}"))? };
+        let c = ContainerRef {
+            org: OrgId::parse("bench")?,
+            db: DbName::parse("db")?,
+            alias: Alias::parse(&format!("c{i}"))?,
+        };
         let tokens = TokenSet {
             access_token: secrecy::SecretString::from(access),
             refresh_token: Some(secrecy::SecretString::from(refresh)),
@@ -262,7 +273,11 @@ async fn warm() -> anyhow::Result<()> {
     let user = sim_user(1);
     let sim = ExactSim::start(
         SimConfig {
-            apps: vec![SimApp { client_id: CLIENT_ID.into(), client_secret: CLIENT_SECRET.into(), redirect_uris: vec![redirect.clone()] }],
+            apps: vec![SimApp {
+                client_id: CLIENT_ID.into(),
+                client_secret: CLIENT_SECRET.into(),
+                redirect_uris: vec![redirect.clone()],
+            }],
             users: vec![user.clone()],
             ..SimConfig::default()
         },
@@ -271,16 +286,19 @@ async fn warm() -> anyhow::Result<()> {
     .await?;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("chainkeeper.toml");
-    std::fs::write(
-        &config,
-        format!("{}{}", sim_profile_toml(&sim.base_url), sim_app_toml(&redirect)),
-    )?;
+    std::fs::write(&config, format!("{}{}", sim_profile_toml(&sim.base_url), sim_app_toml(&redirect)))?;
     let serve = Serve::start_on(dir.path(), Some(&config), port).await?;
     let token = issue_token(dir.path(), &["--org", "acme"], &["admin"]);
     let admin = Api::new(&serve.base, &issue_token(dir.path(), &["--platform"], &["admin"]));
     admin.create_container("acme", "finance", "eol", "oauth2_code", Some("exact-online-nl")).await;
     let r = admin.post(&format!("{}/authorize", container_path("acme", "finance", "eol")), json!({})).await;
-    let back = exact_sim::browser::login(r.body["authorize_url"].as_str().unwrap(), &user.username, &user.password, sim.totp_now(&user.username).as_deref()).await?;
+    let back = exact_sim::browser::login(
+        r.body["authorize_url"].as_str().unwrap(),
+        &user.username,
+        &user.password,
+        sim.totp_now(&user.username).as_deref(),
+    )
+    .await?;
     anyhow::ensure!(admin.with_token("").get(&back).await.status == 200);
     let script = dir.path().join("post.lua");
     std::fs::write(&script, format!("wrk.method = \"POST\"\nwrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"))?;
@@ -296,7 +314,11 @@ async fn warm() -> anyhow::Result<()> {
     let p99 = text.lines().find(|l| l.trim_start().starts_with("99%")).unwrap_or("99% ?").trim().to_string();
     let p50 = text.lines().find(|l| l.trim_start().starts_with("50%")).unwrap_or("50% ?").trim().to_string();
     let non2xx = text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("").trim().to_string();
-    println!("{rps}; latency p50 {} p99 {} (target: >= 25,000/s, p99 <= 5 ms) {non2xx}", p50.trim_start_matches("50%").trim(), p99.trim_start_matches("99%").trim());
+    println!(
+        "{rps}; latency p50 {} p99 {} (target: >= 25,000/s, p99 <= 5 ms) {non2xx}",
+        p50.trim_start_matches("50%").trim(),
+        p99.trim_start_matches("99%").trim()
+    );
     println!("token requests to the provider during the run: {}", sim.stats().refresh_requests);
     Ok(())
 }

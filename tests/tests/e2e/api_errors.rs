@@ -32,7 +32,10 @@ async fn every_error_is_problem_json_with_a_code() {
         .await
         .assert_problem(400, "provider_required");
     admin
-        .post("/v1/orgs/acme/databases/main/containers", json!({"alias": "eol", "kind": "oauth2_code", "provider": "nope"}))
+        .post(
+            "/v1/orgs/acme/databases/main/containers",
+            json!({"alias": "eol", "kind": "oauth2_code", "provider": "nope"}),
+        )
         .await
         .assert_problem(400, "unknown_provider");
     admin
@@ -43,7 +46,9 @@ async fn every_error_is_problem_json_with_a_code() {
 
     // A wrong value in a secret field is never echoed back.
     admin.post("/v1/orgs/acme/databases/main/containers", json!({"alias": "sql", "kind": "password"})).await;
-    let r = admin.put(&format!("{}/credentials", container_path("acme", "main", "sql")), json!({"password": 4242424242u64})).await;
+    let r = admin
+        .put(&format!("{}/credentials", container_path("acme", "main", "sql")), json!({"password": 4242424242u64}))
+        .await;
     r.assert_problem(400, "invalid_body");
     assert!(!r.body.to_string().contains("4242424242"), "the value is not echoed: {}", r.body);
 
@@ -71,7 +76,12 @@ async fn deleting_an_organisation_needs_the_platform_an_empty_org_and_shreds_its
     admin.post("/v1/orgs", json!({"name": "acme"})).await;
     admin.post("/v1/orgs/acme/databases", json!({"name": "main"})).await;
     admin.create_container("acme", "main", "sql", "password", None).await;
-    let r = admin.put(&format!("{}/credentials", container_path("acme", "main", "sql")), json!({"username": "u", "password": "pw-PLANTED"})).await;
+    let r = admin
+        .put(
+            &format!("{}/credentials", container_path("acme", "main", "sql")),
+            json!({"username": "u", "password": "pw-PLANTED"}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = admin.post("/v1/orgs/acme/api-tokens", json!({"subject": "power-bi", "scopes": ["databases.read"]})).await;
     assert_eq!(r.status, 201, "{}", r.body);
@@ -91,6 +101,9 @@ async fn deleting_an_organisation_needs_the_platform_an_empty_org_and_shreds_its
     bi.get("/v1/orgs/acme/databases").await.assert_problem(401, "unauthorized");
     own_admin.get("/v1/orgs/acme/databases").await.assert_problem(404, "org_not_found");
     admin.post("/v1/orgs", json!({"name": "ACME"})).await.assert_problem(409, "org_name_retired");
-    admin.put("/v1/orgs/acme/webhook", json!({"url": "https://hooks.example/x"})).await.assert_problem(404, "org_not_found");
+    admin
+        .put("/v1/orgs/acme/webhook", json!({"url": "https://hooks.example/x"}))
+        .await
+        .assert_problem(404, "org_not_found");
     assert_eq!(admin.post("/v1/orgs", json!({"name": "acme2"})).await.status, 201, "other names are fine");
 }

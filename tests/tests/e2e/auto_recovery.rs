@@ -14,7 +14,13 @@ fn recovery_path() -> String {
 }
 
 async fn store_recovery(h: &ExactHarness, username: &str, password: &str, totp: &str) {
-    let r = h.api.put(&recovery_path(), json!({"username": username, "password": password, "totp_secret": totp, "retention_days": 30})).await;
+    let r = h
+        .api
+        .put(
+            &recovery_path(),
+            json!({"username": username, "password": password, "totp_secret": totp, "retention_days": 30}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
@@ -100,7 +106,8 @@ async fn a_wrong_password_stops_retries_at_once_and_says_so() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let view = if view["chain"]["last_error"]["code"] == "recovery_credentials_invalid" { view } else { h.status().await };
+    let view =
+        if view["chain"]["last_error"]["code"] == "recovery_credentials_invalid" { view } else { h.status().await };
     assert_eq!(view["chain"]["last_error"]["code"], "recovery_credentials_invalid", "{view}");
     assert_eq!(view["auto_recovery"]["stopped"], "recovery_credentials_invalid");
     // No more attempts, however often the schedule runs.
@@ -162,12 +169,21 @@ async fn attempts_are_bounded_per_hour() {
     store_recovery(&h, &user.username, &user.password, user.totp_secret_base32.as_deref().unwrap()).await;
     h.sim.fail_next_token_requests(10, Fault::ServiceUnavailable); // the code exchange fails: a transient failure
     for _ in 0..3 {
-        assert_eq!(chainkeeper::recover::recover_container(&h.services, &h.container, "test").await.unwrap(), Outcome::Failed);
+        assert_eq!(
+            chainkeeper::recover::recover_container(&h.services, &h.container, "test").await.unwrap(),
+            Outcome::Failed
+        );
     }
-    assert_eq!(chainkeeper::recover::recover_container(&h.services, &h.container, "test").await.unwrap(), Outcome::RateLimited);
+    assert_eq!(
+        chainkeeper::recover::recover_container(&h.services, &h.container, "test").await.unwrap(),
+        Outcome::RateLimited
+    );
     h.sim.clear_faults();
     h.advance(Duration::from_secs(3_601));
-    assert_eq!(chainkeeper::recover::recover_container(&h.services, &h.container, "test").await.unwrap(), Outcome::Recovered);
+    assert_eq!(
+        chainkeeper::recover::recover_container(&h.services, &h.container, "test").await.unwrap(),
+        Outcome::Recovered
+    );
     assert!(matches!(h.services.engine.access_token(&h.container).await, Ok(_) | Err(ChainError::RateLimited { .. })));
 }
 
@@ -175,14 +191,20 @@ async fn attempts_are_bounded_per_hour() {
 async fn stored_credentials_expire_with_a_warning_three_days_before() {
     let h = ExactHarness::start(|_| {}).await;
     let user = h.user.clone();
-    for bad in [json!({"username": "u", "password": "p", "retention_days": 0}), json!({"username": "u", "password": "p", "retention_days": 91})] {
+    for bad in [
+        json!({"username": "u", "password": "p", "retention_days": 0}),
+        json!({"username": "u", "password": "p", "retention_days": 91}),
+    ] {
         h.api.put(&recovery_path(), bad).await.assert_problem(400, "invalid_retention");
     }
     h.api
         .put(&recovery_path(), json!({"username": "u", "password": "p", "totp_secret": "not base32!"}))
         .await
         .assert_problem(400, "invalid_totp_secret");
-    let r = h.api.put(&recovery_path(), json!({"username": user.username, "password": user.password, "retention_days": 5})).await;
+    let r = h
+        .api
+        .put(&recovery_path(), json!({"username": user.username, "password": user.password, "retention_days": 5}))
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["retention_days"], 5);
     h.advance(Duration::from_secs(86_400));
@@ -194,7 +216,10 @@ async fn stored_credentials_expire_with_a_warning_three_days_before() {
     assert!(audit.contains("auto_recovery.expiring"), "{audit}");
     h.advance(Duration::from_secs(3 * 86_400));
     assert_eq!(h.status().await["auto_recovery"]["configured"], false, "deleted after the retention");
-    assert!(chainkeeper::recover::run_once(&h.services).await.unwrap().purged >= 1, "and purged from the embedded store");
+    assert!(
+        chainkeeper::recover::run_once(&h.services).await.unwrap().purged >= 1,
+        "and purged from the embedded store"
+    );
     // DELETE removes them at once.
     h.api.put(&recovery_path(), json!({"username": user.username, "password": user.password})).await;
     assert_eq!(h.api.delete(&recovery_path()).await.status, 204);

@@ -43,7 +43,10 @@ async fn dynamodb_store_conforms() {
     // TimeToLiveSpecification names it), so AWS deletes them; items that do not expire carry none.
     use chainkeeper::store::{Condition, Key, Put};
     let at = clock.now_ms() + 90_500;
-    store.put(Put::new(Key::new("ttl#x", "authz"), b"{}".to_vec(), Condition::Absent).expires_at(Some(at))).await.unwrap();
+    store
+        .put(Put::new(Key::new("ttl#x", "authz"), b"{}".to_vec(), Condition::Absent).expires_at(Some(at)))
+        .await
+        .unwrap();
     store.put(Put::new(Key::new("ttl#y", "meta"), b"{}".to_vec(), Condition::Absent)).await.unwrap();
     let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
     let raw = |pk: &'static str, sk: &'static str| {
@@ -66,7 +69,10 @@ async fn dynamodb_store_conforms() {
     let expiring = raw("ttl#x", "authz").await;
     let ttl: i64 = expiring["expires_at"].as_n().expect("expires_at is a Number").parse().unwrap();
     assert_eq!(ttl, at / 1000 + 1, "epoch seconds, rounded up so an item is never deleted early");
-    assert!(!raw("ttl#y", "meta").await.contains_key("expires_at"), "an item that does not expire has no TTL attribute");
+    assert!(
+        !raw("ttl#y", "meta").await.contains_key("expires_at"),
+        "an item that does not expire has no TTL attribute"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,13 +90,20 @@ async fn kms_keys_conform_bind_ciphertexts_and_shred_on_delete() {
     // A fresh vault (no cache) opens it through KMS with the same context, and nothing else.
     let fresh = Vault::new(keys.clone(), clock.clone(), CacheLimits::default());
     assert_eq!(&fresh.open(&ctx, &sealed).await.unwrap()[..], b"rt-PLANTED");
-    for wrong in [Context { org: "other", ..ctx }, Context { container: "finance/yuki", ..ctx }, Context { field: "access_token", ..ctx }] {
+    for wrong in [
+        Context { org: "other", ..ctx },
+        Context { container: "finance/yuki", ..ctx },
+        Context { field: "access_token", ..ctx },
+    ] {
         let v = Vault::new(keys.clone(), clock.clone(), CacheLimits::default());
         assert!(v.open(&wrong, &sealed).await.is_err(), "{wrong:?} must not open");
     }
     keys.delete_org_key("acme").await.unwrap();
     let after = Vault::new(keys.clone(), clock.clone(), CacheLimits::default());
-    assert!(matches!(after.open(&ctx, &sealed).await, Err(KeyError::NoOrgKey(_)) | Err(KeyError::Decrypt)), "the organisation's key is gone");
+    assert!(
+        matches!(after.open(&ctx, &sealed).await, Err(KeyError::NoOrgKey(_)) | Err(KeyError::Decrypt)),
+        "the organisation's key is gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +118,12 @@ async fn secrets_manager_holds_app_registrations_and_the_signing_key() {
         .await
         .unwrap();
     sm.create_secret().name("chainkeeper/test/signing").secret_string("x".repeat(64)).send().await.unwrap();
-    let secrets = SecretsManager::new(sm.clone(), "chainkeeper/apps/".into(), Some("chainkeeper/test/signing".into()), Arc::new(ManualClock::new(T0)));
+    let secrets = SecretsManager::new(
+        sm.clone(),
+        "chainkeeper/apps/".into(),
+        Some("chainkeeper/test/signing".into()),
+        Arc::new(ManualClock::new(T0)),
+    );
     let app = secrets.app("exact-online-nl").await.unwrap().expect("registered");
     assert_eq!(app.client_id, "app");
     assert_eq!(app.client_secret.expose_secret(), "app-secret-PLANTED");
@@ -123,18 +141,34 @@ async fn two_hundred_callers_cause_one_refresh_on_dynamodb_and_kms() {
     let moto = Moto::start().await.unwrap();
     let clock = ManualClock::new(T0);
     let sim = ExactSim::start(
-        SimConfig { apps: vec![SimApp { client_id: CLIENT_ID.into(), client_secret: CLIENT_SECRET.into(), redirect_uris: vec![] }], ..SimConfig::default() },
+        SimConfig {
+            apps: vec![SimApp {
+                client_id: CLIENT_ID.into(),
+                client_secret: CLIENT_SECRET.into(),
+                redirect_uris: vec![],
+            }],
+            ..SimConfig::default()
+        },
         SimClock::new(T0),
     )
     .await
     .unwrap();
-    let config = Config::from_toml(&format!("{}{}", sim_profile_toml(&sim.base_url), sim_app_toml("http://127.0.0.1:1/v1/callback"))).unwrap();
+    let config = Config::from_toml(&format!(
+        "{}{}",
+        sim_profile_toml(&sim.base_url),
+        sim_app_toml("http://127.0.0.1:1/v1/callback")
+    ))
+    .unwrap();
     let store: Arc<dyn Store> = dynamo(&moto, &clock).await;
     let keys: Arc<dyn Keys> = kms(&moto).await;
     let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(config.apps.clone(), [3u8; 32]));
     let services = Services::new(store, keys.clone(), secrets, Arc::new(clock.clone()), config);
     keys.create_org_key("acme").await.unwrap();
-    let c = ContainerRef { org: OrgId::parse("acme").unwrap(), db: DbName::parse("finance").unwrap(), alias: Alias::parse("eol").unwrap() };
+    let c = ContainerRef {
+        org: OrgId::parse("acme").unwrap(),
+        db: DbName::parse("finance").unwrap(),
+        alias: Alias::parse("eol").unwrap(),
+    };
     let (access, refresh) = sim.mint_tokens(CLIENT_ID, exact_sim::DEFAULT_USER_ID);
     let tokens = chainkeeper::oauth::TokenSet {
         access_token: secrecy::SecretString::from(access),
@@ -173,7 +207,11 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
     let redirect = "https://ck.example/v1/callback";
     let sim_config = SimConfig {
-        apps: vec![SimApp { client_id: CLIENT_ID.into(), client_secret: CLIENT_SECRET.into(), redirect_uris: vec![redirect.into()] }],
+        apps: vec![SimApp {
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            redirect_uris: vec![redirect.into()],
+        }],
         ..SimConfig::default()
     };
     let sim = ExactSim::start(sim_config, SimClock::system()).await.unwrap();
@@ -189,7 +227,10 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     sm.create_secret().name("chainkeeper/test/api-token-signing-key").secret_string(&signing).send().await.unwrap();
     sm.create_secret()
         .name("chainkeeper/test/apps/exact-online-nl")
-        .secret_string(serde_json::json!({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": redirect}).to_string())
+        .secret_string(
+            serde_json::json!({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": redirect})
+                .to_string(),
+        )
         .send()
         .await
         .unwrap();
@@ -214,7 +255,8 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
         assert!(bin.exists(), "{} is missing: cargo build --workspace --features chainkeeper-e2e/aws", bin.display());
         bin
     };
-    let body = |v: &Value| -> Value { serde_json::from_str(v["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null) };
+    let body =
+        |v: &Value| -> Value { serde_json::from_str(v["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null) };
     // The first platform token, as the README says: the secret's text piped into `chainkeeper token issue`.
     let token = {
         use std::io::Write;
@@ -235,7 +277,12 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     assert_eq!(r["statusCode"], 201, "{r}");
     // The organisation's key is a KMS key under the stage's alias, tagged for this stage.
     let kms = aws_sdk_kms::Client::new(&sdk);
-    let key = kms.describe_key().key_id("alias/chainkeeper/test/acme").send().await.expect("the organisation's KMS key exists");
+    let key = kms
+        .describe_key()
+        .key_id("alias/chainkeeper/test/acme")
+        .send()
+        .await
+        .expect("the organisation's KMS key exists");
     let key_id = key.key_metadata.unwrap().key_id;
     let tags = kms.list_resource_tags().key_id(&key_id).send().await.unwrap();
     assert!(
@@ -243,7 +290,10 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
         "the key carries the stage tag the IAM policies require: {:?}",
         tags.tags()
     );
-    let r = manage.invoke(http_event("POST", "/v1/orgs/acme/databases", Some(&token), Some(r#"{"name":"finance"}"#))).await.unwrap();
+    let r = manage
+        .invoke(http_event("POST", "/v1/orgs/acme/databases", Some(&token), Some(r#"{"name":"finance"}"#)))
+        .await
+        .unwrap();
     assert_eq!(r["statusCode"], 201, "{r}");
     let r = manage
         .invoke(http_event(
@@ -258,21 +308,35 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
 
     // A person signs in: `callback` starts the authorization and takes the redirect.
     let callback = LocalLambda::start(&function("callback"), &env).await.unwrap();
-    let r = callback.invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/authorize", Some(&token), None)).await.unwrap();
+    let r = callback
+        .invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/authorize", Some(&token), None))
+        .await
+        .unwrap();
     assert_eq!(r["statusCode"], 200, "{r}");
     let authorize_url = body(&r)["authorize_url"].as_str().unwrap().to_string();
     let totp = sim.totp_now(exact_sim::DEFAULT_USERNAME);
-    let back = exact_sim::browser::login(&authorize_url, exact_sim::DEFAULT_USERNAME, exact_sim::DEFAULT_PASSWORD, totp.as_deref())
-        .await
-        .expect("sign in at the simulator");
+    let back = exact_sim::browser::login(
+        &authorize_url,
+        exact_sim::DEFAULT_USERNAME,
+        exact_sim::DEFAULT_PASSWORD,
+        totp.as_deref(),
+    )
+    .await
+    .expect("sign in at the simulator");
     let back = url::Url::parse(&back).unwrap();
     assert_eq!(back.path(), "/v1/callback");
-    let r = callback.invoke(http_event("GET", &format!("/v1/callback?{}", back.query().unwrap()), None, None)).await.unwrap();
+    let r = callback
+        .invoke(http_event("GET", &format!("/v1/callback?{}", back.query().unwrap()), None, None))
+        .await
+        .unwrap();
     assert_eq!(r["statusCode"], 200, "{r}");
 
     // `query` hands out the access token the simulator issued.
     let query = LocalLambda::start(&function("query"), &env).await.unwrap();
-    let r = query.invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/token", Some(&token), None)).await.unwrap();
+    let r = query
+        .invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/token", Some(&token), None))
+        .await
+        .unwrap();
     assert_eq!(r["statusCode"], 200, "{r}");
     let access = body(&r)["access_token"].as_str().expect("an access token").to_string();
     assert_eq!(sim.stats().code_requests, 1, "one code exchange reached Exact");
@@ -286,7 +350,10 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     chainkeeper_e2e::assert_no_planted_secret("DynamoDB items", &dump);
 
     // The manage function sees the container as healthy with the signed-in user (masked view).
-    let r = manage.invoke(http_event("GET", "/v1/orgs/acme/databases/finance/containers/eol", Some(&token), None)).await.unwrap();
+    let r = manage
+        .invoke(http_event("GET", "/v1/orgs/acme/databases/finance/containers/eol", Some(&token), None))
+        .await
+        .unwrap();
     assert_eq!(r["statusCode"], 200, "{r}");
     let view = body(&r);
     assert_eq!(view["status"], "healthy", "{view}");
@@ -294,7 +361,8 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
 
     // The scheduled functions take EventBridge events, twice without harm.
     // As in the template, the scheduled functions get no signing-key secret.
-    let scheduled_env: Vec<(&str, String)> = env.iter().filter(|(k, _)| *k != "CHAINKEEPER_SIGNING_KEY_SECRET").cloned().collect();
+    let scheduled_env: Vec<(&str, String)> =
+        env.iter().filter(|(k, _)| *k != "CHAINKEEPER_SIGNING_KEY_SECRET").cloned().collect();
     let refresh = LocalLambda::start(&function("refresh"), &scheduled_env).await.unwrap();
     let recover = LocalLambda::start(&function("recover"), &scheduled_env).await.unwrap();
     for _ in 0..2 {
@@ -318,7 +386,9 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     assert!(!left.contains("chain#acme#finance#eol"), "the chain's items are removed: {left}");
     assert!(!left.contains("ident#"), "the single-instance identifier is released: {left}");
 
-    for (name, f) in [("manage", &manage), ("callback", &callback), ("query", &query), ("refresh", &refresh), ("recover", &recover)] {
+    for (name, f) in
+        [("manage", &manage), ("callback", &callback), ("query", &query), ("refresh", &refresh), ("recover", &recover)]
+    {
         eprintln!("{name}: init {:?} on DynamoDB/KMS/Secrets Manager (debug build)", f.init_duration().unwrap());
     }
 }

@@ -9,7 +9,9 @@ fn help_names_every_flag() {
         assert!(top.contains(word), "--help mentions {word}: {top}");
     }
     let serve = cli(&["serve", "--help"]).unwrap();
-    for flag in ["--listen", "--data-dir", "--config", "CHAINKEEPER_LISTEN", "CHAINKEEPER_DATA_DIR", "CHAINKEEPER_CONFIG"] {
+    for flag in
+        ["--listen", "--data-dir", "--config", "CHAINKEEPER_LISTEN", "CHAINKEEPER_DATA_DIR", "CHAINKEEPER_CONFIG"]
+    {
         assert!(serve.contains(flag), "serve --help explains {flag}: {serve}");
     }
     let issue = cli(&["token", "issue", "--help"]).unwrap();
@@ -21,7 +23,8 @@ fn help_names_every_flag() {
 #[test]
 fn token_issue_prints_one_token_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let out = cli(&["token", "issue", "--data-dir", dir.path().to_str().unwrap(), "--org", "Acme", "--scope", "admin"]).unwrap();
+    let out = cli(&["token", "issue", "--data-dir", dir.path().to_str().unwrap(), "--org", "Acme", "--scope", "admin"])
+        .unwrap();
     assert_eq!(out.lines().count(), 1, "exactly one line: {out:?}");
     let token = out.trim();
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
@@ -67,11 +70,18 @@ fn token_issue_signs_with_a_key_read_from_standard_input() {
     let out = run(&format!("{key}\n"));
     assert!(out.status.success());
     let token = String::from_utf8(out.stdout).unwrap();
-    let claims = chainkeeper::auth::verify(key.as_bytes(), token.trim(), chainkeeper::clock::Clock::now_ms(&chainkeeper::clock::SystemClock))
-        .expect("signed with the key's text, without the newline");
+    let claims = chainkeeper::auth::verify(
+        key.as_bytes(),
+        token.trim(),
+        chainkeeper::clock::Clock::now_ms(&chainkeeper::clock::SystemClock),
+    )
+    .expect("signed with the key's text, without the newline");
     assert_eq!(claims.org.as_deref(), Some("acme"));
     let short = run("too-short\n");
     assert!(!short.status.success(), "a short key is refused");
     let err = String::from_utf8(short.stderr).unwrap();
-    assert!(err.contains("at least 32 characters") && !err.contains("too-short"), "says why, never echoes the key: {err}");
+    assert!(
+        err.contains("at least 32 characters") && !err.contains("too-short"),
+        "says why, never echoes the key: {err}"
+    );
 }

@@ -12,7 +12,6 @@ use exact_sim::Fault;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -302,9 +301,14 @@ async fn an_authorization_left_too_long_expires() {
     let h = ExactHarness::start(|_| {}).await;
     let r = h.api.post(&format!("{}/authorize", container_path("acme", "finance", "eol")), json!({})).await;
     let url = r.body["authorize_url"].as_str().unwrap().to_string();
-    let back = exact_sim::browser::login(&url, &h.user.username, &h.user.password, h.sim.totp_now(&h.user.username).as_deref())
-        .await
-        .unwrap();
+    let back = exact_sim::browser::login(
+        &url,
+        &h.user.username,
+        &h.user.password,
+        h.sim.totp_now(&h.user.username).as_deref(),
+    )
+    .await
+    .unwrap();
     // The person took eleven minutes: the state (10 minutes) is gone, even though the code itself were valid.
     h.advance(secs(11 * 60));
     h.api.with_token("").get(&back).await.assert_problem(400, "authorization_state_invalid");
@@ -327,7 +331,12 @@ async fn a_wrong_client_secret_keeps_the_chain_and_backs_off() {
     // A second process whose app registration has the wrong secret.
     let mut config = (*h.services.config).clone();
     config.apps.get_mut("exact-online-nl").unwrap().client_secret = secrecy::SecretString::from("wrong".to_string());
-    let other = chainkeeper::app::embedded(&chainkeeper::app::DataDir::open(h.dir.path()).unwrap(), config, Arc::new(h.clock.clone())).unwrap();
+    let other = chainkeeper::app::embedded(
+        &chainkeeper::app::DataDir::open(h.dir.path()).unwrap(),
+        config,
+        Arc::new(h.clock.clone()),
+    )
+    .unwrap();
     h.advance(secs(601));
     assert!(matches!(other.engine.access_token(&h.container).await, Err(ChainError::InvalidClient(_))));
     let requests = h.sim.stats().token_requests;

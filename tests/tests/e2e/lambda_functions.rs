@@ -23,7 +23,14 @@ async fn every_function_answers_the_events_lambda_sends() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let token = issue(
         &data.signing_key().unwrap(),
-        &Claims { sub: "ops".into(), org: None, scopes: vec!["admin".into()], exp: now + 3600, iat: now, jti: "t1".into() },
+        &Claims {
+            sub: "ops".into(),
+            org: None,
+            scopes: vec!["admin".into()],
+            exp: now + 3600,
+            iat: now,
+            jti: "t1".into(),
+        },
     )
     .unwrap();
     let env = [("CHAINKEEPER_DATA_DIR", dir.path().display().to_string())];
@@ -34,7 +41,10 @@ async fn every_function_answers_the_events_lambda_sends() {
     let r = manage.invoke(http_event("POST", "/v1/orgs", Some(&token), Some(r#"{"name":"acme"}"#))).await.unwrap();
     assert_eq!(r["statusCode"], 201, "{r}");
     assert_eq!(body(&r)["name"], "acme");
-    let r = manage.invoke(http_event("POST", "/v1/orgs/acme/databases", Some(&token), Some(r#"{"name":"finance"}"#))).await.unwrap();
+    let r = manage
+        .invoke(http_event("POST", "/v1/orgs/acme/databases", Some(&token), Some(r#"{"name":"finance"}"#)))
+        .await
+        .unwrap();
     assert_eq!(r["statusCode"], 201, "{r}");
     let r = manage.invoke(http_event("GET", "/v1/orgs/acme/databases", None, None)).await.unwrap();
     assert_eq!(r["statusCode"], 401, "no token, no data: {r}");
@@ -43,7 +53,10 @@ async fn every_function_answers_the_events_lambda_sends() {
     assert_eq!(body(&r)["openapi"], "3.1.0");
 
     let query = LocalLambda::start(&function("query"), &env).await.unwrap();
-    let r = query.invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/token", Some(&token), None)).await.unwrap();
+    let r = query
+        .invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/token", Some(&token), None))
+        .await
+        .unwrap();
     assert_eq!(r["statusCode"], 404, "{r}");
     assert_eq!(body(&r)["code"], "container_not_found");
     let r = query.invoke(http_event("GET", "/v1/orgs/acme/databases", Some(&token), None)).await.unwrap();
@@ -63,7 +76,9 @@ async fn every_function_answers_the_events_lambda_sends() {
     // An event delivered twice is harmless.
     assert!(refresh.invoke(scheduled_event()).await.is_ok());
 
-    for (name, f) in [("manage", &manage), ("query", &query), ("callback", &callback), ("refresh", &refresh), ("recover", &recover)] {
+    for (name, f) in
+        [("manage", &manage), ("query", &query), ("callback", &callback), ("refresh", &refresh), ("recover", &recover)]
+    {
         eprintln!("{name}: init {:?} (debug build)", f.init_duration().unwrap());
     }
 }

@@ -205,7 +205,9 @@ async fn callback_state_is_single_use_expiring_and_bound() {
     // A provider error comes back as a clear problem.
     let r = api.post(&format!("{}/authorize", container_path("acme", "main", "crm")), json!({})).await;
     let state = r.body["state"].as_str().unwrap();
-    anon.get(&format!("/v1/callback?error=access_denied&state={state}")).await.assert_problem(400, "authorization_denied");
+    anon.get(&format!("/v1/callback?error=access_denied&state={state}"))
+        .await
+        .assert_problem(400, "authorization_denied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,14 +218,21 @@ async fn client_credentials_and_password_containers_get_and_renew_tokens() {
     api.create_container("acme", "main", "svc", "oauth2_client_credentials", Some("oidc-test")).await;
     api.post(&format!("{svc}/token"), json!({})).await.assert_problem(409, "credentials_missing");
     let r = api
-        .put(&format!("{svc}/credentials"), json!({"client_id": "ck-app-cc", "client_secret": "ck-client-secret-PLANTED-cc"}))
+        .put(
+            &format!("{svc}/credentials"),
+            json!({"client_id": "ck-app-cc", "client_secret": "ck-client-secret-PLANTED-cc"}),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["credential"]["client_secret"], "configured");
     assert!(!r.body.to_string().contains("PLANTED"));
     let t1 = api.post(&format!("{svc}/token"), json!({})).await;
     assert_eq!(t1.status, 200, "{}", t1.body);
-    assert_eq!(api.post(&format!("{svc}/token"), json!({})).await.body["access_token"], t1.body["access_token"], "cached while valid");
+    assert_eq!(
+        api.post(&format!("{svc}/token"), json!({})).await.body["access_token"],
+        t1.body["access_token"],
+        "cached while valid"
+    );
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let t2 = api.post(&format!("{svc}/token"), json!({})).await;
     assert_eq!(t2.status, 200);
@@ -238,10 +247,16 @@ async fn client_credentials_and_password_containers_get_and_renew_tokens() {
     // The resource-owner password grant.
     let ropc = container_path("acme", "main", "ropc");
     api.create_container("acme", "main", "ropc", "oauth2_password", Some("oidc-test")).await;
-    api.put(&format!("{ropc}/credentials"), json!({"username": "zoe", "password": "correct horse battery staple"})).await;
+    api.put(&format!("{ropc}/credentials"), json!({"username": "zoe", "password": "correct horse battery staple"}))
+        .await;
     let t = api.post(&format!("{ropc}/token"), json!({})).await;
     assert_eq!(t.status, 200, "{}", t.body);
-    let me = reqwest::Client::new().get(s.peer.userinfo_url()).bearer_auth(t.body["access_token"].as_str().unwrap()).send().await.unwrap();
+    let me = reqwest::Client::new()
+        .get(s.peer.userinfo_url())
+        .bearer_auth(t.body["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(me.json::<serde_json::Value>().await.unwrap()["sub"], "zoe");
     api.put(&format!("{ropc}/credentials"), json!({"password": "wrong-PLANTED"})).await;
     api.post(&format!("{ropc}/token"), json!({})).await.assert_problem(409, "credentials_rejected");
@@ -263,7 +278,9 @@ async fn deleting_a_container_revokes_its_tokens_at_the_provider() {
     assert_eq!(authorize(api, "acme", "main", "crm", "dave").await.status, 200);
     let path = container_path("acme", "main", "crm");
     let at = api.post(&format!("{path}/token"), json!({})).await.body["access_token"].as_str().unwrap().to_string();
-    let me = || async { reqwest::Client::new().get(s.peer.userinfo_url()).bearer_auth(&at).send().await.unwrap().status().as_u16() };
+    let me = || async {
+        reqwest::Client::new().get(s.peer.userinfo_url()).bearer_auth(&at).send().await.unwrap().status().as_u16()
+    };
     assert_eq!(me().await, 200);
     assert_eq!(api.delete(&path).await.status, 204);
     assert_eq!(me().await, 401, "revoking the refresh token revoked the grant at oidc-provider");
@@ -278,7 +295,9 @@ async fn auto_recovery_signs_in_through_the_providers_login_and_consent_forms() 
     api.create_container("acme", "main", "crm", "oauth2_code", Some("oidc-test")).await;
     assert_eq!(authorize(&api, "acme", "main", "crm", "frank").await.status, 200);
     let path = container_path("acme", "main", "crm");
-    let r = api.put(&format!("{path}/auto-recovery"), json!({"username": "frank", "password": "any-password-PLANTED"})).await;
+    let r = api
+        .put(&format!("{path}/auto-recovery"), json!({"username": "frank", "password": "any-password-PLANTED"}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     // The provider forgets every grant (a restart of its in-memory store): the chain's refresh token is dead.
     let port = peer.port;
@@ -309,7 +328,12 @@ async fn auto_recovery_signs_in_through_the_providers_login_and_consent_forms() 
     assert_eq!(view["status"], "healthy", "{view}");
     let t = api.post(&format!("{path}/token"), json!({})).await;
     assert_eq!(t.status, 200);
-    let me = reqwest::Client::new().get(peer.userinfo_url()).bearer_auth(t.body["access_token"].as_str().unwrap()).send().await.unwrap();
+    let me = reqwest::Client::new()
+        .get(peer.userinfo_url())
+        .bearer_auth(t.body["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(me.json::<serde_json::Value>().await.unwrap()["sub"], "frank");
     drop(serve);
 }

@@ -18,7 +18,10 @@ async fn two_processes_share_one_data_directory_and_sigkill_loses_nothing_acknow
     let r = api_b.get(&container_path("acme", "main", "sql")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = api_b
-        .put(&format!("{}/credentials", container_path("acme", "main", "sql")), json!({"username": "u", "password": "pw-one"}))
+        .put(
+            &format!("{}/credentials", container_path("acme", "main", "sql")),
+            json!({"username": "u", "password": "pw-one"}),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = api_a.get(&container_path("acme", "main", "sql")).await;
@@ -28,7 +31,8 @@ async fn two_processes_share_one_data_directory_and_sigkill_loses_nothing_acknow
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         let alias = format!("c{i}");
-        let r = api_a.post("/v1/orgs/acme/databases/main/containers", json!({"alias": alias, "kind": "api_token"})).await;
+        let r =
+            api_a.post("/v1/orgs/acme/databases/main/containers", json!({"alias": alias, "kind": "api_token"})).await;
         assert_eq!(r.status, 201);
         acknowledged.push(alias);
     }
@@ -37,7 +41,8 @@ async fn two_processes_share_one_data_directory_and_sigkill_loses_nothing_acknow
     let c = Serve::start(dir.path(), None).await.unwrap();
     let api_c = Api::new(&c.base, &token);
     let r = api_c.get("/v1/orgs/acme/databases/main/containers").await;
-    let names: Vec<String> = r.body["containers"].as_array().unwrap().iter().map(|c| c["alias"].as_str().unwrap().to_string()).collect();
+    let names: Vec<String> =
+        r.body["containers"].as_array().unwrap().iter().map(|c| c["alias"].as_str().unwrap().to_string()).collect();
     for alias in acknowledged {
         assert!(names.contains(&alias), "{alias} survived the kill: {names:?}");
     }
@@ -51,8 +56,10 @@ async fn a_revoked_api_token_is_refused_at_once_by_every_process() {
     let b = Serve::start(dir.path(), None).await.unwrap();
     let admin = Api::new(&a.base, &issue_token(dir.path(), &["--platform"], &["admin"]));
     admin.post("/v1/orgs", json!({"name": "acme"})).await;
-    let org_admin = admin.with_token(&issue_token(dir.path(), &["--org", "acme"], &["api-tokens.readwrite", "databases.read"]));
-    let r = org_admin.post("/v1/orgs/acme/api-tokens", json!({"subject": "power-bi", "scopes": ["databases.read"]})).await;
+    let org_admin =
+        admin.with_token(&issue_token(dir.path(), &["--org", "acme"], &["api-tokens.readwrite", "databases.read"]));
+    let r =
+        org_admin.post("/v1/orgs/acme/api-tokens", json!({"subject": "power-bi", "scopes": ["databases.read"]})).await;
     assert_eq!(r.status, 201, "{}", r.body);
     let token = r.body["token"].as_str().unwrap().to_string();
     let id = r.body["id"].as_str().unwrap().to_string();

@@ -4,7 +4,11 @@ use chainkeeper_e2e::{Api, Serve, issue_token};
 use serde_json::{Value, json};
 
 fn concrete(path: &str) -> String {
-    path.replace("{org}", "acme").replace("{db}", "main").replace("{alias}", "eol").replace("{id}", "nope").replace("{path}", "v1/current/Me")
+    path.replace("{org}", "acme")
+        .replace("{db}", "main")
+        .replace("{alias}", "eol")
+        .replace("{id}", "nope")
+        .replace("{path}", "v1/current/Me")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,7 +23,9 @@ async fn every_route_enforces_the_scopes_the_spec_publishes() {
     // DELETE last, so the resources the other routes use still exist.
     let mut ops: Vec<(String, String, Value)> = paths
         .iter()
-        .flat_map(|(p, methods)| methods.as_object().unwrap().iter().map(move |(m, op)| (p.clone(), m.clone(), op.clone())))
+        .flat_map(|(p, methods)| {
+            methods.as_object().unwrap().iter().map(move |(m, op)| (p.clone(), m.clone(), op.clone()))
+        })
         .collect();
     ops.sort_by_key(|(_, m, _)| m == "delete");
     for (path, method, op) in ops {
@@ -34,7 +40,8 @@ async fn every_route_enforces_the_scopes_the_spec_publishes() {
         let scopes: Vec<String> = security.iter().map(|alt| alt["apiToken"][0].as_str().unwrap().to_string()).collect();
         let resource = op["x-chainkeeper-resource"].as_str().unwrap();
         let platform_only = op["x-chainkeeper-platform-only"] == json!(true);
-        let owner: &[&str] = if path.contains("{org}") && !platform_only { &["--org", "acme"] } else { &["--platform"] };
+        let owner: &[&str] =
+            if path.contains("{org}") && !platform_only { &["--org", "acme"] } else { &["--platform"] };
         if platform_only && path.contains("{org}") {
             // The organisation's own admin token does not reach a platform-only route.
             let own_admin = platform.with_token(&issue_token(dir.path(), &["--org", "acme"], &["admin"]));

@@ -68,7 +68,11 @@ async fn signed_events_when_a_chain_breaks_and_recovers() {
     assert_eq!(headers["x-chainkeeper-event"], "chain.needs_repair");
     let sig = headers["x-chainkeeper-signature"].to_str().unwrap();
     let t: i64 = sig.split(',').next().unwrap().trim_start_matches("t=").parse().unwrap();
-    assert_eq!(sig, chainkeeper::notify::signature(secret.as_bytes(), t, body), "HMAC-SHA256 over t.body with the secret");
+    assert_eq!(
+        sig,
+        chainkeeper::notify::signature(secret.as_bytes(), t, body),
+        "HMAC-SHA256 over t.body with the secret"
+    );
     assert_ne!(sig, chainkeeper::notify::signature(b"another secret", t, body));
 
     let user = h.user.clone();
