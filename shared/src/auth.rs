@@ -85,11 +85,14 @@ fn org_of_path(path: &str) -> Option<String> {
 
 /// The middleware: every route but the public ones needs a valid token whose organisation and scopes fit.
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // Fail closed: this layer sits on matched routes only (the 404 fallback answers the rest), and a method the
+    // route table does not list for the matched path is answered here, before any handler.
     let Some(matched) = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()) else {
-        return next.run(req).await; // no route matched: the 404 fallback answers
+        return Problem::not_found("no_such_route", "There is no such route. See /openapi.json for the API.")
+            .into_response();
     };
     let Some(route) = route_for(req.method(), &matched) else {
-        return next.run(req).await; // 405 from the router
+        return crate::api::method_not_in_table(&matched);
     };
     if route.public {
         return next.run(req).await;
@@ -106,7 +109,13 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
     }
 }
 
-async fn check(state: &AppState, header: Option<String>, method: &Method, path: &str, route: &RouteSpec) -> Result<Claims, Problem> {
+async fn check(
+    state: &AppState,
+    header: Option<String>,
+    method: &Method,
+    path: &str,
+    route: &RouteSpec,
+) -> Result<Claims, Problem> {
     let resource = route.resource;
     let header = header
         .ok_or_else(|| unauthorized("This call needs `Authorization: Bearer <API token>`. Issue one with `chainkeeper token issue` or POST /v1/orgs/{org}/api-tokens."))?;
@@ -172,7 +181,14 @@ mod tests {
     #[test]
     fn tokens_verify_and_expire_by_our_clock() {
         let key = b"0123456789abcdef0123456789abcdef";
-        let claims = Claims { sub: "a".into(), org: Some("acme".into()), scopes: vec!["admin".into()], exp: 2_000, iat: 1_000, jti: "j".into() };
+        let claims = Claims {
+            sub: "a".into(),
+            org: Some("acme".into()),
+            scopes: vec!["admin".into()],
+            exp: 2_000,
+            iat: 1_000,
+            jti: "j".into(),
+        };
         let t = issue(key, &claims).unwrap();
         assert_eq!(verify(key, &t, 1_500_000).unwrap().org.as_deref(), Some("acme"));
         assert_eq!(verify(key, &t, 2_000_000).unwrap_err().code, "unauthorized");

@@ -38,37 +38,24 @@ pub struct SimClock {
 }
 
 fn real_now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl SimClock {
     /// A manual clock that starts at `start_ms` and moves only by `advance` / `set_ms`.
     pub fn new(start_ms: i64) -> Self {
-        SimClock {
-            ms: Arc::new(AtomicI64::new(start_ms)),
-            follows_system: false,
-        }
+        SimClock { ms: Arc::new(AtomicI64::new(start_ms)), follows_system: false }
     }
 
     /// A clock that follows real time plus an offset (initially 0).
     pub fn system() -> Self {
-        SimClock {
-            ms: Arc::new(AtomicI64::new(0)),
-            follows_system: true,
-        }
+        SimClock { ms: Arc::new(AtomicI64::new(0)), follows_system: true }
     }
 
     /// Now, in unix milliseconds.
     pub fn now_ms(&self) -> i64 {
         let v = self.ms.load(Ordering::SeqCst);
-        if self.follows_system {
-            real_now_ms() + v
-        } else {
-            v
-        }
+        if self.follows_system { real_now_ms() + v } else { v }
     }
 
     /// Moves the clock forward by `d`.
@@ -201,8 +188,7 @@ struct SimConfigFile {
 }
 
 fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v)
-        .map_err(|e| anyhow::anyhow!("{what}: {v} is not a valid number of seconds: {e}"))
+    Duration::try_from_secs_f64(v).map_err(|e| anyhow::anyhow!("{what}: {v} is not a valid number of seconds: {e}"))
 }
 
 impl SimConfig {
@@ -294,6 +280,9 @@ pub struct SimStats {
     pub lost_responses: u64,
     /// Authenticated API calls (`current/Me`, data endpoints), including those answered 429.
     pub api_calls: u64,
+    /// Every request that reached `/api/v1/…` (the REST API), whatever its method, route or token.
+    #[serde(default)]
+    pub api_requests_received: u64,
     /// API calls answered 429 by the minutely/daily limit.
     pub api_rate_limited: u64,
     /// Per `client_id#user_id`.
@@ -318,25 +307,13 @@ impl ExactSim {
     }
 
     /// Starts the simulator on the given address.
-    pub async fn start_on(
-        config: SimConfig,
-        clock: SimClock,
-        addr: SocketAddr,
-    ) -> anyhow::Result<ExactSim> {
-        let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner::new(config)?),
-            clock,
-        });
+    pub async fn start_on(config: SimConfig, clock: SimClock, addr: SocketAddr) -> anyhow::Result<ExactSim> {
+        let shared = Arc::new(Shared { inner: Mutex::new(Inner::new(config)?), clock });
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(server::serve(listener, shared.clone(), rx));
-        Ok(ExactSim {
-            base_url: format!("http://{addr}"),
-            addr,
-            shared,
-            shutdown: tx,
-        })
+        Ok(ExactSim { base_url: format!("http://{addr}"), addr, shared, shutdown: tx })
     }
 
     /// `{base_url}/api/oauth2/auth`
@@ -400,9 +377,7 @@ impl ExactSim {
 
     /// 0 or 1 by construction.
     pub fn active_refresh_token_count(&self, client_id: &str, user_id: &str) -> usize {
-        self.shared
-            .lock()
-            .active_refresh_token_count(client_id, user_id)
+        self.shared.lock().active_refresh_token_count(client_id, user_id)
     }
 
     /// Benchmarks and bulk set-ups: `(access_token, refresh_token)` for (client, user) as if the user had just

@@ -134,19 +134,11 @@ impl Inner {
     pub(crate) fn new(c: SimConfig) -> anyhow::Result<Inner> {
         for u in &c.users {
             if let Some(s) = &u.totp_secret_base32 {
-                anyhow::ensure!(
-                    totp::base32_decode(s).is_some(),
-                    "user {}: totp secret is not base32",
-                    u.username
-                );
+                anyhow::ensure!(totp::base32_decode(s).is_some(), "user {}: totp secret is not base32", u.username);
             }
         }
         Ok(Inner {
-            apps: c
-                .apps
-                .into_iter()
-                .map(|a| (a.client_id.clone(), a))
-                .collect(),
+            apps: c.apps.into_iter().map(|a| (a.client_id.clone(), a)).collect(),
             users: c.users,
             access_token_lifetime: c.access_token_lifetime,
             min_token_interval: c.min_token_interval,
@@ -173,32 +165,20 @@ impl Inner {
     }
 
     fn user_by_name(&self, username: &str) -> Option<&SimUser> {
-        self.users
-            .iter()
-            .find(|u| u.username.eq_ignore_ascii_case(username))
+        self.users.iter().find(|u| u.username.eq_ignore_ascii_case(username))
     }
 
     fn user_by_id(&self, user_id: &str) -> Option<&SimUser> {
-        self.users
-            .iter()
-            .find(|u| u.user_id.eq_ignore_ascii_case(user_id))
+        self.users.iter().find(|u| u.user_id.eq_ignore_ascii_case(user_id))
     }
 
     pub(crate) fn totp_for(&self, username: &str, now_ms: i64) -> Option<String> {
         let secret = self.user_by_name(username)?.totp_secret_base32.as_deref()?;
-        Some(totp::totp(
-            &totp::base32_decode(secret)?,
-            now_ms.div_euclid(1000),
-            6,
-        ))
+        Some(totp::totp(&totp::base32_decode(secret)?, now_ms.div_euclid(1000), 6))
     }
 
     pub(crate) fn set_password(&mut self, username: &str, password: &str) {
-        if let Some(u) = self
-            .users
-            .iter_mut()
-            .find(|u| u.username.eq_ignore_ascii_case(username))
-        {
+        if let Some(u) = self.users.iter_mut().find(|u| u.username.eq_ignore_ascii_case(username)) {
             u.password = password.to_string();
         }
     }
@@ -216,9 +196,7 @@ impl Inner {
     }
 
     pub(crate) fn active_refresh_token(&self, client_id: &str, user_id: &str) -> Option<String> {
-        self.chains
-            .get(&(client_id.to_string(), user_id.to_string()))
-            .and_then(|c| c.active_refresh.clone())
+        self.chains.get(&(client_id.to_string(), user_id.to_string())).and_then(|c| c.active_refresh.clone())
     }
 
     pub(crate) fn active_refresh_token_count(&self, client_id: &str, user_id: &str) -> usize {
@@ -293,12 +271,7 @@ impl Inner {
     }
 
     /// The token endpoint's rules. Runs entirely under the lock: concurrent requests are serialised.
-    fn process_token(
-        &mut self,
-        headers: &HeaderMap,
-        form: &HashMap<String, String>,
-        now: i64,
-    ) -> Response {
+    fn process_token(&mut self, headers: &HeaderMap, form: &HashMap<String, String>, now: i64) -> Response {
         // --- client authentication: HTTP Basic or client_id/client_secret in the body
         let basic = basic_credentials(headers);
         let used_basic = basic.is_some();
@@ -309,22 +282,13 @@ impl Inner {
                 form.get("client_secret").cloned().unwrap_or_default(),
             ),
         };
-        let authenticated = self
-            .apps
-            .get(&client_id)
-            .is_some_and(|a| a.client_secret == client_secret);
+        let authenticated = self.apps.get(&client_id).is_some_and(|a| a.client_secret == client_secret);
         if !authenticated {
             self.stats.invalid_client += 1;
-            let mut r = oauth_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "Client authentication failed.",
-            );
+            let mut r = oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Client authentication failed.");
             if used_basic {
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"Exact Online\""),
-                );
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"Exact Online\""));
             }
             return r;
         }
@@ -332,31 +296,14 @@ impl Inner {
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => self.grant_code(&client_id, form, now),
             Some("refresh_token") => self.grant_refresh(&client_id, form, now),
-            Some(_) => oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "Unsupported grant_type.",
-            ),
-            None => oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "grant_type is missing.",
-            ),
+            Some(_) => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "Unsupported grant_type."),
+            None => oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is missing."),
         }
     }
 
-    fn grant_code(
-        &mut self,
-        client_id: &str,
-        form: &HashMap<String, String>,
-        now: i64,
-    ) -> Response {
+    fn grant_code(&mut self, client_id: &str, form: &HashMap<String, String>, now: i64) -> Response {
         let Some(code) = form.get("code") else {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "code is missing.",
-            );
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "code is missing.");
         };
         let Some(g) = self.codes.get(code) else {
             return self.invalid_grant(None, "Invalid authorization code.");
@@ -380,8 +327,7 @@ impl Inner {
                     } else {
                         verifier.clone()
                     };
-                    (&computed != challenge)
-                        .then_some("PKCE verification failed: code_verifier does not match.")
+                    (&computed != challenge).then_some("PKCE verification failed: code_verifier does not match.")
                 }
             }
         } else {
@@ -398,18 +344,9 @@ impl Inner {
         self.token_success(&key, now, false)
     }
 
-    fn grant_refresh(
-        &mut self,
-        client_id: &str,
-        form: &HashMap<String, String>,
-        now: i64,
-    ) -> Response {
+    fn grant_refresh(&mut self, client_id: &str, form: &HashMap<String, String>, now: i64) -> Response {
         let Some(rt) = form.get("refresh_token") else {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "refresh_token is missing.",
-            );
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is missing.");
         };
         if let Some(key) = self.refresh_dead.get(rt).cloned() {
             self.chain_stats(&key).refresh_requests += 1;
@@ -437,33 +374,20 @@ impl Inner {
         {
             self.stats.rate_limited += 1;
             self.chain_stats(&key).rate_limited += 1;
-            let mut r = oauth_error(
-                StatusCode::BAD_REQUEST,
-                "access_denied",
-                "Rate limit exceeded: access_token not expired",
-            );
-            r.headers_mut().insert(
-                "Reason",
-                HeaderValue::from_static("TooEarlyToRefreshTokens"),
-            );
+            let mut r =
+                oauth_error(StatusCode::BAD_REQUEST, "access_denied", "Rate limit exceeded: access_token not expired");
+            r.headers_mut().insert("Reason", HeaderValue::from_static("TooEarlyToRefreshTokens"));
             return r;
         }
         self.token_success(&key, now, true)
     }
 
     /// Bearer check for API calls; counts the call and activates the chain's refresh token.
-    fn authenticate_api(
-        &mut self,
-        headers: &HeaderMap,
-        now: i64,
-    ) -> Result<(ChainKey, SimUser), Response> {
+    fn authenticate_api(&mut self, headers: &HeaderMap, now: i64) -> Result<(ChainKey, SimUser), Response> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim);
         let unauthorized = |msg: &str| {
             let mut r = json_response(
@@ -477,9 +401,7 @@ impl Inner {
             r
         };
         let Some(token) = token else {
-            return Err(unauthorized(
-                "Authorization header with a bearer token is required.",
-            ));
+            return Err(unauthorized("Authorization header with a bearer token is required."));
         };
         let Some(grant) = self.access.get(token) else {
             return Err(unauthorized("Invalid access token."));
@@ -503,17 +425,9 @@ impl Inner {
 
     /// Counts an API call against the minutely and daily limits of (client, division); returns the
     /// rate headers and whether the call is allowed.
-    fn rate_window(
-        &mut self,
-        client_id: &str,
-        division: i64,
-        now: i64,
-    ) -> (Vec<(&'static str, String)>, bool) {
+    fn rate_window(&mut self, client_id: &str, division: i64, now: i64) -> (Vec<(&'static str, String)>, bool) {
         let minutely = self.minutely_limit;
-        let w = self
-            .windows
-            .entry((client_id.to_string(), division))
-            .or_default();
+        let w = self.windows.entry((client_id.to_string(), division)).or_default();
         let minute_start = now - now.rem_euclid(60_000);
         let day_start = now - now.rem_euclid(86_400_000);
         if w.minute_start != minute_start {
@@ -531,20 +445,11 @@ impl Inner {
         }
         let headers = vec![
             ("X-RateLimit-Limit", DAILY_LIMIT.to_string()),
-            (
-                "X-RateLimit-Remaining",
-                (DAILY_LIMIT - w.day_count).to_string(),
-            ),
+            ("X-RateLimit-Remaining", (DAILY_LIMIT - w.day_count).to_string()),
             ("X-RateLimit-Reset", (day_start + 86_400_000).to_string()),
             ("X-RateLimit-Minutely-Limit", minutely.to_string()),
-            (
-                "X-RateLimit-Minutely-Remaining",
-                minutely.saturating_sub(w.minute_count).to_string(),
-            ),
-            (
-                "X-RateLimit-Minutely-Reset",
-                (minute_start + 60_000).to_string(),
-            ),
+            ("X-RateLimit-Minutely-Remaining", minutely.saturating_sub(w.minute_count).to_string()),
+            ("X-RateLimit-Minutely-Reset", (minute_start + 60_000).to_string()),
         ];
         if !allowed {
             self.stats.api_rate_limited += 1;
@@ -558,29 +463,21 @@ impl Inner {
 fn json_response(status: StatusCode, body: Value) -> Response {
     let mut r = (status, body.to_string()).into_response();
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     r
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    json_response(
-        status,
-        json!({"error": error, "error_description": description}),
-    )
+    json_response(status, json!({"error": error, "error_description": description}))
 }
 
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(
-        format!("x={}", s.replace('&', "%26").replace('=', "%3D")).as_bytes(),
-    )
-    .next()
-    .map(|(_, v)| v.into_owned())
-    .unwrap_or_default()
+    url::form_urlencoded::parse(format!("x={}", s.replace('&', "%26").replace('=', "%3D")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 /// `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1).
@@ -601,11 +498,7 @@ fn parse_form(body: &[u8]) -> HashMap<String, String> {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
@@ -615,8 +508,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         body
     );
     let mut r = (status, Html(html)).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -624,22 +516,12 @@ fn error_page(msg: &str) -> Response {
     page(
         StatusCode::BAD_REQUEST,
         "Error",
-        &format!(
-            "<div class=\"error\" id=\"ErrorMessage\">{}</div>",
-            html_escape(msg)
-        ),
+        &format!("<div class=\"error\" id=\"ErrorMessage\">{}</div>", html_escape(msg)),
     )
 }
 
 fn error_div(error: Option<&str>) -> String {
-    error
-        .map(|e| {
-            format!(
-                "<div class=\"error\" id=\"ErrorMessage\">{}</div>\n",
-                html_escape(e)
-            )
-        })
-        .unwrap_or_default()
+    error.map(|e| format!("<div class=\"error\" id=\"ErrorMessage\">{}</div>\n", html_escape(e))).unwrap_or_default()
 }
 
 fn login_page(session_id: &str, action: &str, error: Option<&str>, username: &str) -> Response {
@@ -700,8 +582,7 @@ fn redirect(location: &str) -> Response {
         Ok(v) => {
             let mut r = StatusCode::FOUND.into_response();
             r.headers_mut().insert(header::LOCATION, v);
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
         Err(_) => error_page("Invalid redirect URI."),
@@ -728,10 +609,7 @@ fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
 
 const AUTH_PATH: &str = "/api/oauth2/auth";
 
-async fn authorize_get(
-    State(s): State<Arc<Shared>>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn authorize_get(State(s): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> Response {
     let now = s.clock.now_ms();
     let mut g = s.lock();
     let client_id = q.get("client_id").cloned().unwrap_or_default();
@@ -756,10 +634,7 @@ async fn authorize_get(
     let code_challenge = match q.get("code_challenge") {
         None => None,
         Some(ch) => {
-            let method = q
-                .get("code_challenge_method")
-                .cloned()
-                .unwrap_or_else(|| "plain".into());
+            let method = q.get("code_challenge_method").cloned().unwrap_or_else(|| "plain".into());
             if method != "S256" && method != "plain" {
                 params.push(("error", "invalid_request"));
                 params.push(("error_description", "Unsupported code_challenge_method."));
@@ -772,19 +647,11 @@ async fn authorize_get(
         }
     };
     // force_login is accepted: the sim has no single sign-on, every authorization shows the login page.
-    g.sessions
-        .retain(|_, ls| now - ls.created_ms < LOGIN_SESSION_LIFETIME_MS);
+    g.sessions.retain(|_, ls| now - ls.created_ms < LOGIN_SESSION_LIFETIME_MS);
     let sid = random_id();
     g.sessions.insert(
         sid.clone(),
-        LoginSession {
-            client_id,
-            redirect_uri,
-            state,
-            code_challenge,
-            stage: Stage::Credentials,
-            created_ms: now,
-        },
+        LoginSession { client_id, redirect_uri, state, code_challenge, stage: Stage::Credentials, created_ms: now },
     );
     login_page(&sid, AUTH_PATH, None, "")
 }
@@ -806,22 +673,12 @@ async fn authorize_post(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         Stage::Credentials => {
             let username = form.get("UserName").cloned().unwrap_or_default();
             let password = form.get("Password").cloned().unwrap_or_default();
-            let user = g
-                .users
-                .iter()
-                .find(|u| u.username.eq_ignore_ascii_case(&username) && u.password == password);
+            let user = g.users.iter().find(|u| u.username.eq_ignore_ascii_case(&username) && u.password == password);
             let Some(user) = user else {
-                return login_page(
-                    &sid,
-                    AUTH_PATH,
-                    Some("The user name or password is incorrect."),
-                    &username,
-                );
+                return login_page(&sid, AUTH_PATH, Some("The user name or password is incorrect."), &username);
             };
             if user.totp_secret_base32.is_some() {
-                ls.stage = Stage::Totp {
-                    user_id: user.user_id.clone(),
-                };
+                ls.stage = Stage::Totp { user_id: user.user_id.clone() };
                 return totp_page(&sid, AUTH_PATH, None);
             }
             user.user_id.clone()
@@ -857,11 +714,7 @@ async fn authorize_post(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
                     return redirect_with(&ls.redirect_uri, &params);
                 }
                 None => {
-                    let name = g
-                        .users
-                        .iter()
-                        .find(|u| u.user_id == user_id)
-                        .map(|u| u.full_name.clone());
+                    let name = g.users.iter().find(|u| u.user_id == user_id).map(|u| u.full_name.clone());
                     return consent_page(&sid, AUTH_PATH, &ls.client_id, &name.unwrap_or_default());
                 }
             }
@@ -870,14 +723,8 @@ async fn authorize_post(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     // Authenticated: consent (unless given before), then the code.
     let key = (ls.client_id.clone(), user_id.clone());
     if !g.consents.contains(&key) {
-        ls.stage = Stage::Consent {
-            user_id: user_id.clone(),
-        };
-        let name = g
-            .users
-            .iter()
-            .find(|u| u.user_id == user_id)
-            .map(|u| u.full_name.clone());
+        ls.stage = Stage::Consent { user_id: user_id.clone() };
+        let name = g.users.iter().find(|u| u.user_id == user_id).map(|u| u.full_name.clone());
         return consent_page(&sid, AUTH_PATH, &ls.client_id, &name.unwrap_or_default());
     }
     let ls = g.sessions.remove(&sid).expect("session present");
@@ -919,11 +766,7 @@ async fn token(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
         Ok(b) => b,
         Err(_) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "Unreadable body.",
-            );
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "Unreadable body.");
         }
     };
     // The work runs in its own task: once started it completes even if the client goes away
@@ -954,8 +797,7 @@ async fn token(State(s): State<Arc<Shared>>, req: Request) -> Response {
                     Html("<html><body><h1>503 Service Unavailable</h1><p>The service is temporarily unavailable.</p></body></html>"),
                 )
                     .into_response();
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return (r, Delivery::Send);
             }
             Some(Fault::TooManyRequests { retry_after_s }) => {
@@ -963,8 +805,7 @@ async fn token(State(s): State<Arc<Shared>>, req: Request) -> Response {
                     StatusCode::TOO_MANY_REQUESTS,
                     json!({"error": {"code": "", "message": {"lang": "", "value": "Too many requests."}}}),
                 );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
                 return (r, Delivery::Send);
             }
             Some(Fault::Hang(d)) => {
@@ -986,11 +827,7 @@ async fn token(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let (resp, delivery) = match task.await {
         Ok(v) => v,
         Err(_) => {
-            return oauth_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "Internal error.",
-            );
+            return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "Internal error.");
         }
     };
     match delivery {
@@ -1040,11 +877,7 @@ async fn me(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
 }
 
 /// Authenticates a data-endpoint call, checks the division and counts it against the limits.
-fn data_call(
-    s: &Shared,
-    headers: &HeaderMap,
-    division: &str,
-) -> Result<Vec<(&'static str, String)>, Response> {
+fn data_call(s: &Shared, headers: &HeaderMap, division: &str) -> Result<Vec<(&'static str, String)>, Response> {
     let now = s.clock.now_ms();
     let mut g = s.lock();
     let (key, user) = g.authenticate_api(headers, now)?;
@@ -1071,11 +904,7 @@ fn data_call(
     Ok(hs)
 }
 
-async fn accounts(
-    State(s): State<Arc<Shared>>,
-    Path(division): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn accounts(State(s): State<Arc<Shared>>, Path(division): Path<String>, headers: HeaderMap) -> Response {
     let hs = match data_call(&s, &headers, &division) {
         Ok(hs) => hs,
         Err(r) => return r,
@@ -1105,17 +934,12 @@ async fn echo(
     };
     let mut hmap = serde_json::Map::new();
     for name in headers.keys() {
-        let vals: Vec<String> = headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect();
+        let vals: Vec<String> =
+            headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
         hmap.insert(name.as_str().to_string(), Value::String(vals.join(", ")));
     }
     let query = uri.query().unwrap_or("").to_string();
-    let query_params: Vec<Value> = url::form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| json!([k, v]))
-        .collect();
+    let query_params: Vec<Value> = url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| json!([k, v])).collect();
     let r = json_response(
         StatusCode::OK,
         json!({
@@ -1169,13 +993,8 @@ async fn sim_fault(State(s): State<Arc<Shared>>, Query(q): Q) -> Response {
     let fault = match q.get("kind").map(String::as_str) {
         Some("unavailable") => Fault::ServiceUnavailable,
         Some("too_many") => {
-            let secs = q
-                .get("retry_after_s")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(30);
-            Fault::TooManyRequests {
-                retry_after_s: secs,
-            }
+            let secs = q.get("retry_after_s").and_then(|v| v.parse().ok()).unwrap_or(30);
+            Fault::TooManyRequests { retry_after_s: secs }
         }
         Some("lose") if ms == 0 => Fault::LoseResponse,
         Some("lose") => Fault::LoseResponseAfter(Duration::from_millis(ms)),
@@ -1222,10 +1041,7 @@ async fn sim_totp(State(s): State<Arc<Shared>>, Query(q): Q) -> Response {
     let code = q.get("username").and_then(|u| s.lock().totp_for(u, now));
     match code {
         Some(c) => json_response(StatusCode::OK, json!({"code": c})),
-        None => json_response(
-            StatusCode::NOT_FOUND,
-            json!({"error": "unknown user or no TOTP secret"}),
-        ),
+        None => json_response(StatusCode::NOT_FOUND, json!({"error": "unknown user or no TOTP secret"})),
     }
 }
 
@@ -1257,7 +1073,17 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/latency", post(sim_latency))
         .route("/_sim/totp", get(sim_totp))
         .route("/_sim/active", get(sim_active))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), count_api_requests))
         .with_state(shared)
+}
+
+/// Counts every request that reaches the REST API's paths, whatever its method, route or token, before any
+/// routing: the security tests prove that nothing unauthenticated is forwarded to the provider.
+async fn count_api_requests(State(s): State<Arc<Shared>>, req: Request, next: axum::middleware::Next) -> Response {
+    if req.uri().path().starts_with("/api/v1/") {
+        s.lock().stats.api_requests_received += 1;
+    }
+    next.run(req).await
 }
 
 /// Accept loop: one task per connection; a connection ends when the client closes it, when a handler
@@ -1286,17 +1112,14 @@ pub(crate) async fn serve(
         tokio::spawn(async move {
             let kill = Arc::new(Notify::new());
             let k = kill.clone();
-            let svc =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let mut app = app.clone();
-                    let mut req = req.map(Body::new);
-                    req.extensions_mut().insert(ConnKill(k.clone()));
-                    async move {
-                        Ok::<_, Infallible>(app.call(req).await.unwrap_or_else(|e| match e {}))
-                    }
-                });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut app = app.clone();
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(ConnKill(k.clone()));
+                async move { Ok::<_, Infallible>(app.call(req).await.unwrap_or_else(|e| match e {})) }
+            });
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = kill.notified() => {}

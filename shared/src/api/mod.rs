@@ -11,74 +11,92 @@ pub mod routes;
 pub mod token;
 pub mod tokens;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{StatusCode, Uri};
-use axum::routing::{get, post};
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::{MethodFilter, MethodRouter, on};
 
 use crate::app::Services;
 use crate::problem::Problem;
+use routes::{Handler, ROUTES, RouteSpec};
 
 pub type AppState = Arc<Services>;
 
-const C: &str = "/v1/orgs/{org}/databases/{db}/containers/{alias}";
+/// The handler of one route of the table, on exactly that route's method (axum serves `HEAD` with a `GET`
+/// handler). The match is exhaustive: a handler added to the table without a function here does not compile.
+fn endpoint(spec: &RouteSpec) -> MethodRouter<AppState> {
+    let method: Method = spec.method.parse().expect("route table methods are valid");
+    let filter = MethodFilter::try_from(method).expect("route table methods are standard");
+    match spec.handler {
+        Handler::Health => on(filter, || async { "ok" }),
+        Handler::OpenApi => on(filter, openapi::serve),
+        Handler::Callback => on(filter, authorize::callback),
+        Handler::CreateOrg => on(filter, manage::create_org),
+        Handler::GetOrg => on(filter, manage::get_org),
+        Handler::DeleteOrg => on(filter, manage::delete_org),
+        Handler::CreateDb => on(filter, manage::create_db),
+        Handler::ListDbs => on(filter, manage::list_dbs),
+        Handler::DeleteDb => on(filter, manage::delete_db),
+        Handler::CreateContainer => on(filter, manage::create_container),
+        Handler::ListContainers => on(filter, manage::list_containers),
+        Handler::GetContainer => on(filter, manage::get_container),
+        Handler::DeleteContainer => on(filter, manage::delete_container),
+        Handler::SetCredentials => on(filter, manage::set_credentials),
+        Handler::SetAutoRecovery => on(filter, recovery::set),
+        Handler::DeleteAutoRecovery => on(filter, recovery::delete),
+        Handler::Recover => on(filter, recovery::run),
+        Handler::Authorize => on(filter, authorize::start),
+        Handler::HandOut => on(filter, token::hand_out),
+        Handler::Query => on(filter, query::proxy),
+        Handler::Repairs => on(filter, manage::repairs),
+        Handler::Audit => on(filter, manage::audit),
+        Handler::SetWebhook => on(filter, manage::set_webhook),
+        Handler::DeleteWebhook => on(filter, manage::delete_webhook),
+        Handler::CreateApiToken => on(filter, tokens::create),
+        Handler::ListApiTokens => on(filter, tokens::list),
+        Handler::RevokeApiToken => on(filter, tokens::revoke),
+    }
+}
+
+/// The routes of the table that `function` serves (every route for `None`), built from the table and nothing
+/// else. Liveness and the API description are served by every function.
+fn routes_of(function: Option<&str>) -> Router<AppState> {
+    let mut by_path: BTreeMap<&str, MethodRouter<AppState>> = BTreeMap::new();
+    let served = ROUTES.iter().filter(|r| {
+        function.is_none_or(|f| r.function == f || matches!(r.handler, Handler::Health | Handler::OpenApi))
+    });
+    for spec in served {
+        let merged = by_path.remove(spec.path).unwrap_or_default().merge(endpoint(spec));
+        by_path.insert(spec.path, merged);
+    }
+    by_path.into_iter().fold(Router::new(), |router, (path, methods)| router.route(path, methods))
+}
 
 fn with_common(router: Router<AppState>, state: AppState) -> Router {
     router
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/openapi.json", get(openapi::serve))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-fn callback_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/callback", get(authorize::callback))
-        .route(&format!("{C}/authorize"), post(authorize::start))
-}
-
-fn query_routes() -> Router<AppState> {
-    Router::new()
-        .route(&format!("{C}/token"), post(token::hand_out))
-        .route(&format!("{C}/query/{{*path}}"), axum::routing::any(query::proxy))
-}
-
-fn manage_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/orgs", post(manage::create_org))
-        .route("/v1/orgs/{org}", get(manage::get_org).delete(manage::delete_org))
-        .route("/v1/orgs/{org}/databases", post(manage::create_db).get(manage::list_dbs))
-        .route("/v1/orgs/{org}/databases/{db}", axum::routing::delete(manage::delete_db))
-        .route("/v1/orgs/{org}/databases/{db}/containers", post(manage::create_container).get(manage::list_containers))
-        .route(C, get(manage::get_container).delete(manage::delete_container))
-        .route(&format!("{C}/credentials"), axum::routing::put(manage::set_credentials))
-        .route(&format!("{C}/auto-recovery"), axum::routing::put(recovery::set).delete(recovery::delete))
-        .route(&format!("{C}/recover"), post(recovery::run))
-        .route("/v1/orgs/{org}/repairs", get(manage::repairs))
-        .route("/v1/orgs/{org}/audit", get(manage::audit))
-        .route("/v1/orgs/{org}/webhook", axum::routing::put(manage::set_webhook).delete(manage::delete_webhook))
-        .route("/v1/orgs/{org}/api-tokens", post(tokens::create).get(tokens::list))
-        .route("/v1/orgs/{org}/api-tokens/{id}", axum::routing::delete(tokens::revoke))
-}
-
 /// The `callback` function's routes.
 pub fn callback_router(state: AppState) -> Router {
-    with_common(callback_routes(), state)
+    with_common(routes_of(Some("callback")), state)
 }
 /// The `query` function's routes.
 pub fn query_router(state: AppState) -> Router {
-    with_common(query_routes(), state)
+    with_common(routes_of(Some("query")), state)
 }
 /// The `manage` function's routes.
 pub fn manage_router(state: AppState) -> Router {
-    with_common(manage_routes(), state)
+    with_common(routes_of(Some("manage")), state)
 }
 /// Every route, for `chainkeeper serve`.
 pub fn router(state: AppState) -> Router {
-    with_common(callback_routes().merge(query_routes()).merge(manage_routes()), state)
+    with_common(routes_of(None), state)
 }
 
 async fn not_found(uri: Uri) -> Problem {
@@ -87,5 +105,25 @@ async fn not_found(uri: Uri) -> Problem {
 }
 
 async fn method_not_allowed() -> Problem {
-    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "This route does not take that method. See /openapi.json.")
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "This route does not take that method. See /openapi.json.",
+    )
+}
+
+/// A `405` for a path of the table whose method is not: never passed to a handler. `Allow` lists what the table has.
+pub(crate) fn method_not_in_table(template: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let allow = routes::allowed_methods(template).join(", ");
+    let mut res = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("This route takes {allow}. See /openapi.json."),
+    )
+    .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&allow) {
+        res.headers_mut().insert(axum::http::header::ALLOW, v);
+    }
+    res
 }

@@ -6,12 +6,13 @@ mod auto_recovery;
 #[cfg(feature = "aws")]
 mod aws;
 mod cli;
-mod lambda_functions;
 mod exact_engine;
+mod lambda_functions;
 mod oidc_flow;
 mod processes;
 mod query_proxy;
 mod races;
 mod scopes;
+mod security;
 mod single_instance;
 mod webhooks;

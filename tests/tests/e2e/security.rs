@@ -1,0 +1,134 @@
+//! Fail closed: every route of the table under every method, without a token, with another organisation's token
+//! and with a read-only token. Nothing the table does not allow reaches a handler, and the provider (the Exact
+//! simulator) receives no request that was not authenticated and allowed.
+
+use chainkeeper::api::routes::ROUTES;
+use chainkeeper::app::DataDir;
+use chainkeeper::auth::{Claims, issue};
+use chainkeeper_e2e::Api;
+use chainkeeper_e2e::exact::{ExactHarness, T0};
+
+const METHODS: &[&str] =
+    &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PROPFIND", "MERGE", "get"];
+
+fn concrete(path: &str) -> String {
+    path.replace("{org}", "acme")
+        .replace("{db}", "finance")
+        .replace("{alias}", "eol")
+        .replace("{id}", "nope")
+        .replace("{*path}", "v1/current/Me")
+}
+
+/// The route the table has for `method` on `path` (`HEAD` is `GET`), if any.
+fn in_table(method: &str, path: &str) -> Option<&'static chainkeeper::api::routes::RouteSpec> {
+    let m = if method == "HEAD" { "GET" } else { method };
+    ROUTES.iter().find(|r| r.path == path && r.method == m)
+}
+
+fn token(h: &ExactHarness, org: Option<&str>, scopes: &[&str]) -> String {
+    let key = DataDir::open(h.dir.path()).unwrap().signing_key().unwrap();
+    let claims = Claims {
+        sub: "security-suite".into(),
+        org: org.map(str::to_string),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        exp: T0 / 1000 + 86_400,
+        iat: T0 / 1000,
+        jti: chainkeeper::ids::random_id(),
+    };
+    issue(&key, &claims).unwrap()
+}
+
+/// Every method that is not in the table answers 405 with the table's methods in `Allow`.
+fn assert_method_refused(r: &chainkeeper_e2e::Reply, method: &str, path: &str) {
+    assert_eq!(r.status, 405, "{method} {path} is not in the table: {}", r.body);
+    let allow = r.headers.get("allow").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    for spec in ROUTES.iter().filter(|s| s.path == path) {
+        assert!(allow.contains(spec.method), "{method} {path}: Allow `{allow}` lacks {}", spec.method);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_under_every_method_fails_closed_and_nothing_reaches_the_provider() {
+    let h = ExactHarness::start(|_| {}).await;
+    let anonymous = h.api.with_token("");
+    let stranger = h.api.with_token(&token(&h, Some("other"), &["admin"]));
+    let received_before = h.sim.stats().api_requests_received;
+    let mut checked = 0;
+    let paths: std::collections::BTreeSet<&str> = ROUTES.iter().map(|r| r.path).collect();
+    for path in &paths {
+        let url = concrete(path);
+        for method in METHODS {
+            let route = in_table(method, path);
+            if route.is_some_and(|r| r.public) {
+                continue; // public routes are the only ones without a token
+            }
+            // Without a token.
+            let r = anonymous.call(method, &url, None).await;
+            match route {
+                Some(_) => assert_eq!(r.status, 401, "{method} {path} without a token: {}", r.body),
+                None => assert_method_refused(&r, method, path),
+            }
+            // With another organisation's admin token.
+            let r = stranger.call(method, &url, None).await;
+            match route {
+                Some(_) if path.contains("{org}") => {
+                    assert_eq!(r.status, 403, "{method} {path} with another organisation's token: {}", r.body);
+                }
+                Some(spec) => {
+                    assert!(spec.platform_only(), "{method} {path}");
+                    assert_eq!(r.status, 403, "{method} {path} needs a platform token: {}", r.body);
+                }
+                None => assert_method_refused(&r, method, path),
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 200, "walked {checked} (route, method) pairs");
+    assert_eq!(
+        h.sim.stats().api_requests_received,
+        received_before,
+        "no request without a valid token of the organisation reached the provider"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_token_reads_and_never_writes_through_any_method() {
+    let h = ExactHarness::start(|_| {}).await;
+    let mut forwarded_reads = 0;
+    let received_before = h.sim.stats().api_requests_received;
+    let paths: std::collections::BTreeSet<&str> = ROUTES.iter().map(|r| r.path).collect();
+    for path in &paths {
+        let url = concrete(path);
+        for method in METHODS {
+            let Some(route) = in_table(method, path) else { continue };
+            if route.public {
+                continue;
+            }
+            let reader = Api::new(&h.api.base, &token(&h, Some("acme"), &[&format!("{}.read", route.resource)]));
+            let r = reader.call(method, &url, None).await;
+            if route.method == "GET" {
+                assert!(
+                    r.status != 401 && r.status != 403,
+                    "{method} {path} with {}.read: {} {}",
+                    route.resource,
+                    r.status,
+                    r.body
+                );
+                if route.resource == "query" {
+                    forwarded_reads += 1;
+                }
+            } else {
+                r.assert_problem(
+                    403,
+                    if route.platform_only() { "platform_scope_required" } else { "insufficient_scope" },
+                );
+            }
+        }
+    }
+    assert_eq!(forwarded_reads, 2, "GET and HEAD of the query route");
+    assert_eq!(
+        h.sim.stats().api_requests_received - received_before,
+        forwarded_reads,
+        "only the allowed reads reached the provider"
+    );
+}
