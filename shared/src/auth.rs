@@ -128,14 +128,14 @@ async fn check(
     if state.store.get(&crate::records::revoked_key(&claims.jti)).await.map_err(Problem::from)?.is_some() {
         return Err(unauthorized("This API token was revoked. Ask an administrator for a new one."));
     }
-    if let Some(path_org) = org_of_path(path) {
-        if claims.org.as_deref().is_some_and(|o| o != path_org) {
-            return Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "wrong_organisation",
-                "This API token belongs to another organisation. Use a token of the organisation in the URL.",
-            ));
-        }
+    if let Some(path_org) = org_of_path(path)
+        && claims.org.as_deref().is_some_and(|o| o != path_org)
+    {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "wrong_organisation",
+            "This API token belongs to another organisation. Use a token of the organisation in the URL.",
+        ));
     }
     if claims.org.is_some() && route.platform_only() {
         return Err(Problem::new(

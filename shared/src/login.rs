@@ -257,10 +257,10 @@ pub async fn sign_in(
                     !(word(v, &spec.deny_words) || word(t, &spec.deny_words) || word(n, &spec.deny_words))
                 })
             });
-        if let Some((name, value, _)) = button {
-            if !name.is_empty() {
-                fields.push((name.clone(), value.clone()));
-            }
+        if let Some((name, value, _)) = button
+            && !name.is_empty()
+        {
+            fields.push((name.clone(), value.clone()));
         }
         let target = match &form.action {
             Some(a) if !a.is_empty() => url.join(a).map_err(|e| fail(e.to_string()))?,

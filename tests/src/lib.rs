@@ -122,10 +122,10 @@ impl Serve {
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         for _ in 0..200 {
-            if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-                if r.status().is_success() {
-                    return Ok(Serve { base, port, child, output });
-                }
+            if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+                && r.status().is_success()
+            {
+                return Ok(Serve { base, port, child, output });
             }
             if let Some(status) = child.try_wait()? {
                 bail!("serve exited with {status}: {}", output.lock().unwrap().join("\n"));

@@ -217,29 +217,26 @@ pub async fn complete_with(
         redirect_uri: &authz.redirect_uri,
         pkce_verifier: verifier.as_ref().map(|v| v.expose_secret()),
     };
-    let tokens = oauth::request_token(&s.http, &profile, &app, grant, timeout).await.map_err(|e| {
-        let p = match &e {
-            TokenError::Transient { .. } | TokenError::Lost(_) => Problem::unavailable(
-                "provider_unavailable",
-                format!(
-                    "The provider did not answer the code exchange for {c}. Start the authorization again in a minute."
-                ),
-                30,
+    let tokens = oauth::request_token(&s.http, &profile, &app, grant, timeout).await.map_err(|e| match &e {
+        TokenError::Transient { .. } | TokenError::Lost(_) => Problem::unavailable(
+            "provider_unavailable",
+            format!(
+                "The provider did not answer the code exchange for {c}. Start the authorization again in a minute."
             ),
-            TokenError::InvalidClient(_) => Problem::new(
-                StatusCode::BAD_GATEWAY,
-                "invalid_client",
-                format!(
-                    "The provider refused chainkeeper's app registration for '{}'. Check client_id and client_secret.",
-                    profile.name
-                ),
+            30,
+        ),
+        TokenError::InvalidClient(_) => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "invalid_client",
+            format!(
+                "The provider refused chainkeeper's app registration for '{}'. Check client_id and client_secret.",
+                profile.name
             ),
-            _ => Problem::bad_request(
-                "authorization_code_rejected",
-                format!("The provider refused the sign-in code for {c} ({e}). Start the authorization again."),
-            ),
-        };
-        p
+        ),
+        _ => Problem::bad_request(
+            "authorization_code_rejected",
+            format!("The provider refused the sign-in code for {c} ({e}). Start the authorization again."),
+        ),
     })?;
     // Who signed in?
     let (user_id, user_name) = match &profile.identity {
@@ -274,12 +271,12 @@ pub async fn complete_with(
     let now = s.clock.now_ms();
     let single_instance_id = profile.single_instance.then(|| format!("{}#{}", app.client_id, user_id));
 
-    if let Some(sid) = &single_instance_id {
-        if let Some(holder_item) = s.store.get(&ident_key(sid)).await? {
-            let holder: IdentRecord = decode(&holder_item)?;
-            if holder.container != c {
-                return refuse_second_instance(s, &authz, &rec, version, holder, sid, &tokens).await;
-            }
+    if let Some(sid) = &single_instance_id
+        && let Some(holder_item) = s.store.get(&ident_key(sid)).await?
+    {
+        let holder: IdentRecord = decode(&holder_item)?;
+        if holder.container != c {
+            return refuse_second_instance(s, &authz, &rec, version, holder, sid, &tokens).await;
         }
     }
     // Register the identifier, release the previous one (another user), and update the container, together.
@@ -293,8 +290,8 @@ pub async fn complete_with(
     updated.updated_at_ms = now;
     let mut ops = vec![WriteOp::Put(Put::new(container_key(&c), encode(&updated), Condition::Version(version)))];
     let previous_sid = rec.identity.as_ref().and_then(|i| i.single_instance_id.clone());
-    if previous_sid.is_some() && previous_sid != single_instance_id {
-        ops.push(WriteOp::Delete { key: ident_key(previous_sid.as_ref().unwrap()), condition: Condition::None });
+    if let Some(previous) = previous_sid.as_ref().filter(|p| Some(*p) != single_instance_id.as_ref()) {
+        ops.push(WriteOp::Delete { key: ident_key(previous), condition: Condition::None });
     }
     if let Some(sid) = &single_instance_id {
         ops.push(WriteOp::Put(Put::new(

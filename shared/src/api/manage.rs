@@ -476,12 +476,12 @@ pub async fn delete_container(
 pub(crate) async fn remove_container(s: &Services, rec: &ContainerRecord, version: u64) -> Result<(), Problem> {
     let c = &rec.container;
     let mut ops = vec![WriteOp::Delete { key: container_key(c), condition: Condition::Version(version) }];
-    if let Some(sid) = rec.identity.as_ref().and_then(|i| i.single_instance_id.as_ref()) {
-        if let Some(item) = s.store.get(&ident_key(sid)).await? {
-            let holder: IdentRecord = decode(&item)?;
-            if holder.container == *c {
-                ops.push(WriteOp::Delete { key: ident_key(sid), condition: Condition::Version(item.version) });
-            }
+    if let Some(sid) = rec.identity.as_ref().and_then(|i| i.single_instance_id.as_ref())
+        && let Some(item) = s.store.get(&ident_key(sid)).await?
+    {
+        let holder: IdentRecord = decode(&item)?;
+        if holder.container == *c {
+            ops.push(WriteOp::Delete { key: ident_key(sid), condition: Condition::Version(item.version) });
         }
     }
     s.store.transact(ops).await?;

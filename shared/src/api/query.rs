@@ -160,16 +160,14 @@ pub async fn proxy(
     let ttl_ms = (profile.cache_ttl_s * 1000.0) as Millis;
     let cache_key = format!("{}#{}#{}", c.org, c.local_name(), url);
     let cacheable = method == Method::GET && ttl_ms > 0;
-    if cacheable {
-        if let Some(hit) = s.query_cache.get(&cache_key, now, ttl_ms) {
-            let mut res = Response::new(AxumBody::from(hit.body));
-            *res.status_mut() = hit.status;
-            for (k, v) in hit.headers {
-                res.headers_mut().append(k, v);
-            }
-            res.headers_mut().insert("x-chainkeeper-cache", HeaderValue::from_static("hit"));
-            return Ok(res);
+    if cacheable && let Some(hit) = s.query_cache.get(&cache_key, now, ttl_ms) {
+        let mut res = Response::new(AxumBody::from(hit.body));
+        *res.status_mut() = hit.status;
+        for (k, v) in hit.headers {
+            res.headers_mut().append(k, v);
         }
+        res.headers_mut().insert("x-chainkeeper-cache", HeaderValue::from_static("hit"));
+        return Ok(res);
     }
 
     let mut token = s.engine.access_token(&c).await.map_err(|e| chain_problem(&c, e))?;
@@ -203,12 +201,13 @@ pub async fn proxy(
             token = s.engine.replace_rejected(&c, &token).await.map_err(|e| chain_problem(&c, e))?;
             continue;
         }
-        if res.status() == StatusCode::TOO_MANY_REQUESTS && !waited {
-            if let Some(wait) = wait_ms(res.headers(), s.clock.now_ms()).filter(|w| *w <= SHORT_WAIT_MS) {
-                waited = true;
-                tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
-                continue;
-            }
+        if res.status() == StatusCode::TOO_MANY_REQUESTS
+            && !waited
+            && let Some(wait) = wait_ms(res.headers(), s.clock.now_ms()).filter(|w| *w <= SHORT_WAIT_MS)
+        {
+            waited = true;
+            tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+            continue;
         }
         break res;
     };

@@ -69,14 +69,12 @@ pub async fn create(
     }
     // Nobody hands out more than they hold.
     let holds_admin = who.scopes.iter().any(|s| s == "admin");
-    if !holds_admin {
-        if let Some(extra) = b.scopes.iter().find(|sc| !who.scopes.contains(sc)) {
-            return Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "scope_escalation",
-                format!("Your API token does not hold `{extra}`, so it cannot grant it."),
-            ));
-        }
+    if !holds_admin && let Some(extra) = b.scopes.iter().find(|sc| !who.scopes.contains(sc)) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "scope_escalation",
+            format!("Your API token does not hold `{extra}`, so it cannot grant it."),
+        ));
     }
     let ttl = b.expires_in_s.unwrap_or(90 * 86_400).clamp(60, 2 * 365 * 86_400);
     let now = s.clock.now_ms();

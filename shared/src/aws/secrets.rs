@@ -14,13 +14,16 @@ use crate::secrets::Secrets;
 
 const TTL_MS: Millis = 60_000;
 
+/// The signing key as read, and when.
+type CachedKey = Option<(Millis, Arc<Zeroizing<Vec<u8>>>)>;
+
 pub struct SecretsManager {
     client: Client,
     apps_prefix: String,
     signing_key_secret: Option<String>,
     clock: Arc<dyn Clock>,
     apps: Mutex<HashMap<String, (Millis, Option<AppRegistration>)>>,
-    signing: Mutex<Option<(Millis, Arc<Zeroizing<Vec<u8>>>)>>,
+    signing: Mutex<CachedKey>,
 }
 
 impl SecretsManager {
@@ -48,10 +51,10 @@ impl SecretsManager {
 impl Secrets for SecretsManager {
     async fn app(&self, provider: &str) -> anyhow::Result<Option<AppRegistration>> {
         let now = self.clock.now_ms();
-        if let Some((at, app)) = self.apps.lock().unwrap().get(provider) {
-            if now - at < TTL_MS {
-                return Ok(app.clone());
-            }
+        if let Some((at, app)) = self.apps.lock().unwrap().get(provider)
+            && now - at < TTL_MS
+        {
+            return Ok(app.clone());
         }
         let app = match self.read(&format!("{}{provider}", self.apps_prefix)).await? {
             Some(text) => Some(serde_json::from_str::<AppRegistration>(&text).map_err(|_| {
@@ -65,10 +68,10 @@ impl Secrets for SecretsManager {
 
     async fn signing_key(&self) -> anyhow::Result<Arc<Zeroizing<Vec<u8>>>> {
         let now = self.clock.now_ms();
-        if let Some((at, key)) = self.signing.lock().unwrap().as_ref() {
-            if now - at < TTL_MS {
-                return Ok(key.clone());
-            }
+        if let Some((at, key)) = self.signing.lock().unwrap().as_ref()
+            && now - at < TTL_MS
+        {
+            return Ok(key.clone());
         }
         let id = self
             .signing_key_secret
