@@ -175,6 +175,10 @@ impl Reply {
         assert_eq!(self.status, status, "status of {}", self.body);
         assert_eq!(self.content_type, "application/problem+json", "{}", self.body);
         assert_eq!(self.body["code"], code, "{}", self.body);
+        // RFC 9457 members: `status` repeats the HTTP status, `type` leads to the code's page.
+        assert_eq!(self.body["status"], status, "{}", self.body);
+        assert_eq!(self.body["type"], format!("/problems/{code}"), "{}", self.body);
+        assert!(self.body["title"].as_str().is_some_and(|t| !t.is_empty()), "{}", self.body);
         assert!(
             self.body["detail"].as_str().is_some_and(|d| d.len() > 10),
             "a detail that says what to do: {}",

@@ -32,6 +32,7 @@ fn endpoint(spec: &RouteSpec) -> MethodRouter<AppState> {
     match spec.handler {
         Handler::Health => on(filter, || async { "ok" }),
         Handler::OpenApi => on(filter, openapi::serve),
+        Handler::ProblemPage => on(filter, problem_page),
         Handler::Callback => on(filter, authorize::callback),
         Handler::CreateOrg => on(filter, manage::create_org),
         Handler::GetOrg => on(filter, manage::get_org),
@@ -97,6 +98,19 @@ pub fn manage_router(state: AppState) -> Router {
 /// Every route, for `chainkeeper serve`.
 pub fn router(state: AppState) -> Router {
     with_common(routes_of(None), state)
+}
+
+/// `GET /problems/{code}`: what a problem code means and what to do (every problem's `type` links here).
+async fn problem_page(axum::extract::Path(code): axum::extract::Path<String>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match crate::problem::problem_type(&code) {
+        Some(t) => axum::response::Html(crate::problem::page(t)).into_response(),
+        None => Problem::not_found(
+            "no_such_problem_type",
+            "There is no problem code of that name. Problem documents link to their own page in `type`.",
+        )
+        .into_response(),
+    }
 }
 
 async fn not_found(uri: Uri) -> Problem {

@@ -34,6 +34,9 @@ pub fn document() -> Value {
             (_, "/v1/callback") => {
                 json!({"description": "Authorization complete", "content": {"text/html": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}})
             }
+            (_, "/problems/{code}") => {
+                json!({"description": "The page of the problem code", "content": {"text/html": {"schema": {"type": "string"}}}})
+            }
             (_, "/healthz") => {
                 json!({"description": "Serving", "content": {"text/plain": {"schema": {"type": "string"}}}})
             }
@@ -77,8 +80,8 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {"apiToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": format!("Scopes: {}", all_scopes.keys().cloned().collect::<Vec<_>>().join(", "))}},
             "schemas": {
-                "Problem": {"type": "object", "required": ["code", "detail", "status_code"], "properties": {
-                    "type": {"type": "string"}, "title": {"type": "string"}, "status_code": {"type": "integer"},
+                "Problem": {"type": "object", "description": "RFC 9457 problem details; `type` leads to the code's page under /problems/{code}.", "required": ["type", "title", "status", "code", "detail"], "properties": {
+                    "type": {"type": "string", "format": "uri-reference"}, "title": {"type": "string"}, "status": {"type": "integer", "minimum": 400, "maximum": 599},
                     "code": {"type": "string"}, "detail": {"type": "string"}, "retry_after": {"type": "integer"}}}
             }
         }

@@ -23,6 +23,7 @@ pub struct RouteSpec {
 pub enum Handler {
     Health,
     OpenApi,
+    ProblemPage,
     Callback,
     CreateOrg,
     GetOrg,
@@ -60,6 +61,9 @@ impl RouteSpec {
 }
 
 const C: &str = "/v1/orgs/{org}/databases/{db}/containers/{alias}";
+/// The page of a problem code (every problem document's `type`). A const, so that the route table's `RouteSpec`
+/// entries hold no braces (infra/validate.sh reads them with a regular expression).
+const PROBLEM_PAGE: &str = "/problems/{code}";
 
 macro_rules! r {
     ($m:literal, $p:expr, $res:literal, $f:literal, $h:ident, $s:literal) => {
@@ -93,6 +97,15 @@ pub const ROUTES: &[RouteSpec] = &[
         summary: "This API's OpenAPI 3.1 description.",
         function: "manage",
         handler: Handler::OpenApi,
+    },
+    RouteSpec {
+        method: "GET",
+        path: PROBLEM_PAGE,
+        resource: "problems",
+        public: true,
+        summary: "What a problem code means and what to do (every problem document's `type` links to its page).",
+        function: "manage",
+        handler: Handler::ProblemPage,
     },
     RouteSpec {
         method: "GET",

@@ -19,7 +19,16 @@ async fn every_error_is_problem_json_with_a_code() {
     anon.get("/v1/orgs/acme").await.assert_problem(401, "unauthorized");
     admin.with_token("not-a-jwt").get("/v1/orgs/acme").await.assert_problem(401, "unauthorized");
     admin.get("/v1/nowhere").await.assert_problem(404, "no_such_route");
-    admin.get("/v1/orgs/acme").await.assert_problem(404, "org_not_found");
+    let missing = admin.get("/v1/orgs/acme").await;
+    missing.assert_problem(404, "org_not_found");
+    // Every problem's `type` leads to a public page that says what the code means and what to do.
+    let page = anon.get(missing.body["type"].as_str().unwrap()).await;
+    assert_eq!(page.status, 200);
+    assert!(page.content_type.starts_with("text/html"), "{}", page.content_type);
+    let html = page.body.as_str().unwrap();
+    assert!(html.contains("Organisation not found") && html.contains("What to do"), "{html}");
+    anon.get("/problems/no_such_code").await.assert_problem(404, "no_such_problem_type");
+    anon.call("POST", "/problems/org_not_found", None).await.assert_problem(405, "method_not_allowed");
     admin.post("/v1/orgs", json!({"name": "bad name!"})).await.assert_problem(400, "invalid_name");
     admin.post("/v1/orgs", json!({"nam": "x"})).await.assert_problem(400, "invalid_body");
     let r = admin.call("POST", "/v1/orgs", None).await;
