@@ -3,8 +3,8 @@
 
 use crate::app::Services;
 use crate::ids::{ContainerRef, OrgId, random_id};
-use crate::records::{AuditRecord, audit_pk, encode, time_sk};
-use crate::store::{Condition, Key, Put};
+use crate::records::{AuditRecord, audit_key, encode};
+use crate::store::{Condition, Put};
 
 /// Appends one entry. An audit write that fails is logged, never fatal to the action it records.
 pub async fn record(
@@ -26,7 +26,7 @@ pub async fn record(
         detail,
     };
     let retention_ms = s.config.server.audit_retention_days as i64 * 86_400_000;
-    let key = Key::new(audit_pk(org), format!("{}#{}", time_sk(now), random_id()));
+    let key = audit_key(org, now, &random_id());
     let put = Put::new(key, encode(&rec), Condition::Absent).expires_at(Some(now + retention_ms));
     if let Err(e) = s.store.put(put).await {
         tracing::error!(error = %e, %org, action, "audit entry not written");

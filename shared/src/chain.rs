@@ -23,12 +23,12 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::clock::{Clock, Millis};
 use crate::config::{Config, EngineConfig};
 use crate::ids::{ContainerRef, random_id};
-use crate::keys::{Context, KeyError, Vault};
+use crate::keys::{ContainerFields, Field, KeyError, Vault};
 use crate::oauth::{self, Grant, TokenError, TokenSet};
 use crate::provider::{ProviderProfile, Rotation};
 use crate::records::*;
 use crate::secrets::Secrets;
-use crate::store::{Condition, IndexKey, Item, Put, Store, StoreError, WriteOp};
+use crate::store::{Condition, Item, Put, Store, StoreError, WriteOp};
 
 /// An access token handed out to a caller.
 pub struct AccessToken {
@@ -173,10 +173,6 @@ pub struct SimulatedCrash(pub CrashPoint);
 
 fn ms(s: f64) -> Millis {
     (s * 1000.0) as Millis
-}
-
-fn field_ctx<'a>(c: &'a ContainerRef, local: &'a str, field: &'a str) -> Context<'a> {
-    Context { org: c.org.as_str(), container: local, field }
 }
 
 impl ChainEngine {
@@ -408,20 +404,18 @@ impl ChainEngine {
     ) -> Result<u64, StoreError> {
         let profile = self.config.provider(&chain.provider);
         let mut put = Put::new(chain_key(c), encode(chain), condition);
-        put.due = profile
-            .and_then(|p| self.next_due(chain, p, in_use))
-            .map(|d| IndexKey { pk: "due".into(), sk: time_sk(d) });
+        put.due = profile.and_then(|p| self.next_due(chain, p, in_use)).map(due_index_key);
         if chain.status == ChainStatus::NeedsRepair {
-            put.repair = Some(IndexKey { pk: format!("repair#{}", c.org), sk: format!("{}#{}", c.db, c.alias) });
+            put.repair = Some(repair_index_key(c));
         }
         self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
         self.store.put(put).await
     }
 
     async fn open_access(&self, c: &ContainerRef, chain: &ChainRecord) -> Result<AccessToken, ChainError> {
-        let local = c.local_name();
+        let fields = ContainerFields::of(c);
         let sealed = chain.sealed_access_token.as_deref().ok_or(ChainError::NotAuthorized)?;
-        let token = self.vault.open_string(&field_ctx(c, &local, "access_token"), sealed).await?;
+        let token = self.vault.open_string(&fields.context(Field::AccessToken), sealed).await?;
         Ok(AccessToken { token, expires_at_ms: chain.access_expires_at_ms.unwrap_or(0) })
     }
 
@@ -482,7 +476,7 @@ impl ChainEngine {
                 seen: "grant".into(),
             }]);
         }
-        let local = c.local_name();
+        let fields = ContainerFields::of(c);
         let mut out = Vec::new();
         if let Some(list) = self.rescued_in_memory.lock().unwrap().get(&chain_pk(c)) {
             for (generation, rt) in list.iter().rev() {
@@ -491,18 +485,18 @@ impl ChainEngine {
                 }
             }
         }
-        let mut rescued = self.store.query(&chain_pk(c), "rescue#", 50).await?;
+        let mut rescued = self.store.query(&chain_pk(c), RESCUE_PREFIX, 50).await?;
         rescued.reverse(); // newest first
         for item in rescued {
             let r: RescueRecord = decode(&item)?;
             if r.generation != chain.generation {
                 continue;
             }
-            let token = self.vault.open_string(&field_ctx(c, &local, "refresh_token"), &r.sealed_refresh_token).await?;
+            let token = self.vault.open_string(&fields.context(Field::RefreshToken), &r.sealed_refresh_token).await?;
             out.push(Candidate { token, rescue_sk: Some(item.key.sk.clone()), seen: item.key.sk });
         }
         if let Some(sealed) = &chain.sealed_refresh_token {
-            let token = self.vault.open_string(&field_ctx(c, &local, "refresh_token"), sealed).await?;
+            let token = self.vault.open_string(&fields.context(Field::RefreshToken), sealed).await?;
             out.push(Candidate { token, rescue_sk: None, seen: "chain".into() });
         }
         Ok(out)
@@ -681,17 +675,17 @@ impl ChainEngine {
         in_use: bool,
     ) -> Result<AccessToken, ChainError> {
         let now = self.clock.now_ms();
-        let local = c.local_name();
+        let fields = ContainerFields::of(c);
         let rotated = tokens.refresh_token.is_some();
         let refresh_token = tokens.refresh_token.clone().unwrap_or(used_refresh_token);
         let sealed_rt = if chain.grant.is_some() {
             String::new() // grants are simply run again: no refresh token to keep
         } else {
-            self.vault.seal(&field_ctx(c, &local, "refresh_token"), refresh_token.expose_secret().as_bytes()).await?
+            self.vault.seal(&fields.context(Field::RefreshToken), refresh_token.expose_secret().as_bytes()).await?
         };
         let sealed_at = self
             .vault
-            .seal(&field_ctx(c, &local, "access_token"), tokens.access_token.expose_secret().as_bytes())
+            .seal(&fields.context(Field::AccessToken), tokens.access_token.expose_secret().as_bytes())
             .await?;
         let expires_at = now + ms(tokens.expires_in.unwrap_or(profile.access_token_lifetime_s));
         chain.sealed_refresh_token = (!sealed_rt.is_empty()).then(|| sealed_rt.clone());
@@ -759,7 +753,7 @@ impl ChainEngine {
             access_expires_at_ms: expires_at,
             received_at_ms: now,
         };
-        let key = crate::store::Key::new(chain_pk(c), format!("rescue#{}#{}", time_sk(now), random_id()));
+        let key = rescue_key(c, now, &random_id());
         self.stats.rescues_written.fetch_add(1, Ordering::Relaxed);
         self.stats.store_writes.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.store.put(Put::new(key, encode(&record), Condition::Absent)).await {
@@ -774,7 +768,7 @@ impl ChainEngine {
     }
 
     async fn clear_rescues(&self, c: &ContainerRef) {
-        if let Ok(items) = self.store.query(&chain_pk(c), "rescue#", 50).await
+        if let Ok(items) = self.store.query(&chain_pk(c), RESCUE_PREFIX, 50).await
             && !items.is_empty()
         {
             let ops = items.into_iter().map(|i| WriteOp::Delete { key: i.key, condition: Condition::None }).collect();
@@ -860,18 +854,18 @@ impl ChainEngine {
     ) -> Result<ChainRecord, ChainError> {
         let profile = self.profile(provider)?.clone();
         let now = self.clock.now_ms();
-        let local = c.local_name();
+        let fields = ContainerFields::of(c);
         let previous = self.chain(c).await?;
         let generation = previous.as_ref().map_or(1, |(p, _)| p.generation + 1);
         let sealed_refresh_token = match &tokens.refresh_token {
             Some(rt) => {
-                Some(self.vault.seal(&field_ctx(c, &local, "refresh_token"), rt.expose_secret().as_bytes()).await?)
+                Some(self.vault.seal(&fields.context(Field::RefreshToken), rt.expose_secret().as_bytes()).await?)
             }
             None => None,
         };
         let sealed_at = self
             .vault
-            .seal(&field_ctx(c, &local, "access_token"), tokens.access_token.expose_secret().as_bytes())
+            .seal(&fields.context(Field::AccessToken), tokens.access_token.expose_secret().as_bytes())
             .await?;
         let was_broken = previous.as_ref().is_some_and(|(p, _)| p.status == ChainStatus::NeedsRepair);
         let mut history = previous.map(|(p, _)| p.history).unwrap_or_default();
@@ -915,7 +909,7 @@ impl ChainEngine {
     ) -> Result<Result<TokenSet, TokenError>, ChainError> {
         let item = self.store.get(&container_key(c)).await?.ok_or(ChainError::NotAuthorized)?;
         let rec: ContainerRecord = decode(&item)?;
-        let local = c.local_name();
+        let fields = ContainerFields::of(c);
         let missing = || TokenError::InvalidGrant("the container has no complete credentials".into());
         Ok(match kind {
             CredentialKind::Oauth2ClientCredentials => {
@@ -923,7 +917,7 @@ impl ChainEngine {
                 else {
                     return Ok(Err(missing()));
                 };
-                let secret = self.vault.open_string(&field_ctx(c, &local, "client_secret"), sealed).await?;
+                let secret = self.vault.open_string(&fields.context(Field::ClientSecret), sealed).await?;
                 let own =
                     crate::config::AppRegistration { client_id, client_secret: secret, redirect_uri: String::new() };
                 oauth::request_token(
@@ -941,7 +935,7 @@ impl ChainEngine {
                 else {
                     return Ok(Err(missing()));
                 };
-                let password = self.vault.open_string(&field_ctx(c, &local, "password"), sealed).await?;
+                let password = self.vault.open_string(&fields.context(Field::Password), sealed).await?;
                 let grant = Grant::Password { username, password: &password, scopes: &rec.scopes };
                 oauth::request_token(&self.http, profile, app, grant, timeout).await
             }
@@ -994,13 +988,13 @@ impl ChainEngine {
             return Ok(None);
         }
         let Some(app) = self.secrets.app(&profile.name).await? else { return Ok(None) };
-        let local = c.local_name();
+        let fields = ContainerFields::of(c);
         let (sealed, field, hint) = match (&chain.sealed_refresh_token, &chain.sealed_access_token) {
-            (Some(rt), _) => (rt, "refresh_token", "refresh_token"),
-            (None, Some(at)) => (at, "access_token", "access_token"),
+            (Some(rt), _) => (rt, Field::RefreshToken, "refresh_token"),
+            (None, Some(at)) => (at, Field::AccessToken, "access_token"),
             (None, None) => return Ok(None),
         };
-        let token = self.vault.open_string(&field_ctx(c, &local, field), sealed).await?;
+        let token = self.vault.open_string(&fields.context(field), sealed).await?;
         let timeout = Duration::from_secs_f64(self.engine_config().token_timeout_s);
         match oauth::revoke_token(&self.http, &profile, &app, &token, hint, timeout).await {
             Ok(()) => Ok(Some(true)),

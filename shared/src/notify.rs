@@ -15,7 +15,7 @@ use sha2::Sha256;
 
 use crate::clock::{Clock, rfc3339};
 use crate::ids::{ContainerRef, random_id};
-use crate::keys::{Context, Vault};
+use crate::keys::{Field, Vault, org_context};
 use crate::records::{OrgRecord, decode, org_key};
 use crate::store::Store;
 
@@ -32,11 +32,6 @@ pub struct Event {
     pub code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remediation: Option<String>,
-}
-
-/// The encryption context of an organisation's webhook secret.
-pub fn secret_context(org: &str) -> Context<'_> {
-    Context { org, container: "-", field: "webhook_secret" }
 }
 
 /// Signs a body the way receivers verify it.
@@ -100,7 +95,7 @@ impl Notifier {
         let Some(item) = self.store.get(&org_key(&org_id)).await? else { return Ok(()) };
         let rec: OrgRecord = decode(&item)?;
         let (Some(url), Some(sealed)) = (rec.webhook_url, rec.sealed_webhook_secret) else { return Ok(()) };
-        let secret = self.vault.open_string(&secret_context(org), &sealed).await?;
+        let secret = self.vault.open_string(&org_context(&org_id, Field::WebhookSecret), &sealed).await?;
         let body = serde_json::to_vec(event)?;
         let mut last = String::new();
         for attempt in 0..3u32 {

@@ -1,45 +1,79 @@
-//! What chainkeeper stores, and under which keys. One place, so a reader sees the whole data model.
+//! What chainkeeper stores, and under which keys. One place, so a reader sees the whole data model: every key
+//! format of the store is built here and nowhere else.
 //!
 //! | item | pk | sk |
 //! | --- | --- | --- |
 //! | organisation (a tombstone once deleted) | `org#{org}` | `meta` |
 //! | list of organisations | `orgs` | `{org}` |
-//! | organisation key (embedded) | `org#{org}` | `orgkey` |
+//! | organisation key (embedded `Keys` adapter) | `org#{org}` | `orgkey` |
 //! | database | `org#{org}` | `db#{db}` |
 //! | container | `org#{org}` | `ctr#{db}#{alias}` |
-//! | chain | `chain#{org}#{db}#{alias}` | `chain` (index `Due`: `due` / next due time; index `Repair`: `repair#{org}`) |
+//! | API token (metadata, never the token) | `org#{org}` | `apitoken#{id}` |
+//! | chain | `chain#{org}#{db}#{alias}` | `chain` (index `Due`: `due` / next due time; index `Repair`: `repair#{org}` / `{db}#{alias}`) |
 //! | rescued refresh token | `chain#{org}#{db}#{alias}` | `rescue#{time}#{id}` |
 //! | last use of a chain | `chain#{org}#{db}#{alias}` | `usage` |
+//! | auto-recovery credentials | `chain#{org}#{db}#{alias}` | `recovery` (expires; index `Due`: `recovery-expiry` / warning time `#` chain pk) |
 //! | pending authorization | `authz#{state}` | `authz` (expires) |
 //! | single-instance identifier | `ident#{client_id}#{user_id}` | `ident` |
-//! | API token (metadata, never the token) | `org#{org}` | `apitoken#{id}` |
 //! | revoked API token | `revoked#{id}` | `revoked` (expires with the token) |
 //! | audit entry | `audit#{org}` | `{time}#{id}` (expires after the retention) |
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::clock::Millis;
-use crate::ids::{ContainerRef, DbName, OrgId};
-use crate::store::{Item, Key, StoreError};
+use crate::ids::{Alias, ContainerRef, DbName, OrgId};
+use crate::store::{IndexKey, Item, Key, StoreError};
+
+// --- organisations and what they hold (partition `org#{org}`) ---
 
 pub const ORG_LIST_PK: &str = "orgs";
 pub fn org_list_key(org: &OrgId) -> Key {
     Key::new(ORG_LIST_PK, org.as_str())
 }
-pub fn org_key(org: &OrgId) -> Key {
-    Key::new(format!("org#{org}"), "meta")
+/// The partition of an organisation: its record, databases, containers and API tokens.
+pub fn org_pk(org: &OrgId) -> String {
+    format!("org#{org}")
 }
+pub fn org_key(org: &OrgId) -> Key {
+    Key::new(org_pk(org), "meta")
+}
+/// The organisation's key item of the embedded `Keys` adapter (the `Keys` port names organisations by text).
+pub fn org_wrapped_key_key(org: &str) -> Key {
+    Key::new(format!("org#{org}"), "orgkey")
+}
+pub const DATABASES_PREFIX: &str = "db#";
 pub fn db_key(org: &OrgId, db: &DbName) -> Key {
-    Key::new(format!("org#{org}"), format!("db#{db}"))
+    Key::new(org_pk(org), format!("{DATABASES_PREFIX}{db}"))
 }
 pub fn container_key(c: &ContainerRef) -> Key {
-    Key::new(format!("org#{}", c.org), format!("ctr#{}#{}", c.db, c.alias))
+    Key::new(org_pk(&c.org), format!("ctr#{}#{}", c.db, c.alias))
 }
 pub fn containers_of_db_prefix(db: &DbName) -> String {
     format!("ctr#{db}#")
 }
+pub const API_TOKENS_PREFIX: &str = "apitoken#";
+pub fn api_token_key(org: &OrgId, id: &str) -> Key {
+    Key::new(org_pk(org), format!("{API_TOKENS_PREFIX}{id}"))
+}
+/// A revoked API token (by its id), kept until the token would have expired anyway.
+pub fn revoked_key(jti: &str) -> Key {
+    Key::new(format!("revoked#{jti}"), "revoked")
+}
+
+// --- chains and what is kept beside them (partition `chain#{org}#{db}#{alias}`) ---
+
 pub fn chain_pk(c: &ContainerRef) -> String {
     format!("chain#{}#{}#{}", c.org, c.db, c.alias)
+}
+/// The container of a chain partition key `chain#{org}#{db}#{alias}`.
+pub fn container_of_chain_pk(pk: &str) -> Option<ContainerRef> {
+    let mut parts = pk.strip_prefix("chain#")?.split('#');
+    let c = ContainerRef {
+        org: OrgId::parse(parts.next()?).ok()?,
+        db: DbName::parse(parts.next()?).ok()?,
+        alias: Alias::parse(parts.next()?).ok()?,
+    };
+    parts.next().is_none().then_some(c)
 }
 pub fn chain_key(c: &ContainerRef) -> Key {
     Key::new(chain_pk(c), "chain")
@@ -47,18 +81,53 @@ pub fn chain_key(c: &ContainerRef) -> Key {
 pub fn usage_key(c: &ContainerRef) -> Key {
     Key::new(chain_pk(c), "usage")
 }
+pub const RESCUE_PREFIX: &str = "rescue#";
+/// A rescued refresh token received at `at` (newest sorts last).
+pub fn rescue_key(c: &ContainerRef, at: Millis, id: &str) -> Key {
+    Key::new(chain_pk(c), format!("{RESCUE_PREFIX}{}#{id}", time_sk(at)))
+}
+pub fn recovery_key(c: &ContainerRef) -> Key {
+    Key::new(chain_pk(c), "recovery")
+}
+
+// --- the two indexes ---
+
+/// Index `Due`: chains by the time they are next due for a refresh.
+pub const DUE_PK: &str = "due";
+pub fn due_index_key(at: Millis) -> IndexKey {
+    IndexKey { pk: DUE_PK.into(), sk: time_sk(at) }
+}
+/// Index `Due`, second partition: auto-recovery credentials by the time their expiry is announced.
+pub const RECOVERY_EXPIRY_PK: &str = "recovery-expiry";
+pub fn recovery_expiry_index_key(c: &ContainerRef, warn_at: Millis) -> IndexKey {
+    IndexKey { pk: RECOVERY_EXPIRY_PK.into(), sk: format!("{}#{}", time_sk(warn_at), chain_pk(c)) }
+}
+/// Index `Repair`: an organisation's chains that need a person.
+pub fn repair_index_pk(org: &OrgId) -> String {
+    format!("repair#{org}")
+}
+pub fn repair_index_key(c: &ContainerRef) -> IndexKey {
+    IndexKey { pk: repair_index_pk(&c.org), sk: format!("{}#{}", c.db, c.alias) }
+}
+
+// --- authorizations, identifiers, audit ---
+
 pub fn authz_key(state: &str) -> Key {
     Key::new(format!("authz#{state}"), "authz")
+}
+/// The single-instance authentication identifier: one app (`client_id`) and one provider user.
+pub fn single_instance_id(client_id: &str, user_id: &str) -> String {
+    format!("{client_id}#{user_id}")
 }
 pub fn ident_key(single_instance_id: &str) -> Key {
     Key::new(format!("ident#{single_instance_id}"), "ident")
 }
-/// A revoked API token (by its id), kept until the token would have expired anyway.
-pub fn revoked_key(jti: &str) -> Key {
-    Key::new(format!("revoked#{jti}"), "revoked")
-}
 pub fn audit_pk(org: &OrgId) -> String {
     format!("audit#{org}")
+}
+/// An audit entry written at `at` (text order is time order).
+pub fn audit_key(org: &OrgId, at: Millis, id: &str) -> Key {
+    Key::new(audit_pk(org), format!("{}#{id}", time_sk(at)))
 }
 /// Sort-key text of a time: fixed width so text order is time order.
 pub fn time_sk(ms: Millis) -> String {

@@ -16,16 +16,15 @@ use crate::app::Services;
 use crate::audit;
 use crate::clock::{Millis, rfc3339};
 use crate::ids::ContainerRef;
-use crate::keys::Context;
+use crate::keys::{ContainerFields, Field};
 use crate::login::{Credentials, FormSpec, LoginError, sign_in};
 use crate::records::*;
-use crate::store::{Condition, Index, IndexKey, Key, Put};
+use crate::store::{Condition, Index, Put};
 use crate::totp::Totp;
 
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 const ATTEMPTS_PER_HOUR: usize = 3;
 const WARN_BEFORE_MS: Millis = 3 * 86_400_000;
-pub const EXPIRY_INDEX_PK: &str = "recovery-expiry";
 
 /// Stored recovery credentials (all sealed with the organisation's key).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -46,14 +45,6 @@ pub struct RecoveryRecord {
     pub stopped: Option<String>,
 }
 
-pub fn recovery_key(c: &ContainerRef) -> Key {
-    Key::new(chain_pk(c), "recovery")
-}
-
-fn ctx<'a>(c: &'a ContainerRef, local: &'a str, field: &'a str) -> Context<'a> {
-    Context { org: c.org.as_str(), container: local, field }
-}
-
 /// Writes the record with its TTL and its place in the expiry-warning index.
 pub async fn write(
     s: &Services,
@@ -63,10 +54,7 @@ pub async fn write(
 ) -> Result<u64, crate::store::StoreError> {
     let mut put = Put::new(recovery_key(c), encode(rec), condition).expires_at(Some(rec.expires_at_ms));
     if !rec.expiry_notified {
-        put.due = Some(IndexKey {
-            pk: EXPIRY_INDEX_PK.into(),
-            sk: format!("{}#{}", time_sk(rec.expires_at_ms - WARN_BEFORE_MS), chain_pk(c)),
-        });
+        put.due = Some(recovery_expiry_index_key(c, rec.expires_at_ms - WARN_BEFORE_MS));
     }
     s.store.put(put).await
 }
@@ -87,22 +75,22 @@ pub async fn seal(
     totp: Option<&Totp>,
     retention_days: u32,
 ) -> Result<RecoveryRecord, crate::keys::KeyError> {
-    let local = c.local_name();
+    let fields = ContainerFields::of(c);
     let now = s.clock.now_ms();
     let sealed_totp = match totp {
         Some(t) => {
-            Some(s.vault.seal(&ctx(c, &local, "recovery_totp"), &serde_json::to_vec(t).unwrap_or_default()).await?)
+            Some(s.vault.seal(&fields.context(Field::RecoveryTotp), &serde_json::to_vec(t).unwrap_or_default()).await?)
         }
         None => None,
     };
     Ok(RecoveryRecord {
         sealed_username: s
             .vault
-            .seal(&ctx(c, &local, "recovery_username"), username.expose_secret().as_bytes())
+            .seal(&fields.context(Field::RecoveryUsername), username.expose_secret().as_bytes())
             .await?,
         sealed_password: s
             .vault
-            .seal(&ctx(c, &local, "recovery_password"), password.expose_secret().as_bytes())
+            .seal(&fields.context(Field::RecoveryPassword), password.expose_secret().as_bytes())
             .await?,
         sealed_totp,
         retention_days,
@@ -192,20 +180,20 @@ enum Attempt {
 
 async fn attempt(s: &Arc<Services>, c: &ContainerRef, rec: &RecoveryRecord) -> Result<(), Attempt> {
     let failed = |e: &dyn std::fmt::Display| Attempt::Failed(e.to_string());
-    let local = c.local_name();
+    let fields = ContainerFields::of(c);
     let username = s
         .vault
-        .open_string(&ctx(c, &local, "recovery_username"), &rec.sealed_username)
+        .open_string(&fields.context(Field::RecoveryUsername), &rec.sealed_username)
         .await
         .map_err(|e| failed(&e))?;
     let password = s
         .vault
-        .open_string(&ctx(c, &local, "recovery_password"), &rec.sealed_password)
+        .open_string(&fields.context(Field::RecoveryPassword), &rec.sealed_password)
         .await
         .map_err(|e| failed(&e))?;
     let totp: Option<Totp> = match &rec.sealed_totp {
         Some(sealed) => {
-            let bytes = s.vault.open(&ctx(c, &local, "recovery_totp"), sealed).await.map_err(|e| failed(&e))?;
+            let bytes = s.vault.open(&fields.context(Field::RecoveryTotp), sealed).await.map_err(|e| failed(&e))?;
             Some(serde_json::from_slice(&bytes).map_err(|e| failed(&e))?)
         }
         None => None,
@@ -264,8 +252,9 @@ pub struct RecoverReport {
 pub async fn run_once(s: &Arc<Services>) -> anyhow::Result<RecoverReport> {
     let mut report = RecoverReport::default();
     for org in s.store.query(ORG_LIST_PK, "", 100_000).await? {
-        for item in s.store.query_index(Index::Repair, &format!("repair#{}", org.key.sk), None, 10_000).await? {
-            let Some(c) = crate::sweep::container_of_chain_pk(&item.key.pk) else { continue };
+        let Ok(org_id) = crate::ids::OrgId::parse(&org.key.sk) else { continue };
+        for item in s.store.query_index(Index::Repair, &repair_index_pk(&org_id), None, 10_000).await? {
+            let Some(c) = container_of_chain_pk(&item.key.pk) else { continue };
             report.needs_repair += 1;
             match recover_container(s, &c, "scheduled run").await? {
                 Outcome::Recovered => report.recovered += 1,
@@ -275,8 +264,8 @@ pub async fn run_once(s: &Arc<Services>) -> anyhow::Result<RecoverReport> {
         }
     }
     let now = s.clock.now_ms();
-    for item in s.store.query_index(Index::Due, EXPIRY_INDEX_PK, Some(&time_sk(now)), 10_000).await? {
-        let Some(c) = crate::sweep::container_of_chain_pk(&item.key.pk) else { continue };
+    for item in s.store.query_index(Index::Due, RECOVERY_EXPIRY_PK, Some(&time_sk(now)), 10_000).await? {
+        let Some(c) = container_of_chain_pk(&item.key.pk) else { continue };
         let mut rec: RecoveryRecord = decode(&item)?;
         rec.expiry_notified = true;
         if write(s, &c, &rec, Condition::Version(item.version)).await.is_ok() {

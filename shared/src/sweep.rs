@@ -10,8 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::app::Services;
 use crate::chain::{ChainError, Want};
-use crate::ids::{Alias, ContainerRef, DbName, OrgId};
-use crate::records::time_sk;
+use crate::records::{DUE_PK, container_of_chain_pk, time_sk};
 use crate::store::Index;
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -23,21 +22,10 @@ pub struct SweepReport {
     pub transient_failures: usize,
 }
 
-/// The container of a chain item's partition key `chain#{org}#{db}#{alias}`.
-pub fn container_of_chain_pk(pk: &str) -> Option<ContainerRef> {
-    let mut parts = pk.strip_prefix("chain#")?.split('#');
-    let c = ContainerRef {
-        org: OrgId::parse(parts.next()?).ok()?,
-        db: DbName::parse(parts.next()?).ok()?,
-        alias: Alias::parse(parts.next()?).ok()?,
-    };
-    parts.next().is_none().then_some(c)
-}
-
 /// One sweep over every chain due now, at most `limit` of them.
 pub async fn run_once(s: &Arc<Services>, limit: usize) -> anyhow::Result<SweepReport> {
     let now = s.clock.now_ms();
-    let due = s.store.query_index(Index::Due, "due", Some(&time_sk(now)), limit).await?;
+    let due = s.store.query_index(Index::Due, DUE_PK, Some(&time_sk(now)), limit).await?;
     let mut report = SweepReport { due: due.len(), ..Default::default() };
     let permits = Arc::new(Semaphore::new(s.config.engine.sweep_concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();

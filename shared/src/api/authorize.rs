@@ -17,7 +17,7 @@ use crate::app::Services;
 use crate::audit;
 use crate::clock::rfc3339;
 use crate::ids::{ContainerRef, random_id};
-use crate::keys::Context;
+use crate::keys::{ContainerFields, Field};
 use crate::oauth::{self, Grant, TokenError};
 use crate::problem::Problem;
 use crate::records::*;
@@ -58,7 +58,6 @@ pub async fn begin(s: &Services, c: &ContainerRef, started_by: &str) -> Result<(
     })?;
     let state = random_id();
     let now = s.clock.now_ms();
-    let local = c.local_name();
     let (verifier, challenge) = if profile.pkce {
         let (v, ch) = oauth::pkce_pair();
         (Some(v), Some(ch))
@@ -66,11 +65,7 @@ pub async fn begin(s: &Services, c: &ContainerRef, started_by: &str) -> Result<(
         (None, None)
     };
     let sealed_pkce_verifier = match &verifier {
-        Some(v) => Some(
-            s.vault
-                .seal(&Context { org: c.org.as_str(), container: &local, field: "pkce_verifier" }, v.as_bytes())
-                .await?,
-        ),
+        Some(v) => Some(s.vault.seal(&ContainerFields::of(c).context(Field::PkceVerifier), v.as_bytes()).await?),
         None => None,
     };
     let expires_at_ms = now + s.config.server.authorization_ttl_s as i64 * 1000;
@@ -204,11 +199,8 @@ pub async fn complete_with(
     let app = s.secrets.app(&profile.name).await.map_err(|e| Problem::internal(&e))?.ok_or_else(|| {
         Problem::conflict("app_not_configured", format!("No app registration for provider '{}'.", profile.name))
     })?;
-    let local = c.local_name();
     let verifier = match &authz.sealed_pkce_verifier {
-        Some(v) => Some(
-            s.vault.open_string(&Context { org: c.org.as_str(), container: &local, field: "pkce_verifier" }, v).await?,
-        ),
+        Some(v) => Some(s.vault.open_string(&ContainerFields::of(&c).context(Field::PkceVerifier), v).await?),
         None => None,
     };
     let timeout = Duration::from_secs_f64(s.config.engine.token_timeout_s);
@@ -269,7 +261,7 @@ pub async fn complete_with(
         ));
     }
     let now = s.clock.now_ms();
-    let single_instance_id = profile.single_instance.then(|| format!("{}#{}", app.client_id, user_id));
+    let single_instance_id = profile.single_instance.then(|| single_instance_id(&app.client_id, &user_id));
 
     if let Some(sid) = &single_instance_id
         && let Some(holder_item) = s.store.get(&ident_key(sid)).await?
@@ -336,7 +328,7 @@ async fn refuse_second_instance(
     if never_authorized {
         remove_container(s, rec, version).await?;
         removed = format!(" The new container '{}' was removed", c.alias);
-        let rest = s.store.query(&format!("org#{}", c.org), &containers_of_db_prefix(&c.db), 1).await?;
+        let rest = s.store.query(&org_pk(&c.org), &containers_of_db_prefix(&c.db), 1).await?;
         if rest.is_empty() {
             s.store.delete(&db_key(&c.org, &c.db), Condition::None).await?;
             removed.push_str(&format!(", and its database '{}', which had no other container", c.db));

@@ -13,7 +13,7 @@ use crate::audit;
 use crate::chain::repair_remediation;
 use crate::clock::rfc3339;
 use crate::ids::{Alias, ContainerRef, DbName, OrgId};
-use crate::keys::Context;
+use crate::keys::{ContainerFields, Field, org_context};
 use crate::problem::Problem;
 use crate::records::*;
 use crate::store::{Condition, Index, Put, WriteOp};
@@ -108,7 +108,7 @@ pub async fn delete_org(State(s): State<AppState>, Caller(who): Caller, names: N
     // Platform tokens only: the auth middleware refuses organisation tokens (RouteSpec::platform_only).
     let org = &names.org;
     let (mut rec, version) = load_org_versioned(&s, org).await?;
-    if !s.store.query(&format!("org#{org}"), "db#", 1).await?.is_empty() {
+    if !s.store.query(&org_pk(org), DATABASES_PREFIX, 1).await?.is_empty() {
         return Err(Problem::conflict(
             "org_not_empty",
             format!("Organisation '{org}' still has databases. Delete its containers and databases first."),
@@ -188,7 +188,7 @@ pub async fn set_webhook(
     use base64::Engine;
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     rec.sealed_webhook_secret =
-        Some(s.vault.seal(&crate::notify::secret_context(names.org.as_str()), secret.as_bytes()).await?);
+        Some(s.vault.seal(&org_context(&names.org, Field::WebhookSecret), secret.as_bytes()).await?);
     rec.webhook_url = Some(url.to_string());
     s.store.put(Put::new(org_key(&names.org), encode(&rec), Condition::Version(version))).await?;
     audit::record(&s, &names.org, &who.sub, "webhook.set", None, "ok", Some(url.to_string())).await;
@@ -259,7 +259,7 @@ pub async fn create_db(
 
 pub async fn list_dbs(State(s): State<AppState>, names: Names) -> Result<Json<Value>, Problem> {
     load_org(&s, &names.org).await?;
-    let items = s.store.query(&format!("org#{}", names.org), "db#", 1000).await?;
+    let items = s.store.query(&org_pk(&names.org), DATABASES_PREFIX, 1000).await?;
     let dbs: Vec<Value> = items.iter().map(|i| decode::<DbRecord>(i).map(|d| db_view(&d))).collect::<Result<_, _>>()?;
     Ok(Json(json!({ "databases": dbs })))
 }
@@ -267,7 +267,7 @@ pub async fn list_dbs(State(s): State<AppState>, names: Names) -> Result<Json<Va
 pub async fn delete_db(State(s): State<AppState>, Caller(who): Caller, names: Names) -> Result<StatusCode, Problem> {
     let db = names.db()?;
     load_db(&s, &names.org, &db).await?;
-    let containers = s.store.query(&format!("org#{}", names.org), &containers_of_db_prefix(&db), 1).await?;
+    let containers = s.store.query(&org_pk(&names.org), &containers_of_db_prefix(&db), 1).await?;
     if !containers.is_empty() {
         return Err(Problem::conflict(
             "database_not_empty",
@@ -444,7 +444,7 @@ async fn full_view(s: &Services, rec: &ContainerRecord) -> Result<Value, Problem
 pub async fn list_containers(State(s): State<AppState>, names: Names) -> Result<Json<Value>, Problem> {
     let db = names.db()?;
     load_db(&s, &names.org, &db).await?;
-    let items = s.store.query(&format!("org#{}", names.org), &containers_of_db_prefix(&db), 1000).await?;
+    let items = s.store.query(&org_pk(&names.org), &containers_of_db_prefix(&db), 1000).await?;
     let mut out = Vec::new();
     for item in items {
         let rec: ContainerRecord = decode(&item)?;
@@ -513,8 +513,7 @@ pub async fn set_credentials(
     use secrecy::ExposeSecret;
     let c = names.container()?;
     let (mut rec, version) = load_container(&s, &c).await?;
-    let local = c.local_name();
-    let ctx = |field| Context { org: c.org.as_str(), container: &local, field };
+    let fields = ContainerFields::of(&c);
     let allowed: &[&str] = match rec.kind {
         CredentialKind::Password => &["username", "password"],
         CredentialKind::ApiToken => &["api_token", "password"],
@@ -559,16 +558,18 @@ pub async fn set_credentials(
         _ => (b.password, b.api_token),
     };
     if let Some(p) = password {
-        rec.sealed_password = Some(s.vault.seal(&ctx("password"), p.expose_secret().as_bytes()).await?);
+        rec.sealed_password = Some(s.vault.seal(&fields.context(Field::Password), p.expose_secret().as_bytes()).await?);
     }
     if let Some(t) = api_token {
-        rec.sealed_api_token = Some(s.vault.seal(&ctx("api_token"), t.expose_secret().as_bytes()).await?);
+        rec.sealed_api_token =
+            Some(s.vault.seal(&fields.context(Field::ApiToken), t.expose_secret().as_bytes()).await?);
     }
     if let Some(id) = b.client_id {
         rec.client_id = Some(id);
     }
     if let Some(sec) = b.client_secret {
-        rec.sealed_client_secret = Some(s.vault.seal(&ctx("client_secret"), sec.expose_secret().as_bytes()).await?);
+        rec.sealed_client_secret =
+            Some(s.vault.seal(&fields.context(Field::ClientSecret), sec.expose_secret().as_bytes()).await?);
     }
     rec.updated_at_ms = s.clock.now_ms();
     s.store.put(Put::new(container_key(&c), encode(&rec), Condition::Version(version))).await?;
@@ -582,13 +583,12 @@ pub async fn set_credentials(
 
 pub async fn repairs(State(s): State<AppState>, names: Names) -> Result<Json<Value>, Problem> {
     load_org(&s, &names.org).await?;
-    let items = s.store.query_index(Index::Repair, &format!("repair#{}", names.org), None, 1000).await?;
+    let items = s.store.query_index(Index::Repair, &repair_index_pk(&names.org), None, 1000).await?;
     let base = s.config.server.public_url.clone().unwrap_or_default();
     let mut list = Vec::new();
     for item in items {
         let chain: ChainRecord = decode(&item)?;
-        let Some(rest) = item.key.pk.strip_prefix(&format!("chain#{}#", names.org)) else { continue };
-        let Some((db, alias)) = rest.split_once('#') else { continue };
+        let Some(ContainerRef { db, alias, .. }) = container_of_chain_pk(&item.key.pk) else { continue };
         let code = chain.last_error.as_ref().map_or("refresh_token_invalid", |e| e.code.as_str());
         list.push(json!({
             "database": db,

@@ -13,7 +13,8 @@ use crate::audit;
 use crate::clock::rfc3339;
 use crate::problem::Problem;
 use crate::records::CredentialKind;
-use crate::recover::{self, DEFAULT_RETENTION_DAYS, Outcome, recovery_key};
+use crate::records::recovery_key;
+use crate::recover::{self, DEFAULT_RETENTION_DAYS, Outcome};
 use crate::store::Condition;
 use crate::totp::Totp;
 

@@ -15,8 +15,8 @@ use crate::auth::{Claims, issue};
 use crate::clock::rfc3339;
 use crate::ids::random_id;
 use crate::problem::Problem;
-use crate::records::{decode, encode, revoked_key};
-use crate::store::{Condition, Key, Put};
+use crate::records::{API_TOKENS_PREFIX, api_token_key, decode, encode, org_pk, revoked_key};
+use crate::store::{Condition, Put};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiTokenRecord {
@@ -28,10 +28,6 @@ pub struct ApiTokenRecord {
     pub expires_at_ms: i64,
     #[serde(default)]
     pub revoked_at_ms: Option<i64>,
-}
-
-fn token_key(org: &str, id: &str) -> Key {
-    Key::new(format!("org#{org}"), format!("apitoken#{id}"))
 }
 
 #[derive(Deserialize)]
@@ -100,7 +96,7 @@ pub async fn create(
     };
     s.store
         .put(
-            Put::new(token_key(names.org.as_str(), &id), encode(&rec), Condition::Absent)
+            Put::new(api_token_key(&names.org, &id), encode(&rec), Condition::Absent)
                 .expires_at(Some(rec.expires_at_ms)),
         )
         .await?;
@@ -121,7 +117,7 @@ pub async fn create(
 
 pub async fn list(State(s): State<AppState>, names: Names) -> Result<Json<Value>, Problem> {
     load_org(&s, &names.org).await?;
-    let items = s.store.query(&format!("org#{}", names.org), "apitoken#", 10_000).await?;
+    let items = s.store.query(&org_pk(&names.org), API_TOKENS_PREFIX, 10_000).await?;
     let list: Vec<Value> =
         items.iter().map(|i| decode::<ApiTokenRecord>(i).map(|t| view(&t))).collect::<Result<_, _>>()?;
     Ok(Json(json!({ "api_tokens": list })))
@@ -137,7 +133,7 @@ fn revocation_marker(rec: &ApiTokenRecord) -> Put {
 pub(crate) async fn revoke_all(s: &crate::app::Services, org: &crate::ids::OrgId) -> Result<usize, Problem> {
     let now = s.clock.now_ms();
     let mut n = 0;
-    for item in s.store.query(&format!("org#{org}"), "apitoken#", 100_000).await? {
+    for item in s.store.query(&org_pk(org), API_TOKENS_PREFIX, 100_000).await? {
         let rec: ApiTokenRecord = decode(&item)?;
         if rec.expires_at_ms > now {
             s.store.put(revocation_marker(&rec)).await?;
@@ -160,7 +156,7 @@ pub async fn revoke(
         return Err(Problem::bad_request("invalid_token_id", "That is not an API token id (see GET …/api-tokens)."));
     }
     let now = s.clock.now_ms();
-    let key = token_key(names.org.as_str(), &id);
+    let key = api_token_key(&names.org, &id);
     let Some(item) = s.store.get(&key).await? else {
         return Err(Problem::not_found(
             "api_token_not_found",

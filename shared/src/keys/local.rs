@@ -12,16 +12,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use zeroize::Zeroizing;
 
 use super::{Context, DataKey, KeyError, Keys, unwrap, wrap};
-use crate::store::{Condition, Key, Put, Store, StoreError};
+use crate::records::org_wrapped_key_key;
+use crate::store::{Condition, Put, Store, StoreError};
 
 pub struct LocalKeys {
     store: Arc<dyn Store>,
     master: Zeroizing<[u8; 32]>,
     org_keys: RwLock<HashMap<String, DataKey>>,
-}
-
-fn org_key_item(org: &str) -> Key {
-    Key::new(format!("org#{org}"), "orgkey")
 }
 
 fn org_aad(org: &str) -> Vec<u8> {
@@ -41,7 +38,7 @@ impl LocalKeys {
         if let Some(k) = self.org_keys.read().unwrap_or_else(|e| e.into_inner()).get(org) {
             return Ok(k.clone());
         }
-        let item = self.store.get(&org_key_item(org)).await.map_err(store_err)?;
+        let item = self.store.get(&org_wrapped_key_key(org)).await.map_err(store_err)?;
         let item = item.ok_or_else(|| KeyError::NoOrgKey(org.to_string()))?;
         let plain = unwrap(&self.master, &item.body, &org_aad(org))?;
         let key: [u8; 32] = plain[..].try_into().map_err(|_| KeyError::Decrypt)?;
@@ -55,7 +52,7 @@ impl LocalKeys {
 impl Keys for LocalKeys {
     async fn create_org_key(&self, org: &str) -> Result<(), KeyError> {
         let key: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
-        let put = Put::new(org_key_item(org), wrap(&self.master, &key[..], &org_aad(org)), Condition::Absent);
+        let put = Put::new(org_wrapped_key_key(org), wrap(&self.master, &key[..], &org_aad(org)), Condition::Absent);
         match self.store.put(put).await {
             Ok(_) | Err(StoreError::Conflict) => Ok(()), // idempotent: the first key stays
             Err(e) => Err(store_err(e)),
@@ -64,7 +61,7 @@ impl Keys for LocalKeys {
 
     async fn delete_org_key(&self, org: &str) -> Result<(), KeyError> {
         self.org_keys.write().unwrap_or_else(|e| e.into_inner()).remove(org);
-        self.store.delete(&org_key_item(org), Condition::None).await.map_err(store_err)
+        self.store.delete(&org_wrapped_key_key(org), Condition::None).await.map_err(store_err)
     }
 
     async fn generate_data_key(&self, ctx: &Context<'_>) -> Result<(DataKey, Vec<u8>), KeyError> {

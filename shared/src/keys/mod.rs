@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::clock::{Clock, Millis};
+use crate::ids::{ContainerRef, OrgId};
 
 /// A plaintext 256-bit data key, wiped from memory when dropped.
 pub type DataKey = Zeroizing<[u8; 32]>;
@@ -38,6 +39,60 @@ impl Context<'_> {
     pub fn aad(&self) -> Vec<u8> {
         format!("chainkeeper/v1\0org={}\0container={}\0field={}", self.org, self.container, self.field).into_bytes()
     }
+}
+
+/// The secrets chainkeeper seals, each bound to its own field name in the encryption context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    RefreshToken,
+    AccessToken,
+    Password,
+    ApiToken,
+    ClientSecret,
+    PkceVerifier,
+    RecoveryUsername,
+    RecoveryPassword,
+    RecoveryTotp,
+    WebhookSecret,
+}
+
+impl Field {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RefreshToken => "refresh_token",
+            Self::AccessToken => "access_token",
+            Self::Password => "password",
+            Self::ApiToken => "api_token",
+            Self::ClientSecret => "client_secret",
+            Self::PkceVerifier => "pkce_verifier",
+            Self::RecoveryUsername => "recovery_username",
+            Self::RecoveryPassword => "recovery_password",
+            Self::RecoveryTotp => "recovery_totp",
+            Self::WebhookSecret => "webhook_secret",
+        }
+    }
+}
+
+/// The encryption contexts of one container's sealed fields: its organisation, `db/alias`, and the field. The one
+/// place a context is made for a container (the chain engine, credentials, authorizations and auto-recovery all
+/// use it), so a secret sealed by one part opens in another.
+pub struct ContainerFields<'a> {
+    org: &'a str,
+    local: String,
+}
+
+impl<'a> ContainerFields<'a> {
+    pub fn of(c: &'a ContainerRef) -> Self {
+        Self { org: c.org.as_str(), local: c.local_name() }
+    }
+    pub fn context(&self, field: Field) -> Context<'_> {
+        Context { org: self.org, container: &self.local, field: field.as_str() }
+    }
+}
+
+/// The encryption context of an organisation's own secret (its webhook signing secret): no container.
+pub fn org_context(org: &OrgId, field: Field) -> Context<'_> {
+    Context { org: org.as_str(), container: "-", field: field.as_str() }
 }
 
 #[derive(Debug, thiserror::Error)]
