@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::chain::ChainEngine;
+use crate::chain::{ChainEngine, ChainEvents, RepairCode};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::ids::ContainerRef;
 use crate::keys::local::{LocalKeys, load_or_create_key_file};
 use crate::keys::{CacheLimits, Keys, Vault};
 use crate::secrets::{LocalSecrets, Secrets};
@@ -20,7 +21,32 @@ pub struct Services {
     pub config: Arc<Config>,
     pub http: reqwest::Client,
     pub engine: Arc<ChainEngine>,
+    pub notifier: Arc<crate::notify::Notifier>,
     pub query_cache: crate::api::query::ResponseCache,
+}
+
+/// Where the engine's chain events go: the organisation's webhook, and an auto-recovery run for a broken chain.
+struct Events {
+    notifier: Arc<crate::notify::Notifier>,
+    services: std::sync::OnceLock<std::sync::Weak<Services>>,
+}
+
+impl ChainEvents for Events {
+    fn needs_repair(&self, c: &ContainerRef, code: RepairCode) {
+        self.notifier.container_event("chain.needs_repair", c, Some(code));
+        // A chain that breaks gets an auto-recovery attempt right away (where the organisation stored credentials).
+        if let Some(s) = self.services.get().and_then(|w| w.upgrade()) {
+            let c = c.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::recover::recover_container(&s, &c, "the chain broke").await {
+                    tracing::warn!(error = %e, container = %c, "auto-recovery failed to run");
+                }
+            });
+        }
+    }
+    fn recovered(&self, c: &ContainerRef) {
+        self.notifier.container_event("chain.recovered", c, None);
+    }
 }
 
 impl Services {
@@ -32,8 +58,11 @@ impl Services {
         config: Config,
     ) -> Arc<Self> {
         let config = Arc::new(config);
-        let http = crate::oauth::http_client();
+        let http = crate::provider::oauth::http_client();
         let vault = Arc::new(Vault::new(keys, clock.clone(), CacheLimits::default()));
+        let notifier =
+            Arc::new(crate::notify::Notifier::new(store.clone(), vault.clone(), clock.clone(), http.clone()));
+        let events = Arc::new(Events { notifier: notifier.clone(), services: Default::default() });
         let engine = Arc::new(ChainEngine::new(
             store.clone(),
             vault.clone(),
@@ -41,20 +70,20 @@ impl Services {
             clock.clone(),
             config.clone(),
             http.clone(),
+            events.clone(),
         ));
-        let services =
-            Arc::new(Self { store, vault, secrets, clock, config, http, engine, query_cache: Default::default() });
-        // A chain that breaks gets an auto-recovery attempt right away (where the organisation stored credentials).
-        let weak = Arc::downgrade(&services);
-        services.engine.set_on_broken(Box::new(move |c| {
-            if let Some(s) = weak.upgrade() {
-                tokio::spawn(async move {
-                    if let Err(e) = crate::recover::recover_container(&s, &c, "the chain broke").await {
-                        tracing::warn!(error = %e, container = %c, "auto-recovery failed to run");
-                    }
-                });
-            }
-        }));
+        let services = Arc::new(Self {
+            store,
+            vault,
+            secrets,
+            clock,
+            config,
+            http,
+            engine,
+            notifier,
+            query_cache: Default::default(),
+        });
+        let _ = events.services.set(Arc::downgrade(&services));
         services
     }
 }

@@ -13,6 +13,7 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 use sha2::Sha256;
 
+use crate::chain::RepairCode;
 use crate::clock::{Clock, rfc3339};
 use crate::ids::{ContainerRef, random_id};
 use crate::keys::{Field, Vault, org_context};
@@ -62,9 +63,9 @@ impl Notifier {
     }
 
     /// An event about a container, delivered in the background (never delays the caller).
-    pub fn container_event(self: &Arc<Self>, kind: &'static str, c: &ContainerRef, code: Option<&str>) {
-        let remediation = code.map(|c| crate::chain::repair_remediation(c).to_string());
-        self.send(self.event(kind, c, code, remediation));
+    pub fn container_event(self: &Arc<Self>, kind: &'static str, c: &ContainerRef, code: Option<RepairCode>) {
+        let remediation = code.map(RepairCode::remediation);
+        self.send(self.event(kind, c, code.map(RepairCode::code), remediation));
     }
 
     fn event(&self, kind: &'static str, c: &ContainerRef, code: Option<&str>, remediation: Option<String>) -> Event {

@@ -10,6 +10,8 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::chain::RepairCode;
+
 /// One kind of problem: what `/problems/{code}` says about it.
 #[derive(Clone, Copy, Debug)]
 pub struct ProblemType {
@@ -184,30 +186,6 @@ types! {
     "refresh_in_progress" => "Refresh taking long",
         "Another caller's refresh of this chain is taking longer than usual. The chain is intact.",
         "Retry after a few seconds.";
-    "refresh_token_superseded" => "Refresh token superseded",
-        "The provider no longer accepts this chain's refresh token: the same app and user were authorized again elsewhere, or the provider revoked it.",
-        "Renew the authorization of this container, and authorize each app and user in one container only.";
-    "refresh_token_expired" => "Refresh token expired",
-        "The refresh token expired unused.",
-        "Renew the authorization of this container; chainkeeper keeps it alive from then on.";
-    "refresh_response_lost" => "Refresh answer lost",
-        "A token request was sent but its answer never arrived, and the provider no longer accepts the previous refresh token.",
-        "Renew the authorization of this container.";
-    "refresh_token_missing" => "No refresh token",
-        "The provider never gave this container a refresh token.",
-        "Renew the authorization (ask for offline access).";
-    "refresh_token_invalid" => "Refresh token refused",
-        "The provider refused this chain's refresh token.",
-        "Renew the authorization of this container.";
-    "credentials_rejected" => "Credentials rejected",
-        "The provider refused the container's stored credentials (client id and secret, or username and password).",
-        "Set correct ones with PUT …/credentials.";
-    "recovery_credentials_invalid" => "Auto-recovery credentials refused",
-        "Auto-recovery could not sign in with the stored username, password or TOTP secret.",
-        "Store correct auto-recovery credentials, or renew the authorization by hand.";
-    "recovery_wrong_identity" => "Auto-recovery signed in as another user",
-        "Auto-recovery signed in as a different user than the container's own; nothing was stored.",
-        "Store the auto-recovery credentials of the container's own user.";
     // --- auto-recovery ---
     "auto_recovery_not_applicable" => "Auto-recovery not applicable",
         "Auto-recovery is for oauth2_code containers only.",
@@ -245,9 +223,17 @@ types! {
         "Retry after the number of seconds in `Retry-After`.";
 }
 
-/// The registry entry of a code.
-pub fn problem_type(code: &str) -> Option<&'static ProblemType> {
-    PROBLEM_TYPES.iter().find(|t| t.code == code)
+/// The registry entry of a code: [`PROBLEM_TYPES`], and the chain engine's repair codes ([`RepairCode`], which
+/// carry their own title, meaning and remedy).
+pub fn problem_type(code: &str) -> Option<ProblemType> {
+    PROBLEM_TYPES.iter().copied().find(|t| t.code == code).or_else(|| {
+        RepairCode::ALL.into_iter().find(|r| r.code() == code).map(|r| ProblemType {
+            code: r.code(),
+            title: r.title(),
+            meaning: r.meaning(),
+            remedy: r.remedy(),
+        })
+    })
 }
 
 /// Where a code's page is: the problem's `type`.
@@ -433,6 +419,10 @@ mod tests {
 
     #[test]
     fn codes_are_unique_snake_case_and_documented() {
+        for r in RepairCode::ALL {
+            assert!(PROBLEM_TYPES.iter().all(|t| t.code != r.code()), "{} is a repair code", r.code());
+            assert_eq!(problem_type(r.code()).unwrap().remedy, r.remedy());
+        }
         for (i, t) in PROBLEM_TYPES.iter().enumerate() {
             assert!(t.code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{}", t.code);
             assert!(PROBLEM_TYPES[i + 1..].iter().all(|o| o.code != t.code), "{} is registered twice", t.code);
@@ -448,7 +438,7 @@ mod tests {
         assert_eq!(v["type"], "/problems/org_exists");
         assert_eq!(v["title"], "Organisation exists");
         assert!(v.get("status_code").is_none());
-        let html = page(problem_type("org_exists").unwrap());
+        let html = page(&problem_type("org_exists").unwrap());
         assert!(html.contains("<h1>Organisation exists</h1>") && html.contains("What to do"));
     }
 }

@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::Services;
 use crate::audit;
+use crate::chain::RepairCode;
 use crate::clock::{Millis, rfc3339};
 use crate::ids::ContainerRef;
 use crate::keys::{ContainerFields, Field};
-use crate::login::{Credentials, FormSpec, LoginError, sign_in};
+use crate::provider::login::{Credentials, FormSpec, LoginError, sign_in};
 use crate::records::*;
 use crate::store::{Condition, Index, Put};
 use crate::totp::Totp;
@@ -154,12 +155,12 @@ pub async fn recover_container(s: &Arc<Services>, c: &ContainerRef, why: &str) -
         Err(Attempt::Failed(why)) => (Outcome::Failed, Some(why)),
     };
     let stop_code = match outcome {
-        Outcome::CredentialsRejected => Some("recovery_credentials_invalid"),
-        Outcome::WrongIdentity => Some("recovery_wrong_identity"),
+        Outcome::CredentialsRejected => Some(RepairCode::RecoveryCredentialsInvalid),
+        Outcome::WrongIdentity => Some(RepairCode::RecoveryWrongIdentity),
         _ => None,
     };
     if let Some(code) = stop_code {
-        rec.stopped = Some(code.to_string());
+        rec.stopped = Some(code.code().to_string());
         let _ = write(s, c, &rec, Condition::Version(version)).await;
         s.engine.set_repair_code(c, code, detail.as_deref().unwrap_or("")).await?;
     }
@@ -269,7 +270,7 @@ pub async fn run_once(s: &Arc<Services>) -> anyhow::Result<RecoverReport> {
         let mut rec: RecoveryRecord = decode(&item)?;
         rec.expiry_notified = true;
         if write(s, &c, &rec, Condition::Version(item.version)).await.is_ok() {
-            s.engine.notifier().expiring_event(&c, rfc3339(rec.expires_at_ms));
+            s.notifier.expiring_event(&c, rfc3339(rec.expires_at_ms));
             audit::record(
                 s,
                 &c.org,

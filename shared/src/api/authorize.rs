@@ -18,8 +18,8 @@ use crate::audit;
 use crate::clock::rfc3339;
 use crate::ids::{ContainerRef, random_id};
 use crate::keys::{ContainerFields, Field};
-use crate::oauth::{self, Grant, TokenError};
 use crate::problem::Problem;
+use crate::provider::oauth::{self, Grant, TokenError};
 use crate::records::*;
 use crate::store::{Condition, Put, StoreError, WriteOp};
 

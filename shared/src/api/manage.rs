@@ -10,7 +10,7 @@ use super::AppState;
 use super::extract::{Body, Caller, Names};
 use crate::app::Services;
 use crate::audit;
-use crate::chain::repair_remediation;
+use crate::chain::RepairCode;
 use crate::clock::rfc3339;
 use crate::ids::{Alias, ContainerRef, DbName, OrgId};
 use crate::keys::{ContainerFields, Field, org_context};
@@ -411,7 +411,7 @@ pub(crate) fn container_view(s: &Services, rec: &ContainerRecord, chain: Option<
             "refreshes": ch.refresh_count,
             "generation": ch.generation,
             "last_error": ch.last_error.as_ref().map(|e| json!({
-                "code": e.code, "at": rfc3339(e.at_ms), "provider_said": e.detail, "remediation": repair_remediation(&e.code)
+                "code": e.code, "at": rfc3339(e.at_ms), "provider_said": e.detail, "remediation": RepairCode::parse(&e.code).remediation()
             })),
             "history": ch.history.iter().map(|t| json!({"at": rfc3339(t.at_ms), "status": t.status, "code": t.code})).collect::<Vec<_>>(),
         });
@@ -595,7 +595,7 @@ pub async fn repairs(State(s): State<AppState>, names: Names) -> Result<Json<Val
             "alias": alias,
             "code": code,
             "broken_at": chain.last_error.as_ref().map(|e| rfc3339(e.at_ms)),
-            "remediation": repair_remediation(code),
+            "remediation": RepairCode::parse(code).remediation(),
             "renew": {"method": "POST", "url": format!("{base}/v1/orgs/{}/databases/{db}/containers/{alias}/authorize", names.org)},
         }));
     }

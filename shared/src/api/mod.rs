@@ -104,7 +104,7 @@ pub fn router(state: AppState) -> Router {
 async fn problem_page(axum::extract::Path(code): axum::extract::Path<String>) -> axum::response::Response {
     use axum::response::IntoResponse;
     match crate::problem::problem_type(&code) {
-        Some(t) => axum::response::Html(crate::problem::page(t)).into_response(),
+        Some(t) => axum::response::Html(crate::problem::page(&t)).into_response(),
         None => Problem::not_found(
             "no_such_problem_type",
             "There is no problem code of that name. Problem documents link to their own page in `type`.",

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::AppState;
 use super::extract::Names;
 use super::manage::load_container;
-use crate::chain::{ChainError, repair_remediation};
+use crate::chain::ChainError;
 use crate::clock::rfc3339;
 use crate::ids::ContainerRef;
 use crate::problem::Problem;
@@ -79,24 +79,17 @@ fn token_response(s: &AppState, token: crate::chain::AccessToken) -> Response {
 /// A chain failure as the API shows it, naming the container and what to do.
 pub fn chain_problem(c: &ContainerRef, e: ChainError) -> Problem {
     match e {
-        ChainError::NeedsRepair { code, .. } => {
-            let code: &'static str = match code.as_str() {
-                "refresh_token_superseded" => "refresh_token_superseded",
-                "refresh_token_expired" => "refresh_token_expired",
-                "refresh_response_lost" => "refresh_response_lost",
-                "refresh_token_missing" => "refresh_token_missing",
-                "recovery_credentials_invalid" => "recovery_credentials_invalid",
-                "credentials_rejected" => "credentials_rejected",
-                _ => "refresh_token_invalid",
-            };
-            Problem::conflict(
-                code,
-                match code {
-                    "credentials_rejected" => format!("{c} needs new credentials: {}", repair_remediation(code)),
-                    _ => format!("{c} needs repair: {} Renew it with POST …/containers/{}/authorize.", repair_remediation(code), c.alias),
-                },
-            )
+        ChainError::NeedsRepair { code, .. } if code.needs_new_credentials() => {
+            Problem::conflict(code.code(), format!("{c} needs new credentials: {}", code.remediation()))
         }
+        ChainError::NeedsRepair { code, .. } => Problem::conflict(
+            code.code(),
+            format!(
+                "{c} needs repair: {} Renew it with POST …/containers/{}/authorize.",
+                code.remediation(),
+                c.alias
+            ),
+        ),
         ChainError::RateLimited { wait_s } => Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "token_rate_limited",

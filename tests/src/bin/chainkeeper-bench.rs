@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chainkeeper::ids::{Alias, ContainerRef, DbName, OrgId};
-use chainkeeper::oauth::TokenSet;
+use chainkeeper::provider::oauth::TokenSet;
 use chainkeeper_e2e::exact::{
     CLIENT_ID, CLIENT_SECRET, ExactHarness, four_processes, sim_app_toml, sim_profile_toml, sim_user,
 };

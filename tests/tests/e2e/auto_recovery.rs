@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use chainkeeper::chain::ChainError;
+use chainkeeper::chain::{ChainError, RepairCode};
 use chainkeeper::recover::Outcome;
 use chainkeeper_e2e::container_path;
 use chainkeeper_e2e::exact::{CLIENT_ID, ExactHarness, sim_user};
@@ -163,7 +163,7 @@ async fn another_users_credentials_are_refused_and_audited() {
 async fn attempts_are_bounded_per_hour() {
     let h = ExactHarness::start(|_| {}).await;
     // Broken, no recovery credentials yet (so the break itself starts nothing).
-    h.services.engine.set_repair_code(&h.container, "refresh_token_superseded", "test").await.unwrap();
+    h.services.engine.set_repair_code(&h.container, RepairCode::RefreshTokenSuperseded, "test").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let user = h.user.clone();
     store_recovery(&h, &user.username, &user.password, user.totp_secret_base32.as_deref().unwrap()).await;

@@ -170,7 +170,7 @@ async fn two_hundred_callers_cause_one_refresh_on_dynamodb_and_kms() {
         alias: Alias::parse("eol").unwrap(),
     };
     let (access, refresh) = sim.mint_tokens(CLIENT_ID, exact_sim::DEFAULT_USER_ID);
-    let tokens = chainkeeper::oauth::TokenSet {
+    let tokens = chainkeeper::provider::oauth::TokenSet {
         access_token: secrecy::SecretString::from(access),
         refresh_token: Some(secrecy::SecretString::from(refresh)),
         expires_in: Some(600.0),

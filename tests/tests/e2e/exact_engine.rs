@@ -198,7 +198,7 @@ async fn a_crash_after_the_answer_is_reported_as_a_lost_response() {
     // says precisely what happened.
     h.advance(secs(31 + 571));
     match h.services.engine.access_token(&h.container).await {
-        Err(ChainError::NeedsRepair { code, .. }) => assert_eq!(code, "refresh_response_lost"),
+        Err(ChainError::NeedsRepair { code, .. }) => assert_eq!(code.code(), "refresh_response_lost"),
         other => panic!("expected needs_repair: {other:?}"),
     }
     assert_eq!(h.status().await["chain"]["last_error"]["code"], "refresh_response_lost");

@@ -1,4 +1,8 @@
-//! A provider profile: everything chainkeeper needs to know about one OAuth2 platform, as data.
+//! A provider: its profile (everything chainkeeper needs to know about one OAuth2 platform, as data), its token
+//! endpoint ([`oauth`]) and its sign-in pages ([`login`], the auto-recovery driver).
+
+pub mod login;
+pub mod oauth;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,380 @@
+//! Unit tests of the engine: the in-memory store, local keys, a clock the test moves, and a fake token endpoint
+//! on loopback that rotates refresh tokens as Exact Online does (one active refresh token; every refresh kills the
+//! previous one) and fails on demand. The same rules against the Exact Online simulator, through the API, are in
+//! `tests/tests/e2e/exact_engine.rs`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Form, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::ids::{Alias, ContainerRef, DbName, OrgId};
+use crate::keys::local::LocalKeys;
+use crate::keys::{CacheLimits, ContainerFields, Field, Keys};
+use crate::provider::oauth::TokenSet;
+use crate::records::{ChainStatus, RESCUE_PREFIX, chain_key, chain_pk, decode, encode};
+use crate::secrets::LocalSecrets;
+use crate::store::memory::MemoryStore;
+use crate::store::{Condition, Put};
+
+const T0: Millis = 1_800_000_000_000;
+
+/// How the fake endpoint answers the next token request.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// 503: nothing changed at the provider.
+    Unavailable,
+    /// Exact's minimum-interval refusal (400 with `Reason: TooEarlyToRefreshTokens`).
+    TooEarly,
+    /// 401 `invalid_client`: the app registration is wrong.
+    InvalidClient,
+    /// The provider rotates the token, then the answer never arrives (longer than the engine's timeout).
+    LoseAnswer,
+    /// Answer normally after a delay.
+    Slow(Duration),
+}
+
+#[derive(Default)]
+struct Provider {
+    /// The one refresh token the provider accepts.
+    current: String,
+    issued: u32,
+    faults: VecDeque<Fault>,
+    /// Every refresh token presented, in order.
+    presented: Vec<String>,
+    activations: u32,
+}
+
+#[derive(Clone)]
+struct FakeEndpoint {
+    state: Arc<Mutex<Provider>>,
+    base: String,
+}
+
+impl FakeEndpoint {
+    async fn start(first_refresh_token: &str) -> Self {
+        let state = Arc::new(Mutex::new(Provider { current: first_refresh_token.into(), ..Default::default() }));
+        let app = axum::Router::new()
+            .route("/token", axum::routing::post(token))
+            .route("/api/v1/current/Me", axum::routing::get(activate))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { state, base }
+    }
+    fn fail_next(&self, fault: Fault) {
+        self.state.lock().unwrap().faults.push_back(fault);
+    }
+    fn requests(&self) -> usize {
+        self.state.lock().unwrap().presented.len()
+    }
+    fn presented(&self) -> Vec<String> {
+        self.state.lock().unwrap().presented.clone()
+    }
+    fn current(&self) -> String {
+        self.state.lock().unwrap().current.clone()
+    }
+}
+
+async fn activate(State(state): State<Arc<Mutex<Provider>>>) -> &'static str {
+    state.lock().unwrap().activations += 1;
+    "{}"
+}
+
+async fn token(
+    State(state): State<Arc<Mutex<Provider>>>,
+    Form(form): Form<std::collections::HashMap<String, String>>,
+) -> Response {
+    let presented = form.get("refresh_token").cloned().unwrap_or_default();
+    let fault = {
+        let mut p = state.lock().unwrap();
+        p.presented.push(presented.clone());
+        p.faults.pop_front()
+    };
+    let json = |status: StatusCode, body: serde_json::Value| (status, axum::Json(body)).into_response();
+    match fault {
+        Some(Fault::Unavailable) => return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({})),
+        Some(Fault::InvalidClient) => {
+            return json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": "invalid_client"}));
+        }
+        Some(Fault::TooEarly) => {
+            let mut r = json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "access_denied", "error_description": "Rate limit exceeded"}),
+            );
+            r.headers_mut().insert("reason", "TooEarlyToRefreshTokens".parse().unwrap());
+            return r;
+        }
+        Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+        Some(Fault::LoseAnswer) | None => {}
+    }
+    let issued = {
+        let mut p = state.lock().unwrap();
+        if presented != p.current {
+            None
+        } else {
+            p.issued += 1;
+            p.current = format!("rt-{}", p.issued);
+            Some(p.issued)
+        }
+    };
+    let Some(n) = issued else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "invalid_grant", "error_description": "Old refresh token used."}),
+        );
+    };
+    if matches!(fault, Some(Fault::LoseAnswer)) {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    json(
+        StatusCode::OK,
+        serde_json::json!({"access_token": format!("at-{n}"), "refresh_token": format!("rt-{n}"), "expires_in": "600", "token_type": "bearer"}),
+    )
+}
+
+#[derive(Default)]
+struct RecordedEvents {
+    broken: Mutex<Vec<RepairCode>>,
+    recovered: Mutex<u32>,
+}
+
+impl ChainEvents for RecordedEvents {
+    fn needs_repair(&self, _: &ContainerRef, code: RepairCode) {
+        self.broken.lock().unwrap().push(code);
+    }
+    fn recovered(&self, _: &ContainerRef) {
+        *self.recovered.lock().unwrap() += 1;
+    }
+}
+
+struct Rig {
+    engine: Arc<ChainEngine>,
+    store: Arc<MemoryStore>,
+    vault: Arc<Vault>,
+    clock: ManualClock,
+    provider: FakeEndpoint,
+    events: Arc<RecordedEvents>,
+    c: ContainerRef,
+}
+
+/// An engine with one authorized chain (`at-0` / `rt-0`, Exact's rules: 600 s tokens, 570 s between requests).
+async fn rig() -> Rig {
+    let provider = FakeEndpoint::start("rt-0").await;
+    let config = Config::from_toml(&format!(
+        "[engine]\ntoken_timeout_s = 0.5\n\
+         [providers.exact-online-nl]\ntoken_url = \"{b}/token\"\napi_base_url = \"{b}/api\"\n\
+         [apps.exact-online-nl]\nclient_id = \"app\"\nclient_secret = \"app-secret\"\nredirect_uri = \"http://127.0.0.1/cb\"\n",
+        b = provider.base
+    ))
+    .unwrap();
+    let clock = ManualClock::new(T0);
+    let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
+    let store = Arc::new(MemoryStore::new(clock_dyn.clone()));
+    let keys: Arc<dyn Keys> = Arc::new(LocalKeys::new(store.clone(), [7; 32]));
+    keys.create_org_key("acme").await.unwrap();
+    let vault = Arc::new(Vault::new(keys, clock_dyn.clone(), CacheLimits::default()));
+    let secrets = Arc::new(LocalSecrets::new(config.apps.clone(), [9; 32]));
+    let events = Arc::new(RecordedEvents::default());
+    let engine = Arc::new(ChainEngine::new(
+        store.clone(),
+        vault.clone(),
+        secrets,
+        clock_dyn,
+        Arc::new(config),
+        crate::provider::oauth::http_client(),
+        events.clone(),
+    ));
+    let c = ContainerRef {
+        org: OrgId::parse("acme").unwrap(),
+        db: DbName::parse("finance").unwrap(),
+        alias: Alias::parse("eol").unwrap(),
+    };
+    let first = TokenSet {
+        access_token: SecretString::from("at-0".to_string()),
+        refresh_token: Some(SecretString::from("rt-0".to_string())),
+        expires_in: Some(600.0),
+        scope: None,
+    };
+    engine.install(&c, "exact-online-nl", &first).await.unwrap();
+    Rig { engine, store, vault, clock, provider, events, c }
+}
+
+impl Rig {
+    fn advance_s(&self, s: u64) {
+        self.clock.advance(Duration::from_secs(s));
+    }
+    /// The refresh token the store holds for the chain, opened.
+    async fn stored_refresh_token(&self) -> String {
+        let (chain, _) = self.engine.chain(&self.c).await.unwrap().unwrap();
+        let fields = ContainerFields::of(&self.c);
+        let sealed = chain.sealed_refresh_token.unwrap();
+        self.vault.open_string(&fields.context(Field::RefreshToken), &sealed).await.unwrap().expose_secret().to_string()
+    }
+    async fn status(&self) -> ChainStatus {
+        self.engine.chain(&self.c).await.unwrap().unwrap().0.status
+    }
+}
+
+fn text(t: &AccessToken) -> &str {
+    t.token.expose_secret()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_token_is_handed_out_without_asking_the_provider() {
+    let r = rig().await;
+    r.advance_s(500);
+    assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-0");
+    assert_eq!(r.provider.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_taken_once_under_concurrency() {
+    let r = rig().await;
+    r.advance_s(601);
+    r.provider.fail_next(Fault::Slow(Duration::from_millis(200)));
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (engine, c) = (r.engine.clone(), r.c.clone());
+        callers.spawn(async move { engine.access_token(&c).await.map(|t| text(&t).to_string()) });
+    }
+    while let Some(got) = callers.join_next().await {
+        assert_eq!(got.unwrap().unwrap(), "at-1", "every caller gets the one new token");
+    }
+    assert_eq!(r.provider.requests(), 1, "one token request for fifty callers");
+    assert_eq!(r.engine.stats.refreshes.load(Ordering::SeqCst), 1);
+    assert!(r.engine.stats.waits.load(Ordering::SeqCst) >= 1, "the others waited for the lease holder");
+    assert_eq!(r.stored_refresh_token().await, "rt-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_received_refresh_token_is_written_before_it_is_used() {
+    let r = rig().await;
+    r.advance_s(601);
+    // The process "dies" after writing, before anything used the new token (activation included).
+    r.engine.crash_next_refresh_at(CrashPoint::AfterWrite);
+    let crashed = r.engine.access_token(&r.c).await.unwrap_err();
+    assert!(format!("{crashed}").contains("simulated crash"), "{crashed}");
+    assert_eq!(r.provider.state.lock().unwrap().activations, 0, "nothing used the new token yet");
+    assert_eq!(r.stored_refresh_token().await, "rt-1", "the new refresh token is in the store");
+    assert_eq!(r.provider.current(), "rt-1");
+    // The next caller finds the new token without a request.
+    assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-1");
+    assert_eq!(r.provider.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_loses_its_lease_goes_to_the_rescue_slot_which_is_tried_first() {
+    let r = rig().await;
+    r.advance_s(601);
+    r.provider.fail_next(Fault::Slow(Duration::from_millis(300)));
+    let (engine, c) = (r.engine.clone(), r.c.clone());
+    let caller = tokio::spawn(async move { engine.access_token(&c).await.map(|t| text(&t).to_string()) });
+    // While the lease holder waits for the provider, someone else writes the chain (as a holder whose lease ran
+    // out would find): the holder's conditional write of the new tokens loses.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let item = r.store.get(&chain_key(&r.c)).await.unwrap().unwrap();
+    let mut chain: ChainRecord = decode(&item).unwrap();
+    chain.lease = None;
+    r.store.put(Put::new(chain_key(&r.c), encode(&chain), Condition::Version(item.version))).await.unwrap();
+    assert_eq!(caller.await.unwrap().unwrap(), "at-1", "the caller still gets the new token");
+    assert_eq!(r.engine.stats.rescues_written.load(Ordering::SeqCst), 1);
+    assert_eq!(r.store.query(&chain_pk(&r.c), RESCUE_PREFIX, 10).await.unwrap().len(), 1);
+    assert_eq!(r.stored_refresh_token().await, "rt-0", "the chain itself still holds the dead token");
+
+    // The next refresh tries the rescued token before the chain's own: the dead one is never presented.
+    r.advance_s(601);
+    assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-2");
+    assert_eq!(r.provider.presented(), ["rt-0", "rt-1"]);
+    assert_eq!(r.engine.stats.rescues_used.load(Ordering::SeqCst), 1);
+    assert_eq!(r.stored_refresh_token().await, "rt-2");
+    assert!(r.store.query(&chain_pk(&r.c), RESCUE_PREFIX, 10).await.unwrap().is_empty(), "rescue slot cleared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_refresh_token_breaks_the_chain_with_a_precise_code_once() {
+    let r = rig().await;
+    r.provider.state.lock().unwrap().current = "rt-elsewhere".into(); // authorized again elsewhere
+    r.advance_s(601);
+    match r.engine.access_token(&r.c).await {
+        Err(ChainError::NeedsRepair { code, .. }) => assert_eq!(code, RepairCode::RefreshTokenSuperseded),
+        other => panic!("expected needs_repair: {other:?}"),
+    }
+    assert_eq!(r.status().await, ChainStatus::NeedsRepair);
+    assert_eq!(*r.events.broken.lock().unwrap(), [RepairCode::RefreshTokenSuperseded], "announced once");
+    // A broken chain is never sent to the provider again.
+    assert!(matches!(r.engine.access_token(&r.c).await, Err(ChainError::NeedsRepair { .. })));
+    assert_eq!(r.provider.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_outage_keeps_the_chain_and_backs_off() {
+    let r = rig().await;
+    r.advance_s(601);
+    r.provider.fail_next(Fault::Unavailable);
+    assert!(matches!(r.engine.access_token(&r.c).await, Err(ChainError::ProviderUnavailable { .. })));
+    assert!(matches!(r.engine.access_token(&r.c).await, Err(ChainError::ProviderUnavailable { .. })));
+    assert_eq!(r.provider.requests(), 1, "no second request inside the backoff");
+    assert_eq!(r.status().await, ChainStatus::Healthy);
+    r.advance_s(7);
+    assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-1", "after the backoff the same token works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_early_is_a_wait_and_a_wrong_app_registration_is_not_a_broken_chain() {
+    let r = rig().await;
+    r.advance_s(601);
+    r.provider.fail_next(Fault::TooEarly);
+    match r.engine.access_token(&r.c).await {
+        Err(ChainError::RateLimited { wait_s }) => assert!(wait_s >= 60, "{wait_s}"),
+        other => panic!("expected token_rate_limited: {other:?}"),
+    }
+    r.advance_s(601);
+    r.provider.fail_next(Fault::InvalidClient);
+    assert!(matches!(r.engine.access_token(&r.c).await, Err(ChainError::InvalidClient(_))));
+    let (chain, _) = r.engine.chain(&r.c).await.unwrap().unwrap();
+    assert_eq!(chain.status, ChainStatus::Healthy);
+    assert_eq!(chain.last_error.unwrap().code, "invalid_client");
+    assert!(r.events.broken.lock().unwrap().is_empty());
+    assert_eq!(r.provider.current(), "rt-0", "the chain's token is still the live one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_tries_the_old_token_once_then_says_so() {
+    let r = rig().await;
+    r.advance_s(601);
+    r.provider.fail_next(Fault::LoseAnswer);
+    assert!(matches!(r.engine.access_token(&r.c).await, Err(ChainError::ProviderUnavailable { .. })));
+    assert_eq!(r.status().await, ChainStatus::Healthy, "a timeout alone does not break the chain");
+    r.advance_s(601);
+    match r.engine.access_token(&r.c).await {
+        Err(ChainError::NeedsRepair { code, .. }) => assert_eq!(code, RepairCode::RefreshResponseLost),
+        other => panic!("expected refresh_response_lost: {other:?}"),
+    }
+    assert_eq!(r.provider.presented(), ["rt-0", "rt-0"], "the old token was tried exactly once more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_authorization_of_a_broken_chain_is_announced_as_recovered() {
+    let r = rig().await;
+    r.engine.set_repair_code(&r.c, RepairCode::RefreshTokenExpired, "test").await.unwrap();
+    assert_eq!(r.status().await, ChainStatus::NeedsRepair);
+    let fresh = TokenSet {
+        access_token: SecretString::from("at-new".to_string()),
+        refresh_token: Some(SecretString::from("rt-new".to_string())),
+        expires_in: None,
+        scope: None,
+    };
+    let chain = r.engine.install(&r.c, "exact-online-nl", &fresh).await.unwrap();
+    assert_eq!(chain.generation, 2);
+    assert_eq!(*r.events.recovered.lock().unwrap(), 1);
+    assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-new");
+}
