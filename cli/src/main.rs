@@ -8,9 +8,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use chainkeeper::app::{DataDir, embedded_system};
 use chainkeeper::auth::{Claims, issue};
 use chainkeeper::config::Config;
+use chainkeeper::wiring::{DataDir, embedded_system};
 
 /// mimalloc: the warm token path allocates a little per request, and glibc's malloc showed in profiles.
 #[global_allocator]
@@ -136,17 +136,17 @@ fn issue_token(a: IssueArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(storage: &StorageArgs) -> anyhow::Result<(DataDir, Arc<chainkeeper::app::Services>)> {
+fn load(storage: &StorageArgs) -> anyhow::Result<(DataDir, Arc<chainkeeper::app::App>)> {
     let config = Config::load(storage.config.as_deref())?;
     let data =
         DataDir::open(&storage.data_dir).with_context(|| format!("data directory {}", storage.data_dir.display()))?;
-    let services = embedded_system(&data, config)?;
-    Ok((data, services))
+    let app = embedded_system(&data, config)?;
+    Ok((data, app))
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     chainkeeper::telemetry::init();
-    let (data, services) = load(&a.storage)?;
+    let (data, app) = load(&a.storage)?;
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
@@ -163,9 +163,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     );
     use std::io::Write;
     std::io::stdout().flush()?;
-    let ticker = chainkeeper::sweep::spawn_ticker(services.clone());
-    let app = chainkeeper::api::router(services);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
+    let ticker = chainkeeper::wiring::spawn_schedule(app.clone());
+    let router = chainkeeper::api::router(app);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
     ticker.abort();
     Ok(())
 }
@@ -184,8 +184,8 @@ async fn shutdown() {
 
 async fn sweep(a: StorageArgs) -> anyhow::Result<()> {
     chainkeeper::telemetry::init();
-    let (_, services) = load(&a)?;
-    let report = chainkeeper::sweep::run_once(&services, 100_000).await?;
+    let (_, app) = load(&a)?;
+    let report = app.sweep.run_once(100_000).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

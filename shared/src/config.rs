@@ -1,6 +1,7 @@
 //! Configuration: one TOML file (`--config` / `CHAINKEEPER_CONFIG`). Provider profiles are data: the built-in
 //! ones (`shared/providers.toml`) are merged key by key with the file's `[providers.*]` tables, then
-//! `extends` is resolved. App registrations (`[apps.<profile>]`) are the embedded `Secrets` source.
+//! `extends` is resolved. App registrations (`[apps.<profile>]`, [`AppRegistration`]) are the embedded `Secrets`
+//! source.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,28 +9,9 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use crate::provider::ProviderProfile;
+use crate::provider::{AppRegistration, ProviderProfile};
 
 const BUILT_IN_PROVIDERS: &str = include_str!("../providers.toml");
-
-/// An app registration at a provider (in AWS: a Secrets Manager secret).
-#[derive(Clone, Deserialize)]
-pub struct AppRegistration {
-    pub client_id: String,
-    pub client_secret: secrecy::SecretString,
-    /// Where the provider sends the person back: chainkeeper's `/v1/callback`.
-    pub redirect_uri: String,
-}
-
-impl std::fmt::Debug for AppRegistration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppRegistration")
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"[redacted]")
-            .field("redirect_uri", &self.redirect_uri)
-            .finish()
-    }
-}
 
 /// Tuning of the chain engine; the defaults suit every built-in provider.
 #[derive(Clone, Debug, Deserialize)]

@@ -1,16 +1,21 @@
 //! chainkeeper: keeps OAuth2 and other credentials of data containers alive and safe.
 //!
-//! A newcomer's map:
-//! - [`chain`] — the chain engine, the heart: never two refreshes, never a lost refresh token.
-//! - [`api`] — the HTTP routes (one router per Lambda function; `serve` merges them); [`auth`] checks API tokens.
-//! - Ports and their adapters: [`store`] (SQLite, in-memory; DynamoDB with `aws`), [`keys`] (local key file;
-//!   KMS with `aws`), [`secrets`], [`clock`].
-//! - [`config`] and [`provider`] — provider profiles as data; [`oauth`] — the token endpoint.
-//! - [`records`] — everything stored and under which key; [`app`] — the services wired together.
+//! A newcomer's map, outside in (docs/ARCHITECTURE.md has the whole picture). Every arrow points inward: a module
+//! imports only modules of its own layer or of a layer below it, and the import graph has no cycle
+//! (`shared/tests/architecture.rs` checks both on the source).
+//!
+//! | layer | modules |
+//! | --- | --- |
+//! | wiring | [`wiring`] (adapters chosen, the application built: embedded, AWS, Lambda environment, `serve`'s schedule), [`telemetry`] |
+//! | HTTP | [`api`] — routes from one table, auth middleware, handlers, problem documents |
+//! | use cases | [`app`] — organisations, containers, authorization, token hand-out, query proxy, auto-recovery, API tokens, audit, webhooks, sweep |
+//! | domain | [`chain`] (the chain engine, the heart), [`auth`] (API-token claims and scopes), [`records`] (every stored item and key), [`provider`] (profiles as data, the token endpoint, the login driver), [`config`], [`totp`] |
+//! | ports and their embedded adapters | [`store`] (SQLite, in-memory), [`keys`] (envelope encryption, local key file), [`secrets`], [`clock`] |
+//! | AWS adapters | [`aws`] (feature `aws`: DynamoDB, KMS, Secrets Manager) |
+//! | foundation | [`ids`] (validated names), [`clock`] |
 
 pub mod api;
 pub mod app;
-pub mod audit;
 pub mod auth;
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -19,14 +24,10 @@ pub mod clock;
 pub mod config;
 pub mod ids;
 pub mod keys;
-pub mod lambda;
-pub mod notify;
-pub mod problem;
 pub mod provider;
 pub mod records;
-pub mod recover;
 pub mod secrets;
 pub mod store;
-pub mod sweep;
 pub mod telemetry;
 pub mod totp;
+pub mod wiring;

@@ -216,6 +216,13 @@ pub struct ContainerRecord {
     pub identity: Option<IdentityInfo>,
 }
 
+impl ContainerRecord {
+    /// Whether any secret credential is stored (a password, an API token or a client secret).
+    pub fn has_credentials(&self) -> bool {
+        self.sealed_password.is_some() || self.sealed_api_token.is_some() || self.sealed_client_secret.is_some()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChainStatus {
@@ -324,4 +331,36 @@ pub struct AuditRecord {
     pub outcome: String,
     #[serde(default)]
     pub detail: Option<String>,
+}
+
+/// An API token's metadata (never the token itself).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiTokenRecord {
+    pub id: String,
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub issued_by: String,
+    pub issued_at_ms: i64,
+    pub expires_at_ms: i64,
+    #[serde(default)]
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// Auto-recovery credentials of a container (all sealed with the organisation's key).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RecoveryRecord {
+    pub sealed_username: String,
+    pub sealed_password: String,
+    #[serde(default)]
+    pub sealed_totp: Option<String>,
+    pub retention_days: u32,
+    pub created_at_ms: Millis,
+    pub expires_at_ms: Millis,
+    #[serde(default)]
+    pub expiry_notified: bool,
+    #[serde(default)]
+    pub attempts_ms: Vec<Millis>,
+    /// Set when retries stopped for good (wrong credentials, wrong identity): only new credentials restart them.
+    #[serde(default)]
+    pub stopped: Option<String>,
 }

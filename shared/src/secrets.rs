@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-use crate::config::AppRegistration;
+use crate::provider::AppRegistration;
 
 #[async_trait]
 pub trait Secrets: Send + Sync + 'static {

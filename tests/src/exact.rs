@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chainkeeper::app::{DataDir, Services};
+use chainkeeper::app::App;
 use chainkeeper::clock::{Clock, ManualClock};
 use chainkeeper::config::Config;
 use chainkeeper::ids::{Alias, ContainerRef, DbName, OrgId};
@@ -14,6 +14,7 @@ use chainkeeper::keys::local::LocalKeys;
 use chainkeeper::secrets::{LocalSecrets, Secrets};
 use chainkeeper::store::sqlite::SqliteStore;
 use chainkeeper::store::{Condition, Index, Item, Key, Put, Store, StoreError, Version, WriteOp};
+use chainkeeper::wiring::DataDir;
 use exact_sim::{ExactSim, SimApp, SimClock, SimConfig, SimUser};
 use serde_json::json;
 
@@ -143,7 +144,7 @@ impl Keys for CountingKeys {
 pub struct ExactHarness {
     pub sim: ExactSim,
     pub clock: ManualClock,
-    pub services: Arc<Services>,
+    pub services: Arc<App>,
     pub store: Arc<FlakyStore>,
     pub keys: Arc<CountingKeys>,
     pub api: Api,
@@ -283,7 +284,7 @@ redirect_uri = "{redirect}"
         let keys = Arc::new(CountingKeys { inner: local, calls: AtomicU32::new(0) });
         let signing = data.signing_key().unwrap();
         let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(config.apps.clone(), signing));
-        let services = Services::new(store.clone(), keys.clone(), secrets, clock_dyn, config);
+        let services = App::new(store.clone(), keys.clone(), secrets, clock_dyn, config);
         let app = chainkeeper::api::router(services.clone());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();

@@ -6,11 +6,11 @@ use lambda_runtime::{LambdaEvent, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     chainkeeper::telemetry::init();
-    let services = chainkeeper::lambda::services_from_env().await?;
+    let app = chainkeeper::wiring::from_env().await?;
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<serde_json::Value>| {
-        let services = services.clone();
+        let app = app.clone();
         async move {
-            let report = chainkeeper::recover::run_once(&services).await?;
+            let report = app.recovery.run_once().await?;
             Ok::<_, lambda_runtime::Error>(serde_json::to_value(report)?)
         }
     }))

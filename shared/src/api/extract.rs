@@ -7,9 +7,10 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use super::errors;
+use super::problem::Problem;
 use crate::auth::Claims;
 use crate::ids::{Alias, ContainerRef, DbName, OrgId};
-use crate::problem::Problem;
 
 /// A JSON body. An empty body reads as `{}`.
 pub struct Body<T>(pub T);
@@ -18,9 +19,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|_| {
-            Problem::bad_request("invalid_body", "The request body could not be read (too large or cut off).")
-        })?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|_| errors::unreadable_body())?;
         let bytes =
             if bytes.iter().all(u8::is_ascii_whitespace) { axum::body::Bytes::from_static(b"{}") } else { bytes };
         serde_json::from_slice(&bytes).map(Body).map_err(|e| {
@@ -30,10 +29,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             } else {
                 format!("a value is missing or has the wrong type (line {}, column {})", e.line(), e.column())
             };
-            Problem::bad_request(
-                "invalid_body",
-                format!("The JSON body is not valid: {safe}. See /openapi.json for the expected shape."),
-            )
+            errors::invalid_body(&safe)
         })
     }
 }
@@ -49,11 +45,11 @@ impl Names {
     pub fn container(&self) -> Result<ContainerRef, Problem> {
         match (&self.db, &self.alias) {
             (Some(db), Some(alias)) => Ok(ContainerRef { org: self.org.clone(), db: db.clone(), alias: alias.clone() }),
-            _ => Err(Problem::bad_request("invalid_name", "This route needs a database and a container alias.")),
+            _ => Err(errors::route_needs("a database and a container alias")),
         }
     }
     pub fn db(&self) -> Result<DbName, Problem> {
-        self.db.clone().ok_or_else(|| Problem::bad_request("invalid_name", "This route needs a database name."))
+        self.db.clone().ok_or_else(|| errors::route_needs("a database name"))
     }
 }
 
@@ -61,9 +57,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Names {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        let Path(map) = Path::<HashMap<String, String>>::from_request_parts(parts, state).await.map_err(|_| {
-            Problem::bad_request("invalid_name", "The path holds characters that are not allowed in names.")
-        })?;
+        let Path(map) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| errors::invalid_path_names())?;
         let org = OrgId::parse(map.get("org").map(String::as_str).unwrap_or(""))?;
         let db = map.get("db").map(|d| DbName::parse(d)).transpose()?;
         let alias = map.get("alias").map(|a| Alias::parse(a)).transpose()?;
@@ -83,6 +79,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .get::<Claims>()
             .cloned()
             .map(Caller)
-            .ok_or_else(|| Problem::internal(&"route without auth middleware"))
+            .ok_or_else(|| errors::internal(&"route without auth middleware"))
     }
 }

@@ -1,28 +1,48 @@
-//! The HTTP API: one `axum::Router` per Lambda function, all built here. `chainkeeper serve` merges them on one
-//! port; in AWS each function serves its own through `lambda_http`. The same request takes the same code path.
+//! The HTTP API: one `axum::Router` per Lambda function, all built here from the route table ([`routes`]).
+//! `chainkeeper serve` merges them on one port; in AWS each function serves its own through `lambda_http`. The
+//! same request takes the same code path.
+//!
+//! A handler only parses (names, body), calls one use case of [`crate::app`], and renders its answer; every
+//! error becomes a problem document in [`errors`]. Nothing outside this module imports it.
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`routes`] | the route table: method, path, resource (scopes), public or not, function, handler |
+//! | [`auth`] | the middleware that checks API tokens and scopes against the table |
+//! | [`extract`] | path names, JSON bodies and the caller, with problem+json rejections |
+//! | [`problem`], [`errors`] | problem documents and their registry; every error → problem mapping |
+//! | [`openapi`] | `/openapi.json`, generated from the table |
+//! | [`orgs`], [`webhooks`], [`containers`], [`authorization`], [`handout`], [`query`], [`recovery`], [`api_tokens`], [`audit`] | the handlers, one module per use-case area |
 
-pub mod authorize;
+pub mod api_tokens;
+pub mod audit;
+pub mod auth;
+pub mod authorization;
+pub mod containers;
+pub mod errors;
 pub mod extract;
-pub mod manage;
+pub mod handout;
 pub mod openapi;
+pub mod orgs;
+pub mod problem;
 pub mod query;
 pub mod recovery;
 pub mod routes;
-pub mod token;
-pub mod tokens;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{Method, Uri};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
-use crate::app::Services;
-use crate::problem::Problem;
+use crate::app::App;
+use problem::Problem;
 use routes::{Handler, ROUTES, RouteSpec};
 
-pub type AppState = Arc<Services>;
+/// What every handler gets: the application.
+pub type AppState = Arc<App>;
 
 /// The handler of one route of the table, on exactly that route's method (axum serves `HEAD` with a `GET`
 /// handler). The match is exhaustive: a handler added to the table without a function here does not compile.
@@ -32,32 +52,32 @@ fn endpoint(spec: &RouteSpec) -> MethodRouter<AppState> {
     match spec.handler {
         Handler::Health => on(filter, || async { "ok" }),
         Handler::OpenApi => on(filter, openapi::serve),
-        Handler::ProblemPage => on(filter, problem_page),
-        Handler::Callback => on(filter, authorize::callback),
-        Handler::CreateOrg => on(filter, manage::create_org),
-        Handler::GetOrg => on(filter, manage::get_org),
-        Handler::DeleteOrg => on(filter, manage::delete_org),
-        Handler::CreateDb => on(filter, manage::create_db),
-        Handler::ListDbs => on(filter, manage::list_dbs),
-        Handler::DeleteDb => on(filter, manage::delete_db),
-        Handler::CreateContainer => on(filter, manage::create_container),
-        Handler::ListContainers => on(filter, manage::list_containers),
-        Handler::GetContainer => on(filter, manage::get_container),
-        Handler::DeleteContainer => on(filter, manage::delete_container),
-        Handler::SetCredentials => on(filter, manage::set_credentials),
+        Handler::ProblemPage => on(filter, problem::serve_page),
+        Handler::Callback => on(filter, authorization::callback),
+        Handler::CreateOrg => on(filter, orgs::create_org),
+        Handler::GetOrg => on(filter, orgs::get_org),
+        Handler::DeleteOrg => on(filter, orgs::delete_org),
+        Handler::CreateDb => on(filter, orgs::create_db),
+        Handler::ListDbs => on(filter, orgs::list_dbs),
+        Handler::DeleteDb => on(filter, orgs::delete_db),
+        Handler::CreateContainer => on(filter, containers::create),
+        Handler::ListContainers => on(filter, containers::list),
+        Handler::GetContainer => on(filter, containers::get),
+        Handler::DeleteContainer => on(filter, containers::delete),
+        Handler::SetCredentials => on(filter, containers::set_credentials),
         Handler::SetAutoRecovery => on(filter, recovery::set),
         Handler::DeleteAutoRecovery => on(filter, recovery::delete),
         Handler::Recover => on(filter, recovery::run),
-        Handler::Authorize => on(filter, authorize::start),
-        Handler::HandOut => on(filter, token::hand_out),
+        Handler::Authorize => on(filter, authorization::start),
+        Handler::HandOut => on(filter, handout::hand_out),
         Handler::Query => on(filter, query::proxy),
-        Handler::Repairs => on(filter, manage::repairs),
-        Handler::Audit => on(filter, manage::audit),
-        Handler::SetWebhook => on(filter, manage::set_webhook),
-        Handler::DeleteWebhook => on(filter, manage::delete_webhook),
-        Handler::CreateApiToken => on(filter, tokens::create),
-        Handler::ListApiTokens => on(filter, tokens::list),
-        Handler::RevokeApiToken => on(filter, tokens::revoke),
+        Handler::Repairs => on(filter, containers::repairs),
+        Handler::Audit => on(filter, audit::list),
+        Handler::SetWebhook => on(filter, webhooks::set),
+        Handler::DeleteWebhook => on(filter, webhooks::delete),
+        Handler::CreateApiToken => on(filter, api_tokens::create),
+        Handler::ListApiTokens => on(filter, api_tokens::list),
+        Handler::RevokeApiToken => on(filter, api_tokens::revoke),
     }
 }
 
@@ -77,7 +97,7 @@ fn routes_of(function: Option<&str>) -> Router<AppState> {
 
 fn with_common(router: Router<AppState>, state: AppState) -> Router {
     router
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::require_token))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -100,44 +120,10 @@ pub fn router(state: AppState) -> Router {
     with_common(routes_of(None), state)
 }
 
-/// `GET /problems/{code}`: what a problem code means and what to do (every problem's `type` links here).
-async fn problem_page(axum::extract::Path(code): axum::extract::Path<String>) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match crate::problem::problem_type(&code) {
-        Some(t) => axum::response::Html(crate::problem::page(&t)).into_response(),
-        None => Problem::not_found(
-            "no_such_problem_type",
-            "There is no problem code of that name. Problem documents link to their own page in `type`.",
-        )
-        .into_response(),
-    }
-}
-
 async fn not_found(uri: Uri) -> Problem {
-    let path: String = uri.path().chars().take(200).collect();
-    Problem::not_found("no_such_route", format!("There is no route {path}. See /openapi.json for the API."))
+    errors::no_such_route(uri.path())
 }
 
 async fn method_not_allowed() -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "This route does not take that method. See /openapi.json.",
-    )
-}
-
-/// A `405` for a path of the table whose method is not: never passed to a handler. `Allow` lists what the table has.
-pub(crate) fn method_not_in_table(template: &str) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let allow = routes::allowed_methods(template).join(", ");
-    let mut res = Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("This route takes {allow}. See /openapi.json."),
-    )
-    .into_response();
-    if let Ok(v) = axum::http::HeaderValue::from_str(&allow) {
-        res.headers_mut().insert(axum::http::header::ALLOW, v);
-    }
-    res
+    errors::method_not_allowed(None)
 }

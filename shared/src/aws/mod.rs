@@ -1,5 +1,6 @@
 //! The AWS adapters (feature `aws`): DynamoDB [`Store`](crate::store::Store), KMS [`Keys`](crate::keys::Keys),
-//! Secrets Manager [`Secrets`](crate::secrets::Secrets). Only this module imports `aws_sdk_*`.
+//! Secrets Manager [`Secrets`](crate::secrets::Secrets). Only this module imports `aws_sdk_*`; `wiring` builds the
+//! application over [`adapters`].
 
 pub mod dynamo;
 pub mod kms;
@@ -7,9 +8,10 @@ pub mod secrets;
 
 use std::sync::Arc;
 
-use crate::app::Services;
-use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::clock::Clock;
+use crate::keys::Keys;
+use crate::secrets::Secrets;
+use crate::store::Store;
 
 /// Environment of the Lambda functions (and of anything else that runs on AWS).
 pub struct AwsEnv {
@@ -51,10 +53,9 @@ pub async fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// Services on AWS: the SDK configuration is loaded once (region, credentials, `AWS_ENDPOINT_URL`).
-pub async fn services(env: AwsEnv, config: Config) -> anyhow::Result<Arc<Services>> {
+/// The three AWS adapters, over one SDK configuration loaded once (region, credentials, `AWS_ENDPOINT_URL`).
+pub async fn adapters(env: &AwsEnv, clock: Arc<dyn Clock>) -> (Arc<dyn Store>, Arc<dyn Keys>, Arc<dyn Secrets>) {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store =
         Arc::new(dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), env.table.clone(), clock.clone()));
     let keys =
@@ -63,7 +64,7 @@ pub async fn services(env: AwsEnv, config: Config) -> anyhow::Result<Arc<Service
         aws_sdk_secretsmanager::Client::new(&sdk),
         env.apps_secret_prefix.clone(),
         env.signing_key_secret.clone(),
-        clock.clone(),
+        clock,
     ));
-    Ok(Services::new(store, keys, secrets, clock, config))
+    (store, keys, secrets)
 }

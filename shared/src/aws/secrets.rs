@@ -9,7 +9,7 @@ use aws_sdk_secretsmanager::Client;
 use zeroize::Zeroizing;
 
 use crate::clock::{Clock, Millis};
-use crate::config::AppRegistration;
+use crate::provider::AppRegistration;
 use crate::secrets::Secrets;
 
 const TTL_MS: Millis = 60_000;

@@ -413,7 +413,7 @@ impl ChainEngine {
         &self,
         c: &ContainerRef,
         profile: &ProviderProfile,
-        app: Option<&crate::config::AppRegistration>,
+        app: Option<&crate::provider::AppRegistration>,
         kind: CredentialKind,
         timeout: Duration,
     ) -> Result<Result<TokenSet, TokenError>, ChainError> {
@@ -429,7 +429,7 @@ impl ChainEngine {
                 };
                 let secret = self.vault.open_string(&fields.context(Field::ClientSecret), sealed).await?;
                 let own =
-                    crate::config::AppRegistration { client_id, client_secret: secret, redirect_uri: String::new() };
+                    crate::provider::AppRegistration { client_id, client_secret: secret, redirect_uri: String::new() };
                 oauth::request_token(
                     &self.http,
                     profile,

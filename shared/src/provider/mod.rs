@@ -9,6 +9,25 @@ use std::collections::BTreeMap;
 use anyhow::bail;
 use serde::Deserialize;
 
+/// An app registration at a provider (in AWS: a Secrets Manager secret).
+#[derive(Clone, Deserialize)]
+pub struct AppRegistration {
+    pub client_id: String,
+    pub client_secret: secrecy::SecretString,
+    /// Where the provider sends the person back: chainkeeper's `/v1/callback`.
+    pub redirect_uri: String,
+}
+
+impl std::fmt::Debug for AppRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppRegistration")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("redirect_uri", &self.redirect_uri)
+            .finish()
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenAuth {

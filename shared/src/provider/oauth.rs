@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::AppRegistration;
+use crate::provider::AppRegistration;
 use crate::provider::{ProviderProfile, TokenAuth};
 
 /// A successful token response.

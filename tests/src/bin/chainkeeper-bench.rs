@@ -236,9 +236,9 @@ async fn sweep() -> anyhow::Result<()> {
     let writes_before = h.services.engine.stats.store_writes.load(Ordering::SeqCst);
     let requests_before = h.sim.stats().refresh_requests;
     let start = Instant::now();
-    let mut total = chainkeeper::sweep::SweepReport::default();
+    let mut total = chainkeeper::app::sweep::SweepReport::default();
     loop {
-        let r = chainkeeper::sweep::run_once(&h.services, 20_000).await?;
+        let r = h.services.sweep.run_once(20_000).await?;
         total.refreshed += r.refreshed;
         total.transient_failures += r.transient_failures;
         total.broken += r.broken;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use chainkeeper::app::recovery::Outcome;
 use chainkeeper::chain::{ChainError, RepairCode};
-use chainkeeper::recover::Outcome;
 use chainkeeper_e2e::container_path;
 use chainkeeper_e2e::exact::{CLIENT_ID, ExactHarness, sim_user};
 use exact_sim::Fault;
@@ -88,7 +88,7 @@ async fn a_healthy_chain_is_never_recovered() {
         .post(&format!("{}/recover", container_path("acme", "finance", "eol")), json!({}))
         .await
         .assert_problem(409, "chain_healthy");
-    let report = chainkeeper::recover::run_once(&h.services).await.unwrap();
+    let report = h.services.recovery.run_once().await.unwrap();
     assert_eq!(report.needs_repair, 0);
     assert_eq!(h.sim.stats().code_requests, codes, "no sign-in happened");
 }
@@ -112,14 +112,14 @@ async fn a_wrong_password_stops_retries_at_once_and_says_so() {
     assert_eq!(view["auto_recovery"]["stopped"], "recovery_credentials_invalid");
     // No more attempts, however often the schedule runs.
     for _ in 0..3 {
-        let r = chainkeeper::recover::recover_container(&h.services, &h.container, "test").await.unwrap();
+        let r = h.services.recovery.recover_container(&h.container, "test").await.unwrap();
         assert_eq!(r, Outcome::Stopped);
     }
     let repairs = h.api.get("/v1/orgs/acme/repairs").await;
     assert_eq!(repairs.body["repairs"][0]["code"], "recovery_credentials_invalid");
     // Correct credentials restart it.
     store_recovery(&h, &user.username, &user.password, user.totp_secret_base32.as_deref().unwrap()).await;
-    let r = chainkeeper::recover::recover_container(&h.services, &h.container, "test").await.unwrap();
+    let r = h.services.recovery.recover_container(&h.container, "test").await.unwrap();
     assert_eq!(r, Outcome::Recovered);
 }
 
@@ -169,21 +169,12 @@ async fn attempts_are_bounded_per_hour() {
     store_recovery(&h, &user.username, &user.password, user.totp_secret_base32.as_deref().unwrap()).await;
     h.sim.fail_next_token_requests(10, Fault::ServiceUnavailable); // the code exchange fails: a transient failure
     for _ in 0..3 {
-        assert_eq!(
-            chainkeeper::recover::recover_container(&h.services, &h.container, "test").await.unwrap(),
-            Outcome::Failed
-        );
+        assert_eq!(h.services.recovery.recover_container(&h.container, "test").await.unwrap(), Outcome::Failed);
     }
-    assert_eq!(
-        chainkeeper::recover::recover_container(&h.services, &h.container, "test").await.unwrap(),
-        Outcome::RateLimited
-    );
+    assert_eq!(h.services.recovery.recover_container(&h.container, "test").await.unwrap(), Outcome::RateLimited);
     h.sim.clear_faults();
     h.advance(Duration::from_secs(3_601));
-    assert_eq!(
-        chainkeeper::recover::recover_container(&h.services, &h.container, "test").await.unwrap(),
-        Outcome::Recovered
-    );
+    assert_eq!(h.services.recovery.recover_container(&h.container, "test").await.unwrap(), Outcome::Recovered);
     assert!(matches!(h.services.engine.access_token(&h.container).await, Ok(_) | Err(ChainError::RateLimited { .. })));
 }
 
@@ -208,18 +199,15 @@ async fn stored_credentials_expire_with_a_warning_three_days_before() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body["retention_days"], 5);
     h.advance(Duration::from_secs(86_400));
-    assert_eq!(chainkeeper::recover::run_once(&h.services).await.unwrap().expiry_warnings, 0, "not yet");
+    assert_eq!(h.services.recovery.run_once().await.unwrap().expiry_warnings, 0, "not yet");
     h.advance(Duration::from_secs(86_400 + 3_600));
-    assert_eq!(chainkeeper::recover::run_once(&h.services).await.unwrap().expiry_warnings, 1, "three days before");
-    assert_eq!(chainkeeper::recover::run_once(&h.services).await.unwrap().expiry_warnings, 0, "once");
+    assert_eq!(h.services.recovery.run_once().await.unwrap().expiry_warnings, 1, "three days before");
+    assert_eq!(h.services.recovery.run_once().await.unwrap().expiry_warnings, 0, "once");
     let audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
     assert!(audit.contains("auto_recovery.expiring"), "{audit}");
     h.advance(Duration::from_secs(3 * 86_400));
     assert_eq!(h.status().await["auto_recovery"]["configured"], false, "deleted after the retention");
-    assert!(
-        chainkeeper::recover::run_once(&h.services).await.unwrap().purged >= 1,
-        "and purged from the embedded store"
-    );
+    assert!(h.services.recovery.run_once().await.unwrap().purged >= 1, "and purged from the embedded store");
     // DELETE removes them at once.
     h.api.put(&recovery_path(), json!({"username": user.username, "password": user.password})).await;
     assert_eq!(h.api.delete(&recovery_path()).await.status, 204);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chainkeeper::app::Services;
+use chainkeeper::app::App;
 use chainkeeper::aws::dynamo::DynamoStore;
 use chainkeeper::aws::kms::KmsKeys;
 use chainkeeper::aws::secrets::SecretsManager;
@@ -162,7 +162,7 @@ async fn two_hundred_callers_cause_one_refresh_on_dynamodb_and_kms() {
     let store: Arc<dyn Store> = dynamo(&moto, &clock).await;
     let keys: Arc<dyn Keys> = kms(&moto).await;
     let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(config.apps.clone(), [3u8; 32]));
-    let services = Services::new(store, keys.clone(), secrets, Arc::new(clock.clone()), config);
+    let services = App::new(store, keys.clone(), secrets, Arc::new(clock.clone()), config);
     keys.create_org_key("acme").await.unwrap();
     let c = ContainerRef {
         org: OrgId::parse("acme").unwrap(),

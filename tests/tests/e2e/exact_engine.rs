@@ -145,9 +145,9 @@ async fn the_sweep_keeps_an_unused_chain_alive_past_thirty_days_and_is_idempoten
     let h = ExactHarness::start(|_| {}).await;
     for month in 0..3 {
         h.advance(Duration::from_secs(29 * 86_400 + 43_200));
-        let first = chainkeeper::sweep::run_once(&h.services, 100).await.unwrap();
+        let first = h.services.sweep.run_once(100).await.unwrap();
         assert_eq!(first.refreshed, 1, "month {month}: kept alive: {first:?}");
-        let again = chainkeeper::sweep::run_once(&h.services, 100).await.unwrap();
+        let again = h.services.sweep.run_once(100).await.unwrap();
         assert_eq!(again.refreshed, 0, "month {month}: a second event refreshes nothing");
     }
     assert_eq!(h.sim.stats().refresh_requests, 3);
@@ -161,10 +161,10 @@ async fn the_sweep_refreshes_chains_in_active_use_ahead_of_expiry() {
     assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 200); // in use
     tokio::time::sleep(Duration::from_millis(100)).await; // the usage note is written in the background
     h.advance(secs(560));
-    let r = chainkeeper::sweep::run_once(&h.services, 100).await.unwrap();
+    let r = h.services.sweep.run_once(100).await.unwrap();
     assert_eq!(r.refreshed, 0, "not before 570 s: {r:?}");
     h.advance(secs(11));
-    let r = chainkeeper::sweep::run_once(&h.services, 100).await.unwrap();
+    let r = h.services.sweep.run_once(100).await.unwrap();
     assert_eq!(r.refreshed, 1, "{r:?}");
     let requests = h.sim.stats().token_requests;
     h.advance(secs(100));
@@ -284,8 +284,8 @@ async fn store_write_failures_never_lose_a_received_refresh_token() {
     h.advance(secs(571));
     h.store.skip_then_fail(1, 6);
     h.services.engine.obtain(&h.container, Want::Valid).await.expect("token");
-    let other = chainkeeper::app::embedded(
-        &chainkeeper::app::DataDir::open(h.dir.path()).unwrap(),
+    let other = chainkeeper::wiring::embedded(
+        &chainkeeper::wiring::DataDir::open(h.dir.path()).unwrap(),
         (*h.services.config).clone(),
         Arc::new(h.clock.clone()),
     )
@@ -331,8 +331,8 @@ async fn a_wrong_client_secret_keeps_the_chain_and_backs_off() {
     // A second process whose app registration has the wrong secret.
     let mut config = (*h.services.config).clone();
     config.apps.get_mut("exact-online-nl").unwrap().client_secret = secrecy::SecretString::from("wrong".to_string());
-    let other = chainkeeper::app::embedded(
-        &chainkeeper::app::DataDir::open(h.dir.path()).unwrap(),
+    let other = chainkeeper::wiring::embedded(
+        &chainkeeper::wiring::DataDir::open(h.dir.path()).unwrap(),
         config,
         Arc::new(h.clock.clone()),
     )

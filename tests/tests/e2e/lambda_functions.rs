@@ -19,7 +19,7 @@ fn body(v: &Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_function_answers_the_events_lambda_sends() {
     let dir = tempfile::tempdir().unwrap();
-    let data = chainkeeper::app::DataDir::open(dir.path()).unwrap();
+    let data = chainkeeper::wiring::DataDir::open(dir.path()).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let token = issue(
         &data.signing_key().unwrap(),

@@ -3,8 +3,8 @@
 //! simulator) receives no request that was not authenticated and allowed.
 
 use chainkeeper::api::routes::ROUTES;
-use chainkeeper::app::DataDir;
 use chainkeeper::auth::{Claims, issue};
+use chainkeeper::wiring::DataDir;
 use chainkeeper_e2e::Api;
 use chainkeeper_e2e::exact::{ExactHarness, T0};
 

@@ -70,10 +70,10 @@ async fn signed_events_when_a_chain_breaks_and_recovers() {
     let t: i64 = sig.split(',').next().unwrap().trim_start_matches("t=").parse().unwrap();
     assert_eq!(
         sig,
-        chainkeeper::notify::signature(secret.as_bytes(), t, body),
+        chainkeeper::app::webhooks::signature(secret.as_bytes(), t, body),
         "HMAC-SHA256 over t.body with the secret"
     );
-    assert_ne!(sig, chainkeeper::notify::signature(b"another secret", t, body));
+    assert_ne!(sig, chainkeeper::app::webhooks::signature(b"another secret", t, body));
 
     let user = h.user.clone();
     assert_eq!(h.authorize("acme", "finance", "eol", &user).await.status, 200);

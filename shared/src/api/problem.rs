@@ -4,7 +4,7 @@
 //! Every code is in one registry, [`PROBLEM_TYPES`], with its title, what it means and what to do; each problem's
 //! `type` is `/problems/{code}`, a public page of chainkeeper's own that says exactly that (a relative reference,
 //! resolved against the URL that answered, RFC 9457 §3.1.1, so it leads to the same deployment behind any host
-//! name). A 5xx logs its cause and shows a generic text; a secret never reaches a `detail`.
+//! name). Which error becomes which problem is decided in one place, [`super::errors`].
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -307,15 +307,6 @@ impl Problem {
     pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, detail)
     }
-    /// A failure we did not expect: the cause goes to the log, the caller sees a generic text.
-    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "chainkeeper hit an unexpected error; nothing was changed that you were told succeeded. Retry, and report it to the operator if it persists.",
-        )
-    }
     pub fn unavailable(code: &'static str, detail: impl Into<String>, retry_after: u64) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail).retry_after(retry_after)
     }
@@ -367,50 +358,17 @@ pub fn page(t: &ProblemType) -> String {
     )
 }
 
+/// `GET /problems/{code}`: what a problem code means and what to do (every problem's `type` links here).
+pub async fn serve_page(axum::extract::Path(code): axum::extract::Path<String>) -> Response {
+    match problem_type(&code) {
+        Some(t) => axum::response::Html(page(&t)).into_response(),
+        None => super::errors::no_such_problem_type().into_response(),
+    }
+}
+
 /// Escapes text for HTML.
 pub fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-impl From<crate::store::StoreError> for Problem {
-    fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::Conflict => Problem::conflict(
-                "concurrent_update",
-                "Someone changed this item at the same moment. Read it again and retry.",
-            ),
-            crate::store::StoreError::Unavailable(cause) => {
-                tracing::error!(error = %cause, "store unavailable");
-                Problem::unavailable(
-                    "store_unavailable",
-                    "chainkeeper's storage did not answer. Nothing was changed; retry shortly.",
-                    2,
-                )
-            }
-        }
-    }
-}
-
-impl From<crate::keys::KeyError> for Problem {
-    fn from(e: crate::keys::KeyError) -> Self {
-        match e {
-            crate::keys::KeyError::Unavailable(cause) => {
-                tracing::error!(error = %cause, "key service unavailable");
-                Problem::unavailable(
-                    "key_service_unavailable",
-                    "chainkeeper's key service did not answer, so no secret could be sealed or opened. Nothing was changed; retry shortly.",
-                    2,
-                )
-            }
-            other => Problem::internal(&other),
-        }
-    }
-}
-
-impl From<crate::ids::InvalidName> for Problem {
-    fn from(e: crate::ids::InvalidName) -> Self {
-        Problem::bad_request("invalid_name", e.to_string())
-    }
 }
 
 #[cfg(test)]

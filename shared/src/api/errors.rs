@@ -1,0 +1,574 @@
+//! Every error → problem document, in one place: the use cases' error enums, the ports' errors, and the API's own
+//! refusals (routes, methods, bodies, tokens, scopes). Each detail says what happened and what to do, naming the
+//! container; none repeats a value from the request or a secret. A 5xx logs its cause and shows a generic text.
+//!
+//! Store and key-service outages are `503` with `Retry-After` (`store_unavailable`, `key_service_unavailable`),
+//! never `500`: nothing was changed and retrying helps.
+
+use axum::http::StatusCode;
+
+use super::problem::Problem;
+use crate::app::api_tokens::{ApiTokenError, AuthError};
+use crate::app::audit::AuditError;
+use crate::app::authorization::AuthorizationError;
+use crate::app::containers::ContainerError;
+use crate::app::handout::HandOutError;
+use crate::app::lookup::LookupError;
+use crate::app::orgs::OrgError;
+use crate::app::query::{PlatformFailure, QueryError};
+use crate::app::recovery::RecoveryError;
+use crate::app::webhooks::{UrlRefusal, WebhookError};
+use crate::auth::TokenRejected;
+use crate::chain::ChainError;
+use crate::clock::rfc3339;
+use crate::ids::{ContainerRef, InvalidName};
+use crate::keys::KeyError;
+use crate::store::StoreError;
+
+// --- the API's own refusals ---
+
+/// A failure we did not expect: the cause goes to the log, the caller sees a generic text.
+pub fn internal(cause: &dyn std::fmt::Display) -> Problem {
+    tracing::error!(error = %cause, "internal error");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "chainkeeper hit an unexpected error; nothing was changed that you were told succeeded. Retry, and report it to the operator if it persists.",
+    )
+}
+
+pub fn no_such_route(path: &str) -> Problem {
+    let path: String = path.chars().take(200).collect();
+    Problem::not_found("no_such_route", format!("There is no route {path}. See /openapi.json for the API."))
+}
+
+pub fn method_not_allowed(allow: Option<&str>) -> Problem {
+    let detail = match allow {
+        Some(allow) => format!("This route takes {allow}. See /openapi.json."),
+        None => "This route does not take that method. See /openapi.json.".to_string(),
+    };
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", detail)
+}
+
+pub fn no_such_problem_type() -> Problem {
+    Problem::not_found(
+        "no_such_problem_type",
+        "There is no problem code of that name. Problem documents link to their own page in `type`.",
+    )
+}
+
+/// A body that is not the JSON the route takes; `what` never holds a value from the body.
+pub fn invalid_body(what: &str) -> Problem {
+    Problem::bad_request(
+        "invalid_body",
+        format!("The JSON body is not valid: {what}. See /openapi.json for the expected shape."),
+    )
+}
+
+pub fn unreadable_body() -> Problem {
+    Problem::bad_request("invalid_body", "The request body could not be read (too large or cut off).")
+}
+
+pub fn invalid_path_names() -> Problem {
+    Problem::bad_request("invalid_name", "The path holds characters that are not allowed in names.")
+}
+
+pub fn route_needs(what: &str) -> Problem {
+    Problem::bad_request("invalid_name", format!("This route needs {what}."))
+}
+
+fn unauthorized(detail: &str) -> Problem {
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+}
+
+pub fn token_missing() -> Problem {
+    unauthorized(
+        "This call needs `Authorization: Bearer <API token>`. Issue one with `chainkeeper token issue` or POST /v1/orgs/{org}/api-tokens.",
+    )
+}
+
+pub fn not_bearer() -> Problem {
+    unauthorized("Use the Bearer scheme: `Authorization: Bearer <API token>`.")
+}
+
+pub fn wrong_organisation() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "wrong_organisation",
+        "This API token belongs to another organisation. Use a token of the organisation in the URL.",
+    )
+}
+
+pub fn platform_scope_required() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "platform_scope_required",
+        "Creating or deleting organisations needs a platform token (`chainkeeper token issue --platform`).",
+    )
+}
+
+pub fn insufficient_scope(needed: &[String], held: &[String]) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "insufficient_scope",
+        format!(
+            "This call needs scope `{}` (or `admin`); the API token has: {}.",
+            needed.join("` or `"),
+            held.join(", ")
+        ),
+    )
+}
+
+// --- the ports ---
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => Problem::conflict(
+                "concurrent_update",
+                "Someone changed this item at the same moment. Read it again and retry.",
+            ),
+            StoreError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "store unavailable");
+                Problem::unavailable(
+                    "store_unavailable",
+                    "chainkeeper's storage did not answer. Nothing was changed; retry shortly.",
+                    2,
+                )
+            }
+        }
+    }
+}
+
+impl From<KeyError> for Problem {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "key service unavailable");
+                Problem::unavailable(
+                    "key_service_unavailable",
+                    "chainkeeper's key service did not answer, so no secret could be sealed or opened. Nothing was changed; retry shortly.",
+                    2,
+                )
+            }
+            other => internal(&other),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Problem {
+    fn from(e: anyhow::Error) -> Self {
+        internal(&format!("{e:#}"))
+    }
+}
+
+impl From<InvalidName> for Problem {
+    fn from(e: InvalidName) -> Self {
+        Problem::bad_request("invalid_name", e.to_string())
+    }
+}
+
+// --- the use cases ---
+
+impl From<LookupError> for Problem {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::OrgNotFound(org) => Problem::not_found(
+                "org_not_found",
+                format!("Organisation '{org}' does not exist. Create it with POST /v1/orgs."),
+            ),
+            LookupError::DatabaseNotFound { org, db } => Problem::not_found(
+                "database_not_found",
+                format!("Database '{db}' does not exist in organisation '{org}'."),
+            ),
+            LookupError::ContainerNotFound(c) => Problem::not_found(
+                "container_not_found",
+                format!("There is no container with alias '{}' in database '{}'.", c.alias, c.db),
+            ),
+            LookupError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuthError> for Problem {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Rejected(TokenRejected::Invalid) => unauthorized(
+                "The API token is not valid (bad signature or format). Ask an administrator for a new one.",
+            ),
+            AuthError::Rejected(TokenRejected::Expired) => {
+                unauthorized("The API token has expired. Ask an administrator for a new one.")
+            }
+            AuthError::Revoked => unauthorized("This API token was revoked. Ask an administrator for a new one."),
+            AuthError::Store(e) => e.into(),
+            AuthError::Unexpected(e) => e.into(),
+        }
+    }
+}
+
+impl From<ApiTokenError> for Problem {
+    fn from(e: ApiTokenError) -> Self {
+        match e {
+            ApiTokenError::Lookup(e) => e.into(),
+            ApiTokenError::InvalidScopes => Problem::bad_request(
+                "invalid_scopes",
+                "Give one or more scopes such as `containers.read`, `tokens.readwrite` or `admin`.",
+            ),
+            ApiTokenError::ScopeEscalation(extra) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "scope_escalation",
+                format!("Your API token does not hold `{extra}`, so it cannot grant it."),
+            ),
+            ApiTokenError::InvalidId => {
+                Problem::bad_request("invalid_token_id", "That is not an API token id (see GET …/api-tokens).")
+            }
+            ApiTokenError::NotFound { org, id } => {
+                Problem::not_found("api_token_not_found", format!("Organisation '{org}' has no API token '{id}'."))
+            }
+            ApiTokenError::Store(e) => e.into(),
+            ApiTokenError::Unexpected(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuditError> for Problem {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Lookup(e) => e.into(),
+            AuditError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<OrgError> for Problem {
+    fn from(e: OrgError) -> Self {
+        match e {
+            OrgError::Lookup(e) => e.into(),
+            OrgError::Exists(org) => Problem::conflict("org_exists", format!("Organisation '{org}' already exists.")),
+            OrgError::NameRetired { org, deleted_at_ms } => Problem::conflict(
+                "org_name_retired",
+                format!(
+                    "The name '{org}' belonged to an organisation deleted at {}. Names are never reused, so that its API tokens \
+                     and audit trail cannot reach a new owner. Choose another name.",
+                    rfc3339(deleted_at_ms)
+                ),
+            ),
+            OrgError::NotEmpty(org) => Problem::conflict(
+                "org_not_empty",
+                format!("Organisation '{org}' still has databases. Delete its containers and databases first."),
+            ),
+            OrgError::DatabaseExists(db) => {
+                Problem::conflict("database_exists", format!("Database '{db}' already exists."))
+            }
+            OrgError::DatabaseNotEmpty(db) => Problem::conflict(
+                "database_not_empty",
+                format!("Database '{db}' still has containers. Delete them first."),
+            ),
+            OrgError::Store(e) => e.into(),
+            OrgError::Keys(e) => e.into(),
+        }
+    }
+}
+
+impl From<WebhookError> for Problem {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            WebhookError::Lookup(e) => e.into(),
+            WebhookError::InvalidUrl(why) => Problem::bad_request(
+                "invalid_webhook_url",
+                match why {
+                    UrlRefusal::NotAbsolute => "The webhook URL is not an absolute URL.",
+                    UrlRefusal::Form => "The webhook URL must be http(s)://host/path, without credentials.",
+                    UrlRefusal::PrivateAddress => {
+                        "Webhooks to loopback or private addresses are refused (set server.webhook_allow_private_networks to allow them)."
+                    }
+                },
+            ),
+            WebhookError::Store(e) => e.into(),
+            WebhookError::Keys(e) => e.into(),
+        }
+    }
+}
+
+impl From<ContainerError> for Problem {
+    fn from(e: ContainerError) -> Self {
+        match e {
+            ContainerError::Lookup(e) => e.into(),
+            ContainerError::ProviderRequired { kind, known } => Problem::bad_request(
+                "provider_required",
+                format!("A {kind:?} container needs `provider`: one of {known}."),
+            ),
+            ContainerError::UnknownProvider { given, known } => {
+                Problem::bad_request("unknown_provider", format!("Provider '{given}' is not known. Known: {known}."))
+            }
+            ContainerError::Exists(c) => Problem::conflict(
+                "container_exists",
+                format!("Database '{}' already has a container '{}'.", c.db, c.alias),
+            ),
+            ContainerError::CredentialsNotSettable(c) => Problem::bad_request(
+                "credentials_not_settable",
+                format!(
+                    "{c} uses an OAuth2 authorization: renew it with POST …/containers/{}/authorize instead.",
+                    c.alias
+                ),
+            ),
+            ContainerError::FieldNotAllowed { kind, field, allowed } => Problem::bad_request(
+                "credential_field_not_allowed",
+                format!("A {kind:?} container does not take `{field}`; it takes: {}.", allowed.join(", ")),
+            ),
+            ContainerError::CredentialsEmpty { allowed } => {
+                Problem::bad_request("credentials_empty", format!("Give at least one of: {}.", allowed.join(", ")))
+            }
+            ContainerError::Chain(e) => general_chain_problem(e),
+            ContainerError::Store(e) => e.into(),
+            ContainerError::Keys(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuthorizationError> for Problem {
+    fn from(e: AuthorizationError) -> Self {
+        use AuthorizationError as E;
+        match e {
+            E::Lookup(e) => e.into(),
+            E::NotAnAuthorizationContainer { c, kind } => Problem::bad_request(
+                "not_an_authorization_container",
+                format!("{c} uses {kind:?} credentials; set them with PUT …/credentials."),
+            ),
+            E::UnknownProvider(p) => {
+                Problem::conflict("unknown_provider", format!("Provider '{p}' is no longer configured."))
+            }
+            E::AppNotConfigured(p) => Problem::conflict(
+                "app_not_configured",
+                format!(
+                    "No app registration for provider '{p}': add [apps.{p}] with client_id, client_secret and redirect_uri to the config."
+                ),
+            ),
+            E::StateMissing => Problem::bad_request(
+                "authorization_state_missing",
+                "The callback has no `state`. Start the authorization again with POST …/authorize.",
+            ),
+            E::StateInvalid => Problem::bad_request(
+                "authorization_state_invalid",
+                "This sign-in link is unknown or has expired. Start the authorization again with POST …/authorize.",
+            ),
+            E::StateUsed => Problem::bad_request(
+                "authorization_state_used",
+                "This sign-in link was already used. Start a new authorization.",
+            ),
+            E::Denied { c, said } => Problem::bad_request(
+                "authorization_denied",
+                format!("The provider did not authorize {c}: {said}. Start again and allow access."),
+            ),
+            E::CodeMissing => Problem::bad_request(
+                "authorization_code_missing",
+                "The callback has no `code`. Start the authorization again.",
+            ),
+            E::ProviderUnavailable(c) => Problem::unavailable(
+                "provider_unavailable",
+                format!(
+                    "The provider did not answer the code exchange for {c}. Start the authorization again in a minute."
+                ),
+                30,
+            ),
+            E::InvalidClient(provider) => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "invalid_client",
+                format!(
+                    "The provider refused chainkeeper's app registration for '{provider}'. Check client_id and client_secret."
+                ),
+            ),
+            E::CodeRejected { c, reason } => Problem::bad_request(
+                "authorization_code_rejected",
+                format!("The provider refused the sign-in code for {c} ({reason}). Start the authorization again."),
+            ),
+            E::IdentityUnavailable(c) => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "identity_unavailable",
+                format!("Could not read who signed in at the provider for {c}. Start the authorization again."),
+            ),
+            E::WrongIdentity { c } => Problem::conflict(
+                "recovery_wrong_identity",
+                format!(
+                    "Auto-recovery signed in as a different user than {c} uses; nothing was stored. Store the recovery credentials of the container's own user."
+                ),
+            ),
+            E::SingleInstanceConflict { sid, removed } => Problem::conflict(
+                "single_instance_conflict",
+                format!(
+                    "There can be at most one container in all organisations with the single-instance authentication identifier '{sid}'. Another container holds it and keeps working with the new sign-in.{removed} Delete the other container first, or sign in with another user or app."
+                ),
+            ),
+            E::Container(e) => e.into(),
+            E::Chain(e) => general_chain_problem(e),
+            E::Store(e) => e.into(),
+            E::Keys(e) => e.into(),
+            E::Unexpected(e) => e.into(),
+        }
+    }
+}
+
+impl From<HandOutError> for Problem {
+    fn from(e: HandOutError) -> Self {
+        match e {
+            HandOutError::Lookup(e) => e.into(),
+            HandOutError::Chain { c, source } => chain_problem(&c, source),
+            HandOutError::NotAuthorized(c) => Problem::conflict(
+                "not_authorized",
+                format!("{c} has no authorization yet. Start one with POST …/containers/{}/authorize.", c.alias),
+            ),
+            HandOutError::CredentialsMissing { c, needs } => Problem::conflict(
+                "credentials_missing",
+                format!("{c} has no {needs} yet. Set them with PUT …/containers/{}/credentials.", c.alias),
+            ),
+            HandOutError::NoAccessToken { c, kind } => Problem::bad_request(
+                "no_access_token",
+                format!("{c} uses {kind:?} credentials, which have no access token."),
+            ),
+        }
+    }
+}
+
+impl From<QueryError> for Problem {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::PathRefused(why) => Problem::bad_request(
+                "query_path_refused",
+                format!("{why} The query path is relative to the platform's API, e.g. `v1/current/Me`."),
+            ),
+            QueryError::Lookup(e) => e.into(),
+            QueryError::NoPlatform(c) => {
+                Problem::conflict("unknown_provider", format!("{c} has no platform API to query."))
+            }
+            QueryError::NoApiBaseUrl(p) => {
+                Problem::conflict("no_api_base_url", format!("Provider '{p}' has no api_base_url to query."))
+            }
+            QueryError::BodyTooLarge => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "Request bodies through the query proxy are limited to 10 MB.",
+            ),
+            QueryError::Chain { c, source } => chain_problem(&c, source),
+            QueryError::Platform { c, failure } => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "platform_unavailable",
+                match failure {
+                    PlatformFailure::NoAnswer => format!("The platform API of {c} did not answer. Try again shortly."),
+                    PlatformFailure::BrokeOff => "The platform's answer broke off.".to_string(),
+                },
+            ),
+            QueryError::PlatformRateLimited { c, wait_s, headers } => {
+                let mut p = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "platform_rate_limited",
+                    format!("The platform's rate limit for {c} is used up. Try again in {wait_s} seconds."),
+                )
+                .retry_after(wait_s);
+                p.headers = headers;
+                p
+            }
+            QueryError::Unexpected(e) => e.into(),
+        }
+    }
+}
+
+impl From<RecoveryError> for Problem {
+    fn from(e: RecoveryError) -> Self {
+        match e {
+            RecoveryError::Lookup(e) => e.into(),
+            RecoveryError::NotApplicable(c) => Problem::bad_request(
+                "auto_recovery_not_applicable",
+                format!("{c} has no authorization to recover; auto-recovery is for oauth2_code containers."),
+            ),
+            RecoveryError::InvalidRetention => {
+                Problem::bad_request("invalid_retention", "retention_days must be between 1 and 90.")
+            }
+            RecoveryError::InvalidTotp(why) => Problem::bad_request(
+                "invalid_totp_secret",
+                format!("{why}. Give the base32 secret or the otpauth:// URI your authenticator shows."),
+            ),
+            RecoveryError::ChainHealthy(c) => Problem::conflict(
+                "chain_healthy",
+                format!("{c} is healthy: auto-recovery only runs for a chain that needs repair."),
+            ),
+            RecoveryError::NotConfigured(c) => Problem::conflict(
+                "auto_recovery_not_configured",
+                format!("{c} has no auto-recovery credentials. Store them with PUT …/auto-recovery."),
+            ),
+            RecoveryError::RateLimited(c) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "recovery_rate_limited",
+                format!("{c} had three recovery attempts in the last hour; the next is allowed later."),
+            )
+            .retry_after(600),
+            RecoveryError::Chain(e) => general_chain_problem(e),
+            RecoveryError::Store(e) => e.into(),
+            RecoveryError::Keys(e) => e.into(),
+            RecoveryError::Unexpected(e) => e.into(),
+        }
+    }
+}
+
+/// A chain failure as the API shows it, naming the container and what to do.
+pub fn chain_problem(c: &ContainerRef, e: ChainError) -> Problem {
+    match e {
+        ChainError::NeedsRepair { code, .. } if code.needs_new_credentials() => {
+            Problem::conflict(code.code(), format!("{c} needs new credentials: {}", code.remediation()))
+        }
+        ChainError::NeedsRepair { code, .. } => Problem::conflict(
+            code.code(),
+            format!(
+                "{c} needs repair: {} Renew it with POST …/containers/{}/authorize.",
+                code.remediation(),
+                c.alias
+            ),
+        ),
+        ChainError::RateLimited { wait_s } => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "token_rate_limited",
+            format!(
+                "The provider allows a new access token for {c} in {wait_s} seconds (minimum interval between token requests). Try again then."
+            ),
+        )
+        .retry_after(wait_s),
+        ChainError::ProviderUnavailable { retry_after_s, .. } => Problem::unavailable(
+            "provider_unavailable",
+            format!(
+                "The provider did not give {c} a new token just now; the chain is intact. Try again in {retry_after_s} seconds."
+            ),
+            retry_after_s,
+        ),
+        ChainError::RefreshInProgress => Problem::unavailable(
+            "refresh_in_progress",
+            format!("A refresh of {c} is taking longer than usual; the chain is intact. Try again in a few seconds."),
+            2,
+        ),
+        ChainError::InvalidClient(_) => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "invalid_client",
+            format!(
+                "The provider refused chainkeeper's app registration while refreshing {c}. An operator must check client_id and client_secret."
+            ),
+        ),
+        ChainError::NoApp(p) => Problem::conflict(
+            "app_not_configured",
+            format!("No app registration for provider '{p}'. Add [apps.{p}] to the config."),
+        ),
+        ChainError::UnknownProvider(p) => {
+            Problem::conflict("unknown_provider", format!("Provider '{p}' of {c} is not configured."))
+        }
+        ChainError::NotAuthorized => Problem::conflict("not_authorized", format!("{c} has no authorization yet.")),
+        ChainError::Store(e) => e.into(),
+        ChainError::Keys(e) => e.into(),
+        ChainError::Unexpected(e) => e.into(),
+    }
+}
+
+/// A chain failure outside a token request (reading a chain, revoking, removing): only the ports can fail there.
+fn general_chain_problem(e: ChainError) -> Problem {
+    match e {
+        ChainError::Store(e) => e.into(),
+        ChainError::Keys(e) => e.into(),
+        other => internal(&other),
+    }
+}

@@ -1,0 +1,38 @@
+//! `PUT/DELETE /v1/orgs/{org}/webhook`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::extract::{Body, Caller, Names};
+use super::problem::Problem;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    url: String,
+}
+
+/// Registers (or replaces) the organisation's webhook; the signing secret is returned once.
+pub async fn set(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+    Body(b): Body<Webhook>,
+) -> Result<Json<Value>, Problem> {
+    let done = app.webhooks.register(&names.org, &who.sub, &b.url).await?;
+    Ok(Json(json!({
+        "url": done.url,
+        "secret": done.secret.expose_secret(),
+        "signature_header": "X-Chainkeeper-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>",
+    })))
+}
+
+pub async fn delete(State(app): State<AppState>, Caller(who): Caller, names: Names) -> Result<StatusCode, Problem> {
+    app.webhooks.remove(&names.org, &who.sub).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,339 @@
+//! Data containers and their credentials: create, show (status and a masked credential, never a secret), set
+//! credentials, delete (tokens revoked at the provider first), and the repairs list of an organisation.
+
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::chain::{ChainEngine, ChainError, RepairCode};
+use crate::clock::{Clock, Millis};
+use crate::config::Config;
+use crate::ids::{Alias, ContainerRef, DbName, OrgId};
+use crate::keys::{ContainerFields, Field, KeyError, Vault};
+use crate::records::*;
+use crate::store::{Condition, Index, Put, Store, StoreError, Version, WriteOp};
+
+use super::audit::AuditLog;
+use super::lookup::{self, LookupError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("a {kind:?} container needs a provider")]
+    ProviderRequired { kind: CredentialKind, known: String },
+    #[error("provider '{given}' is not known")]
+    UnknownProvider { given: String, known: String },
+    #[error("{0} already exists")]
+    Exists(ContainerRef),
+    #[error("{0} uses an OAuth2 authorization, not stored credentials")]
+    CredentialsNotSettable(ContainerRef),
+    #[error("a {kind:?} container does not take `{field}`")]
+    FieldNotAllowed { kind: CredentialKind, field: &'static str, allowed: &'static [&'static str] },
+    #[error("no credential field given")]
+    CredentialsEmpty { allowed: &'static [&'static str] },
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
+
+/// A new container.
+pub struct NewContainer {
+    pub kind: CredentialKind,
+    pub provider: Option<String>,
+    pub scopes: Option<Vec<String>>,
+}
+
+/// Credentials to set; absent fields stay as they are.
+#[derive(Default)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub api_token: Option<SecretString>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+}
+
+/// What a container is doing, as people see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerStatus {
+    /// An OAuth2 container that was never authorized.
+    NotAuthorized,
+    /// No credential stored yet.
+    NotConfigured,
+    Healthy,
+    /// Someone holds the chain's lease right now.
+    Refreshing,
+    NeedsRepair,
+}
+
+impl ContainerStatus {
+    pub fn of(rec: &ContainerRecord, chain: Option<&ChainRecord>, now: Millis) -> Self {
+        match chain {
+            None if rec.kind == CredentialKind::Oauth2Code => Self::NotAuthorized,
+            None if rec.has_credentials() => Self::Healthy,
+            None => Self::NotConfigured,
+            Some(ch) if ch.status == ChainStatus::NeedsRepair => Self::NeedsRepair,
+            Some(ch) if ch.lease.as_ref().is_some_and(|l| l.until_ms > now) => Self::Refreshing,
+            Some(_) => Self::Healthy,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotAuthorized => "not_authorized",
+            Self::NotConfigured => "not_configured",
+            Self::Healthy => "healthy",
+            Self::Refreshing => "refreshing",
+            Self::NeedsRepair => "needs_repair",
+        }
+    }
+}
+
+/// A container with its chain and its auto-recovery state (presence and expiry, never a value).
+pub struct ContainerDetails {
+    pub record: ContainerRecord,
+    pub chain: Option<ChainRecord>,
+    pub status: ContainerStatus,
+    /// `None` when the kind has no auto-recovery; `Some(None)` when none is stored.
+    pub recovery: Option<Option<RecoveryRecord>>,
+}
+
+/// One container that needs a person.
+pub struct Repair {
+    pub db: DbName,
+    pub alias: Alias,
+    pub code: RepairCode,
+    pub broken_at_ms: Option<Millis>,
+}
+
+#[derive(Clone)]
+pub struct Containers {
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+    clock: Arc<dyn Clock>,
+    config: Arc<Config>,
+    engine: Arc<ChainEngine>,
+    audit: AuditLog,
+}
+
+impl Containers {
+    pub fn new(
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
+        clock: Arc<dyn Clock>,
+        config: Arc<Config>,
+        engine: Arc<ChainEngine>,
+        audit: AuditLog,
+    ) -> Self {
+        Self { store, vault, clock, config, engine, audit }
+    }
+
+    /// Creates a container in an existing database.
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn create(
+        &self,
+        actor: &str,
+        c: &ContainerRef,
+        new: NewContainer,
+    ) -> Result<ContainerDetails, ContainerError> {
+        lookup::database(&*self.store, &c.org, &c.db).await?;
+        let provider = match (new.kind.uses_provider(), new.provider) {
+            (true, None) => return Err(ContainerError::ProviderRequired { kind: new.kind, known: self.known() }),
+            (true, Some(p)) => match self.config.provider(&p) {
+                Some(profile) => Some(profile.name.clone()),
+                None => {
+                    let given = p.chars().take(60).collect();
+                    return Err(ContainerError::UnknownProvider { given, known: self.known() });
+                }
+            },
+            (false, p) => p,
+        };
+        let scopes = new.scopes.unwrap_or_else(|| {
+            provider.as_deref().and_then(|p| self.config.provider(p)).map(|p| p.scopes.clone()).unwrap_or_default()
+        });
+        let now = self.clock.now_ms();
+        let rec = ContainerRecord {
+            container: c.clone(),
+            kind: new.kind,
+            provider,
+            created_at_ms: now,
+            updated_at_ms: now,
+            username: None,
+            sealed_password: None,
+            sealed_api_token: None,
+            client_id: None,
+            sealed_client_secret: None,
+            scopes,
+            identity: None,
+        };
+        match self.store.put(Put::new(container_key(c), encode(&rec), Condition::Absent)).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict) => return Err(ContainerError::Exists(c.clone())),
+            Err(e) => return Err(e.into()),
+        }
+        self.audit.record(&c.org, actor, "container.create", Some(c), "ok", None).await;
+        Ok(self.without_chain(rec))
+    }
+
+    fn known(&self) -> String {
+        self.config.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
+    fn without_chain(&self, record: ContainerRecord) -> ContainerDetails {
+        let status = ContainerStatus::of(&record, None, self.clock.now_ms());
+        ContainerDetails { record, chain: None, status, recovery: None }
+    }
+
+    /// A container with its chain and auto-recovery state.
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn details(&self, c: &ContainerRef) -> Result<ContainerDetails, ContainerError> {
+        let (rec, _) = lookup::container(&*self.store, c).await?;
+        self.with_chain(rec).await
+    }
+
+    async fn with_chain(&self, record: ContainerRecord) -> Result<ContainerDetails, ContainerError> {
+        let chain = self.engine.chain(&record.container).await?.map(|(ch, _)| ch);
+        let recovery = match record.kind {
+            CredentialKind::Oauth2Code => {
+                Some(lookup::recovery(&*self.store, &record.container).await?.map(|(r, _)| r))
+            }
+            _ => None,
+        };
+        let status = ContainerStatus::of(&record, chain.as_ref(), self.clock.now_ms());
+        Ok(ContainerDetails { record, chain, status, recovery })
+    }
+
+    /// Every container of a database.
+    #[tracing::instrument(skip_all, fields(org = %org))]
+    pub async fn list(&self, org: &OrgId, db: &DbName) -> Result<Vec<ContainerDetails>, ContainerError> {
+        lookup::database(&*self.store, org, db).await?;
+        let items = self.store.query(&org_pk(org), &containers_of_db_prefix(db), 1000).await?;
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            out.push(self.with_chain(decode(&item)?).await?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes a container: its tokens are revoked at the provider first (best effort: an unreachable provider
+    /// does not keep the container alive), then the container, its identifier and its chain go. Returns whether
+    /// the provider confirmed the revocation (`None`: nothing to revoke).
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn delete(&self, actor: &str, c: &ContainerRef) -> Result<Option<bool>, ContainerError> {
+        let (rec, version) = lookup::container(&*self.store, c).await?;
+        let revoked = self.engine.revoke_at_provider(c).await?;
+        self.remove(&rec, version).await?;
+        let detail = match revoked {
+            Some(true) => Some("tokens revoked at the provider".to_string()),
+            Some(false) => Some("revocation at the provider failed; the tokens expire on their own".to_string()),
+            None => None,
+        };
+        self.audit.record(&c.org, actor, "container.delete", Some(c), "ok", detail).await;
+        Ok(revoked)
+    }
+
+    /// Deletes a container with its identifier registration, then its chain.
+    pub(super) async fn remove(&self, rec: &ContainerRecord, version: Version) -> Result<(), ContainerError> {
+        let c = &rec.container;
+        let mut ops = vec![WriteOp::Delete { key: container_key(c), condition: Condition::Version(version) }];
+        if let Some(sid) = rec.identity.as_ref().and_then(|i| i.single_instance_id.as_ref())
+            && let Some(item) = self.store.get(&ident_key(sid)).await?
+        {
+            let holder: IdentRecord = decode(&item)?;
+            if holder.container == *c {
+                ops.push(WriteOp::Delete { key: ident_key(sid), condition: Condition::Version(item.version) });
+            }
+        }
+        self.store.transact(ops).await?;
+        self.engine.remove(c).await?;
+        Ok(())
+    }
+
+    /// Sets a container's stored credentials (sealed under its organisation's key).
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn set_credentials(
+        &self,
+        actor: &str,
+        c: &ContainerRef,
+        given: Credentials,
+    ) -> Result<ContainerDetails, ContainerError> {
+        let (mut rec, version) = lookup::container(&*self.store, c).await?;
+        let allowed: &'static [&'static str] = match rec.kind {
+            CredentialKind::Password => &["username", "password"],
+            CredentialKind::ApiToken => &["api_token", "password"],
+            CredentialKind::Oauth2ClientCredentials => &["client_id", "client_secret", "username", "password"],
+            CredentialKind::Oauth2Password => &["username", "password"],
+            CredentialKind::Oauth2Code => &[],
+        };
+        let named: Vec<&'static str> = [
+            ("username", given.username.is_some()),
+            ("password", given.password.is_some()),
+            ("api_token", given.api_token.is_some()),
+            ("client_id", given.client_id.is_some()),
+            ("client_secret", given.client_secret.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, set)| set.then_some(n))
+        .collect();
+        if rec.kind == CredentialKind::Oauth2Code {
+            return Err(ContainerError::CredentialsNotSettable(c.clone()));
+        }
+        if let Some(bad) = named.iter().find(|g| !allowed.contains(g)) {
+            return Err(ContainerError::FieldNotAllowed { kind: rec.kind, field: bad, allowed });
+        }
+        if named.is_empty() {
+            return Err(ContainerError::CredentialsEmpty { allowed });
+        }
+        let fields = ContainerFields::of(c);
+        if let Some(u) = given.username {
+            rec.username = Some(u);
+        }
+        // For api_token containers the token may come through the password field (as Yuki and NMBRS users know it).
+        let (password, api_token) = match rec.kind {
+            CredentialKind::ApiToken => (None, given.api_token.or(given.password)),
+            _ => (given.password, given.api_token),
+        };
+        if let Some(p) = password {
+            rec.sealed_password =
+                Some(self.vault.seal(&fields.context(Field::Password), p.expose_secret().as_bytes()).await?);
+        }
+        if let Some(t) = api_token {
+            rec.sealed_api_token =
+                Some(self.vault.seal(&fields.context(Field::ApiToken), t.expose_secret().as_bytes()).await?);
+        }
+        if let Some(id) = given.client_id {
+            rec.client_id = Some(id);
+        }
+        if let Some(sec) = given.client_secret {
+            rec.sealed_client_secret =
+                Some(self.vault.seal(&fields.context(Field::ClientSecret), sec.expose_secret().as_bytes()).await?);
+        }
+        rec.updated_at_ms = self.clock.now_ms();
+        self.store.put(Put::new(container_key(c), encode(&rec), Condition::Version(version))).await?;
+        if matches!(rec.kind, CredentialKind::Oauth2ClientCredentials | CredentialKind::Oauth2Password) {
+            // Tokens of the old credentials (and a `credentials_rejected` state) go; the next call uses the new ones.
+            self.engine.remove(c).await?;
+        }
+        self.audit.record(&c.org, actor, "credentials.set", Some(c), "ok", Some(named.join(","))).await;
+        Ok(self.without_chain(rec))
+    }
+
+    /// The organisation's containers that need a person.
+    #[tracing::instrument(skip_all, fields(org = %org))]
+    pub async fn repairs(&self, org: &OrgId) -> Result<Vec<Repair>, ContainerError> {
+        lookup::org(&*self.store, org).await?;
+        let items = self.store.query_index(Index::Repair, &repair_index_pk(org), None, 1000).await?;
+        let mut list = Vec::new();
+        for item in items {
+            let chain: ChainRecord = decode(&item)?;
+            let Some(ContainerRef { db, alias, .. }) = container_of_chain_pk(&item.key.pk) else { continue };
+            let code =
+                chain.last_error.as_ref().map_or(RepairCode::RefreshTokenInvalid, |e| RepairCode::parse(&e.code));
+            list.push(Repair { db, alias, code, broken_at_ms: chain.last_error.as_ref().map(|e| e.at_ms) });
+        }
+        Ok(list)
+    }
+}

@@ -1,0 +1,68 @@
+//! Token hand-out (`POST …/token`): a valid access token for the caller's own use, through the chain engine.
+//! Client-credentials and password containers get their token cache created on first use.
+
+use std::sync::Arc;
+
+use crate::chain::{AccessToken, ChainEngine, ChainError};
+use crate::ids::ContainerRef;
+use crate::records::CredentialKind;
+use crate::store::Store;
+
+use super::lookup::{self, LookupError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandOutError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("{c}: {source}")]
+    Chain { c: ContainerRef, source: ChainError },
+    #[error("{0} has no authorization yet")]
+    NotAuthorized(ContainerRef),
+    #[error("{c} has no {needs} yet")]
+    CredentialsMissing { c: ContainerRef, needs: &'static str },
+    #[error("{c} uses {kind:?} credentials, which have no access token")]
+    NoAccessToken { c: ContainerRef, kind: CredentialKind },
+}
+
+#[derive(Clone)]
+pub struct HandOut {
+    store: Arc<dyn Store>,
+    engine: Arc<ChainEngine>,
+}
+
+impl HandOut {
+    pub fn new(store: Arc<dyn Store>, engine: Arc<ChainEngine>) -> Self {
+        Self { store, engine }
+    }
+
+    /// A valid access token for `c`. The warm path is one chain read; only a container without a chain is looked
+    /// up further, to say why.
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn access_token(&self, c: &ContainerRef) -> Result<AccessToken, HandOutError> {
+        let chain_error = |source| HandOutError::Chain { c: c.clone(), source };
+        match self.engine.access_token(c).await {
+            Ok(t) => Ok(t),
+            Err(ChainError::NotAuthorized) => {
+                let (rec, _) = lookup::container(&*self.store, c).await?;
+                let needs = match rec.kind {
+                    CredentialKind::Oauth2Code => return Err(HandOutError::NotAuthorized(c.clone())),
+                    CredentialKind::Oauth2ClientCredentials => "client_id and client_secret",
+                    CredentialKind::Oauth2Password => "username and password",
+                    kind => return Err(HandOutError::NoAccessToken { c: c.clone(), kind }),
+                };
+                let complete = match rec.kind {
+                    CredentialKind::Oauth2ClientCredentials => {
+                        rec.client_id.is_some() && rec.sealed_client_secret.is_some()
+                    }
+                    _ => rec.username.is_some() && rec.sealed_password.is_some(),
+                };
+                if !complete {
+                    return Err(HandOutError::CredentialsMissing { c: c.clone(), needs });
+                }
+                let provider = rec.provider.clone().unwrap_or_default();
+                self.engine.grant_token(c, &provider, rec.kind).await.map_err(chain_error)
+            }
+            Err(e) => Err(chain_error(e)),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The use cases: everything chainkeeper does, whoever asks (the HTTP API, the schedules, the CLI, tests).
+//!
+//! Each area is a small struct whose fields are the ports and services it uses (so its dependencies are in its
+//! definition), with one method per use case. A use case validates what the domain requires, acts through the
+//! ports, writes the audit entry, and returns its own `thiserror` enum; it knows nothing of HTTP (the API maps
+//! those errors to problem documents in `api::errors`). Names arrive already parsed (`ids`).
+//!
+//! | area | use cases |
+//! | --- | --- |
+//! | [`orgs`] | organisations (with their keys) and databases |
+//! | [`containers`] | containers, their credentials, their status, the repairs list |
+//! | [`authorization`] | start, complete (code exchange, identity, single-instance identifier), hand-over |
+//! | [`handout`] | an access token for the caller's own use |
+//! | [`query`] | the query proxy's core (path checks, forwarding, one retry, cache) |
+//! | [`recovery`] | auto-recovery credentials, runs on break, on request and on schedule |
+//! | [`api_tokens`] | authenticate a caller, issue, list, revoke |
+//! | [`audit`] | the audit log |
+//! | [`webhooks`] | register, remove, deliver signed events |
+//! | [`sweep`] | the scheduled keep-alive and ahead-of-expiry refreshes |
+//! | [`events`] | what follows a chain event (webhook, auto-recovery) |
+//! | [`lookup`] | reading the organisation tree with typed "not found" errors |
+
+pub mod api_tokens;
+pub mod audit;
+pub mod authorization;
+pub mod containers;
+pub mod events;
+pub mod handout;
+pub mod lookup;
+pub mod orgs;
+pub mod query;
+pub mod recovery;
+pub mod sweep;
+pub mod webhooks;
+
+use std::sync::Arc;
+
+use crate::chain::ChainEngine;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::keys::{CacheLimits, Keys, Vault};
+use crate::secrets::Secrets;
+use crate::store::Store;
+
+/// The application: every use case, built once per process over the ports the wiring chose.
+pub struct App {
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    pub store: Arc<dyn Store>,
+    pub vault: Arc<Vault>,
+    pub engine: Arc<ChainEngine>,
+    pub audit: audit::AuditLog,
+    pub api_tokens: api_tokens::ApiTokens,
+    pub orgs: orgs::Orgs,
+    pub webhooks: webhooks::Webhooks,
+    pub containers: containers::Containers,
+    pub authorization: authorization::Authorization,
+    pub handout: handout::HandOut,
+    pub query: query::QueryProxy,
+    pub recovery: Arc<recovery::Recovery>,
+    pub sweep: sweep::Sweep,
+}
+
+impl App {
+    /// Builds every use case over the given ports: the data-key vault over `keys`, one HTTP client for the
+    /// process, the chain engine with this application's chain-event handling.
+    pub fn new(
+        store: Arc<dyn Store>,
+        keys: Arc<dyn Keys>,
+        secrets: Arc<dyn Secrets>,
+        clock: Arc<dyn Clock>,
+        config: Config,
+    ) -> Arc<Self> {
+        let config = Arc::new(config);
+        let http = crate::provider::oauth::http_client();
+        let vault = Arc::new(Vault::new(keys, clock.clone(), CacheLimits::default()));
+        let audit = audit::AuditLog::new(store.clone(), clock.clone(), config.server.audit_retention_days);
+        let webhooks = webhooks::Webhooks::new(
+            store.clone(),
+            vault.clone(),
+            clock.clone(),
+            http.clone(),
+            audit.clone(),
+            config.server.webhook_allow_private_networks,
+        );
+        let on_event = Arc::new(events::OnChainEvent::new(webhooks.clone()));
+        let engine = Arc::new(ChainEngine::new(
+            store.clone(),
+            vault.clone(),
+            secrets.clone(),
+            clock.clone(),
+            config.clone(),
+            http.clone(),
+            on_event.clone(),
+        ));
+        let api_tokens = api_tokens::ApiTokens::new(store.clone(), secrets.clone(), clock.clone(), audit.clone());
+        let orgs = orgs::Orgs::new(store.clone(), vault.clone(), clock.clone(), audit.clone(), api_tokens.clone());
+        let containers = containers::Containers::new(
+            store.clone(),
+            vault.clone(),
+            clock.clone(),
+            config.clone(),
+            engine.clone(),
+            audit.clone(),
+        );
+        let authorization = authorization::Authorization::new(
+            store.clone(),
+            vault.clone(),
+            secrets,
+            clock.clone(),
+            config.clone(),
+            http.clone(),
+            engine.clone(),
+            audit.clone(),
+            containers.clone(),
+        );
+        let recovery = Arc::new(recovery::Recovery::new(
+            store.clone(),
+            vault.clone(),
+            clock.clone(),
+            config.clone(),
+            engine.clone(),
+            audit.clone(),
+            authorization.clone(),
+            webhooks.clone(),
+        ));
+        on_event.recover_with(Arc::downgrade(&recovery));
+        Arc::new(Self {
+            handout: handout::HandOut::new(store.clone(), engine.clone()),
+            query: query::QueryProxy::new(store.clone(), clock.clone(), config.clone(), http, engine.clone()),
+            sweep: sweep::Sweep::new(store.clone(), clock.clone(), engine.clone(), config.engine.sweep_concurrency),
+            config,
+            clock,
+            store,
+            vault,
+            engine,
+            audit,
+            api_tokens,
+            orgs,
+            webhooks,
+            containers,
+            authorization,
+            recovery,
+        })
+    }
+}

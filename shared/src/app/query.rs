@@ -1,0 +1,368 @@
+//! The query proxy's core: a caller's request forwarded to the container's platform API with the chain's access
+//! token. It only ever reaches the profile's own API host: the path is checked before it is joined, and the
+//! joined URL is checked again. A 401 from the platform gets one refreshed token and one retry; a short 429 is
+//! waited out once; GET answers are cached for the profile's `cache_ttl_s`, per container and URL.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+
+use crate::chain::{ChainEngine, ChainError};
+use crate::clock::{Clock, Millis};
+use crate::config::Config;
+use crate::ids::ContainerRef;
+use crate::store::Store;
+
+use super::lookup::{self, LookupError};
+
+/// Request headers passed on to the platform (content negotiation and conditional requests).
+const FORWARD_REQUEST: &[&str] = &[
+    "accept",
+    "accept-language",
+    "content-type",
+    "if-none-match",
+    "if-match",
+    "if-modified-since",
+    "prefer",
+    "odata-version",
+    "odata-maxversion",
+];
+/// Response headers passed back, besides the profile's rate-limit headers.
+const FORWARD_RESPONSE: &[&str] =
+    &["content-type", "etag", "last-modified", "retry-after", "odata-version", "preference-applied", "location"];
+pub const MAX_BODY: usize = 10 * 1024 * 1024;
+const MAX_CACHED_BODY: usize = 1024 * 1024;
+/// A 429 whose reset is at most this far away is waited out and retried once.
+const SHORT_WAIT_MS: Millis = 3_000;
+
+/// Why a query path is refused (each says what is wrong with it).
+pub type PathRefusal = &'static str;
+
+/// How the platform failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformFailure {
+    /// No answer (connection refused, timeout).
+    NoAnswer,
+    /// The answer broke off.
+    BrokeOff,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("query path refused: {0}")]
+    PathRefused(PathRefusal),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("{0} has no platform API to query")]
+    NoPlatform(ContainerRef),
+    #[error("provider '{0}' has no api_base_url")]
+    NoApiBaseUrl(String),
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("{c}: {source}")]
+    Chain { c: ContainerRef, source: ChainError },
+    #[error("the platform API of {c} failed: {failure:?}")]
+    Platform { c: ContainerRef, failure: PlatformFailure },
+    /// The platform's rate limit is used up; its rate-limit headers are passed on.
+    #[error("the platform's rate limit for {c} is used up")]
+    PlatformRateLimited { c: ContainerRef, wait_s: u64, headers: Vec<(HeaderName, HeaderValue)> },
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// The caller's request.
+pub struct QueryRequest {
+    pub method: Method,
+    /// The path relative to the platform's API (unchecked).
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Whether the answer came from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    Hit,
+    Miss,
+    /// Not a cacheable request.
+    None,
+}
+
+/// The platform's answer, passed on.
+pub struct Forwarded {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: ForwardedBody,
+    pub cache: CacheUse,
+}
+
+pub enum ForwardedBody {
+    Bytes(Bytes),
+    /// Streamed from the platform as it arrives.
+    Stream(reqwest::Response),
+}
+
+/// GET responses kept for a profile's `cache_ttl_s`, per container and URL (so never across organisations).
+#[derive(Default)]
+pub struct ResponseCache {
+    entries: Mutex<HashMap<String, Cached>>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    at_ms: Millis,
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+}
+
+impl ResponseCache {
+    fn get(&self, key: &str, now: Millis, ttl_ms: Millis) -> Option<Cached> {
+        let entries = self.entries.lock().unwrap();
+        entries.get(key).filter(|c| now - c.at_ms < ttl_ms).cloned()
+    }
+    fn put(&self, key: String, value: Cached, ttl_ms: Millis) {
+        let mut entries = self.entries.lock().unwrap();
+        if entries.len() >= 10_000 {
+            let now = value.at_ms;
+            entries.retain(|_, c| now - c.at_ms < ttl_ms);
+            if entries.len() >= 10_000 {
+                entries.clear();
+            }
+        }
+        entries.insert(key, value);
+    }
+}
+
+/// Checks the caller's path before it is joined to the API base URL.
+pub fn check_path(raw: &str) -> Result<String, QueryError> {
+    let refuse = |why| Err(QueryError::PathRefused(why));
+    if raw.is_empty() {
+        return refuse("The query path is empty.");
+    }
+    if raw.len() > 2048 {
+        return refuse("The query path is too long.");
+    }
+    let lower = raw.to_ascii_lowercase();
+    if raw.starts_with('/') || lower.contains("://") || raw.contains('\\') || raw.contains('@') {
+        return refuse("Absolute URLs and other hosts are not allowed.");
+    }
+    if raw.chars().any(|c| c.is_control() || c == ' ') {
+        return refuse("The query path holds control characters or spaces.");
+    }
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%2e")
+        || lower.contains("%25")
+        || lower.contains("%00")
+    {
+        return refuse("Encoded slashes, dots and percent signs are not allowed.");
+    }
+    if raw.split('/').any(|seg| seg == ".." || seg == "." || seg.is_empty()) {
+        return refuse("Path segments '.', '..' and empty ones are not allowed.");
+    }
+    Ok(raw.to_string())
+}
+
+/// Joins and re-checks: the result must be on the base's scheme, host and port, under its path.
+pub fn join(base: &str, path: &str, query: Option<&str>) -> Result<url::Url, QueryError> {
+    let base_url = url::Url::parse(base).map_err(anyhow::Error::from)?;
+    let mut joined = format!("{}/{}", base.trim_end_matches('/'), path);
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        if q.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(QueryError::PathRefused("The query string holds control characters or spaces."));
+        }
+        joined.push('?');
+        joined.push_str(q);
+    }
+    let url =
+        url::Url::parse(&joined).map_err(|_| QueryError::PathRefused("The query path is not a valid URL path."))?;
+    let same_origin = url.scheme() == base_url.scheme()
+        && url.host_str() == base_url.host_str()
+        && url.port_or_known_default() == base_url.port_or_known_default();
+    if !same_origin || !url.path().starts_with(base_url.path().trim_end_matches('/')) {
+        return Err(QueryError::PathRefused("The query path leaves the platform's API."));
+    }
+    Ok(url)
+}
+
+#[derive(Clone)]
+pub struct QueryProxy {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: Arc<Config>,
+    http: reqwest::Client,
+    engine: Arc<ChainEngine>,
+    cache: Arc<ResponseCache>,
+}
+
+impl QueryProxy {
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: Arc<Config>,
+        http: reqwest::Client,
+        engine: Arc<ChainEngine>,
+    ) -> Self {
+        Self { store, clock, config, http, engine, cache: Arc::default() }
+    }
+
+    /// Forwards one request to the platform API of `c`.
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn forward(&self, c: &ContainerRef, req: QueryRequest) -> Result<Forwarded, QueryError> {
+        let path = check_path(&req.path)?;
+        let (rec, _) = lookup::container(&*self.store, c).await?;
+        let provider = rec.provider.clone().unwrap_or_default();
+        let profile = self.config.provider(&provider).ok_or_else(|| QueryError::NoPlatform(c.clone()))?;
+        let base = profile.api_base_url.clone().ok_or_else(|| QueryError::NoApiBaseUrl(provider.clone()))?;
+        let url = join(&base, &path, req.query.as_deref())?;
+        if req.body.len() > MAX_BODY {
+            return Err(QueryError::BodyTooLarge);
+        }
+        let now = self.clock.now_ms();
+        let ttl_ms = (profile.cache_ttl_s * 1000.0) as Millis;
+        let cache_key = format!("{}#{}#{}", c.org, c.local_name(), url);
+        let cacheable = req.method == Method::GET && ttl_ms > 0;
+        if cacheable && let Some(hit) = self.cache.get(&cache_key, now, ttl_ms) {
+            let body = ForwardedBody::Bytes(hit.body);
+            return Ok(Forwarded { status: hit.status, headers: hit.headers, body, cache: CacheUse::Hit });
+        }
+
+        let chain_error = |source| QueryError::Chain { c: c.clone(), source };
+        let mut token = self.engine.access_token(c).await.map_err(chain_error)?;
+        let mut refreshed = false;
+        let mut waited = false;
+        let res = loop {
+            let mut out = self
+                .http
+                .request(req.method.clone(), url.clone())
+                .bearer_auth(token.token.expose_secret())
+                .timeout(Duration::from_secs(60));
+            for name in FORWARD_REQUEST {
+                if let Some(v) = req.headers.get(*name) {
+                    out = out.header(*name, v.clone());
+                }
+            }
+            if !req.body.is_empty() {
+                out = out.body(req.body.clone());
+            }
+            let res = out.send().await.map_err(|e| {
+                tracing::warn!(error = %e, "platform API unreachable");
+                QueryError::Platform { c: c.clone(), failure: PlatformFailure::NoAnswer }
+            })?;
+            if res.status() == StatusCode::UNAUTHORIZED && !refreshed {
+                // The platform refused a token we thought valid: refresh once (through the engine) and retry.
+                refreshed = true;
+                token = self.engine.replace_rejected(c, &token).await.map_err(chain_error)?;
+                continue;
+            }
+            if res.status() == StatusCode::TOO_MANY_REQUESTS
+                && !waited
+                && let Some(wait) = wait_ms(res.headers(), self.clock.now_ms()).filter(|w| *w <= SHORT_WAIT_MS)
+            {
+                waited = true;
+                tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+                continue;
+            }
+            break res;
+        };
+        let status = res.status();
+        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        for (k, v) in res.headers() {
+            let name = k.as_str();
+            if FORWARD_RESPONSE.contains(&name)
+                || profile.rate_limit_headers.iter().any(|h| h.eq_ignore_ascii_case(name))
+            {
+                headers.push((k.clone(), v.clone()));
+            }
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let wait_s = wait_ms(res.headers(), self.clock.now_ms()).map_or(60, |w| ((w + 999) / 1000).max(1) as u64);
+            return Err(QueryError::PlatformRateLimited { c: c.clone(), wait_s, headers });
+        }
+        let cache = if cacheable { CacheUse::Miss } else { CacheUse::None };
+        if cacheable
+            && status == StatusCode::OK
+            && res.content_length().is_some_and(|l| (l as usize) <= MAX_CACHED_BODY)
+        {
+            let bytes = res
+                .bytes()
+                .await
+                .map_err(|_| QueryError::Platform { c: c.clone(), failure: PlatformFailure::BrokeOff })?;
+            let cached = Cached { at_ms: now, status, headers: headers.clone(), body: bytes.clone() };
+            self.cache.put(cache_key, cached, ttl_ms);
+            return Ok(Forwarded { status, headers, body: ForwardedBody::Bytes(bytes), cache });
+        }
+        Ok(Forwarded { status, headers, body: ForwardedBody::Stream(res), cache })
+    }
+}
+
+/// How long a 429 asks us to wait: `Retry-After` (seconds), or Exact's `X-RateLimit-Minutely-Reset` /
+/// `X-RateLimit-Reset` (a time in ms or s since the epoch).
+fn wait_ms(headers: &HeaderMap, now: Millis) -> Option<Millis> {
+    if let Some(s) = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok()) {
+        return Some(s * 1000);
+    }
+    for name in ["x-ratelimit-minutely-reset", "x-ratelimit-reset"] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<i64>().ok()) {
+            let at = if v > 100_000_000_000 {
+                v
+            } else if v > 1_000_000_000 {
+                v * 1000
+            } else {
+                now + v * 1000
+            };
+            return Some((at - now).max(0));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_relative_paths_under_the_api_pass() {
+        for ok in ["v1/current/Me", "v1/123/crm/Accounts", "a.b/c-d_e", "v1/x%20y"] {
+            assert!(check_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "http://evil.example/x",
+            "HTTP://evil",
+            "//evil.example/x",
+            "../x",
+            "a/../../b",
+            "a/./b",
+            "%2e%2e/x",
+            "a%2Fb",
+            "a%5cb",
+            "a\\b",
+            "user@evil.example",
+            "a//b",
+            "a\r\nX-Injected: 1",
+            "a b",
+            "%252e%252e/x",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn joined_urls_stay_on_the_api() {
+        let base = "https://start.exactonline.nl/api";
+        assert_eq!(
+            join(base, "v1/current/Me", Some("$select=UserID")).unwrap().as_str(),
+            "https://start.exactonline.nl/api/v1/current/Me?$select=UserID"
+        );
+        assert!(join(base, "v1/x", Some("a=1\r\nb")).is_err());
+    }
+}

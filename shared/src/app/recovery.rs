@@ -1,0 +1,374 @@
+//! Auto-recovery: a broken chain of a container with stored recovery credentials gets a brand-new chain without
+//! a person — chainkeeper runs the authorization itself, signing in with the stored username, password and TOTP
+//! code (the login driver, `provider::login`), and accepts the result only when the identity is the container's
+//! own user.
+//!
+//! Rules: never for a healthy chain; at most three attempts per hour per container; credentials the provider
+//! rejects stop all retries at once (`recovery_credentials_invalid`) until new ones are stored; a different
+//! user is refused (`recovery_wrong_identity`). The credentials expire after `retention_days` (1–90, default
+//! 30); the organisation is told three days before. Every run is in the audit log.
+
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use crate::chain::{ChainEngine, ChainError, RepairCode};
+use crate::clock::{Clock, Millis, rfc3339};
+use crate::config::Config;
+use crate::ids::{ContainerRef, OrgId};
+use crate::keys::{ContainerFields, Field, KeyError, Vault};
+use crate::provider::login::{Credentials, FormSpec, LoginError, sign_in};
+use crate::records::*;
+use crate::store::{Condition, Index, Put, Store, StoreError, Version};
+use crate::totp::Totp;
+
+use super::audit::AuditLog;
+use super::authorization::{Authorization, AuthorizationError, Callback};
+use super::lookup::{self, LookupError};
+use super::webhooks::Webhooks;
+
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+const ATTEMPTS_PER_HOUR: usize = 3;
+const WARN_BEFORE_MS: Millis = 3 * 86_400_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("{0} has no authorization to recover")]
+    NotApplicable(ContainerRef),
+    #[error("retention_days must be between 1 and 90")]
+    InvalidRetention,
+    #[error("{0}")]
+    InvalidTotp(String),
+    #[error("{0} is healthy")]
+    ChainHealthy(ContainerRef),
+    #[error("{0} has no auto-recovery credentials")]
+    NotConfigured(ContainerRef),
+    #[error("{0} had three recovery attempts in the last hour")]
+    RateLimited(ContainerRef),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// Recovery credentials to store.
+pub struct RecoveryCredentials {
+    pub username: SecretString,
+    pub password: SecretString,
+    /// Base32, or an `otpauth://totp/…` URI.
+    pub totp_secret: Option<SecretString>,
+    pub retention_days: Option<u32>,
+}
+
+/// What was stored.
+pub struct Stored {
+    pub totp: bool,
+    pub retention_days: u32,
+    pub expires_at_ms: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Recovered,
+    /// The chain is healthy: recovery never runs then.
+    NotNeeded,
+    NotConfigured,
+    /// Retries stopped (wrong credentials or identity) until new credentials are stored.
+    Stopped,
+    /// Three attempts in the last hour already.
+    RateLimited,
+    /// Another run holds this container right now.
+    Busy,
+    CredentialsRejected,
+    WrongIdentity,
+    /// Network or page trouble: tried again on a later run.
+    Failed,
+}
+
+#[derive(Debug, Default, Serialize, Clone)]
+pub struct RecoverReport {
+    pub needs_repair: usize,
+    pub recovered: usize,
+    pub failed: usize,
+    pub expiry_warnings: usize,
+    pub purged: usize,
+}
+
+/// Why one attempt did not recover the chain.
+enum Attempt {
+    Rejected(&'static str),
+    WrongIdentity,
+    Failed(String),
+}
+
+#[derive(Clone)]
+pub struct Recovery {
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+    clock: Arc<dyn Clock>,
+    config: Arc<Config>,
+    engine: Arc<ChainEngine>,
+    audit: AuditLog,
+    authorization: Authorization,
+    webhooks: Webhooks,
+}
+
+impl Recovery {
+    #[allow(clippy::too_many_arguments)] // one per port or service it uses, named in its fields
+    pub fn new(
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
+        clock: Arc<dyn Clock>,
+        config: Arc<Config>,
+        engine: Arc<ChainEngine>,
+        audit: AuditLog,
+        authorization: Authorization,
+        webhooks: Webhooks,
+    ) -> Self {
+        Self { store, vault, clock, config, engine, audit, authorization, webhooks }
+    }
+
+    /// Stores (or replaces) a container's recovery credentials, sealed, for `retention_days`.
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn store_credentials(
+        &self,
+        actor: &str,
+        c: &ContainerRef,
+        given: RecoveryCredentials,
+    ) -> Result<Stored, RecoveryError> {
+        let (rec, _) = lookup::container(&*self.store, c).await?;
+        if rec.kind != CredentialKind::Oauth2Code {
+            return Err(RecoveryError::NotApplicable(c.clone()));
+        }
+        let days = given.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS);
+        if !(1..=90).contains(&days) {
+            return Err(RecoveryError::InvalidRetention);
+        }
+        let totp = match &given.totp_secret {
+            Some(t) => Some(Totp::parse(t.expose_secret()).map_err(|e| RecoveryError::InvalidTotp(e.to_string()))?),
+            None => None,
+        };
+        let sealed = self.seal(c, &given.username, &given.password, totp.as_ref(), days).await?;
+        self.write(c, &sealed, Condition::None).await?;
+        let detail = Some(format!("kept {days} days"));
+        self.audit.record(&c.org, actor, "auto_recovery.set", Some(c), "ok", detail).await;
+        Ok(Stored { totp: totp.is_some(), retention_days: days, expires_at_ms: sealed.expires_at_ms })
+    }
+
+    /// Deletes a container's recovery credentials at once.
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn delete_credentials(&self, actor: &str, c: &ContainerRef) -> Result<(), RecoveryError> {
+        lookup::container(&*self.store, c).await?;
+        self.store.delete(&recovery_key(c), Condition::None).await?;
+        self.audit.record(&c.org, actor, "auto_recovery.delete", Some(c), "ok", None).await;
+        Ok(())
+    }
+
+    /// A person asks for a recovery run now.
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn run_now(&self, actor: &str, c: &ContainerRef) -> Result<Outcome, RecoveryError> {
+        lookup::container(&*self.store, c).await?;
+        match self.recover_container(c, &format!("requested by {actor}")).await? {
+            Outcome::NotNeeded => Err(RecoveryError::ChainHealthy(c.clone())),
+            Outcome::NotConfigured => Err(RecoveryError::NotConfigured(c.clone())),
+            Outcome::RateLimited => Err(RecoveryError::RateLimited(c.clone())),
+            other => Ok(other),
+        }
+    }
+
+    /// One recovery attempt for one container, if it needs one and may have one.
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn recover_container(&self, c: &ContainerRef, why: &str) -> Result<Outcome, RecoveryError> {
+        let Some((chain, _)) = self.engine.chain(c).await? else { return Ok(Outcome::NotNeeded) };
+        if chain.status == ChainStatus::Healthy {
+            return Ok(Outcome::NotNeeded);
+        }
+        let Some((mut rec, version)) = lookup::recovery(&*self.store, c).await? else {
+            return Ok(Outcome::NotConfigured);
+        };
+        if rec.stopped.is_some() {
+            return Ok(Outcome::Stopped);
+        }
+        let now = self.clock.now_ms();
+        rec.attempts_ms.retain(|t| now - t < 3_600_000);
+        if rec.attempts_ms.len() >= ATTEMPTS_PER_HOUR {
+            return Ok(Outcome::RateLimited);
+        }
+        rec.attempts_ms.push(now);
+        let version = match self.write(c, &rec, Condition::Version(version)).await {
+            Ok(v) => v,
+            Err(StoreError::Conflict) => return Ok(Outcome::Busy),
+            Err(e) => return Err(e.into()),
+        };
+        let (outcome, detail) = match self.attempt(c, &rec).await {
+            Ok(()) => (Outcome::Recovered, None),
+            Err(Attempt::Rejected(what)) => {
+                (Outcome::CredentialsRejected, Some(format!("the provider did not accept the stored {what}")))
+            }
+            Err(Attempt::WrongIdentity) => {
+                (Outcome::WrongIdentity, Some("a different user signed in than the container's own".to_string()))
+            }
+            Err(Attempt::Failed(why)) => (Outcome::Failed, Some(why)),
+        };
+        let stop_code = match outcome {
+            Outcome::CredentialsRejected => Some(RepairCode::RecoveryCredentialsInvalid),
+            Outcome::WrongIdentity => Some(RepairCode::RecoveryWrongIdentity),
+            _ => None,
+        };
+        if let Some(code) = stop_code {
+            rec.stopped = Some(code.code().to_string());
+            let _ = self.write(c, &rec, Condition::Version(version)).await;
+            self.engine.set_repair_code(c, code, detail.as_deref().unwrap_or("")).await?;
+        }
+        let result = serde_json::to_value(outcome).map_err(anyhow::Error::from)?.as_str().unwrap_or("").to_string();
+        let text = match &detail {
+            Some(d) => format!("{why}: {d}"),
+            None => why.to_string(),
+        };
+        self.audit.record(&c.org, "chainkeeper-recovery", "auto_recovery.run", Some(c), &result, Some(text)).await;
+        Ok(outcome)
+    }
+
+    async fn attempt(&self, c: &ContainerRef, rec: &RecoveryRecord) -> Result<(), Attempt> {
+        let failed = |e: &dyn std::fmt::Display| Attempt::Failed(e.to_string());
+        let fields = ContainerFields::of(c);
+        let username = self
+            .vault
+            .open_string(&fields.context(Field::RecoveryUsername), &rec.sealed_username)
+            .await
+            .map_err(|e| failed(&e))?;
+        let password = self
+            .vault
+            .open_string(&fields.context(Field::RecoveryPassword), &rec.sealed_password)
+            .await
+            .map_err(|e| failed(&e))?;
+        let totp: Option<Totp> = match &rec.sealed_totp {
+            Some(sealed) => {
+                let bytes =
+                    self.vault.open(&fields.context(Field::RecoveryTotp), sealed).await.map_err(|e| failed(&e))?;
+                Some(serde_json::from_slice(&bytes).map_err(|e| failed(&e))?)
+            }
+            None => None,
+        };
+        let (container, _) = lookup::container(&*self.store, c).await.map_err(|e| failed(&e))?;
+        let expected = container
+            .identity
+            .as_ref()
+            .map(|i| i.user_id.clone())
+            .ok_or_else(|| Attempt::Failed("the container never had a user".into()))?;
+        let started = self.authorization.begin(c, "chainkeeper-recovery").await.map_err(|e| failed(&e))?;
+        let profile = self
+            .config
+            .provider(container.provider.as_deref().unwrap_or(""))
+            .ok_or_else(|| Attempt::Failed("provider not configured".into()))?;
+        let spec = FormSpec::from_profile(profile.login_form.as_ref());
+        let clock = self.clock.clone();
+        let code = move || totp.as_ref().map(|t| t.at((clock.now_ms() / 1000) as u64)).unwrap_or_default();
+        let has_totp = rec.sealed_totp.is_some();
+        let creds =
+            Credentials { username: &username, password: &password, totp: if has_totp { Some(&code) } else { None } };
+        let back = match sign_in(&started.authorize_url, &started.redirect_uri, &creds, &spec).await {
+            Ok(url) => url,
+            Err(LoginError::Rejected(what)) => return Err(Attempt::Rejected(what)),
+            Err(LoginError::Failed(why)) => return Err(Attempt::Failed(why)),
+        };
+        let url = url::Url::parse(&back).map_err(|e| failed(&e))?;
+        let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+        let callback =
+            Callback { code: q.get("code").cloned(), state: q.get("state").cloned(), error: q.get("error").cloned() };
+        match self.authorization.complete(callback, Some(&expected)).await {
+            Ok(_) => Ok(()),
+            Err(AuthorizationError::WrongIdentity { .. }) => Err(Attempt::WrongIdentity),
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
+    /// The scheduled run (the `recover` function; `serve`'s ticker): every broken chain with recovery credentials
+    /// gets an attempt; recovery credentials expiring within three days are announced once; expired items are
+    /// purged.
+    #[tracing::instrument(skip_all)]
+    pub async fn run_once(&self) -> Result<RecoverReport, RecoveryError> {
+        let mut report = RecoverReport::default();
+        for org in self.store.query(ORG_LIST_PK, "", 100_000).await? {
+            let Ok(org_id) = OrgId::parse(&org.key.sk) else { continue };
+            for item in self.store.query_index(Index::Repair, &repair_index_pk(&org_id), None, 10_000).await? {
+                let Some(c) = container_of_chain_pk(&item.key.pk) else { continue };
+                report.needs_repair += 1;
+                match self.recover_container(&c, "scheduled run").await? {
+                    Outcome::Recovered => report.recovered += 1,
+                    Outcome::CredentialsRejected | Outcome::WrongIdentity | Outcome::Failed => report.failed += 1,
+                    _ => {}
+                }
+            }
+        }
+        let now = self.clock.now_ms();
+        for item in self.store.query_index(Index::Due, RECOVERY_EXPIRY_PK, Some(&time_sk(now)), 10_000).await? {
+            let Some(c) = container_of_chain_pk(&item.key.pk) else { continue };
+            let mut rec: RecoveryRecord = decode(&item)?;
+            rec.expiry_notified = true;
+            if self.write(&c, &rec, Condition::Version(item.version)).await.is_ok() {
+                self.webhooks.expiring_event(&c, rfc3339(rec.expires_at_ms));
+                let detail = Some(format!("expires {}", rfc3339(rec.expires_at_ms)));
+                self.audit.record(&c.org, "chainkeeper", "auto_recovery.expiring", Some(&c), "notified", detail).await;
+                report.expiry_warnings += 1;
+            }
+        }
+        report.purged = self.store.purge_expired().await?;
+        Ok(report)
+    }
+
+    /// Writes the record with its TTL and its place in the expiry-warning index.
+    async fn write(&self, c: &ContainerRef, rec: &RecoveryRecord, condition: Condition) -> Result<Version, StoreError> {
+        let mut put = Put::new(recovery_key(c), encode(rec), condition).expires_at(Some(rec.expires_at_ms));
+        if !rec.expiry_notified {
+            put.due = Some(recovery_expiry_index_key(c, rec.expires_at_ms - WARN_BEFORE_MS));
+        }
+        self.store.put(put).await
+    }
+
+    /// Seals new recovery credentials.
+    async fn seal(
+        &self,
+        c: &ContainerRef,
+        username: &SecretString,
+        password: &SecretString,
+        totp: Option<&Totp>,
+        retention_days: u32,
+    ) -> Result<RecoveryRecord, KeyError> {
+        let fields = ContainerFields::of(c);
+        let now = self.clock.now_ms();
+        let sealed_totp = match totp {
+            Some(t) => Some(
+                self.vault
+                    .seal(&fields.context(Field::RecoveryTotp), &serde_json::to_vec(t).unwrap_or_default())
+                    .await?,
+            ),
+            None => None,
+        };
+        Ok(RecoveryRecord {
+            sealed_username: self
+                .vault
+                .seal(&fields.context(Field::RecoveryUsername), username.expose_secret().as_bytes())
+                .await?,
+            sealed_password: self
+                .vault
+                .seal(&fields.context(Field::RecoveryPassword), password.expose_secret().as_bytes())
+                .await?,
+            sealed_totp,
+            retention_days,
+            created_at_ms: now,
+            expires_at_ms: now + retention_days as i64 * 86_400_000,
+            expiry_notified: false,
+            attempts_ms: Vec::new(),
+            stopped: None,
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! Wiring: which adapters serve the ports, and the application built over them, once per process. The only
+//! module that names adapters (`store::sqlite`, `keys::local`, `secrets::LocalSecrets`, `aws`):
+//! - embedded mode (`chainkeeper serve`, the CLI): SQLite, a local key file, secrets from the config file;
+//! - AWS (the Lambda functions with the `aws` feature and `CHAINKEEPER_TABLE`): DynamoDB, KMS, Secrets Manager;
+//! - [`from_env`]: what every function's `main.rs` calls (AWS, or embedded storage under `CHAINKEEPER_DATA_DIR`);
+//! - [`spawn_schedule`]: `serve`'s in-process stand-in for the EventBridge schedules.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::app::App;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::keys::Keys;
+use crate::keys::local::{LocalKeys, load_or_create_key_file};
+use crate::secrets::{LocalSecrets, Secrets};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// Where the embedded mode keeps its files.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    /// Creates the directory (mode 0700) if needed.
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700));
+        }
+        Ok(Self { root: root.to_path_buf() })
+    }
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join("chainkeeper.sqlite")
+    }
+    pub fn master_key_path(&self) -> PathBuf {
+        self.root.join("master.key")
+    }
+    pub fn signing_key_path(&self) -> PathBuf {
+        self.root.join("signing.key")
+    }
+    /// The API-token signing key (`CHAINKEEPER_SIGNING_KEY`, or a 0600 file created on first use).
+    pub fn signing_key(&self) -> anyhow::Result<[u8; 32]> {
+        load_or_create_key_file(&self.signing_key_path(), "CHAINKEEPER_SIGNING_KEY")
+    }
+    /// The master key that wraps every organisation's key (`CHAINKEEPER_MASTER_KEY`, or a 0600 file).
+    pub fn master_key(&self) -> anyhow::Result<[u8; 32]> {
+        load_or_create_key_file(&self.master_key_path(), "CHAINKEEPER_MASTER_KEY")
+    }
+}
+
+/// Embedded mode: SQLite, a local key file, secrets from the config file.
+pub fn embedded(data: &DataDir, config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<App>> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.store_path(), clock.clone())?);
+    let keys: Arc<dyn Keys> = Arc::new(LocalKeys::new(store.clone(), data.master_key()?));
+    let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(config.apps.clone(), data.signing_key()?));
+    Ok(App::new(store, keys, secrets, clock, config))
+}
+
+/// Embedded mode on the system clock.
+pub fn embedded_system(data: &DataDir, config: Config) -> anyhow::Result<Arc<App>> {
+    embedded(data, config, Arc::new(SystemClock))
+}
+
+/// On AWS: DynamoDB, KMS (one key per organisation), Secrets Manager.
+#[cfg(feature = "aws")]
+pub async fn aws(env: crate::aws::AwsEnv, config: Config) -> anyhow::Result<Arc<App>> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (store, keys, secrets) = crate::aws::adapters(&env, clock.clone()).await;
+    Ok(App::new(store, keys, secrets, clock, config))
+}
+
+/// What every Lambda function's `main.rs` calls, once per cold start. Built with the `aws` feature and given
+/// `CHAINKEEPER_TABLE`, the adapters are DynamoDB, KMS and Secrets Manager. Otherwise they use embedded storage
+/// under `CHAINKEEPER_DATA_DIR` (default `/tmp/chainkeeper`), which is how a function is tried locally without AWS.
+pub async fn from_env() -> anyhow::Result<Arc<App>> {
+    let mut config = Config::load(std::env::var_os("CHAINKEEPER_CONFIG").map(PathBuf::from).as_deref())?;
+    // The SAM template passes the public address as a parameter; a config file may still set it.
+    if let Some(url) = std::env::var("CHAINKEEPER_PUBLIC_URL").ok().filter(|u| !u.trim().is_empty()) {
+        config.server.public_url.get_or_insert(url.trim().trim_end_matches('/').to_string());
+    }
+    if std::env::var_os("CHAINKEEPER_TABLE").is_some() {
+        #[cfg(feature = "aws")]
+        return aws(crate::aws::AwsEnv::from_env()?, config).await;
+        #[cfg(not(feature = "aws"))]
+        anyhow::bail!(
+            "CHAINKEEPER_TABLE is set but this binary was built without the `aws` feature: \
+             build it with `cargo lambda build --release --features aws`"
+        );
+    }
+    let dir = std::env::var_os("CHAINKEEPER_DATA_DIR").map_or_else(|| PathBuf::from("/tmp/chainkeeper"), PathBuf::from);
+    embedded_system(&DataDir::open(&dir)?, config)
+}
+
+/// `serve`'s in-process schedule: a sweep and a recovery run every `engine.sweep_interval_s` (in AWS, EventBridge
+/// invokes the `refresh` and `recover` functions instead).
+pub fn spawn_schedule(app: Arc<App>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = std::time::Duration::from_secs_f64(app.config.engine.sweep_interval_s.max(0.05));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match app.sweep.run_once(10_000).await {
+                Ok(r) if r.due > 0 => tracing::info!(due = r.due, refreshed = r.refreshed, broken = r.broken, "sweep"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+            match app.recovery.run_once().await {
+                Ok(r) if r.needs_repair > 0 || r.expiry_warnings > 0 => {
+                    tracing::info!(
+                        needs_repair = r.needs_repair,
+                        recovered = r.recovered,
+                        warnings = r.expiry_warnings,
+                        "recovery run"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "recovery run failed"),
+            }
+        }
+    })
+}
