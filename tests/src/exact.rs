@@ -38,16 +38,43 @@ pub fn sim_app_toml(redirect_uri: &str) -> String {
     )
 }
 
-/// A store whose writes can be made to fail (fault injection).
+/// A store whose writes (or reads) can be made to fail (fault injection).
 pub struct FlakyStore {
     pub inner: Arc<dyn Store>,
     skip: AtomicU32,
     fail_writes: AtomicU32,
+    skip_reads: AtomicU32,
+    fail_reads: AtomicU32,
 }
 
 impl FlakyStore {
     pub fn new(inner: Arc<dyn Store>) -> Self {
-        Self { inner, skip: AtomicU32::new(0), fail_writes: AtomicU32::new(0) }
+        Self {
+            inner,
+            skip: AtomicU32::new(0),
+            fail_writes: AtomicU32::new(0),
+            skip_reads: AtomicU32::new(0),
+            fail_reads: AtomicU32::new(0),
+        }
+    }
+
+    /// Lets the next `skip` reads (`get`, `query`, `query_index`) through, then fails the `fail` after them.
+    pub fn skip_reads_then_fail(&self, skip: u32, fail: u32) {
+        self.skip_reads.store(skip, Ordering::SeqCst);
+        self.fail_reads.store(fail, Ordering::SeqCst);
+    }
+
+    fn fail_read(&self) -> Result<(), StoreError> {
+        if self.skip_reads.load(Ordering::SeqCst) > 0 {
+            self.skip_reads.fetch_sub(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        let left = self.fail_reads.load(Ordering::SeqCst);
+        if left > 0 {
+            self.fail_reads.store(left - 1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable(anyhow::anyhow!("injected store failure")));
+        }
+        Ok(())
     }
 
     /// Lets the next `skip` writes through, then fails the `fail` after them.
@@ -73,6 +100,7 @@ impl FlakyStore {
 #[async_trait]
 impl Store for FlakyStore {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        self.fail_read()?;
         self.inner.get(key).await
     }
     async fn put(&self, put: Put) -> Result<Version, StoreError> {
@@ -84,6 +112,7 @@ impl Store for FlakyStore {
         self.inner.delete(key, condition).await
     }
     async fn query(&self, pk: &str, sk_prefix: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
+        self.fail_read()?;
         self.inner.query(pk, sk_prefix, limit).await
     }
     async fn query_index(
@@ -93,6 +122,7 @@ impl Store for FlakyStore {
         sk_max: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Item>, StoreError> {
+        self.fail_read()?;
         self.inner.query_index(index, pk, sk_max, limit).await
     }
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {

@@ -235,9 +235,12 @@ impl Containers {
         Ok(revoked)
     }
 
-    /// Deletes a container with its identifier registration, then its chain.
+    /// Deletes a container's chain, then the container with its identifier registration. In that order, so that
+    /// a failure in between leaves a container without a chain (deleting it again finishes the job), never a chain
+    /// without a container (which the sweep would keep refreshing).
     pub(super) async fn remove(&self, rec: &ContainerRecord, version: Version) -> Result<(), ContainerError> {
         let c = &rec.container;
+        self.engine.remove(c).await?;
         let mut ops = vec![WriteOp::Delete { key: container_key(c), condition: Condition::Version(version) }];
         if let Some(sid) = rec.identity.as_ref().and_then(|i| i.single_instance_id.as_ref())
             && let Some(item) = self.store.get(&ident_key(sid)).await?
@@ -248,7 +251,6 @@ impl Containers {
             }
         }
         self.store.transact(ops).await?;
-        self.engine.remove(c).await?;
         Ok(())
     }
 

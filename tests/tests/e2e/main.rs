@@ -15,4 +15,5 @@ mod races;
 mod scopes;
 mod security;
 mod single_instance;
+mod store_outages;
 mod webhooks;
