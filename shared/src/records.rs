@@ -288,6 +288,32 @@ pub struct ChainRecord {
     pub refresh_count: u64,
 }
 
+impl ChainRecord {
+    /// A healthy chain with no tokens yet, of `generation` (1 for a container's first); `grant` for the token cache
+    /// of a client-credentials or password container.
+    pub fn new(provider: &str, generation: u64, grant: Option<CredentialKind>) -> Self {
+        Self {
+            provider: provider.to_string(),
+            status: ChainStatus::Healthy,
+            generation,
+            grant,
+            sealed_refresh_token: None,
+            sealed_access_token: None,
+            access_expires_at_ms: None,
+            last_token_request_at_ms: None,
+            refresh_token_issued_at_ms: None,
+            pending_request_at_ms: None,
+            lease: None,
+            backoff_until_ms: None,
+            failures: 0,
+            last_error: None,
+            history: Vec::new(),
+            last_refresh_at_ms: None,
+            refresh_count: 0,
+        }
+    }
+}
+
 /// A refresh token received but not written to its chain (the write lost its lease): the next holder tries it first.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RescueRecord {

@@ -3,6 +3,8 @@
 //!   the AWS adapters beside the API, reached only from the wiring), and the import graph has no cycle;
 //! - nothing outside `api` imports `api`; only `api` and the wiring use the use cases; only the wiring names an
 //!   adapter;
+//! - every tracing span skips its arguments (`skip_all`) and names its fields (organisation, container), so no
+//!   secret or client ever lands in a span;
 //! - every problem code the source constructs is in the registry (`api::problem::PROBLEM_TYPES`), and every code
 //!   in the registry is used somewhere.
 
@@ -339,4 +341,24 @@ fn imports_point_inward_and_the_module_graph_has_no_cycle() {
     }
     problems.extend(cycles.into_iter().map(|c| format!("import cycle: {c}")));
     assert!(problems.is_empty(), "architecture rules broken:\n  {}", problems.join("\n  "));
+}
+
+// --- spans ---
+
+#[test]
+fn every_span_skips_its_arguments() {
+    let mut spans = 0;
+    for (path, text) in sources() {
+        for (at, _) in text.match_indices("#[tracing::instrument") {
+            spans += 1;
+            let attribute = &text[at..at + text[at..].find(")]").unwrap_or(0)];
+            assert!(
+                attribute.contains("skip_all"),
+                "{}:{}: a span must use `skip_all` and name its fields (secrets and clients stay out): {attribute}",
+                path.display(),
+                text[..at].lines().count() + 1
+            );
+        }
+    }
+    assert!(spans >= 25, "the use cases have spans ({spans} found)");
 }

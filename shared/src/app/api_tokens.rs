@@ -10,6 +10,7 @@ use crate::records::{API_TOKENS_PREFIX, ApiTokenRecord, api_token_key, decode, e
 use crate::secrets::Secrets;
 use crate::store::{Condition, Put, Store, StoreError};
 
+use super::Ports;
 use super::audit::AuditLog;
 use super::lookup::{self, LookupError};
 
@@ -67,8 +68,8 @@ pub struct ApiTokens {
 }
 
 impl ApiTokens {
-    pub fn new(store: Arc<dyn Store>, secrets: Arc<dyn Secrets>, clock: Arc<dyn Clock>, audit: AuditLog) -> Self {
-        Self { store, secrets, clock, audit }
+    pub fn new(p: &Ports, audit: AuditLog) -> Self {
+        Self { store: p.store.clone(), secrets: p.secrets.clone(), clock: p.clock.clone(), audit }
     }
 
     /// The claims of a bearer token: signed by this deployment, not expired, not revoked.

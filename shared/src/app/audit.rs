@@ -8,6 +8,7 @@ use crate::ids::{ContainerRef, OrgId, random_id};
 use crate::records::{AuditRecord, audit_key, audit_pk, decode, encode};
 use crate::store::{Condition, Put, Store, StoreError};
 
+use super::Ports;
 use super::lookup::{self, LookupError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +27,8 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, retention_days: u64) -> Self {
-        Self { store, clock, retention_days }
+    pub fn new(p: &Ports) -> Self {
+        Self { store: p.store.clone(), clock: p.clock.clone(), retention_days: p.config.server.audit_retention_days }
     }
 
     /// Appends one entry. An audit write that fails is logged, never fatal to the action it records.

@@ -19,6 +19,7 @@ use crate::records::*;
 use crate::secrets::Secrets;
 use crate::store::{Condition, Put, Store, StoreError, Version, WriteOp};
 
+use super::Ports;
 use super::audit::AuditLog;
 use super::containers::{ContainerError, Containers};
 use super::lookup::{self, LookupError};
@@ -108,18 +109,8 @@ pub struct Authorization {
 }
 
 impl Authorization {
-    #[allow(clippy::too_many_arguments)] // one per port or service it uses, named in its fields
-    pub fn new(
-        store: Arc<dyn Store>,
-        vault: Arc<Vault>,
-        secrets: Arc<dyn Secrets>,
-        clock: Arc<dyn Clock>,
-        config: Arc<Config>,
-        http: reqwest::Client,
-        engine: Arc<ChainEngine>,
-        audit: AuditLog,
-        containers: Containers,
-    ) -> Self {
+    pub fn new(p: &Ports, engine: Arc<ChainEngine>, audit: AuditLog, containers: Containers) -> Self {
+        let Ports { store, vault, secrets, clock, config, http } = p.clone();
         Self { store, vault, secrets, clock, config, http, engine, audit, containers }
     }
 

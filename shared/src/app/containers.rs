@@ -13,6 +13,7 @@ use crate::keys::{ContainerFields, Field, KeyError, Vault};
 use crate::records::*;
 use crate::store::{Condition, Index, Put, Store, StoreError, Version, WriteOp};
 
+use super::Ports;
 use super::audit::AuditLog;
 use super::lookup::{self, LookupError};
 
@@ -120,14 +121,8 @@ pub struct Containers {
 }
 
 impl Containers {
-    pub fn new(
-        store: Arc<dyn Store>,
-        vault: Arc<Vault>,
-        clock: Arc<dyn Clock>,
-        config: Arc<Config>,
-        engine: Arc<ChainEngine>,
-        audit: AuditLog,
-    ) -> Self {
+    pub fn new(p: &Ports, engine: Arc<ChainEngine>, audit: AuditLog) -> Self {
+        let (store, vault, clock, config) = (p.store.clone(), p.vault.clone(), p.clock.clone(), p.config.clone());
         Self { store, vault, clock, config, engine, audit }
     }
 

@@ -8,6 +8,7 @@ use crate::ids::ContainerRef;
 use crate::records::CredentialKind;
 use crate::store::Store;
 
+use super::Ports;
 use super::lookup::{self, LookupError};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +32,8 @@ pub struct HandOut {
 }
 
 impl HandOut {
-    pub fn new(store: Arc<dyn Store>, engine: Arc<ChainEngine>) -> Self {
-        Self { store, engine }
+    pub fn new(p: &Ports, engine: Arc<ChainEngine>) -> Self {
+        Self { store: p.store.clone(), engine }
     }
 
     /// A valid access token for `c`. The warm path is one chain read; only a container without a chain is looked

@@ -42,6 +42,20 @@ use crate::keys::{CacheLimits, Keys, Vault};
 use crate::secrets::Secrets;
 use crate::store::Store;
 
+/// The ports and process-wide clients the use cases are built from, one of each per process. A use case's
+/// constructor keeps the ones it uses: its fields say which.
+#[derive(Clone)]
+pub struct Ports {
+    pub store: Arc<dyn Store>,
+    /// Seals and opens secrets over the `Keys` port.
+    pub vault: Arc<Vault>,
+    pub secrets: Arc<dyn Secrets>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<Config>,
+    /// The one HTTP client of the process (redirects off).
+    pub http: reqwest::Client,
+}
+
 /// The application: every use case, built once per process over the ports the wiring chose.
 pub struct App {
     pub config: Arc<Config>,
@@ -71,54 +85,26 @@ impl App {
         clock: Arc<dyn Clock>,
         config: Config,
     ) -> Arc<Self> {
-        let config = Arc::new(config);
-        let http = crate::provider::oauth::http_client();
         let vault = Arc::new(Vault::new(keys, clock.clone(), CacheLimits::default()));
-        let audit = audit::AuditLog::new(store.clone(), clock.clone(), config.server.audit_retention_days);
-        let webhooks = webhooks::Webhooks::new(
-            store.clone(),
-            vault.clone(),
-            clock.clone(),
-            http.clone(),
-            audit.clone(),
-            config.server.webhook_allow_private_networks,
-        );
+        let http = crate::provider::oauth::http_client();
+        let p = Ports { store, vault, secrets, clock, config: Arc::new(config), http };
+        let audit = audit::AuditLog::new(&p);
+        let webhooks = webhooks::Webhooks::new(&p, audit.clone());
         let on_event = Arc::new(events::OnChainEvent::new(webhooks.clone()));
         let engine = Arc::new(ChainEngine::new(
-            store.clone(),
-            vault.clone(),
-            secrets.clone(),
-            clock.clone(),
-            config.clone(),
-            http.clone(),
+            p.store.clone(),
+            p.vault.clone(),
+            p.secrets.clone(),
+            p.clock.clone(),
+            p.config.clone(),
+            p.http.clone(),
             on_event.clone(),
         ));
-        let api_tokens = api_tokens::ApiTokens::new(store.clone(), secrets.clone(), clock.clone(), audit.clone());
-        let orgs = orgs::Orgs::new(store.clone(), vault.clone(), clock.clone(), audit.clone(), api_tokens.clone());
-        let containers = containers::Containers::new(
-            store.clone(),
-            vault.clone(),
-            clock.clone(),
-            config.clone(),
-            engine.clone(),
-            audit.clone(),
-        );
-        let authorization = authorization::Authorization::new(
-            store.clone(),
-            vault.clone(),
-            secrets,
-            clock.clone(),
-            config.clone(),
-            http.clone(),
-            engine.clone(),
-            audit.clone(),
-            containers.clone(),
-        );
+        let api_tokens = api_tokens::ApiTokens::new(&p, audit.clone());
+        let containers = containers::Containers::new(&p, engine.clone(), audit.clone());
+        let authorization = authorization::Authorization::new(&p, engine.clone(), audit.clone(), containers.clone());
         let recovery = Arc::new(recovery::Recovery::new(
-            store.clone(),
-            vault.clone(),
-            clock.clone(),
-            config.clone(),
+            &p,
             engine.clone(),
             audit.clone(),
             authorization.clone(),
@@ -126,17 +112,17 @@ impl App {
         ));
         on_event.recover_with(Arc::downgrade(&recovery));
         Arc::new(Self {
-            handout: handout::HandOut::new(store.clone(), engine.clone()),
-            query: query::QueryProxy::new(store.clone(), clock.clone(), config.clone(), http, engine.clone()),
-            sweep: sweep::Sweep::new(store.clone(), clock.clone(), engine.clone(), config.engine.sweep_concurrency),
-            config,
-            clock,
-            store,
-            vault,
+            orgs: orgs::Orgs::new(&p, audit.clone(), api_tokens.clone()),
+            handout: handout::HandOut::new(&p, engine.clone()),
+            query: query::QueryProxy::new(&p, engine.clone()),
+            sweep: sweep::Sweep::new(&p, engine.clone()),
+            config: p.config,
+            clock: p.clock,
+            store: p.store,
+            vault: p.vault,
             engine,
             audit,
             api_tokens,
-            orgs,
             webhooks,
             containers,
             authorization,

@@ -8,6 +8,7 @@ use crate::keys::{KeyError, Vault};
 use crate::records::*;
 use crate::store::{Condition, Put, Store, StoreError, WriteOp};
 
+use super::Ports;
 use super::api_tokens::ApiTokens;
 use super::audit::AuditLog;
 use super::lookup::{self, LookupError};
@@ -42,14 +43,8 @@ pub struct Orgs {
 }
 
 impl Orgs {
-    pub fn new(
-        store: Arc<dyn Store>,
-        vault: Arc<Vault>,
-        clock: Arc<dyn Clock>,
-        audit: AuditLog,
-        api_tokens: ApiTokens,
-    ) -> Self {
-        Self { store, vault, clock, audit, api_tokens }
+    pub fn new(p: &Ports, audit: AuditLog, api_tokens: ApiTokens) -> Self {
+        Self { store: p.store.clone(), vault: p.vault.clone(), clock: p.clock.clone(), audit, api_tokens }
     }
 
     /// Creates an organisation and its encryption key.
@@ -85,6 +80,7 @@ impl Orgs {
         Ok(rec)
     }
 
+    #[tracing::instrument(skip_all, fields(org = %org))]
     pub async fn get(&self, org: &OrgId) -> Result<OrgRecord, OrgError> {
         Ok(lookup::org(&*self.store, org).await?.0)
     }
@@ -135,6 +131,7 @@ impl Orgs {
         Ok(rec)
     }
 
+    #[tracing::instrument(skip_all, fields(org = %org))]
     pub async fn databases(&self, org: &OrgId) -> Result<Vec<DbRecord>, OrgError> {
         lookup::org(&*self.store, org).await?;
         let items = self.store.query(&org_pk(org), DATABASES_PREFIX, 1000).await?;

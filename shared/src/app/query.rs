@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::ids::ContainerRef;
 use crate::store::Store;
 
+use super::Ports;
 use super::lookup::{self, LookupError};
 
 /// Request headers passed on to the platform (content negotiation and conditional requests).
@@ -203,13 +204,8 @@ pub struct QueryProxy {
 }
 
 impl QueryProxy {
-    pub fn new(
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
-        config: Arc<Config>,
-        http: reqwest::Client,
-        engine: Arc<ChainEngine>,
-    ) -> Self {
+    pub fn new(p: &Ports, engine: Arc<ChainEngine>) -> Self {
+        let (store, clock, config, http) = (p.store.clone(), p.clock.clone(), p.config.clone(), p.http.clone());
         Self { store, clock, config, http, engine, cache: Arc::default() }
     }
 

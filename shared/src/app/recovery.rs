@@ -23,6 +23,7 @@ use crate::records::*;
 use crate::store::{Condition, Index, Put, Store, StoreError, Version};
 use crate::totp::Totp;
 
+use super::Ports;
 use super::audit::AuditLog;
 use super::authorization::{Authorization, AuthorizationError, Callback};
 use super::lookup::{self, LookupError};
@@ -122,17 +123,14 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    #[allow(clippy::too_many_arguments)] // one per port or service it uses, named in its fields
     pub fn new(
-        store: Arc<dyn Store>,
-        vault: Arc<Vault>,
-        clock: Arc<dyn Clock>,
-        config: Arc<Config>,
+        p: &Ports,
         engine: Arc<ChainEngine>,
         audit: AuditLog,
         authorization: Authorization,
         webhooks: Webhooks,
     ) -> Self {
+        let (store, vault, clock, config) = (p.store.clone(), p.vault.clone(), p.clock.clone(), p.config.clone());
         Self { store, vault, clock, config, engine, audit, authorization, webhooks }
     }
 

@@ -13,6 +13,8 @@ use crate::clock::Clock;
 use crate::records::{DUE_PK, container_of_chain_pk, time_sk};
 use crate::store::{Index, Store, StoreError};
 
+use super::Ports;
+
 #[derive(Debug, Default, Serialize, Clone)]
 pub struct SweepReport {
     pub due: usize,
@@ -40,8 +42,9 @@ pub struct Sweep {
 }
 
 impl Sweep {
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, engine: Arc<ChainEngine>, concurrency: usize) -> Self {
-        Self { store, clock, engine, concurrency: concurrency.max(1) }
+    pub fn new(p: &Ports, engine: Arc<ChainEngine>) -> Self {
+        let concurrency = p.config.engine.sweep_concurrency.max(1);
+        Self { store: p.store.clone(), clock: p.clock.clone(), engine, concurrency }
     }
 
     /// One sweep over every chain due now, at most `limit` of them.

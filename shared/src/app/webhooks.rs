@@ -20,6 +20,7 @@ use crate::keys::{Field, KeyError, Vault, org_context};
 use crate::records::{OrgRecord, decode, encode, org_key};
 use crate::store::{Condition, Put, Store, StoreError};
 
+use super::Ports;
 use super::audit::AuditLog;
 use super::lookup::{self, LookupError};
 
@@ -89,15 +90,15 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    pub fn new(
-        store: Arc<dyn Store>,
-        vault: Arc<Vault>,
-        clock: Arc<dyn Clock>,
-        http: reqwest::Client,
-        audit: AuditLog,
-        allow_private_networks: bool,
-    ) -> Self {
-        Self { store, vault, clock, http, audit, allow_private_networks }
+    pub fn new(p: &Ports, audit: AuditLog) -> Self {
+        Self {
+            store: p.store.clone(),
+            vault: p.vault.clone(),
+            clock: p.clock.clone(),
+            http: p.http.clone(),
+            audit,
+            allow_private_networks: p.config.server.webhook_allow_private_networks,
+        }
     }
 
     /// Registers (or replaces) the organisation's webhook; the signing secret is returned once.

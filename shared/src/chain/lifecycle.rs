@@ -38,27 +38,16 @@ impl ChainEngine {
             .seal(&fields.context(Field::AccessToken), tokens.access_token.expose_secret().as_bytes())
             .await?;
         let was_broken = previous.as_ref().is_some_and(|(p, _)| p.status == ChainStatus::NeedsRepair);
-        let mut history = previous.map(|(p, _)| p.history).unwrap_or_default();
         let mut chain = ChainRecord {
-            provider: profile.name.clone(),
-            status: ChainStatus::Healthy,
-            generation,
-            grant: None,
             sealed_refresh_token,
             sealed_access_token: Some(sealed_at),
             access_expires_at_ms: Some(now + ms(tokens.expires_in.unwrap_or(profile.access_token_lifetime_s))),
             last_token_request_at_ms: Some(now),
             refresh_token_issued_at_ms: Some(now),
-            pending_request_at_ms: None,
-            lease: None,
-            backoff_until_ms: None,
-            failures: 0,
-            last_error: None,
-            history: Vec::new(),
             last_refresh_at_ms: Some(now),
-            refresh_count: 0,
+            history: previous.map(|(p, _)| p.history).unwrap_or_default(),
+            ..ChainRecord::new(&profile.name, generation, None)
         };
-        std::mem::swap(&mut chain.history, &mut history);
         push_transition(&mut chain, now, ChainStatus::Healthy, "authorized");
         self.write_chain(c, &chain, Condition::None, true).await?;
         self.clear_rescues(c).await;
@@ -89,23 +78,8 @@ impl ChainEngine {
         if self.chain(c).await?.is_none() {
             let now = self.clock.now_ms();
             let chain = ChainRecord {
-                provider: provider.to_string(),
-                status: ChainStatus::Healthy,
-                generation: 1,
-                grant: Some(kind),
-                sealed_refresh_token: None,
-                sealed_access_token: None,
-                access_expires_at_ms: None,
-                last_token_request_at_ms: None,
-                refresh_token_issued_at_ms: None,
-                pending_request_at_ms: None,
-                lease: None,
-                backoff_until_ms: None,
-                failures: 0,
-                last_error: None,
                 history: vec![Transition { at_ms: now, status: ChainStatus::Healthy, code: "credentials_set".into() }],
-                last_refresh_at_ms: None,
-                refresh_count: 0,
+                ..ChainRecord::new(provider, 1, Some(kind))
             };
             match self.write_chain(c, &chain, Condition::Absent, false).await {
                 Ok(_) | Err(StoreError::Conflict) => {}

@@ -58,23 +58,13 @@ mod tests {
 
     fn chain(issued: Millis, expires: Millis, requested: Millis) -> ChainRecord {
         ChainRecord {
-            provider: "exact-online-nl".into(),
-            status: ChainStatus::Healthy,
-            generation: 1,
-            grant: None,
             sealed_refresh_token: Some("sealed".into()),
             sealed_access_token: Some("sealed".into()),
             access_expires_at_ms: Some(expires),
             last_token_request_at_ms: Some(requested),
             refresh_token_issued_at_ms: Some(issued),
-            pending_request_at_ms: None,
-            lease: None,
-            backoff_until_ms: None,
-            failures: 0,
-            last_error: None,
-            history: Vec::new(),
             last_refresh_at_ms: Some(requested),
-            refresh_count: 0,
+            ..ChainRecord::new("exact-online-nl", 1, None)
         }
     }
 

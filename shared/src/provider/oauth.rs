@@ -106,6 +106,30 @@ pub enum Grant<'a> {
     Password { username: &'a str, password: &'a SecretString, scopes: &'a [String] },
 }
 
+/// A form POST to one of the provider's OAuth endpoints, authenticated as the app the way the profile says:
+/// HTTP Basic (RFC 6749 2.3.1: both parts form-urlencoded before Base64) or `client_id`/`client_secret` in the body.
+fn client_form(
+    req: reqwest::RequestBuilder,
+    profile: &ProviderProfile,
+    app: &AppRegistration,
+    mut form: Vec<(&str, String)>,
+) -> reqwest::RequestBuilder {
+    let req = match profile.token_auth {
+        TokenAuth::Basic => {
+            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let cred = format!("{}:{}", enc(&app.client_id), enc(app.client_secret.expose_secret()));
+            req.header("Authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(cred)))
+        }
+        TokenAuth::Post => {
+            form.push(("client_id", app.client_id.clone()));
+            form.push(("client_secret", app.client_secret.expose_secret().to_string()));
+            req
+        }
+    };
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter()).finish();
+    req.header("Content-Type", "application/x-www-form-urlencoded").body(body)
+}
+
 /// Calls the token endpoint once.
 pub async fn request_token(
     http: &reqwest::Client,
@@ -143,22 +167,8 @@ pub async fn request_token(
             }
         }
     }
-    let mut req = http.post(&profile.token_url).timeout(timeout).header("Accept", "application/json");
-    match profile.token_auth {
-        TokenAuth::Basic => {
-            // RFC 6749 2.3.1: both parts form-urlencoded before Base64.
-            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let cred = format!("{}:{}", enc(&app.client_id), enc(app.client_secret.expose_secret()));
-            req = req
-                .header("Authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(cred)));
-        }
-        TokenAuth::Post => {
-            form.push(("client_id", app.client_id.clone()));
-            form.push(("client_secret", app.client_secret.expose_secret().to_string()));
-        }
-    }
-    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter()).finish();
-    let res = req.header("Content-Type", "application/x-www-form-urlencoded").body(body).send().await;
+    let req = http.post(&profile.token_url).timeout(timeout).header("Accept", "application/json");
+    let res = client_form(req, profile, app, form).send().await;
     let res = match res {
         Ok(r) => r,
         Err(e) if e.is_connect() => {
@@ -232,23 +242,9 @@ pub async fn revoke_token(
     let Some(url) = &profile.revocation_url else {
         anyhow::bail!("provider {} has no revocation endpoint", profile.name)
     };
-    let mut form: Vec<(&str, String)> =
+    let form: Vec<(&str, String)> =
         vec![("token", token.expose_secret().to_string()), ("token_type_hint", hint.to_string())];
-    let mut req = http.post(url).timeout(timeout);
-    match profile.token_auth {
-        TokenAuth::Basic => {
-            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let cred = format!("{}:{}", enc(&app.client_id), enc(app.client_secret.expose_secret()));
-            req = req
-                .header("Authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(cred)));
-        }
-        TokenAuth::Post => {
-            form.push(("client_id", app.client_id.clone()));
-            form.push(("client_secret", app.client_secret.expose_secret().to_string()));
-        }
-    }
-    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter()).finish();
-    let res = req.header("Content-Type", "application/x-www-form-urlencoded").body(body).send().await?;
+    let res = client_form(http.post(url).timeout(timeout), profile, app, form).send().await?;
     anyhow::ensure!(res.status().is_success(), "revocation endpoint answered HTTP {}", res.status().as_u16());
     Ok(())
 }
