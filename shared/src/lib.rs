@@ -11,7 +11,7 @@
 //! | use cases | [`app`] — organisations, containers, authorization, token hand-out, query proxy, auto-recovery, API tokens, audit, webhooks, sweep |
 //! | domain | [`chain`] (the chain engine, the heart), [`auth`] (API-token claims and scopes), [`records`] (every stored item and key), [`provider`] (profiles as data, the token endpoint, the login driver), [`config`], [`totp`] |
 //! | ports and their embedded adapters | [`store`] (SQLite, in-memory), [`keys`] (envelope encryption, local key file), [`secrets`], [`clock`] |
-//! | AWS adapters | [`aws`] (feature `aws`: DynamoDB, KMS, Secrets Manager) |
+//! | AWS adapters | `aws` (feature `aws`: DynamoDB, KMS, Secrets Manager) |
 //! | foundation | [`ids`] (validated names), [`clock`] |
 
 pub mod api;
