@@ -210,7 +210,8 @@ impl QueryProxy {
     }
 
     /// Forwards one request to the platform API of `c`.
-    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    // A debug span: this is the warm path, where an info-level span would cost every request an allocation.
+    #[tracing::instrument(level = "debug", skip_all, fields(org = %c.org, container = %c.local_name()))]
     pub async fn forward(&self, c: &ContainerRef, req: QueryRequest) -> Result<Forwarded, QueryError> {
         let path = check_path(&req.path)?;
         let (rec, _) = lookup::container(&*self.store, c).await?;
