@@ -12,6 +12,7 @@ mod oidc_flow;
 mod processes;
 mod query_proxy;
 mod races;
+mod routes_cli;
 mod scopes;
 mod security;
 mod single_instance;
