@@ -21,6 +21,7 @@ pub mod ids;
 pub mod keys;
 pub mod lambda;
 pub mod login;
+pub mod metrics_names;
 pub mod notify;
 pub mod oauth;
 pub mod problem;
