@@ -21,6 +21,7 @@
 import argparse
 import copy
 import json
+import os
 import re
 import sys
 
@@ -60,6 +61,7 @@ class OfflinePolicyLoader(ManagedPolicyLoader):
 def transform(tpl, pseudo=PSEUDO):
     """The SAM transform, offline. `sam deploy` puts S3 locations in place of CodeUri folders after `sam build`;
     the translator only accepts S3 locations, so they are stood in."""
+    os.environ.setdefault("AWS_DEFAULT_REGION", pseudo["AWS::Region"])  # the translator asks boto for one
     sam = copy.deepcopy(tpl)
     for fid, res in sam["Resources"].items():
         if res.get("Type") == "AWS::Serverless::Function":
@@ -370,7 +372,6 @@ ELF_MACHINE = {"x86_64": 62, "arm64": 183}  # e_machine: EM_X86_64, EM_AARCH64
 
 
 def cmd_packages(args):
-    import os
     import zipfile
 
     from samcli.lib.package.utils import make_zip_with_lambda_permissions, zip_folder

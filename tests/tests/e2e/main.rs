@@ -5,6 +5,8 @@ mod api_errors;
 mod auto_recovery;
 #[cfg(feature = "aws")]
 mod aws;
+#[cfg(feature = "aws")]
+mod aws_iam;
 mod cli;
 mod exact_engine;
 mod lambda_functions;
