@@ -42,6 +42,10 @@ const ACCOUNT: &str = "123456789012"; // moto's default account
 const REGION: &str = "eu-west-1";
 const STAGE: &str = "test";
 const APPS_PREFIX: &str = "chainkeeper/test/apps/";
+/// `KmsKeyDeletionWindowDays` and so `CHAINKEEPER_KMS_DELETION_WINDOW_DAYS`. The KMS adapter (shared/src/aws/kms.rs)
+/// still schedules a fixed 7 days; once it reads the variable, set another value (8-30) here: the manage role's
+/// condition then proves the adapter passes it through.
+const KMS_DELETION_WINDOW_DAYS: &str = "7";
 const FUNCTIONS: [&str; 5] = ["callback", "query", "manage", "refresh", "recover"];
 /// Policies the Lambda service uses on the function's behalf (log delivery), never the function's code.
 const SERVICE_ONLY_POLICIES: [&str; 1] = ["logs"];
@@ -110,7 +114,7 @@ fn template_policies(table: &str, signing_arn: &str) -> BTreeMap<String, Vec<Val
         .current_dir(workspace())
         .args(["infra/sam_offline.py", "policies", "infra/template.yaml", "--region", REGION, "--account", ACCOUNT])
         .args(["--param", &format!("Stage={STAGE}"), "--param", &format!("AppsSecretPrefix={APPS_PREFIX}")])
-        .args(["--param", "KmsKeyDeletionWindowDays=7"])
+        .args(["--param", &format!("KmsKeyDeletionWindowDays={KMS_DELETION_WINDOW_DAYS}")])
         .args(["--ref", &format!("Table={table}"), "--ref", &format!("SigningKeySecret={signing_arn}")])
         .output()
         .expect("python3 infra/sam_offline.py (pip install aws-sam-translator cfn-lint)");
@@ -510,7 +514,7 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
             ("CHAINKEEPER_APPS_SECRET_PREFIX", APPS_PREFIX.to_string()),
             ("CHAINKEEPER_KMS_ALIAS_PREFIX", format!("alias/chainkeeper/{STAGE}/")),
             ("CHAINKEEPER_STAGE", STAGE.to_string()),
-            ("CHAINKEEPER_KMS_DELETION_WINDOW_DAYS", "7".to_string()),
+            ("CHAINKEEPER_KMS_DELETION_WINDOW_DAYS", KMS_DELETION_WINDOW_DAYS.to_string()),
             ("CHAINKEEPER_PUBLIC_URL", "https://ck.example".to_string()),
             ("CHAINKEEPER_CONFIG", config.display().to_string()),
             ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
