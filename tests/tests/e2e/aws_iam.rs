@@ -255,15 +255,18 @@ fn iam_requests(function: &str, op: &str, body: &Value, account: &Account, table
             })
             .collect(),
         ("kms", "CreateKey") => {
+            // Only what the request carries: whether AWS fills in a default for a parameter left out is not
+            // documented, so the policy must hold either way (its conditions are ...IfExists).
             let mut ctx = request_tags(&body["Tags"]);
-            let s = |k: &str, d: &str| json!(body[k].as_str().unwrap_or(d));
-            ctx.insert("kms:KeySpec".into(), s("KeySpec", "SYMMETRIC_DEFAULT"));
-            ctx.insert("kms:KeyUsage".into(), s("KeyUsage", "ENCRYPT_DECRYPT"));
-            ctx.insert("kms:KeyOrigin".into(), s("Origin", "AWS_KMS"));
-            ctx.insert(
-                "kms:BypassPolicyLockoutSafetyCheck".into(),
-                json!(body["BypassPolicyLockoutSafetyCheck"].as_bool().unwrap_or(false).to_string()),
-            );
+            for (param, key) in [("KeySpec", "kms:KeySpec"), ("KeyUsage", "kms:KeyUsage"), ("Origin", "kms:KeyOrigin")]
+            {
+                if let Some(v) = body[param].as_str() {
+                    ctx.insert(key.into(), json!(v));
+                }
+            }
+            if let Some(b) = body["BypassPolicyLockoutSafetyCheck"].as_bool() {
+                ctx.insert("kms:BypassPolicyLockoutSafetyCheck".into(), json!(b.to_string()));
+            }
             let mut out = vec![one(op, "*".into(), ctx)];
             // Tags given to CreateKey also need kms:TagResource (KMS developer guide, "Tags in AWS KMS"), on the
             // key being created: the one that carries this request's chainkeeper-org tag.
