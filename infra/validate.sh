@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Offline validation of infra/template.yaml. Needs no AWS credentials and no network.
 #
-#   1. every route of shared/src/api/routes.rs is an HttpApi event of the function that serves it
-#      (and no event is a route the code does not have) - cfn-lint cannot know this;
+#   1. what cfn-lint and checkov cannot know (infra/sam_offline.py check): every row of the route table
+#      (`chainkeeper routes --json`) is an HttpApi event of the function that serves it and no event is
+#      anything else; every function is built by `sam build` (rust-cargolambda) from its crate, for the one
+#      Architecture parameter; the table keeps deletion protection and point-in-time recovery; every alarm
+#      notifies the alarm topic and reads only metrics of the contract (shared/src/metrics_names.rs); no IAM
+#      statement has a wildcard action, Resource "*" (but conditioned kms:CreateKey), or data-key use
+#      without chainkeeper's encryption context;
 #   2. the SAM transform (aws-sam-translator) turns the template into plain CloudFormation;
 #   3. cfn-lint: no errors on the SAM template nor on the transformed output (warnings are printed);
 #   4. checkov: no failed check on the SAM template nor on the transformed output (skips are in the
@@ -10,12 +15,14 @@
 #
 # Run from the repository root:  bash infra/validate.sh
 # Needs (CI installs them beforehand):  pip install aws-sam-translator cfn-lint checkov
+# and the CLI built (`cargo build -p chainkeeper-cli`; CHAINKEEPER_BIN names another binary).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 2
 TEMPLATE="${1:-infra/template.yaml}"   # a copy to check may be given (tests of this script)
-ROUTES="shared/src/api/routes.rs"
+METRICS="shared/src/metrics_names.rs"
+CLI="${CHAINKEEPER_BIN:-target/debug/chainkeeper}"
 PYTHON="${PYTHON:-python3}"
 
 fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
@@ -32,7 +39,8 @@ if ((${#missing[@]})); then
   fail "install the validation tools first:  pip install aws-sam-translator cfn-lint checkov"
 fi
 [[ -f $TEMPLATE ]] || fail "$TEMPLATE not found (run from the repository root)"
-[[ -f $ROUTES ]] || fail "$ROUTES not found (run from the repository root)"
+[[ -f $METRICS ]] || fail "$METRICS not found (run from the repository root)"
+[[ -x $CLI ]] || fail "$CLI not found: build the CLI first (cargo build -p chainkeeper-cli), or set CHAINKEEPER_BIN"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/chainkeeper-infra.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
@@ -42,188 +50,13 @@ TRANSFORMED="$WORK/template.transformed.json"
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-eu-west-1}" AWS_REGION="${AWS_REGION:-eu-west-1}"
 unset AWS_PROFILE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN
 
-# ---- 1 + 2: routes and SAM transform -----------------------------------------------------------
-step "routes of $ROUTES vs HttpApi events, and SAM transform"
-"$PYTHON" - "$TEMPLATE" "$ROUTES" "$TRANSFORMED" <<'PY' || fail "route check, SAM transform or IAM check (see above)"
-import copy, json, re, sys
-
-from cfnlint.decode import cfn_yaml
-from samtranslator.translator.transform import transform
-from samtranslator.translator.managed_policy_translator import ManagedPolicyLoader
-
-template_path, routes_path, out_path = sys.argv[1:4]
-errors = []
-
-# -- routes.rs -------------------------------------------------------------------------------
-src = open(routes_path, encoding="utf-8").read()
-consts = dict(re.findall(r'const\s+(\w+)\s*:\s*&(?:\'static\s+)?str\s*=\s*"([^"]*)"\s*;', src))
-
-def path_of(lit, ident, where):
-    if lit is not None:
-        return lit
-    if ident in consts:
-        return consts[ident]
-    errors.append(f"routes.rs: {where}: path {ident!r} is neither a string literal nor a known const")
-    return None
-
-routes = []  # (method, axum path, function)
-# r!("METHOD", path, "resource", "function", "summary")
-for m in re.finditer(r'\br!\(\s*"([A-Z]+)"\s*,\s*(?:"([^"]*)"|([A-Za-z_]\w*))\s*,\s*"[^"]*"\s*,\s*"([^"]*)"', src):
-    p = path_of(m.group(2), m.group(3), m.group(0)[:60])
-    if p is not None:
-        routes.append((m.group(1), p, m.group(4)))
-# RouteSpec { method: "GET", path: "/x", ..., function: "manage" }
-for m in re.finditer(r'RouteSpec\s*\{([^{}]*)\}', src):
-    body = m.group(1)
-    mm = re.search(r'\bmethod\s*:\s*"([A-Z]+)"', body)
-    if not mm:
-        continue  # the struct definition and the macro body, not a route
-    pm = re.search(r'\bpath\s*:\s*(?:"([^"]*)"|([A-Za-z_]\w*))', body)
-    fm = re.search(r'\bfunction\s*:\s*"([^"]*)"', body)
-    if not pm or not fm:
-        errors.append(f"routes.rs: cannot read path/function of: RouteSpec {{{body[:80]}…")
-        continue
-    p = path_of(pm.group(1), pm.group(2), body[:60])
-    if p is not None:
-        routes.append((mm.group(1), p, fm.group(1)))
-
-# Guard against a route written in a form this parser does not know: count route-like entries.
-expected = len(re.findall(r'\br!\(\s*"', src)) + len(re.findall(r'RouteSpec\s*\{\s*method\s*:\s*"', src))
-if not routes:
-    errors.append("routes.rs: no routes found: the parser no longer matches the file")
-elif len(routes) != expected:
-    errors.append(f"routes.rs: parsed {len(routes)} routes but counted {expected} route entries: update the parser in infra/validate.sh")
-
-def to_apigw(path):
-    # axum 0.8 `{*rest}` (catch-all) is API Gateway's greedy `{rest+}`; `{name}` stays `{name}`.
-    return re.sub(r'\{\*(\w+)\}', r'{\1+}', path)
-
-wanted = {}
-for method, path, function in routes:
-    key = (method, to_apigw(path))
-    if key in wanted:
-        errors.append(f"routes.rs: duplicate route {method} {path}")
-    wanted[key] = function
-
-# -- template --------------------------------------------------------------------------------
-tpl = json.loads(json.dumps(cfn_yaml.load(template_path)))  # plain dict/list/str, long-form intrinsics
-resources = tpl.get("Resources", {})
-functions = {k: v for k, v in resources.items() if v.get("Type") == "AWS::Serverless::Function"}
-
-def binary_of(logical_id, res):
-    code = res.get("Properties", {}).get("CodeUri")
-    m = re.fullmatch(r'\.\./target/lambda/([A-Za-z0-9_-]+)/?', code) if isinstance(code, str) else None
-    if not m:
-        errors.append(f"{logical_id}: CodeUri {code!r} is not ../target/lambda/<binary>/ (cargo lambda build output)")
-        return None
-    return m.group(1)
-
-have = {}
-for fid, res in functions.items():
-    binary = binary_of(fid, res)
-    for eid, ev in (res.get("Properties", {}).get("Events") or {}).items():
-        props = ev.get("Properties") or {}
-        if ev.get("Type") != "HttpApi":
-            if isinstance(props, dict) and ("Path" in props or "Method" in props):
-                errors.append(f"{fid}.{eid}: event type {ev.get('Type')!r} has a Path/Method; HTTP API routes are Type: HttpApi")
-            continue
-        method, path = props.get("Method"), props.get("Path")
-        if not isinstance(method, str) or not isinstance(path, str):
-            errors.append(f"{fid}.{eid}: HttpApi event needs a literal Method and Path")
-            continue
-        key = (method.upper(), path)
-        if key in have:
-            errors.append(f"{fid}.{eid}: route {method} {path} is also served by {have[key][0]}")
-        have[key] = (f"{fid}.{eid}", binary)
-
-for key, function in sorted(wanted.items()):
-    if key not in have:
-        errors.append(f"route {key[0]} {key[1]} (routes.rs, function {function}) has no HttpApi event in the template")
-    elif have[key][1] != function:
-        errors.append(f"route {key[0]} {key[1]}: routes.rs says function {function}, the template wires it to {have[key][0]} ({have[key][1]})")
-for key, (where, _) in sorted(have.items()):
-    if key not in wanted:
-        errors.append(f"{where}: {key[0]} {key[1]} is not a route of routes.rs")
-
-if errors:
-    print("route check:\n" + "\n".join("  - " + e for e in errors))
-else:
-    print(f"ok: {len(wanted)} routes of routes.rs, each wired to its function ({', '.join(sorted({f for f in wanted.values()}))})")
-route_errors, errors = errors, []
-
-# -- SAM transform, offline ------------------------------------------------------------------
-# `sam deploy` uploads CodeUri folders and puts S3 locations in their place; the translator only
-# accepts S3 locations, so stand them in. No managed policy is used (roles are explicit), so the
-# policy loader is never asked; it would fail loudly rather than reach IAM.
-class OfflinePolicyLoader(ManagedPolicyLoader):
-    def __init__(self):
-        pass
-    def load(self):
-        raise RuntimeError("a managed policy name was used; the template should not need IAM ListPolicies")
-
-sam = copy.deepcopy(tpl)
-for fid, res in sam["Resources"].items():
-    if res.get("Type") == "AWS::Serverless::Function":
-        res["Properties"]["CodeUri"] = f"s3://chainkeeper-artifacts/{fid}.zip"
-
-params = {"AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws",
-          "AWS::StackName": "chainkeeper", "AWS::StackId": "arn:aws:cloudformation:eu-west-1:123456789012:stack/chainkeeper/x",
-          "AWS::URLSuffix": "amazonaws.com", "AWS::NotificationARNs": []}
-try:
-    out = transform(sam, params, OfflinePolicyLoader(), passthrough_metadata=True)
-except Exception as e:  # InvalidDocumentException carries the list of causes
-    causes = getattr(e, "causes", None) or []
-    print(f"SAM transform failed: {e}")
-    for c in causes:
-        print(f"  - {getattr(c, 'message', c)}")
-    sys.exit(1)
-json.dump(out, open(out_path, "w"), indent=1)
-types = {}
-for r in out["Resources"].values():
-    types[r["Type"]] = types.get(r["Type"], 0) + 1
-print("ok: SAM transform -> " + ", ".join(f"{n} {t}" for t, n in sorted(types.items())))
-
-# -- IAM: no wildcard actions; Resource "*" only for kms:CreateKey, and only with a Condition ----
-# (checkov does not flag e.g. "secretsmanager:*" on a named resource.)
-def as_list(x):
-    return x if isinstance(x, list) else [x]
-def documents(res):
-    props = res.get("Properties") or {}
-    for pol in props.get("Policies") or []:
-        if isinstance(pol, dict) and "PolicyDocument" in pol:
-            yield pol.get("PolicyName", "?"), pol["PolicyDocument"]
-    if "PolicyDocument" in props:
-        yield "PolicyDocument", props["PolicyDocument"]
-iam = []
-roles = 0
-for rid, res in out["Resources"].items():
-    if res.get("Type") not in ("AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
-        continue
-    roles += 1
-    if (res.get("Properties") or {}).get("ManagedPolicyArns"):
-        iam.append(f"{rid}: uses managed policies {res['Properties']['ManagedPolicyArns']}; keep every permission inline and named")
-    for pname, doc in documents(res):
-        for st in as_list(doc.get("Statement", [])):
-            if st.get("Effect") != "Allow":
-                continue
-            actions = as_list(st.get("Action", []))
-            if "NotAction" in st or "NotResource" in st:
-                iam.append(f"{rid}/{pname}: NotAction/NotResource is not allowed")
-            for a in actions:
-                if not isinstance(a, str) or "*" in a:
-                    iam.append(f"{rid}/{pname}: wildcard or non-literal action {a!r}")
-            if "*" in as_list(st.get("Resource", [])):
-                if actions != ["kms:CreateKey"]:
-                    iam.append(f"{rid}/{pname}: Resource \"*\" for {actions} (only kms:CreateKey needs it)")
-                elif not st.get("Condition"):
-                    iam.append(f"{rid}/{pname}: kms:CreateKey on Resource \"*\" without a Condition")
-if iam:
-    print("IAM check:\n" + "\n".join("  - " + e for e in iam))
-else:
-    print(f"ok: IAM: {roles} roles/policies, no wildcard action, Resource \"*\" only for conditioned kms:CreateKey")
-if route_errors or iam:
-    sys.exit(1)
-PY
+# ---- 1 + 2: routes, build, data safety, alarms, SAM transform, IAM -----------------------------------
+# The route table comes from the code itself (`chainkeeper routes --json` prints every row of ROUTES), so the
+# check needs the CLI built; CI runs this script after `cargo build`.
+step "template checks (routes, build, data safety, alarms, IAM) and SAM transform"
+"$CLI" routes --json >"$WORK/routes.json" || fail "$CLI routes --json failed"
+"$PYTHON" infra/sam_offline.py check "$TEMPLATE" "$WORK/routes.json" "$METRICS" "$TRANSFORMED" \
+  || fail "template checks or SAM transform (see above)"
 
 # ---- 3: cfn-lint --------------------------------------------------------------------------------
 # Exit status is a bit mask: 2 = error, 4 = warning, 8 = informational; anything else is a crash.
@@ -282,4 +115,4 @@ step "checkov"
 scan "the SAM template" "$TEMPLATE" sam
 scan "the transformed template" "$TRANSFORMED" cfn
 
-printf '\nALL OK: %s is valid (routes, SAM transform, cfn-lint, checkov)\n' "$TEMPLATE"
+printf '\nALL OK: %s is valid (routes, build, data safety, alarms, IAM, SAM transform, cfn-lint, checkov)\n' "$TEMPLATE"

@@ -1,5 +1,5 @@
 //! `chainkeeper`: the one-machine entry point. `serve` runs every route and the refresh schedule on embedded
-//! storage (SQLite + a local key file); `token issue` prints an API token.
+//! storage (SQLite + a local key file); `token issue` prints an API token; `routes` prints the route table.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +36,12 @@ enum Command {
     Token(TokenCommand),
     /// Run one refresh sweep over the chains that are due, print what it did, and exit.
     Sweep(StorageArgs),
+    /// Print the route table: method, path, Lambda function, public, resource (what the SAM template must serve).
+    Routes {
+        /// One JSON array of objects instead of tab-separated lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -97,7 +103,25 @@ fn main() -> anyhow::Result<()> {
         Command::Token(TokenCommand::Issue(a)) => issue_token(a),
         Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Sweep(a) => runtime()?.block_on(sweep(a)),
+        Command::Routes { json } => print_routes(json),
     }
+}
+
+fn print_routes(json: bool) -> anyhow::Result<()> {
+    let rows = chainkeeper::api::routes::ROUTES.iter().map(|r| (r.method, r.path, r.function, r.public, r.resource));
+    if json {
+        let rows: Vec<_> = rows
+            .map(|(method, path, function, public, resource)| {
+                serde_json::json!({"method": method, "path": path, "function": function, "public": public, "resource": resource})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        rows.for_each(|(m, p, f, public, res)| {
+            println!("{m}\t{p}\t{f}\t{}\t{res}", if public { "public" } else { "auth" })
+        });
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -24,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod ids;
 pub mod keys;
+pub mod metrics_names;
 pub mod provider;
 pub mod records;
 pub mod secrets;

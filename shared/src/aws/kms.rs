@@ -16,6 +16,7 @@ pub struct KmsKeys {
     client: Client,
     stage: String,
     alias_prefix: String,
+    deletion_window_days: i32,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> KeyError {
@@ -40,7 +41,13 @@ fn encryption_context(ctx: &Context<'_>) -> HashMap<String, String> {
 impl KmsKeys {
     /// `alias_prefix`: `alias/chainkeeper/` (or per stage, `alias/chainkeeper/<stage>/`, as the SAM template sets).
     pub fn new(client: Client, stage: String, alias_prefix: String) -> Self {
-        Self { client, stage, alias_prefix }
+        Self { client, stage, alias_prefix, deletion_window_days: 30 }
+    }
+
+    /// The waiting period of `ScheduleKeyDeletion` (7-30 days; default 30, KMS's own default).
+    pub fn with_deletion_window_days(mut self, days: i32) -> Self {
+        self.deletion_window_days = days.clamp(7, 30);
+        self
     }
 
     fn alias(&self, org: &str) -> String {
@@ -82,7 +89,7 @@ impl Keys for KmsKeys {
                 let e = e.into_service_error();
                 if e.is_already_exists_exception() {
                     // Another process created the organisation's key first: keep theirs, drop ours.
-                    let _ = self.client.schedule_key_deletion().key_id(id).pending_window_in_days(7).send().await;
+                    let _ = self.client.schedule_key_deletion().key_id(id).pending_window_in_days(self.deletion_window_days).send().await;
                     Ok(())
                 } else {
                     Err(unavailable(e))
@@ -103,7 +110,7 @@ impl Keys for KmsKeys {
         self.client
             .schedule_key_deletion()
             .key_id(&id)
-            .pending_window_in_days(7)
+            .pending_window_in_days(self.deletion_window_days)
             .send()
             .await
             .map_err(|e| unavailable(e.into_service_error()))?;

@@ -26,6 +26,9 @@ pub struct AwsEnv {
     pub stage: String,
     /// `CHAINKEEPER_KMS_ALIAS_PREFIX` (default `alias/chainkeeper/`): organisation keys are `<prefix><org>`.
     pub kms_alias_prefix: String,
+    /// `CHAINKEEPER_KMS_DELETION_WINDOW_DAYS` (7-30, default 30, the template's `KmsKeyDeletionWindowDays`): how
+    /// long a deleted organisation's key waits before KMS destroys it. The manage role may not ask for less.
+    pub kms_deletion_window_days: i32,
 }
 
 impl AwsEnv {
@@ -39,6 +42,15 @@ impl AwsEnv {
             stage: std::env::var("CHAINKEEPER_STAGE").unwrap_or_else(|_| "prod".into()),
             kms_alias_prefix: std::env::var("CHAINKEEPER_KMS_ALIAS_PREFIX")
                 .unwrap_or_else(|_| "alias/chainkeeper/".into()),
+            kms_deletion_window_days: match std::env::var("CHAINKEEPER_KMS_DELETION_WINDOW_DAYS") {
+                Err(_) => 30,
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|d| (7..=30).contains(d))
+                    .ok_or_else(|| anyhow::anyhow!("CHAINKEEPER_KMS_DELETION_WINDOW_DAYS must be 7 to 30, not {v:?}"))?,
+            },
         })
     }
 }
@@ -59,7 +71,8 @@ pub async fn adapters(env: &AwsEnv, clock: Arc<dyn Clock>) -> (Arc<dyn Store>, A
     let store =
         Arc::new(dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), env.table.clone(), clock.clone()));
     let keys =
-        Arc::new(kms::KmsKeys::new(aws_sdk_kms::Client::new(&sdk), env.stage.clone(), env.kms_alias_prefix.clone()));
+        Arc::new(kms::KmsKeys::new(aws_sdk_kms::Client::new(&sdk), env.stage.clone(), env.kms_alias_prefix.clone())
+            .with_deletion_window_days(env.kms_deletion_window_days));
     let secrets = Arc::new(secrets::SecretsManager::new(
         aws_sdk_secretsmanager::Client::new(&sdk),
         env.apps_secret_prefix.clone(),

@@ -5,7 +5,7 @@
 //!     target/release/chainkeeper-bench lambda-init [target/lambda]
 //!
 //! `warm` needs `wrk` (Debian package) and the release `chainkeeper` binary. `lambda-init` times the init phase of
-//! the Lambda artifacts that `infra/build-lambdas.sh` builds (each `<dir>/<function>/bootstrap` or `bootstrap.zip`).
+//! the Lambda artifacts that `infra/build.sh` (`sam build`) builds (each `<dir>/<function>/bootstrap` or `bootstrap.zip`).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -85,7 +85,7 @@ async fn lambda_init(dir: &std::path::Path) -> anyhow::Result<()> {
             anyhow::ensure!(status.success(), "cannot unpack {}", zip.display());
             out.join("bootstrap")
         } else {
-            println!("{name:>8}: no artifact under {} (run infra/build-lambdas.sh)", dir.join(name).display());
+            println!("{name:>8}: no artifact under {} (run infra/build.sh)", dir.join(name).display());
             continue;
         };
         let mut times = Vec::new();

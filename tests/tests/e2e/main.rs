@@ -5,6 +5,8 @@ mod api_errors;
 mod auto_recovery;
 #[cfg(feature = "aws")]
 mod aws;
+#[cfg(feature = "aws")]
+mod aws_iam;
 mod cli;
 mod exact_engine;
 mod lambda_functions;
@@ -12,6 +14,7 @@ mod oidc_flow;
 mod processes;
 mod query_proxy;
 mod races;
+mod routes_cli;
 mod scopes;
 mod security;
 mod single_instance;
