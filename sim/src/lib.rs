@@ -17,6 +17,29 @@
 //! answers, resets, slow answers, outages over a span of time, seeded per-request rates) can be injected
 //! from Rust or over HTTP under `/_sim/` (module [`faults`]).
 
+//! ## Control over HTTP (`/_sim/`, for tests in other languages and for the binary)
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `GET /_sim/stats` · `POST /_sim/stats/reset` | the [`SimStats`] counters as JSON; zero them |
+//! | `GET /_sim/clock` · `POST /_sim/clock/advance?ms=` · `POST /_sim/clock/set?ms=` | `{now_ms, factor}`; move it |
+//! | `POST /_sim/fault?kind=K[&n=][&ms=][&retry_after_s=]` | the next n token requests get fault K ([`Fault::kind`]) |
+//! | `POST /_sim/fault?kind=K&for_sim_ms=` / `&for_real_ms=` | every token request for that span gets K |
+//! | `POST /_sim/fault?kind=clear` | drop queued faults, span and rates |
+//! | `GET/POST /_sim/fault/rates` | read / set [`FaultRates`] (JSON body; `{}` clears) |
+//! | `POST /_sim/grace?mode=on\|off[&max_ms=][&client_id=]` | [`RefreshGrace`] of every app or one |
+//! | `GET /_sim/grace_tokens?client_id=&user_id=` · `GET /_sim/active?client_id=&user_id=` | the chain's tokens |
+//! | `GET /_sim/dataset?division=&entity_set=crm/Accounts` | the generated rows' IDs in paging order |
+//! | `POST /_sim/revoke` · `/_sim/password` · `/_sim/latency?ms=` · `GET /_sim/totp?username=` | as named |
+//!
+//! ## The API
+//!
+//! `GET /api/v1/current/Me`; per division `D` and service (`crm`, `bulk/CRM`, `financialtransaction`,
+//! `bulk/Financial`): `/api/v1/D/{service}/` (service document), `/$metadata` (EDMX), `/{Set}` (paged, with
+//! `$select`, `$filter`, `$top`, `$skip`, `$orderby`, `$inlinecount`, `$skiptoken`), `/{Set}/$count`,
+//! `/{Set}(guid'…')`; `/api/v1/D/echo/…` (reflects the request); and, not Exact, OData v4-style sets under
+//! `/odata4/D/{service}/{Set}` (`value`, `@odata.nextLink`, `$count=true`). See the `odata` module.
+
 pub mod browser;
 pub mod faults;
 mod odata;
@@ -193,7 +216,7 @@ pub struct SimConfig {
 /// notes found by the search index). Invantive, which runs thousands of Exact chains, writes: "upon first use
 /// for an API call or retrieval of an access token, all previous refresh tokens expire" and "on part of the
 /// applications the use of older refresh tokens is possible, on part not. This is set per Exact Online
-/// application by Exact" (https://forums.invantive.com/t/exact-online-error-message-old-refresh-token-used/2903,
+/// application by Exact" (<https://forums.invantive.com/t/exact-online-error-message-old-refresh-token-used/2903>,
 /// and the Dutch original /2227). Both are modelled: `Off` is the documented behaviour, `UntilNewPairUsed` the
 /// one Invantive reports for some apps.
 ///
