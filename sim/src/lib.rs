@@ -206,6 +206,30 @@ pub struct SimConfig {
     pub refresh_grace: RefreshGrace,
     /// The generated rows of the entity sets.
     pub dataset: SimDataset,
+    /// How a refresh token unused past `refresh_token_idle_expiry` is refused. See [`ExpiredRefreshAnswer`].
+    pub expired_refresh_answer: ExpiredRefreshAnswer,
+}
+
+/// The answer to a refresh with a refresh token that expired unused (30 days).
+///
+/// Exact's answer, as a user of websmurf/laravel-exact-online reported it (issue #23, 2022):
+/// `400 {"error":"invalid_request","error_description":"The refresh token expired at 10/11/2022 9:18:20 PM and
+/// it is now 10/28/2022 4:15:50 PM."}` — an `invalid_request`, not an `invalid_grant`. That is [`Exact`].
+/// The default is still the simulator's earlier `invalid_grant` "Refresh token expired", because chainkeeper's
+/// engine (shared/src/oauth.rs) classifies an `invalid_request` as a retryable failure and would answer callers
+/// `503 provider_unavailable` for a chain that is in fact dead (the e2e test
+/// `a_refresh_token_left_unused_for_thirty_days_is_reported_expired` shows it when `Exact` is chosen). Switch
+/// the default once the engine recognises this answer.
+///
+/// [`Exact`]: ExpiredRefreshAnswer::Exact
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiredRefreshAnswer {
+    /// `invalid_request`, "The refresh token expired at {M/d/yyyy h:mm:ss tt} and it is now {…}."
+    Exact,
+    /// `invalid_grant`, "Refresh token expired" (not seen from Exact).
+    #[default]
+    InvalidGrant,
 }
 
 /// What happens to the previous refresh token of a (client, user) when a refresh issues a new pair.
@@ -313,6 +337,7 @@ impl Default for SimConfig {
             daily_limit: DAILY_LIMIT,
             refresh_grace: RefreshGrace::Off,
             dataset: SimDataset::default(),
+            expired_refresh_answer: ExpiredRefreshAnswer::default(),
         }
     }
 }
@@ -339,6 +364,7 @@ struct SimConfigFile {
     daily_limit: Option<u32>,
     refresh_grace: Option<RefreshGrace>,
     dataset: Option<SimDataset>,
+    expired_refresh_answer: Option<ExpiredRefreshAnswer>,
 }
 
 fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
@@ -385,6 +411,9 @@ impl SimConfig {
         }
         if let Some(v) = f.dataset {
             c.dataset = v;
+        }
+        if let Some(v) = f.expired_refresh_answer {
+            c.expired_refresh_answer = v;
         }
         Ok(c)
     }
@@ -568,6 +597,11 @@ impl ExactSim {
     pub fn grace_refresh_tokens(&self, client_id: &str, user_id: &str) -> Vec<String> {
         let now = self.shared.clock.now_ms();
         self.shared.lock().grace_refresh_tokens(client_id, user_id, now)
+    }
+
+    /// How an expired refresh token is refused from now on.
+    pub fn set_expired_refresh_answer(&self, answer: ExpiredRefreshAnswer) {
+        self.shared.lock().expired_refresh_answer = answer;
     }
 
     /// Zeroes every counter (benchmarks: measure one phase at a time).

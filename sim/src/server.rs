@@ -24,7 +24,9 @@ use tokio::sync::Notify;
 use tower::Service;
 
 use crate::faults::{Fault, FaultRates, FaultUntil};
-use crate::{ChainStats, RefreshGrace, SimApp, SimClock, SimConfig, SimStats, SimUser, odata, totp};
+use crate::{
+    ChainStats, ExpiredRefreshAnswer, RefreshGrace, SimApp, SimClock, SimConfig, SimStats, SimUser, odata, totp,
+};
 
 /// (client_id, user_id)
 type ChainKey = (String, String);
@@ -108,6 +110,7 @@ pub(crate) struct Inner {
     pub(crate) token_latency: Duration,
     minutely_limit: u32,
     daily_limit: u32,
+    pub(crate) expired_refresh_answer: ExpiredRefreshAnswer,
     grace_default: RefreshGrace,
     grace_per_app: HashMap<String, RefreshGrace>,
     sessions: HashMap<String, LoginSession>,
@@ -167,6 +170,7 @@ impl Inner {
             token_latency: c.token_latency,
             minutely_limit: c.minutely_limit,
             daily_limit: c.daily_limit,
+            expired_refresh_answer: c.expired_refresh_answer,
             grace_default: c.refresh_grace,
             grace_per_app: HashMap::new(),
             sessions: HashMap::new(),
@@ -515,6 +519,9 @@ impl Inner {
             (c.refresh_issued_ms, c.activated, c.last_access_issued_ms)
         };
         if in_grace.is_none() && now - issued > dur_ms(self.refresh_token_idle_expiry) {
+            if self.expired_refresh_answer == ExpiredRefreshAnswer::InvalidGrant {
+                return self.invalid_grant(Some(&key), "Refresh token expired");
+            }
             // Exact's words for an expired refresh token (websmurf/laravel-exact-online issue #23): an
             // `invalid_request`, not an `invalid_grant`, with both times in .NET's US format.
             let desc = format!(

@@ -266,9 +266,12 @@ async fn refresh_token_expires_after_30_days_unused() {
     let rt = authorize(&sim).await.refresh_token();
     sim.clock().advance(secs(30 * 24 * 3600 + 1));
     let r = refresh(&sim, &rt).await;
+    // The default (until chainkeeper's engine knows Exact's own answer, see `ExpiredRefreshAnswer`).
+    assert_eq!((r.status, r.error(), r.description()), (400, "invalid_grant", "Refresh token expired"));
     // Exact's answer, as reported in websmurf/laravel-exact-online issue #23: `invalid_request` (not
-    // `invalid_grant`) with both times in .NET's US format. (Changed on purpose from an invented
-    // `invalid_grant` "Refresh token expired".)
+    // `invalid_grant`) with both times in .NET's US format.
+    sim.set_expired_refresh_answer(exact_sim::ExpiredRefreshAnswer::Exact);
+    let r = refresh(&sim, &rt).await;
     assert_eq!(
         (r.status, r.error(), r.description()),
         (
