@@ -1,8 +1,9 @@
 //! Exact Online's REST API as an OData service: generated rows behind a few entity sets, the query options,
 //! server-driven paging, the service document and `$metadata`.
 //!
-//! Evidence (Exact's knowledge base, read from public copies the search index holds; URLs as cited in the
-//! research notes of github.com werkenmetai-style audits and the articles themselves):
+//! Evidence: Exact's knowledge-base articles (support.exactonline.com/community/s/article/<name>), read as
+//! public copies held by a code-search index that does not name the copies' repositories; article names as
+//! the articles and a public Exact-integration research note cite them:
 //! * "OData | Best practices" (`All-All-DNO-Content-dosanddonts`): "By default, the Exact Online REST API response
 //!   message is limited to 60 records per request. If the result set contains more than 60 records … the response
 //!   message will contain a '__next' property … a link to request the next set of records including the $select,
