@@ -1,5 +1,7 @@
-//! `exact-sim [--port 0] [--config FILE.json]`: serves the simulator on 127.0.0.1 with the system clock
-//! and prints exactly one line `listening on http://127.0.0.1:PORT` to stdout when ready.
+//! `exact-sim [--port 0] [--config FILE.json] [--clock-factor N]`: serves the simulator on 127.0.0.1 with the
+//! system clock (or a clock N× as fast as real time) and prints exactly one line
+//! `listening on http://127.0.0.1:PORT` to stdout when ready. Faults, grace, rates, the clock and the counters
+//! are then driven over HTTP under `/_sim/` (see `server.rs`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,9 +18,15 @@ struct Args {
     port: u16,
     /// JSON config: {"apps":[…],"users":[…],"access_token_lifetime":600,"min_token_interval":570,
     /// "refresh_token_idle_expiry":2592000,"code_lifetime":180,"require_activation":false,
-    /// "token_latency":0,"minutely_limit":60} — every key optional, durations in seconds.
+    /// "token_latency":0,"minutely_limit":60,"daily_limit":5000,
+    /// "refresh_grace":{"mode":"off"} or {"mode":"until_new_pair_used","max":null},
+    /// "dataset":{"seed":1,"accounts":130,"transaction_lines":2500}} — every key optional, durations in
+    /// seconds (grace "max" in milliseconds).
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// Run the simulator's clock this many times as fast as real time, from now (1 = the system clock).
+    #[arg(long, default_value_t = 1.0)]
+    clock_factor: f64,
 }
 
 #[tokio::main]
@@ -36,7 +44,18 @@ async fn main() -> anyhow::Result<()> {
         None => SimConfig::default(),
     };
     let addr: SocketAddr = ([127, 0, 0, 1], args.port).into();
-    let sim = ExactSim::start_on(config, SimClock::system(), addr).await?;
+    anyhow::ensure!(
+        args.clock_factor.is_finite() && args.clock_factor > 0.0,
+        "--clock-factor must be a positive number, got {}",
+        args.clock_factor
+    );
+    let clock = if args.clock_factor == 1.0 {
+        SimClock::system()
+    } else {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+        SimClock::scaled(now, args.clock_factor)
+    };
+    let sim = ExactSim::start_on(config, clock, addr).await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", sim.base_url)?;

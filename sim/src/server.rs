@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,7 +23,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tower::Service;
 
-use crate::{ChainStats, DAILY_LIMIT, Fault, SimApp, SimClock, SimConfig, SimStats, SimUser, totp};
+use crate::faults::{Fault, FaultRates, FaultUntil};
+use crate::{
+    ChainStats, ExpiredRefreshAnswer, RefreshGrace, SimApp, SimClock, SimConfig, SimStats, SimUser, odata, totp,
+};
 
 /// (client_id, user_id)
 type ChainKey = (String, String);
@@ -33,6 +37,8 @@ const LOGIN_SESSION_LIFETIME_MS: i64 = 3600 * 1000;
 pub(crate) struct Shared {
     pub(crate) inner: Mutex<Inner>,
     pub(crate) clock: SimClock,
+    /// `http://127.0.0.1:PORT`: the start of the absolute links the API writes (`__next`, `__metadata.uri`).
+    pub(crate) base_url: String,
 }
 
 impl Shared {
@@ -72,7 +78,12 @@ struct Chain {
     refresh_issued_ms: i64,
     activated: bool,
     last_access_issued_ms: Option<i64>,
+    /// Earlier refresh tokens still usable in their grace ([`RefreshGrace`]), with the time each was superseded.
+    previous: Vec<(String, i64)>,
 }
+
+/// At most this many earlier refresh tokens of one chain are kept in grace (oldest dropped first, to dead).
+const MAX_GRACE_TOKENS: usize = 8;
 
 struct AccessGrant {
     key: ChainKey,
@@ -98,15 +109,26 @@ pub(crate) struct Inner {
     pub(crate) require_activation: bool,
     pub(crate) token_latency: Duration,
     minutely_limit: u32,
+    daily_limit: u32,
+    pub(crate) expired_refresh_answer: ExpiredRefreshAnswer,
+    grace_default: RefreshGrace,
+    grace_per_app: HashMap<String, RefreshGrace>,
     sessions: HashMap<String, LoginSession>,
     codes: HashMap<String, CodeGrant>,
     consents: HashSet<ChainKey>,
     chains: HashMap<ChainKey, Chain>,
     refresh_active: HashMap<String, ChainKey>,
     refresh_dead: HashMap<String, ChainKey>,
+    /// Refresh tokens in grace → their chain (see `Chain::previous`).
+    refresh_grace: HashMap<String, ChainKey>,
     access: HashMap<String, AccessGrant>,
     windows: HashMap<(String, i64), Window>,
     pub(crate) faults: VecDeque<Fault>,
+    pub(crate) fault_span: Option<(FaultUntil, Fault)>,
+    pub(crate) fault_rates: Option<FaultRates>,
+    /// Token requests seen per draw key (chain), for [`FaultRates::draw`].
+    draws: HashMap<String, u64>,
+    pub(crate) data: odata::Data,
     pub(crate) stats: SimStats,
 }
 
@@ -147,15 +169,24 @@ impl Inner {
             require_activation: c.require_activation,
             token_latency: c.token_latency,
             minutely_limit: c.minutely_limit,
+            daily_limit: c.daily_limit,
+            expired_refresh_answer: c.expired_refresh_answer,
+            grace_default: c.refresh_grace,
+            grace_per_app: HashMap::new(),
             sessions: HashMap::new(),
             codes: HashMap::new(),
             consents: HashSet::new(),
             chains: HashMap::new(),
             refresh_active: HashMap::new(),
             refresh_dead: HashMap::new(),
+            refresh_grace: HashMap::new(),
             access: HashMap::new(),
             windows: HashMap::new(),
             faults: VecDeque::new(),
+            fault_span: None,
+            fault_rates: None,
+            draws: HashMap::new(),
+            data: odata::Data::new(c.dataset),
             stats: SimStats::default(),
         })
     }
@@ -186,6 +217,7 @@ impl Inner {
     pub(crate) fn revoke(&mut self, client_id: &str, user_id: &str) {
         let key = (client_id.to_string(), user_id.to_string());
         self.consents.remove(&key);
+        self.end_grace(&key);
         if let Some(chain) = self.chains.get_mut(&key)
             && let Some(old) = chain.active_refresh.take()
         {
@@ -193,6 +225,100 @@ impl Inner {
             self.refresh_dead.insert(old, key.clone());
         }
         self.access.retain(|_, a| a.key != key);
+    }
+
+    pub(crate) fn set_refresh_grace(&mut self, client_id: Option<&str>, grace: RefreshGrace) {
+        match client_id {
+            Some(c) => {
+                self.grace_per_app.insert(c.to_string(), grace);
+            }
+            None => {
+                self.grace_default = grace;
+                self.grace_per_app.clear();
+            }
+        }
+    }
+
+    fn grace_of(&self, client_id: &str) -> RefreshGrace {
+        self.grace_per_app.get(client_id).copied().unwrap_or(self.grace_default)
+    }
+
+    /// Whether a token superseded at `since` is still inside the app's grace at `now` (the "new pair used" end
+    /// is applied eagerly by [`Inner::end_grace`]; this checks the optional time cap).
+    fn grace_alive(&self, client_id: &str, since: i64, now: i64) -> bool {
+        match self.grace_of(client_id) {
+            RefreshGrace::Off => false,
+            RefreshGrace::UntilNewPairUsed { max: None } => true,
+            RefreshGrace::UntilNewPairUsed { max: Some(m) } => now - since <= dur_ms(m),
+        }
+    }
+
+    /// The new pair was used (or the chain was re-authorized or revoked): every earlier token of the chain dies.
+    fn end_grace(&mut self, key: &ChainKey) {
+        let Some(chain) = self.chains.get_mut(key) else { return };
+        if chain.previous.is_empty() {
+            return;
+        }
+        for (t, _) in chain.previous.drain(..) {
+            self.refresh_grace.remove(&t);
+            self.refresh_dead.insert(t, key.clone());
+        }
+        self.stats.graces_closed += 1;
+    }
+
+    pub(crate) fn grace_refresh_tokens(&self, client_id: &str, user_id: &str, now: i64) -> Vec<String> {
+        let Some(chain) = self.chains.get(&(client_id.to_string(), user_id.to_string())) else { return Vec::new() };
+        chain
+            .previous
+            .iter()
+            .filter(|(_, since)| self.grace_alive(client_id, *since, now))
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    pub(crate) fn dataset_ids(&mut self, division: i64, entity_set: &str) -> Vec<String> {
+        self.data.ids(division, entity_set)
+    }
+
+    /// The fault for this token request, if any: queue, then span, then rates (see [`crate::faults`]).
+    fn next_token_fault(&mut self, form: &HashMap<String, String>, now: i64) -> Option<Fault> {
+        if let Some(f) = self.faults.pop_front() {
+            return Some(f);
+        }
+        if let Some((until, f)) = &self.fault_span {
+            let live = match until {
+                FaultUntil::SimMs(ms) => now < *ms,
+                FaultUntil::Real(t) => std::time::Instant::now() < *t,
+            };
+            if live {
+                return Some(f.clone());
+            }
+            self.fault_span = None;
+        }
+        let rates = self.fault_rates.as_ref()?;
+        let key = self.draw_key(form);
+        let n = self.draws.entry(key.clone()).or_insert(0);
+        let draw = rates.draw(&key, *n);
+        *n += 1;
+        draw
+    }
+
+    /// The chain a token request belongs to, by its refresh token or code (or the token itself when unknown).
+    fn draw_key(&self, form: &HashMap<String, String>) -> String {
+        let by_refresh = form.get("refresh_token").map(|rt| {
+            self.refresh_active
+                .get(rt)
+                .or_else(|| self.refresh_grace.get(rt))
+                .or_else(|| self.refresh_dead.get(rt))
+                .map(chain_id)
+                .unwrap_or_else(|| rt.clone())
+        });
+        let by_code = || {
+            form.get("code").map(|c| {
+                self.codes.get(c).map(|g| format!("{}#{}", g.client_id, g.user_id)).unwrap_or_else(|| c.clone())
+            })
+        };
+        by_refresh.or_else(by_code).unwrap_or_default()
     }
 
     pub(crate) fn active_refresh_token(&self, client_id: &str, user_id: &str) -> Option<String> {
@@ -226,10 +352,25 @@ impl Inner {
     fn issue(&mut self, key: &ChainKey, now: i64, from_refresh: bool) -> (String, String) {
         let access = format!("stampNL001.{}", random_b64(96));
         let refresh = format!("Gcp!IAAAA{}", random_b64(96));
+        let grace = from_refresh && self.grace_of(&key.0) != RefreshGrace::Off;
+        if !from_refresh {
+            // A new authorization invalidates every earlier refresh token at once, grace or not.
+            self.end_grace(key);
+        }
         let chain = self.chains.entry(key.clone()).or_default();
         if let Some(old) = chain.active_refresh.replace(refresh.clone()) {
             self.refresh_active.remove(&old);
-            self.refresh_dead.insert(old, key.clone());
+            if grace {
+                chain.previous.push((old.clone(), now));
+                self.refresh_grace.insert(old, key.clone());
+                while chain.previous.len() > MAX_GRACE_TOKENS {
+                    let (t, _) = chain.previous.remove(0);
+                    self.refresh_grace.remove(&t);
+                    self.refresh_dead.insert(t, key.clone());
+                }
+            } else {
+                self.refresh_dead.insert(old, key.clone());
+            }
         }
         chain.refresh_issued_ms = now;
         chain.activated = !from_refresh;
@@ -348,11 +489,25 @@ impl Inner {
         let Some(rt) = form.get("refresh_token") else {
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "refresh_token is missing.");
         };
+        // A token in grace that outlived the app's time cap is dead like any other old token.
+        if let Some(key) = self.refresh_grace.get(rt).cloned() {
+            let since = self.chains.get(&key).and_then(|c| c.previous.iter().find(|(t, _)| t == rt).map(|(_, s)| *s));
+            if !since.is_some_and(|s| self.grace_alive(&key.0, s, now)) {
+                if let Some(c) = self.chains.get_mut(&key) {
+                    c.previous.retain(|(t, _)| t != rt);
+                }
+                self.refresh_grace.remove(rt);
+                self.refresh_dead.insert(rt.clone(), key);
+            }
+        }
         if let Some(key) = self.refresh_dead.get(rt).cloned() {
             self.chain_stats(&key).refresh_requests += 1;
+            self.stats.old_refresh_token_used += 1;
+            self.chain_stats(&key).old_refresh_token_used += 1;
             return self.invalid_grant(Some(&key), "Old refresh token used.");
         }
-        let Some(key) = self.refresh_active.get(rt).cloned() else {
+        let in_grace = self.refresh_grace.get(rt).cloned();
+        let Some(key) = self.refresh_active.get(rt).cloned().or(in_grace.clone()) else {
             return self.invalid_grant(None, "Invalid refresh token.");
         };
         self.chain_stats(&key).refresh_requests += 1;
@@ -363,10 +518,20 @@ impl Inner {
             let c = &self.chains[&key];
             (c.refresh_issued_ms, c.activated, c.last_access_issued_ms)
         };
-        if now - issued > dur_ms(self.refresh_token_idle_expiry) {
-            return self.invalid_grant(Some(&key), "Refresh token expired");
+        if in_grace.is_none() && now - issued > dur_ms(self.refresh_token_idle_expiry) {
+            if self.expired_refresh_answer == ExpiredRefreshAnswer::InvalidGrant {
+                return self.invalid_grant(Some(&key), "Refresh token expired");
+            }
+            // Exact's words for an expired refresh token (websmurf/laravel-exact-online issue #23): an
+            // `invalid_request`, not an `invalid_grant`, with both times in .NET's US format.
+            let desc = format!(
+                "The refresh token expired at {} and it is now {}.",
+                dotnet_time(issued + dur_ms(self.refresh_token_idle_expiry)),
+                dotnet_time(now)
+            );
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &desc);
         }
-        if self.require_activation && !activated {
+        if in_grace.is_none() && self.require_activation && !activated {
             return self.invalid_grant(Some(&key), "Refresh token not activated");
         }
         if let Some(last) = last
@@ -379,6 +544,14 @@ impl Inner {
             r.headers_mut().insert("Reason", HeaderValue::from_static("TooEarlyToRefreshTokens"));
             return r;
         }
+        if in_grace.is_some() {
+            self.stats.grace_refreshes += 1;
+            self.chain_stats(&key).grace_refreshes += 1;
+        } else {
+            // "retrieval of an access token" with the newest refresh token: the earlier ones' grace ends.
+            self.end_grace(&key);
+        }
+        self.stats.refreshes_succeeded += 1;
         self.token_success(&key, now, true)
     }
 
@@ -419,14 +592,28 @@ impl Inner {
             && chain.active_refresh.as_deref() == Some(rt.as_str())
         {
             chain.activated = true;
+            // The newest pair was used for an API call: the earlier refresh tokens' grace ends.
+            self.end_grace(&key);
         }
         Ok((key, user))
     }
 
     /// Counts an API call against the minutely and daily limits of (client, division); returns the
     /// rate headers and whether the call is allowed.
+    ///
+    /// Exact's "API limits" article (`All-All-DNO-Simulation-gen-apilimits`, read from a public copy): 60 calls
+    /// per company per minute and 5,000 per company per day, per app; "If you make 60 calls between 10:00:00 and
+    /// 10:00:40, any additional requests will be rejected for the next 20 seconds until 10:01:00" (fixed windows
+    /// on the clock's minute); rejected with "HTTP 429 (Too Many Requests)"; every response to a call with a
+    /// division in the URL carries `X-RateLimit-Minutely-Limit/-Remaining` and `X-RateLimit-Limit/-Remaining/
+    /// -Reset` ("UTC epoch milliseconds"); URLs without a division (`current/Me`) do not count. The minutely
+    /// reset header is epoch milliseconds too (picqer/exact-php-client `Connection::getMinutelyLimitReset`:
+    /// "the time at which the minutely rate limit window resets in UTC epoch milliseconds"). The daily window
+    /// here is the UTC day (Exact says "the start of the following day", without a zone). No `Retry-After` on
+    /// the 429: none is documented; clients wait for the reset header. Rejected calls do not count.
     fn rate_window(&mut self, client_id: &str, division: i64, now: i64) -> (Vec<(&'static str, String)>, bool) {
         let minutely = self.minutely_limit;
+        let daily = self.daily_limit;
         let w = self.windows.entry((client_id.to_string(), division)).or_default();
         let minute_start = now - now.rem_euclid(60_000);
         let day_start = now - now.rem_euclid(86_400_000);
@@ -438,14 +625,15 @@ impl Inner {
             w.day_start = day_start;
             w.day_count = 0;
         }
-        let allowed = w.minute_count < minutely && w.day_count < DAILY_LIMIT;
+        let day_exhausted = w.day_count >= daily;
+        let allowed = w.minute_count < minutely && !day_exhausted;
         if allowed {
             w.minute_count += 1;
             w.day_count += 1;
         }
         let headers = vec![
-            ("X-RateLimit-Limit", DAILY_LIMIT.to_string()),
-            ("X-RateLimit-Remaining", (DAILY_LIMIT - w.day_count).to_string()),
+            ("X-RateLimit-Limit", daily.to_string()),
+            ("X-RateLimit-Remaining", daily.saturating_sub(w.day_count).to_string()),
             ("X-RateLimit-Reset", (day_start + 86_400_000).to_string()),
             ("X-RateLimit-Minutely-Limit", minutely.to_string()),
             ("X-RateLimit-Minutely-Remaining", minutely.saturating_sub(w.minute_count).to_string()),
@@ -453,12 +641,29 @@ impl Inner {
         ];
         if !allowed {
             self.stats.api_rate_limited += 1;
+            if day_exhausted {
+                self.stats.api_daily_limited += 1;
+            }
         }
         (headers, allowed)
     }
 }
 
 // ---------------------------------------------------------------- helpers
+
+/// `M/d/yyyy h:mm:ss tt`, .NET's US format of a UTC time, as Exact writes times into its error texts.
+fn dotnet_time(ms: i64) -> String {
+    let iso = odata::iso(ms); // yyyy-mm-ddThh:mm:ssZ
+    let num = |a: usize, b: usize| iso[a..b].parse::<u32>().unwrap_or(0);
+    let (y, mo, d, h, mi, sec) = (num(0, 4), num(5, 7), num(8, 10), num(11, 13), num(14, 16), num(17, 19));
+    let (h12, ampm) = match h {
+        0 => (12, "AM"),
+        1..=11 => (h, "AM"),
+        12 => (12, "PM"),
+        _ => (h - 12, "PM"),
+    };
+    format!("{mo}/{d}/{y} {h12}:{mi:02}:{sec:02} {ampm}")
+}
 
 fn json_response(status: StatusCode, body: Value) -> Response {
     let mut r = (status, body.to_string()).into_response();
@@ -750,14 +955,47 @@ async fn authorize_post(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
 
 // ---------------------------------------------------------------- token endpoint
 
-/// Put into every request's extensions by the connection loop: notifying it drops the connection
-/// without a response.
+/// Put into every request's extensions by the connection loop: [`ConnKill::close`] drops the connection
+/// without a response (FIN), [`ConnKill::reset`] aborts it (RST).
 #[derive(Clone)]
-struct ConnKill(Arc<Notify>);
+struct ConnKill {
+    notify: Arc<Notify>,
+    reset: Arc<AtomicBool>,
+}
+
+impl ConnKill {
+    fn close(&self) {
+        self.notify.notify_one();
+    }
+    fn reset(&self) {
+        self.reset.store(true, AtomicOrdering::SeqCst);
+        self.notify.notify_one();
+    }
+}
 
 enum Delivery {
     Send,
+    /// Send after this long (real time), if the client still waits.
+    Delay(Duration),
+    /// Close without a response after holding the connection this long.
     Lose(Duration),
+    /// Abort the connection (TCP RST) without a response.
+    Reset,
+}
+
+fn html_status(status: StatusCode, title: &str) -> Response {
+    let mut r = (
+        status,
+        Html(format!(
+            "<html><body><h1>{} {title}</h1><p>The service is temporarily unavailable.</p></body></html>",
+            status.as_u16()
+        )),
+    )
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
 }
 
 async fn token(State(s): State<Arc<Shared>>, req: Request) -> Response {
@@ -774,6 +1012,7 @@ async fn token(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let task = tokio::spawn(async move {
         let form = parse_form(&body);
         let (fault, latency) = {
+            let now = s.clock.now_ms();
             let mut g = s.lock();
             g.stats.token_requests += 1;
             match form.get("grant_type").map(String::as_str) {
@@ -781,9 +1020,14 @@ async fn token(State(s): State<Arc<Shared>>, req: Request) -> Response {
                 Some("authorization_code") => g.stats.code_requests += 1,
                 _ => {}
             }
-            let fault = g.faults.pop_front();
-            if fault.is_some() {
+            let fault = g.next_token_fault(&form, now);
+            if let Some(f) = &fault {
                 g.stats.faults_injected += 1;
+                *g.stats.faults_by_kind.entry(f.kind().to_string()).or_default() += 1;
+                let key = g.draw_key(&form);
+                if let Some(per) = g.stats.per_chain.get_mut(&key) {
+                    per.faults_injected += 1;
+                }
             }
             (fault, g.token_latency)
         };
@@ -792,13 +1036,11 @@ async fn token(State(s): State<Arc<Shared>>, req: Request) -> Response {
         }
         let delivery = match fault {
             Some(Fault::ServiceUnavailable) => {
-                let mut r = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Html("<html><body><h1>503 Service Unavailable</h1><p>The service is temporarily unavailable.</p></body></html>"),
-                )
-                    .into_response();
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return (r, Delivery::Send);
+                return (html_status(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"), Delivery::Send);
+            }
+            Some(Fault::BadGateway) => return (html_status(StatusCode::BAD_GATEWAY, "Bad Gateway"), Delivery::Send),
+            Some(Fault::GatewayTimeout) => {
+                return (html_status(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout"), Delivery::Send);
             }
             Some(Fault::TooManyRequests { retry_after_s }) => {
                 let mut r = json_response(
@@ -808,18 +1050,21 @@ async fn token(State(s): State<Arc<Shared>>, req: Request) -> Response {
                 r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
                 return (r, Delivery::Send);
             }
+            Some(Fault::ResetBeforeRead) => return (StatusCode::OK.into_response(), Delivery::Reset),
             Some(Fault::Hang(d)) => {
                 tokio::time::sleep(d).await;
                 Delivery::Send
             }
+            Some(Fault::SlowAnswer(d)) => Delivery::Delay(d),
             Some(Fault::LoseResponse) => Delivery::Lose(Duration::ZERO),
             Some(Fault::LoseResponseAfter(d)) => Delivery::Lose(d),
+            Some(Fault::ResetAfterProcessing) => Delivery::Reset,
             None => Delivery::Send,
         };
         let now = s.clock.now_ms();
         let mut g = s.lock();
         let r = g.process_token(&headers, &form, now);
-        if matches!(delivery, Delivery::Lose(_)) {
+        if matches!(delivery, Delivery::Lose(_) | Delivery::Reset) {
             g.stats.lost_responses += 1;
         }
         (r, delivery)
@@ -832,13 +1077,24 @@ async fn token(State(s): State<Arc<Shared>>, req: Request) -> Response {
     };
     match delivery {
         Delivery::Send => resp,
+        Delivery::Delay(d) => {
+            tokio::time::sleep(d).await;
+            resp
+        }
         Delivery::Lose(hold) => {
             drop(resp);
             if !hold.is_zero() {
                 tokio::time::sleep(hold).await;
             }
             if let Some(k) = kill {
-                k.0.notify_one();
+                k.close();
+            }
+            std::future::pending::<Response>().await
+        }
+        Delivery::Reset => {
+            drop(resp);
+            if let Some(k) = kill {
+                k.reset();
             }
             std::future::pending::<Response>().await
         }
@@ -876,8 +1132,12 @@ async fn me(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     )
 }
 
-/// Authenticates a data-endpoint call, checks the division and counts it against the limits.
-fn data_call(s: &Shared, headers: &HeaderMap, division: &str) -> Result<Vec<(&'static str, String)>, Response> {
+/// The `X-RateLimit-*` headers of one answer.
+pub(crate) type RateHeaders = Vec<(&'static str, String)>;
+
+/// Authenticates a data-endpoint call, checks the division and counts it against the limits; returns the
+/// rate-limit headers for the answer and the division.
+pub(crate) fn data_call(s: &Shared, headers: &HeaderMap, division: &str) -> Result<(RateHeaders, i64), Response> {
     let now = s.clock.now_ms();
     let mut g = s.lock();
     let (key, user) = g.authenticate_api(headers, now)?;
@@ -901,23 +1161,7 @@ fn data_call(s: &Shared, headers: &HeaderMap, division: &str) -> Result<Vec<(&'s
         );
         return Err(with_headers(r, hs));
     }
-    Ok(hs)
-}
-
-async fn accounts(State(s): State<Arc<Shared>>, Path(division): Path<String>, headers: HeaderMap) -> Response {
-    let hs = match data_call(&s, &headers, &division) {
-        Ok(hs) => hs,
-        Err(r) => return r,
-    };
-    let r = json_response(
-        StatusCode::OK,
-        json!({"d": {"results": [
-            {"ID": "1b6c4e0a-5d2f-4a8e-9b3c-7e1f0a2d4c61", "Name": "Acme Holding B.V.", "Code": "                 1"},
-            {"ID": "2c7d5f1b-6e3a-4b9f-8c4d-8f2a1b3e5d72", "Name": "Bakkerij De Korenschoof", "Code": "                 2"},
-            {"ID": "3d8e6a2c-7f4b-4cab-9d5e-9a3b2c4f6e83", "Name": "Café 't Hoekje", "Code": "                 3"},
-        ]}}),
-    );
-    with_headers(r, hs)
+    Ok((hs, division))
 }
 
 async fn echo(
@@ -929,7 +1173,7 @@ async fn echo(
     body: Bytes,
 ) -> Response {
     let hs = match data_call(&s, &headers, &division) {
-        Ok(hs) => hs,
+        Ok((hs, _)) => hs,
         Err(r) => return r,
     };
     let mut hmap = serde_json::Map::new();
@@ -968,7 +1212,7 @@ async fn sim_stats(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn sim_clock(State(s): State<Arc<Shared>>) -> Response {
-    json_response(StatusCode::OK, json!({"now_ms": s.clock.now_ms()}))
+    json_response(StatusCode::OK, json!({"now_ms": s.clock.now_ms(), "factor": s.clock.factor()}))
 }
 
 async fn sim_clock_advance(State(s): State<Arc<Shared>>, Query(q): Q) -> Response {
@@ -987,29 +1231,118 @@ async fn sim_clock_set(State(s): State<Arc<Shared>>, Query(q): Q) -> Response {
     json_response(StatusCode::OK, json!({"now_ms": s.clock.now_ms()}))
 }
 
+/// `POST /_sim/fault?kind=K[&n=N][&ms=MS][&retry_after_s=S][&for_sim_ms=MS | &for_real_ms=MS]`: the next N
+/// token requests get the fault, or (with `for_sim_ms` / `for_real_ms`) every token request for that span of
+/// simulated or real time. Kinds: the names of [`Fault::kind`] (`unavailable`, `bad_gateway`,
+/// `gateway_timeout`, `too_many`, `lose` (`ms` > 0: `lose_after`), `hang`, `slow`, `reset_before_read`,
+/// `reset_after_processing`) and `clear` (drops queue, span and rates).
 async fn sim_fault(State(s): State<Arc<Shared>>, Query(q): Q) -> Response {
     let n = q.get("n").and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
     let ms = q.get("ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     let fault = match q.get("kind").map(String::as_str) {
         Some("unavailable") => Fault::ServiceUnavailable,
+        Some("bad_gateway") => Fault::BadGateway,
+        Some("gateway_timeout") => Fault::GatewayTimeout,
         Some("too_many") => {
             let secs = q.get("retry_after_s").and_then(|v| v.parse().ok()).unwrap_or(30);
             Fault::TooManyRequests { retry_after_s: secs }
         }
         Some("lose") if ms == 0 => Fault::LoseResponse,
-        Some("lose") => Fault::LoseResponseAfter(Duration::from_millis(ms)),
+        Some("lose" | "lose_after") => Fault::LoseResponseAfter(Duration::from_millis(ms)),
         Some("hang") => Fault::Hang(Duration::from_millis(ms)),
+        Some("slow") => Fault::SlowAnswer(Duration::from_millis(ms)),
+        Some("reset_before_read") => Fault::ResetBeforeRead,
+        Some("reset_after_processing") => Fault::ResetAfterProcessing,
         Some("clear") => {
-            s.lock().faults.clear();
+            let mut g = s.lock();
+            g.faults.clear();
+            g.fault_span = None;
+            g.fault_rates = None;
             return json_response(StatusCode::OK, json!({"pending": 0}));
         }
-        _ => return bad("kind must be unavailable|too_many|lose|hang|clear"),
+        _ => {
+            return bad("kind must be unavailable|bad_gateway|gateway_timeout|too_many|lose|lose_after|hang|slow|\
+                 reset_before_read|reset_after_processing|clear");
+        }
+    };
+    let span = if let Some(v) = q.get("for_sim_ms") {
+        let Ok(d) = v.parse::<i64>() else { return bad("for_sim_ms must be an integer") };
+        Some(FaultUntil::SimMs(s.clock.now_ms() + d))
+    } else if let Some(v) = q.get("for_real_ms") {
+        let Ok(d) = v.parse::<u64>() else { return bad("for_real_ms must be a non-negative integer") };
+        Some(FaultUntil::Real(std::time::Instant::now() + Duration::from_millis(d)))
+    } else {
+        None
     };
     let mut g = s.lock();
+    if let Some(until) = span {
+        g.fault_span = Some((until, fault));
+        return json_response(StatusCode::OK, json!({"pending": g.faults.len(), "span": true}));
+    }
     for _ in 0..n {
         g.faults.push_back(fault.clone());
     }
     json_response(StatusCode::OK, json!({"pending": g.faults.len()}))
+}
+
+/// `GET /_sim/fault/rates`: the current rates (`null` when none). `POST` with a JSON [`FaultRates`] body sets
+/// them (an empty object clears them); a wrong body is a 400 that says why.
+async fn sim_rates_get(State(s): State<Arc<Shared>>) -> Response {
+    let r = s.lock().fault_rates.clone();
+    json_response(StatusCode::OK, serde_json::to_value(r).unwrap_or_default())
+}
+
+async fn sim_rates_set(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let rates: FaultRates = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad(&format!("the body must be a JSON object of fault rates: {e}")),
+    };
+    if let Err(e) = rates.validate() {
+        return bad(&e);
+    }
+    let mut g = s.lock();
+    g.fault_rates = (rates != FaultRates::default()).then_some(rates.clone());
+    json_response(StatusCode::OK, serde_json::to_value(rates).unwrap_or_default())
+}
+
+/// `POST /_sim/grace?mode=off|on[&max_ms=MS][&client_id=C]`: the refresh-token grace of every app, or of one.
+async fn sim_grace(State(s): State<Arc<Shared>>, Query(q): Q) -> Response {
+    let max = match q.get("max_ms").map(|v| v.parse::<u64>()) {
+        None => None,
+        Some(Ok(ms)) => Some(Duration::from_millis(ms)),
+        Some(Err(_)) => return bad("max_ms must be a non-negative integer"),
+    };
+    let grace = match q.get("mode").map(String::as_str) {
+        Some("off") => RefreshGrace::Off,
+        Some("on") => RefreshGrace::UntilNewPairUsed { max },
+        _ => return bad("mode must be off|on"),
+    };
+    s.lock().set_refresh_grace(q.get("client_id").map(String::as_str), grace);
+    json_response(StatusCode::OK, serde_json::to_value(grace).unwrap_or_default())
+}
+
+/// `POST /_sim/stats/reset`: zeroes every counter.
+async fn sim_stats_reset(State(s): State<Arc<Shared>>) -> Response {
+    s.lock().stats = SimStats::default();
+    json_response(StatusCode::OK, json!({"reset": true}))
+}
+
+/// `GET /_sim/dataset?division=D&entity_set=crm/Accounts`: the IDs of the generated rows, in paging order.
+async fn sim_dataset(State(s): State<Arc<Shared>>, Query(q): Q) -> Response {
+    let (Some(Ok(d)), Some(set)) = (q.get("division").map(|v| v.parse::<i64>()), q.get("entity_set")) else {
+        return bad("division (an integer) and entity_set (e.g. crm/Accounts) are required");
+    };
+    let ids = s.lock().dataset_ids(d, set);
+    json_response(StatusCode::OK, json!({"count": ids.len(), "ids": ids}))
+}
+
+/// `GET /_sim/grace_tokens?client_id=C&user_id=U`: the chain's refresh tokens still in grace.
+async fn sim_grace_tokens(State(s): State<Arc<Shared>>, Query(q): Q) -> Response {
+    let (Some(c), Some(u)) = (q.get("client_id"), q.get("user_id")) else {
+        return bad("client_id and user_id are required");
+    };
+    let now = s.clock.now_ms();
+    json_response(StatusCode::OK, json!({"refresh_tokens": s.lock().grace_refresh_tokens(c, u, now)}))
 }
 
 async fn sim_revoke(State(s): State<Arc<Shared>>, Query(q): Q) -> Response {
@@ -1061,7 +1394,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(AUTH_PATH, get(authorize_get).post(authorize_post))
         .route("/api/oauth2/token", post(token))
         .route("/api/v1/current/Me", get(me))
-        .route("/api/v1/{division}/crm/Accounts", get(accounts))
+        .merge(odata_routes())
         .route("/api/v1/{division}/echo/{*rest}", any(echo))
         .route("/_sim/stats", get(sim_stats))
         .route("/_sim/clock", get(sim_clock))
@@ -1073,8 +1406,58 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/latency", post(sim_latency))
         .route("/_sim/totp", get(sim_totp))
         .route("/_sim/active", get(sim_active))
+        .route("/_sim/fault/rates", get(sim_rates_get).post(sim_rates_set))
+        .route("/_sim/grace", post(sim_grace))
+        .route("/_sim/grace_tokens", get(sim_grace_tokens))
+        .route("/_sim/stats/reset", post(sim_stats_reset))
+        .route("/_sim/dataset", get(sim_dataset))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), count_api_requests))
         .with_state(shared)
+}
+
+/// The OData routes of [`odata`]: per service its service document, `$metadata`, one entity by key, and per
+/// entity set the set and its `$count`; plus the v4-style (not Exact) sets under `/odata4/`.
+fn odata_routes() -> Router<Arc<Shared>> {
+    type St = State<Arc<Shared>>;
+    let mut r = Router::new();
+    for service in odata::services() {
+        let root = format!("/api/v1/{{division}}/{service}");
+        let doc =
+            move |State(s): St, Path(d): Path<String>, h: HeaderMap| odata::get_service_document(s, service, d, h);
+        r = r.route(&root, get(doc)).route(&format!("{root}/"), get(doc));
+        r = r.route(
+            &format!("{root}/$metadata"),
+            get(move |State(s): St, Path(d): Path<String>, h: HeaderMap| odata::get_metadata(s, service, d, h)),
+        );
+        r = r.route(
+            &format!("{root}/{{segment}}"),
+            get(move |State(s): St, Path((d, seg)): Path<(String, String)>, h: HeaderMap, u: axum::http::Uri| {
+                odata::get_entity(s, service, d, seg, h, u)
+            }),
+        );
+    }
+    for set in odata::ENTITY_SETS {
+        let path = format!("/api/v1/{{division}}/{}/{}", set.service, set.name);
+        r = r.route(
+            &path,
+            get(move |State(s): St, Path(d): Path<String>, h: HeaderMap, u: axum::http::Uri| {
+                odata::get_entity_set(s, set, d, h, u)
+            }),
+        );
+        r = r.route(
+            &format!("{path}/$count"),
+            get(move |State(s): St, Path(d): Path<String>, h: HeaderMap, u: axum::http::Uri| {
+                odata::get_count(s, set, d, h, u)
+            }),
+        );
+        r = r.route(
+            &format!("/odata4/{{division}}/{}/{}", set.service, set.name),
+            get(move |State(s): St, Path(d): Path<String>, h: HeaderMap, u: axum::http::Uri| {
+                odata::get_entity_set_v4(s, set, d, h, u)
+            }),
+        );
+    }
+    r
 }
 
 /// Counts every request that reaches the REST API's paths, whatever its method, route or token, before any
@@ -1110,21 +1493,79 @@ pub(crate) async fn serve(
         let app = app.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let kill = Arc::new(Notify::new());
+            let kill = ConnKill { notify: Arc::new(Notify::new()), reset: Arc::new(AtomicBool::new(false)) };
             let k = kill.clone();
+            let io = ResettableStream { inner: stream, reset: kill.reset.clone() };
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let mut app = app.clone();
                 let mut req = req.map(Body::new);
-                req.extensions_mut().insert(ConnKill(k.clone()));
+                req.extensions_mut().insert(k.clone());
                 async move { Ok::<_, Infallible>(app.call(req).await.unwrap_or_else(|e| match e {})) }
             });
             let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), svc);
             tokio::select! {
                 _ = conn => {}
-                _ = kill.notified() => {}
+                _ = kill.notify.notified() => {}
                 _ = shutdown.changed() => {}
             }
         });
+    }
+}
+
+/// A connection's socket that, when dropped after [`ConnKill::reset`], aborts the connection with a TCP RST
+/// (`SO_LINGER` 0) instead of closing it: what a client sees when a server or load balancer resets it.
+struct ResettableStream {
+    inner: tokio::net::TcpStream,
+    reset: Arc<AtomicBool>,
+}
+
+impl Drop for ResettableStream {
+    fn drop(&mut self) {
+        if self.reset.load(AtomicOrdering::SeqCst) {
+            let _ = self.inner.set_zero_linger();
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for ResettableStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ResettableStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }

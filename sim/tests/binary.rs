@@ -79,3 +79,29 @@ async fn binary_prints_ready_line_and_serves_config() {
     assert_eq!(st["code_requests"], 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn binary_runs_a_fast_clock_and_refuses_a_bad_factor() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exact-sim"))
+        .args(["--port", "0", "--clock-factor", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Kill(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("listening on ").expect("ready line").to_string();
+    let c = reqwest::Client::new();
+    let t0: serde_json::Value = c.get(format!("{base}/_sim/clock")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(t0["factor"], 100.0);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let t1: serde_json::Value = c.get(format!("{base}/_sim/clock")).send().await.unwrap().json().await.unwrap();
+    let moved = t1["now_ms"].as_i64().unwrap() - t0["now_ms"].as_i64().unwrap();
+    assert!(moved >= 19_000, "≈ 20 s in 0.2 s: {moved}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_exact-sim")).args(["--clock-factor", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--clock-factor must be a positive number"));
+}

@@ -266,7 +266,21 @@ async fn refresh_token_expires_after_30_days_unused() {
     let rt = authorize(&sim).await.refresh_token();
     sim.clock().advance(secs(30 * 24 * 3600 + 1));
     let r = refresh(&sim, &rt).await;
+    // The default (until chainkeeper's engine knows Exact's own answer, see `ExpiredRefreshAnswer`).
     assert_eq!((r.status, r.error(), r.description()), (400, "invalid_grant", "Refresh token expired"));
+    // Exact's answer, as reported in websmurf/laravel-exact-online issue #23: `invalid_request` (not
+    // `invalid_grant`) with both times in .NET's US format.
+    sim.set_expired_refresh_answer(exact_sim::ExpiredRefreshAnswer::Exact);
+    let r = refresh(&sim, &rt).await;
+    assert_eq!(
+        (r.status, r.error(), r.description()),
+        (
+            400,
+            "invalid_request",
+            "The refresh token expired at 12/14/2023 10:13:20 PM and it is now 12/14/2023 10:13:21 PM."
+        )
+    );
+    assert_eq!(sim.stats().old_refresh_token_used, 0, "an expired token is not an old one");
 
     // just inside the window it still works
     let sim = start(SimConfig::default()).await;
