@@ -89,7 +89,13 @@ impl Keys for KmsKeys {
                 let e = e.into_service_error();
                 if e.is_already_exists_exception() {
                     // Another process created the organisation's key first: keep theirs, drop ours.
-                    let _ = self.client.schedule_key_deletion().key_id(id).pending_window_in_days(self.deletion_window_days).send().await;
+                    let _ = self
+                        .client
+                        .schedule_key_deletion()
+                        .key_id(id)
+                        .pending_window_in_days(self.deletion_window_days)
+                        .send()
+                        .await;
                     Ok(())
                 } else {
                     Err(unavailable(e))

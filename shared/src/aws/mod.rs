@@ -44,12 +44,9 @@ impl AwsEnv {
                 .unwrap_or_else(|_| "alias/chainkeeper/".into()),
             kms_deletion_window_days: match std::env::var("CHAINKEEPER_KMS_DELETION_WINDOW_DAYS") {
                 Err(_) => 30,
-                Ok(v) => v
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|d| (7..=30).contains(d))
-                    .ok_or_else(|| anyhow::anyhow!("CHAINKEEPER_KMS_DELETION_WINDOW_DAYS must be 7 to 30, not {v:?}"))?,
+                Ok(v) => v.trim().parse().ok().filter(|d| (7..=30).contains(d)).ok_or_else(|| {
+                    anyhow::anyhow!("CHAINKEEPER_KMS_DELETION_WINDOW_DAYS must be 7 to 30, not {v:?}")
+                })?,
             },
         })
     }
@@ -70,9 +67,10 @@ pub async fn adapters(env: &AwsEnv, clock: Arc<dyn Clock>) -> (Arc<dyn Store>, A
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store =
         Arc::new(dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), env.table.clone(), clock.clone()));
-    let keys =
-        Arc::new(kms::KmsKeys::new(aws_sdk_kms::Client::new(&sdk), env.stage.clone(), env.kms_alias_prefix.clone())
-            .with_deletion_window_days(env.kms_deletion_window_days));
+    let keys = Arc::new(
+        kms::KmsKeys::new(aws_sdk_kms::Client::new(&sdk), env.stage.clone(), env.kms_alias_prefix.clone())
+            .with_deletion_window_days(env.kms_deletion_window_days),
+    );
     let secrets = Arc::new(secrets::SecretsManager::new(
         aws_sdk_secretsmanager::Client::new(&sdk),
         env.apps_secret_prefix.clone(),
