@@ -188,8 +188,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     use std::io::Write;
     std::io::stdout().flush()?;
     let ticker = chainkeeper::wiring::spawn_schedule(app.clone());
+    let limits = app.config.limits.clone();
     let router = chainkeeper::api::router(app);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
+    chainkeeper::api::server::serve(listener, router, &limits, shutdown()).await?;
     ticker.abort();
     Ok(())
 }

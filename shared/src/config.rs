@@ -79,12 +79,56 @@ impl Default for ServerConfig {
     }
 }
 
+/// Limits that keep one client from taking the service down (`[limits]`). Every value has a default that suits a
+/// single `serve` and a Lambda function alike; `0` turns a limit off where its doc says so.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `serve`: a connection that has not sent a request's complete headers within this is closed (slow loris).
+    pub header_read_timeout_s: f64,
+    /// A request whose answer has not begun within this gets `503 request_timeout` (a streamed proxy answer
+    /// that has begun is not cut). Above the query proxy's 60 s wait for the platform.
+    pub request_timeout_s: f64,
+    /// Requests served at once by one process; more get `503 overloaded` at once, with `Retry-After`. 0: no cap.
+    pub max_concurrent_requests: usize,
+    /// Largest body of a JSON route, in bytes (`413 body_too_large` above).
+    pub json_body_bytes: usize,
+    /// Largest body the query proxy forwards, in bytes.
+    pub proxy_body_bytes: usize,
+    /// Bytes of platform answers the query proxy's cache holds per process (oldest entries go first).
+    pub proxy_cache_bytes: usize,
+    /// Largest single answer the proxy caches, in bytes.
+    pub proxy_cache_entry_bytes: usize,
+    /// Requests per second one API token may make, sustained (a token bucket per token id, per process);
+    /// above it `429 rate_limited` with `Retry-After`. 0: no per-token limit.
+    pub token_requests_per_s: f64,
+    /// Requests one API token may make in a burst above the sustained rate.
+    pub token_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_s: 10.0,
+            request_timeout_s: 120.0,
+            max_concurrent_requests: 1024,
+            json_body_bytes: 64 * 1024,
+            proxy_body_bytes: 10 * 1024 * 1024,
+            proxy_cache_bytes: 64 * 1024 * 1024,
+            proxy_cache_entry_bytes: 1024 * 1024,
+            token_requests_per_s: 200.0,
+            token_burst: 400,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub providers: BTreeMap<String, ProviderProfile>,
     pub apps: BTreeMap<String, AppRegistration>,
     pub engine: EngineConfig,
     pub server: ServerConfig,
+    pub limits: LimitsConfig,
     /// Group scopes defined by the operator: name → the scopes it grants.
     pub scope_groups: BTreeMap<String, Vec<String>>,
 }
@@ -100,6 +144,8 @@ struct RawConfig {
     engine: EngineConfig,
     #[serde(default)]
     server: ServerConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
     #[serde(default)]
     scope_groups: BTreeMap<String, Vec<String>>,
 }
@@ -153,7 +199,21 @@ impl Config {
                 );
             }
         }
-        Ok(Self { providers, apps: raw.apps, engine: raw.engine, server: raw.server, scope_groups: raw.scope_groups })
+        let limits = raw.limits;
+        if !(limits.header_read_timeout_s > 0.0 && limits.request_timeout_s > 0.0) {
+            bail!("limits: header_read_timeout_s and request_timeout_s must be above 0");
+        }
+        if limits.token_requests_per_s < 0.0 || limits.json_body_bytes == 0 || limits.proxy_body_bytes == 0 {
+            bail!("limits: token_requests_per_s must not be negative, body limits must be above 0");
+        }
+        Ok(Self {
+            providers,
+            apps: raw.apps,
+            engine: raw.engine,
+            server: raw.server,
+            limits,
+            scope_groups: raw.scope_groups,
+        })
     }
 
     pub fn provider(&self, name: &str) -> Option<&ProviderProfile> {

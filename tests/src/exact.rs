@@ -115,6 +115,10 @@ impl Store for FlakyStore {
         self.fail_read()?;
         self.inner.query(pk, sk_prefix, limit).await
     }
+    async fn query_back(&self, pk: &str, before: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+        self.fail_read()?;
+        self.inner.query_back(pk, before, limit).await
+    }
     async fn query_index(
         &self,
         index: Index,

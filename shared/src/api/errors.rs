@@ -66,7 +66,51 @@ pub fn invalid_body(what: &str) -> Problem {
 }
 
 pub fn unreadable_body() -> Problem {
-    Problem::bad_request("invalid_body", "The request body could not be read (too large or cut off).")
+    Problem::bad_request("invalid_body", "The request body could not be read (cut off).")
+}
+
+/// A body above the route's limit (`limits.json_body_bytes` or `limits.proxy_body_bytes`).
+pub fn body_too_large(limit: usize) -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("This route takes request bodies of at most {limit} bytes. Send a smaller body."),
+    )
+}
+
+/// `limit` or `cursor` of a paged list not valid.
+pub fn invalid_paging(what: &str) -> Problem {
+    Problem::bad_request("invalid_paging", format!("{what} See /openapi.json for the paging parameters."))
+}
+
+/// The caller's API token is over its request rate.
+pub fn rate_limited(wait_s: u64) -> Problem {
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("This API token made more requests than its rate allows. Try again in {wait_s} seconds."),
+    )
+    .retry_after(wait_s)
+}
+
+/// The process is serving as many requests at once as it may.
+pub fn overloaded() -> Problem {
+    Problem::unavailable(
+        "overloaded",
+        "chainkeeper is serving as many requests at once as it is configured to; nothing was done. Try again in a second.",
+        1,
+    )
+}
+
+/// The answer did not begin within the request timeout.
+pub fn request_timeout(after_s: f64) -> Problem {
+    Problem::unavailable(
+        "request_timeout",
+        format!(
+            "The answer did not begin within {after_s} seconds. What the request started may or may not have happened: read the state again before retrying a change."
+        ),
+        1,
+    )
 }
 
 pub fn invalid_path_names() -> Problem {
@@ -236,6 +280,10 @@ impl From<AuditError> for Problem {
         match e {
             AuditError::Lookup(e) => e.into(),
             AuditError::Store(e) => e.into(),
+            AuditError::BadLimit => invalid_paging("`limit` must be a whole number from 1 to 1000."),
+            AuditError::BadCursor => {
+                invalid_paging("`cursor` is not one this list gave out: pass `next_cursor` back unchanged.")
+            }
         }
     }
 }
@@ -443,11 +491,7 @@ impl From<QueryError> for Problem {
             QueryError::NoApiBaseUrl(p) => {
                 Problem::conflict("no_api_base_url", format!("Provider '{p}' has no api_base_url to query."))
             }
-            QueryError::BodyTooLarge => Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "Request bodies through the query proxy are limited to 10 MB.",
-            ),
+            QueryError::BodyTooLarge(limit) => body_too_large(limit),
             QueryError::Chain { c, source } => chain_problem(&c, source),
             QueryError::Platform { c, failure } => Problem::new(
                 StatusCode::BAD_GATEWAY,

@@ -12,6 +12,26 @@ use super::problem::Problem;
 use crate::auth::Claims;
 use crate::ids::{Alias, ContainerRef, DbName, OrgId};
 
+/// The body limit of the route (set with axum's `DefaultBodyLimit` in `routes_of`), for the 413's detail.
+#[derive(Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A request body as bytes, at most the route's limit: above it `413 body_too_large`, a problem document.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(RawBody(bytes)),
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => Err(errors::body_too_large(limit)),
+            Err(_) => Err(errors::unreadable_body()),
+        }
+    }
+}
+
 /// A JSON body. An empty body reads as `{}`.
 pub struct Body<T>(pub T);
 
@@ -19,7 +39,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|_| errors::unreadable_body())?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         let bytes =
             if bytes.iter().all(u8::is_ascii_whitespace) { axum::body::Bytes::from_static(b"{}") } else { bytes };
         serde_json::from_slice(&bytes).map(Body).map_err(|e| {

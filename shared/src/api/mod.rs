@@ -12,6 +12,7 @@
 //! | [`extract`] | path names, JSON bodies and the caller, with problem+json rejections |
 //! | [`problem`], [`errors`] | problem documents and their registry; every error → problem mapping |
 //! | [`openapi`] | `/openapi.json`, generated from the table |
+//! | [`limits`], [`server`] | concurrency cap, request timeout, per-token rate limits, body limits; `serve`'s connection loop with the header read timeout |
 //! | [`orgs`], [`webhooks`], [`containers`], [`authorization`], [`handout`], [`query`], [`recovery`], [`api_tokens`], [`audit`] | the handlers, one module per use-case area |
 
 pub mod api_tokens;
@@ -22,22 +23,27 @@ pub mod containers;
 pub mod errors;
 pub mod extract;
 pub mod handout;
+pub mod limits;
 pub mod openapi;
 pub mod orgs;
 pub mod problem;
 pub mod query;
 pub mod recovery;
 pub mod routes;
+pub mod server;
 pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use crate::app::App;
+use crate::config::LimitsConfig;
 use problem::Problem;
 use routes::{Handler, ROUTES, RouteSpec};
 
@@ -81,43 +87,68 @@ fn endpoint(spec: &RouteSpec) -> MethodRouter<AppState> {
     }
 }
 
+/// The largest request body a route takes: the query proxy forwards bodies, every other route reads JSON.
+pub fn body_limit(spec: &RouteSpec, limits: &LimitsConfig) -> usize {
+    match spec.handler {
+        Handler::Query => limits.proxy_body_bytes,
+        _ => limits.json_body_bytes,
+    }
+}
+
 /// The routes of the table that `function` serves (every route for `None`), built from the table and nothing
-/// else. Liveness and the API description are served by every function.
-fn routes_of(function: Option<&str>) -> Router<AppState> {
+/// else, each with its body limit. Liveness and the API description are served by every function.
+fn routes_of(function: Option<&str>, limits: &LimitsConfig) -> Router<AppState> {
     let mut by_path: BTreeMap<&str, MethodRouter<AppState>> = BTreeMap::new();
     let served = ROUTES.iter().filter(|r| {
         function.is_none_or(|f| r.function == f || matches!(r.handler, Handler::Health | Handler::OpenApi))
     });
     for spec in served {
-        let merged = by_path.remove(spec.path).unwrap_or_default().merge(endpoint(spec));
+        let limit = body_limit(spec, limits);
+        let limits = (DefaultBodyLimit::max(limit), axum::Extension(extract::BodyLimit(limit)));
+        let endpoint: MethodRouter<AppState> = endpoint(spec).layer(limits);
+        let merged = by_path.remove(spec.path).unwrap_or_default().merge(endpoint);
         by_path.insert(spec.path, merged);
     }
     by_path.into_iter().fold(Router::new(), |router, (path, methods)| router.route(path, methods))
 }
 
-fn with_common(router: Router<AppState>, state: AppState) -> Router {
-    router
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+/// Auth (then the per-token rate limit) on every route of the table; the request timeout and the concurrency
+/// cap on everything, the 404 and 405 answers included.
+fn with_common(function: Option<&str>, state: AppState) -> Router {
+    use axum::middleware::from_fn_with_state;
+    let cfg = state.config.limits.clone();
+    let mut router = routes_of(function, &cfg);
+    if let Some(limiter) = limits::RateLimiter::from_config(&cfg) {
+        router = router.route_layer(from_fn_with_state(Arc::new(limiter), limits::per_token));
+    }
+    let timeout = Duration::from_secs_f64(cfg.request_timeout_s);
+    let mut router = router
+        .route_layer(from_fn_with_state(state.clone(), auth::require_token))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .layer(from_fn_with_state(timeout, limits::timeout));
+    if cfg.max_concurrent_requests > 0 {
+        let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_requests));
+        router = router.layer(from_fn_with_state(permits, limits::concurrency));
+    }
+    router.with_state(state)
 }
 
 /// The `callback` function's routes.
 pub fn callback_router(state: AppState) -> Router {
-    with_common(routes_of(Some("callback")), state)
+    with_common(Some("callback"), state)
 }
 /// The `query` function's routes.
 pub fn query_router(state: AppState) -> Router {
-    with_common(routes_of(Some("query")), state)
+    with_common(Some("query"), state)
 }
 /// The `manage` function's routes.
 pub fn manage_router(state: AppState) -> Router {
-    with_common(routes_of(Some("manage")), state)
+    with_common(Some("manage"), state)
 }
 /// Every route, for `chainkeeper serve`.
 pub fn router(state: AppState) -> Router {
-    with_common(routes_of(None), state)
+    with_common(None, state)
 }
 
 async fn not_found(uri: Uri) -> Problem {

@@ -13,7 +13,7 @@ pub fn document() -> Value {
     all_scopes.insert("admin".to_string(), "Every resource".to_string());
     for r in ROUTES {
         let method: axum::http::Method = r.method.parse().expect("valid method");
-        let params: Vec<Value> = r
+        let mut params: Vec<Value> = r
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -22,6 +22,7 @@ pub fn document() -> Value {
                 None => json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"}}),
             })
             .collect();
+        params.extend(query_params(r.method, r.path));
         let success = success_status(r.method, r.path);
         let mut responses = json!({
             "default": {"description": "An error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
@@ -39,6 +40,12 @@ pub fn document() -> Value {
             }
             (_, "/healthz") => {
                 json!({"description": "Serving", "content": {"text/plain": {"schema": {"type": "string"}}}})
+            }
+            (_, p) if p.ends_with("/audit") => {
+                json!({"description": "One page of entries, newest first", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["entries"], "properties": {
+                    "entries": {"type": "array", "items": {"type": "object"}},
+                    "next_cursor": {"type": "string", "description": "Pass as `cursor` for the next page; absent on the last page."}}}}}})
             }
             _ => json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}),
         };
@@ -75,7 +82,7 @@ pub fn document() -> Value {
     }
     json!({
         "openapi": "3.1.0",
-        "info": {"title": "chainkeeper", "version": env!("CARGO_PKG_VERSION"), "description": "Keeps OAuth2 and other credentials of data containers alive and safe."},
+        "info": {"title": "chainkeeper", "version": env!("CARGO_PKG_VERSION"), "description": DESCRIPTION},
         "paths": paths,
         "components": {
             "securitySchemes": {"apiToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": format!("Scopes: {}", all_scopes.keys().cloned().collect::<Vec<_>>().join(", "))}},
@@ -86,6 +93,27 @@ pub fn document() -> Value {
             }
         }
     })
+}
+
+/// What the API says about itself, limits included (their defaults; `[limits]` in the config changes them).
+const DESCRIPTION: &str = "Keeps OAuth2 and other credentials of data containers alive and safe.\n\n\
+Limits (defaults; an operator may change them): JSON request bodies up to 64 KiB and query-proxy bodies up to \
+10 MiB (`413 body_too_large`); 200 requests a second per API token with bursts of 400 (`429 rate_limited` with \
+`Retry-After`); 1024 requests at once per process (`503 overloaded` with `Retry-After`); an answer begins within \
+120 s (`503 request_timeout`); request headers arrive within 10 s or the connection is closed. Lists that can \
+grow without bound are paged: `limit` (1-1000) and the opaque `cursor` from the previous page's `next_cursor`.";
+
+/// Query parameters of a route.
+fn query_params(method: &str, path: &str) -> Vec<Value> {
+    match (method, path.rsplit('/').next().unwrap_or("")) {
+        ("GET", "audit") => vec![
+            json!({"name": "limit", "in": "query", "required": false, "description": "Entries on this page (1-1000).",
+                   "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}),
+            json!({"name": "cursor", "in": "query", "required": false, "description": "`next_cursor` of the previous page; opaque.",
+                   "schema": {"type": "string"}}),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 fn success_status(method: &str, path: &str) -> u16 {

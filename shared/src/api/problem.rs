@@ -47,6 +47,21 @@ types! {
     "method_not_allowed" => "Method not allowed",
         "The route exists but does not take this method. The `Allow` header lists the ones it takes.",
         "Use one of the methods in `Allow`.";
+    "body_too_large" => "Body too large",
+        "The request body is larger than the route takes: JSON routes take `limits.json_body_bytes` (64 KiB by default), the query proxy `limits.proxy_body_bytes` (10 MiB by default).",
+        "Send a smaller body.";
+    "invalid_paging" => "Paging parameters not valid",
+        "`limit` must be a whole number from 1 to 1000, and `cursor` must be the `next_cursor` of an earlier page of the same list.",
+        "Give a limit from 1 to 1000, and pass `next_cursor` back unchanged.";
+    "rate_limited" => "Too many requests for this API token",
+        "The API token made more requests than `limits.token_requests_per_s` (with a burst of `limits.token_burst`) allows.",
+        "Retry after the number of seconds in `Retry-After`, and spread your requests.";
+    "overloaded" => "Too many requests at once",
+        "chainkeeper is serving as many requests at once as it is configured to (`limits.max_concurrent_requests`). Nothing was done.",
+        "Retry after the number of seconds in `Retry-After`.";
+    "request_timeout" => "Request took too long",
+        "The answer did not begin within `limits.request_timeout_s`. What the request started may or may not have happened.",
+        "Read the state again before retrying a change; retry a read after the number of seconds in `Retry-After`.";
     "no_such_problem_type" => "No such problem type",
         "There is no problem code of that name.",
         "Problem documents link to their own page in `type`; follow that link.";
@@ -212,9 +227,6 @@ types! {
     "no_api_base_url" => "No platform API",
         "The container's provider profile has no api_base_url to query.",
         "Set api_base_url in the provider profile, or use the token hand-out instead.";
-    "body_too_large" => "Body too large",
-        "Request bodies through the query proxy are limited to 10 MB.",
-        "Send a smaller body.";
     "platform_unavailable" => "Platform unavailable",
         "The platform's API did not answer, or its answer broke off.",
         "Retry shortly.";

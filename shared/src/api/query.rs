@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::response::Response;
 
 use super::AppState;
-use super::extract::Names;
+use super::extract::{Names, RawBody};
 use super::problem::Problem;
 use crate::app::query::{CacheUse, ForwardedBody, QueryRequest};
 
@@ -20,7 +20,7 @@ pub async fn proxy(
     Path(params): Path<HashMap<String, String>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, Problem> {
     let c = names.container()?;
     let path = params.get("path").cloned().unwrap_or_default();

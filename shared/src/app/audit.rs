@@ -17,6 +17,10 @@ pub enum AuditError {
     Lookup(#[from] LookupError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("limit out of range")]
+    BadLimit,
+    #[error("cursor not valid")]
+    BadCursor,
 }
 
 #[derive(Clone)]
@@ -58,13 +62,67 @@ impl AuditLog {
         }
     }
 
-    /// The newest `limit` entries (1-1000), newest first.
+    /// One page of entries, newest first: at most `limit` (1-1000) entries older than the page `cursor`
+    /// ended at (from the newest when `None`). `next_cursor` leads to the next page; `None` on the last.
     #[tracing::instrument(skip_all, fields(org = %org))]
-    pub async fn entries(&self, org: &OrgId, limit: usize) -> Result<Vec<AuditRecord>, AuditError> {
+    pub async fn page(&self, org: &OrgId, limit: usize, cursor: Option<&str>) -> Result<AuditPage, AuditError> {
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(AuditError::BadLimit);
+        }
+        let before = cursor.map(decode_cursor).transpose()?;
         lookup::org(&*self.store, org).await?;
-        let mut items = self.store.query(&audit_pk(org), "", 100_000).await?;
-        items.reverse();
-        items.truncate(limit.clamp(1, 1000));
-        Ok(items.iter().map(decode).collect::<Result<_, _>>()?)
+        let mut items = self.store.query_back(&audit_pk(org), before.as_deref(), limit + 1).await?;
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next_cursor = if more { items.last().map(|i| encode_cursor(&i.key.sk)) } else { None };
+        let entries = items.iter().map(decode).collect::<Result<_, _>>()?;
+        Ok(AuditPage { entries, next_cursor })
+    }
+}
+
+/// The largest page of audit entries.
+pub const MAX_PAGE: usize = 1000;
+
+/// One page of the audit log.
+pub struct AuditPage {
+    pub entries: Vec<AuditRecord>,
+    /// Where the next page starts; opaque to callers.
+    pub next_cursor: Option<String>,
+}
+
+/// A cursor is the sort key of the last entry of a page, base64url-encoded: opaque, and only ever compared
+/// against sort keys of the same organisation's partition.
+fn encode_cursor(sk: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sk)
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, AuditError> {
+    use base64::Engine;
+    if cursor.len() > 200 {
+        return Err(AuditError::BadCursor);
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| AuditError::BadCursor)?;
+    let sk = String::from_utf8(bytes).map_err(|_| AuditError::BadCursor)?;
+    // An audit sort key: `{15-digit time}#{random id}`.
+    let (time, id) = sk.split_once('#').ok_or(AuditError::BadCursor)?;
+    let well_formed = time.len() == 15
+        && time.bytes().all(|b| b.is_ascii_digit())
+        && !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if well_formed { Ok(sk) } else { Err(AuditError::BadCursor) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_nothing_else_passes() {
+        let sk = "000001700000000#AbC-_9";
+        assert_eq!(decode_cursor(&encode_cursor(sk)).unwrap(), sk);
+        for bad in ["", "!!", "e30", &encode_cursor("x#y"), &encode_cursor("000001700000000#"), &"A".repeat(300)] {
+            assert!(decode_cursor(bad).is_err(), "{bad:?}");
+        }
     }
 }

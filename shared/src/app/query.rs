@@ -36,8 +36,6 @@ const FORWARD_REQUEST: &[&str] = &[
 /// Response headers passed back, besides the profile's rate-limit headers.
 const FORWARD_RESPONSE: &[&str] =
     &["content-type", "etag", "last-modified", "retry-after", "odata-version", "preference-applied", "location"];
-pub const MAX_BODY: usize = 10 * 1024 * 1024;
-const MAX_CACHED_BODY: usize = 1024 * 1024;
 /// A 429 whose reset is at most this far away is waited out and retried once.
 const SHORT_WAIT_MS: Millis = 3_000;
 
@@ -63,8 +61,9 @@ pub enum QueryError {
     NoPlatform(ContainerRef),
     #[error("provider '{0}' has no api_base_url")]
     NoApiBaseUrl(String),
+    /// Above `limits.proxy_body_bytes` (the number).
     #[error("request body too large")]
-    BodyTooLarge,
+    BodyTooLarge(usize),
     #[error("{c}: {source}")]
     Chain { c: ContainerRef, source: ChainError },
     #[error("the platform API of {c} failed: {failure:?}")]
@@ -109,10 +108,20 @@ pub enum ForwardedBody {
     Stream(reqwest::Response),
 }
 
-/// GET responses kept for a profile's `cache_ttl_s`, per container and URL (so never across organisations).
-#[derive(Default)]
+/// GET responses kept for a profile's `cache_ttl_s`, per container and URL (so never across organisations),
+/// bounded in bytes (`limits.proxy_cache_bytes`, counting bodies, headers and keys): when a new answer does not
+/// fit, the oldest entries go first, expired or not.
 pub struct ResponseCache {
-    entries: Mutex<HashMap<String, Cached>>,
+    max_bytes: usize,
+    inner: Mutex<CacheEntries>,
+}
+
+#[derive(Default)]
+struct CacheEntries {
+    entries: HashMap<String, Cached>,
+    /// Keys in the order they were stored, with the time stored (a key stored again is found by its newer time).
+    order: std::collections::VecDeque<(String, Millis)>,
+    bytes: usize,
 }
 
 #[derive(Clone)]
@@ -123,21 +132,54 @@ struct Cached {
     body: Bytes,
 }
 
-impl ResponseCache {
-    fn get(&self, key: &str, now: Millis, ttl_ms: Millis) -> Option<Cached> {
-        let entries = self.entries.lock().unwrap();
-        entries.get(key).filter(|c| now - c.at_ms < ttl_ms).cloned()
+impl Cached {
+    /// What the entry costs, key included.
+    fn size(&self, key: &str) -> usize {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 16).sum();
+        key.len() + self.body.len() + headers + 64
     }
-    fn put(&self, key: String, value: Cached, ttl_ms: Millis) {
-        let mut entries = self.entries.lock().unwrap();
-        if entries.len() >= 10_000 {
-            let now = value.at_ms;
-            entries.retain(|_, c| now - c.at_ms < ttl_ms);
-            if entries.len() >= 10_000 {
-                entries.clear();
+}
+
+impl ResponseCache {
+    pub fn new(max_bytes: usize) -> Self {
+        Self { max_bytes, inner: Mutex::default() }
+    }
+
+    fn get(&self, key: &str, now: Millis, ttl_ms: Millis) -> Option<Cached> {
+        let inner = self.inner.lock().unwrap();
+        inner.entries.get(key).filter(|c| now - c.at_ms < ttl_ms).cloned()
+    }
+
+    fn put(&self, key: String, value: Cached) {
+        let size = value.size(&key);
+        if size > self.max_bytes {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(old) = inner.entries.remove(&key) {
+            inner.bytes -= old.size(&key);
+        }
+        while inner.bytes + size > self.max_bytes {
+            let Some((oldest, at)) = inner.order.pop_front() else { break };
+            if inner.entries.get(&oldest).is_some_and(|c| c.at_ms == at) {
+                let gone = inner.entries.remove(&oldest).expect("just seen");
+                inner.bytes -= gone.size(&oldest);
             }
         }
-        entries.insert(key, value);
+        inner.order.push_back((key.clone(), value.at_ms));
+        inner.bytes += size;
+        inner.entries.insert(key, value);
+        // Keys stored again leave stale places in `order`; drop them once they outnumber the entries.
+        if inner.order.len() > 2 * inner.entries.len() + 64 {
+            let CacheEntries { entries, order, .. } = &mut *inner;
+            order.retain(|(k, at)| entries.get(k).is_some_and(|c| c.at_ms == *at));
+        }
+    }
+
+    /// Bytes held now, and entries.
+    pub fn usage(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap();
+        (inner.bytes, inner.entries.len())
     }
 }
 
@@ -206,7 +248,8 @@ pub struct QueryProxy {
 impl QueryProxy {
     pub fn new(p: &Ports, engine: Arc<ChainEngine>) -> Self {
         let (store, clock, config, http) = (p.store.clone(), p.clock.clone(), p.config.clone(), p.http.clone());
-        Self { store, clock, config, http, engine, cache: Arc::default() }
+        let cache = Arc::new(ResponseCache::new(config.limits.proxy_cache_bytes));
+        Self { store, clock, config, http, engine, cache }
     }
 
     /// Forwards one request to the platform API of `c`.
@@ -219,8 +262,9 @@ impl QueryProxy {
         let profile = self.config.provider(&provider).ok_or_else(|| QueryError::NoPlatform(c.clone()))?;
         let base = profile.api_base_url.clone().ok_or_else(|| QueryError::NoApiBaseUrl(provider.clone()))?;
         let url = join(&base, &path, req.query.as_deref())?;
-        if req.body.len() > MAX_BODY {
-            return Err(QueryError::BodyTooLarge);
+        let max_body = self.config.limits.proxy_body_bytes;
+        if req.body.len() > max_body {
+            return Err(QueryError::BodyTooLarge(max_body));
         }
         let now = self.clock.now_ms();
         let ttl_ms = (profile.cache_ttl_s * 1000.0) as Millis;
@@ -286,14 +330,14 @@ impl QueryProxy {
         let cache = if cacheable { CacheUse::Miss } else { CacheUse::None };
         if cacheable
             && status == StatusCode::OK
-            && res.content_length().is_some_and(|l| (l as usize) <= MAX_CACHED_BODY)
+            && res.content_length().is_some_and(|l| (l as usize) <= self.config.limits.proxy_cache_entry_bytes)
         {
             let bytes = res
                 .bytes()
                 .await
                 .map_err(|_| QueryError::Platform { c: c.clone(), failure: PlatformFailure::BrokeOff })?;
             let cached = Cached { at_ms: now, status, headers: headers.clone(), body: bytes.clone() };
-            self.cache.put(cache_key, cached, ttl_ms);
+            self.cache.put(cache_key, cached);
             return Ok(Forwarded { status, headers, body: ForwardedBody::Bytes(bytes), cache });
         }
         Ok(Forwarded { status, headers, body: ForwardedBody::Stream(res), cache })
@@ -361,5 +405,34 @@ mod tests {
             "https://start.exactonline.nl/api/v1/current/Me?$select=UserID"
         );
         assert!(join(base, "v1/x", Some("a=1\r\nb")).is_err());
+    }
+
+    fn answer(at_ms: Millis, body_len: usize) -> Cached {
+        Cached { at_ms, status: StatusCode::OK, headers: Vec::new(), body: Bytes::from(vec![b'x'; body_len]) }
+    }
+
+    #[test]
+    fn the_cache_never_holds_more_bytes_than_its_bound_and_drops_the_oldest_first() {
+        let cache = ResponseCache::new(10_000);
+        for i in 0..1_000 {
+            cache.put(format!("k{i}"), answer(i, 900 + (i as usize % 7) * 50));
+            assert!(cache.usage().0 <= 10_000, "{:?} after {i}", cache.usage());
+        }
+        let (bytes, entries) = cache.usage();
+        assert!(bytes > 7_000 && entries >= 7, "it stays full: {bytes} bytes in {entries}");
+        assert!(cache.get("k999", 999, 60_000).is_some(), "the newest stays");
+        assert!(cache.get("k0", 999, 60_000).is_none(), "the oldest went");
+        // An answer larger than the whole cache is not kept, and does not empty it.
+        cache.put("huge".into(), answer(1_000, 20_000));
+        assert!(cache.get("huge", 1_000, 60_000).is_none());
+        assert_eq!(cache.usage().1, entries);
+        // The same key stored again replaces its bytes instead of adding them.
+        for t in 0..500 {
+            cache.put("again".into(), answer(2_000 + t, 1_000));
+        }
+        assert!(cache.usage().0 <= 10_000);
+        assert!(cache.get("again", 2_499, 60_000).is_some());
+        let entries = cache.usage().1;
+        assert!(cache.inner.lock().unwrap().order.len() <= 2 * entries + 64 + 1);
     }
 }

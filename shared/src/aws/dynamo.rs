@@ -317,6 +317,23 @@ impl Store for DynamoStore {
         self.pages(req, limit).await
     }
 
+    async fn query_back(&self, pk: &str, before: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+        let req = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .scan_index_forward(false)
+            .expression_attribute_values(":pk", s(pk));
+        let req = match before {
+            Some(b) => {
+                req.key_condition_expression("pk = :pk AND sk < :before").expression_attribute_values(":before", s(b))
+            }
+            None => req.key_condition_expression("pk = :pk"),
+        };
+        self.pages(req, limit).await
+    }
+
     async fn query_index(
         &self,
         index: Index,

@@ -53,6 +53,19 @@ pub async fn run(store: Arc<dyn Store>, clock: ManualClock, ns: &str) {
     assert_eq!(got, ["c#1", "c#2", "c#3"], "query returns the prefix in sort-key order");
     assert_eq!(store.query(&pk("q"), "c#", 2).await.unwrap().len(), 2, "query honours the limit");
 
+    // Query back: below a sort key, newest first, limited.
+    let back = |before: Option<&'static str>, limit| {
+        let (store, pk) = (store.clone(), pk("q"));
+        async move {
+            let items = store.query_back(&pk, before, limit).await.unwrap();
+            items.into_iter().map(|i| i.key.sk).collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(back(None, 10).await, ["d#1", "c#3", "c#2", "c#1"], "query_back returns every key, descending");
+    assert_eq!(back(Some("c#3"), 10).await, ["c#2", "c#1"], "query_back starts below `before`");
+    assert_eq!(back(None, 2).await, ["d#1", "c#3"], "query_back honours the limit");
+    assert!(back(Some("c#1"), 10).await.is_empty());
+
     // Expiry: an expired item reads as absent and may be created again.
     let now = clock.now_ms();
     store.put(put(&pk("ttl"), "x", "short", Condition::None).expires_at(Some(now + 1_000))).await.unwrap();

@@ -89,6 +89,20 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn query_back(&self, pk: &str, before: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+        let items = self.items.lock().unwrap();
+        Ok(items
+            .range(Key::new(pk, "")..)
+            .take_while(|(k, _)| k.pk == pk)
+            .filter(|(k, _)| before.is_none_or(|b| k.sk.as_str() < b))
+            .filter_map(|(_, i)| self.live(Some(i)).cloned())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .take(limit)
+            .collect())
+    }
+
     async fn query_index(
         &self,
         index: Index,

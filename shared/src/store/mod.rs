@@ -126,6 +126,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, key: &Key, condition: Condition) -> Result<(), StoreError>;
     /// Items of one partition whose sort key starts with `sk_prefix`, in sort-key order, at most `limit`.
     async fn query(&self, pk: &str, sk_prefix: &str, limit: usize) -> Result<Vec<Item>, StoreError>;
+    /// Items of one partition whose sort key is below `before` (every one when `None`), newest first: in
+    /// descending sort-key order, at most `limit`. (For paging back through time-ordered keys.)
+    async fn query_back(&self, pk: &str, before: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError>;
     /// Items of one index partition with index sort key `<= sk_max` (all when `None`), in index order.
     async fn query_index(
         &self,

@@ -187,6 +187,19 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn query_back(&self, pk: &str, before: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+        let now = self.clock.now_ms();
+        let before = before.map(str::to_string).unwrap_or_else(|| "\u{10FFFF}".to_string());
+        self.read(|c| {
+            let mut s = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM items WHERE pk = ?1 AND sk < ?2
+                 AND (expires_at IS NULL OR expires_at > ?3) ORDER BY sk DESC LIMIT ?4"
+            ))?;
+            let rows = s.query_map(params![pk, before, now, limit as i64], row_to_item)?;
+            rows.collect()
+        })
+    }
+
     async fn query_index(
         &self,
         index: Index,
