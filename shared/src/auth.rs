@@ -50,7 +50,8 @@ pub fn verify(key: &[u8], token: &str, now_ms: Millis) -> Result<Claims, TokenRe
     validation.required_spec_claims.clear();
     let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(key), &validation)
         .map_err(|_| TokenRejected::Invalid)?;
-    if data.claims.exp * 1000 <= now_ms {
+    // Saturating: a signed token with an absurd `exp` must not overflow (found by `auth::fuzz`).
+    if data.claims.exp.saturating_mul(1000) <= now_ms {
         return Err(TokenRejected::Expired);
     }
     Ok(data.claims)
@@ -122,5 +123,74 @@ mod tests {
         assert_eq!(verify(b"another-key-another-key-another!!", &t, 1_500_000).unwrap_err(), TokenRejected::Invalid);
         assert_eq!(org_of_path("/v1/orgs/Acme/databases"), Some("acme".into()));
         assert_eq!(org_of_path("/v1/orgs"), None);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const KEY: &[u8] = b"fuzz-signing-key-of-at-least-32-bytes!";
+
+    fn claims() -> impl Strategy<Value = Claims> {
+        (
+            "\\PC{0,20}",
+            proptest::option::of("[a-z0-9_-]{1,10}"),
+            proptest::collection::vec("[a-z.]{1,20}", 0..4),
+            any::<i64>(),
+            any::<i64>(),
+            "[A-Za-z0-9_-]{0,22}",
+        )
+            .prop_map(|(sub, org, scopes, exp, iat, jti)| Claims { sub, org, scopes, exp, iat, jti })
+    }
+
+    /// Three dot-separated parts of base64url JSON (or anything), the shape a parser sees most.
+    fn jwt_shaped() -> impl Strategy<Value = String> {
+        let part = prop_oneof![
+            "\\PC{0,40}".prop_map(|json| URL_SAFE_NO_PAD.encode(json)),
+            Just(URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#)),
+            Just(URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#)),
+            Just(URL_SAFE_NO_PAD.encode(r#"{"sub":"x","scopes":["admin"],"exp":9999999999,"iat":0,"jti":"j"}"#)),
+            "[A-Za-z0-9_=+/-]{0,50}",
+        ];
+        (part.clone(), part.clone(), part).prop_map(|(h, p, s)| format!("{h}.{p}.{s}"))
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Any text is refused without a panic (and only a signed token passes).
+        #[test]
+        fn fuzz_jwt_parser_refuses_junk(token in "\\PC{0,200}|[A-Za-z0-9_.-]{0,200}", shaped in jwt_shaped(), now in any::<i64>()) {
+            prop_assert!(verify(KEY, &token, now).is_err());
+            prop_assert!(verify(KEY, &shaped, now).is_err());
+        }
+
+        /// A token signed with the key reads back as exactly its claims while it is valid, whatever the claims
+        /// hold (extreme times included); any change to its text, or another key, refuses it.
+        #[test]
+        fn fuzz_jwt_round_trip_and_tamper(c in claims(), flip in any::<prop::sample::Index>(), now in any::<i64>()) {
+            let token = issue(KEY, &c).unwrap();
+            match verify(KEY, &token, now) {
+                Ok(back) => {
+                    prop_assert!(c.exp.saturating_mul(1000) > now);
+                    prop_assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&c).unwrap());
+                }
+                Err(e) => prop_assert_eq!(e, TokenRejected::Expired),
+            }
+            prop_assert!(verify(b"another-key-another-key-another-key!", &token, now).is_err());
+            let mut bytes = token.into_bytes();
+            let i = flip.index(bytes.len());
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let tampered = String::from_utf8(bytes).unwrap();
+            if let Ok(back) = verify(KEY, &tampered, now) {
+                // Base64 has spare bits in its last character: a change there can decode to the same bytes.
+                prop_assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&c).unwrap());
+            }
+        }
     }
 }

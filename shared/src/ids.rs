@@ -110,3 +110,44 @@ mod tests {
         assert!(DbName::parse(&"x".repeat(63)).is_ok());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn well_formed(n: &str) -> bool {
+        (1..=63).contains(&n.len())
+            && n.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Any text: no panic; what passes is well formed, and normalising it again changes nothing.
+        #[test]
+        fn fuzz_name_normalisation_is_idempotent(raw in "[A-Za-z0-9_./ -]{0,70}|\\PC{0,80}") {
+            if let Ok(n) = OrgId::parse(&raw) {
+                prop_assert!(well_formed(n.as_str()), "{:?} -> {:?}", raw, n.as_str());
+                let again = OrgId::parse(n.as_str()).unwrap();
+                prop_assert_eq!(again.as_str(), n.as_str());
+                prop_assert_eq!(n.as_str(), raw.to_ascii_lowercase());
+            }
+            // Case never decides: upper and lower case of one text both pass (as one name) or both fail.
+            let (upper, lower) = (DbName::parse(&raw.to_ascii_uppercase()), Alias::parse(&raw.to_ascii_lowercase()));
+            prop_assert_eq!(upper.is_ok(), lower.is_ok());
+            if let (Ok(u), Ok(l)) = (upper, lower) {
+                prop_assert_eq!(u.as_str(), l.as_str());
+            }
+        }
+
+        /// Every well-formed name passes, in any case.
+        #[test]
+        fn fuzz_well_formed_names_pass(raw in "[A-Za-z0-9][A-Za-z0-9_-]{0,62}") {
+            let n = OrgId::parse(&raw).unwrap();
+            prop_assert_eq!(n.as_str(), raw.to_ascii_lowercase());
+        }
+    }
+}

@@ -32,3 +32,14 @@ pub mod store;
 pub mod telemetry;
 pub mod totp;
 pub mod wiring;
+
+/// The property-based fuzz targets (`mod fuzz` in the modules they test; every test name holds `fuzz`) run
+/// `PROPTEST_CASES` generated inputs each, 2,000 when it is not set (CI). The long run (README "Fuzzing"):
+/// `PROPTEST_CASES=1000000 cargo nextest run -p chainkeeper --release -E 'test(/fuzz/)'`.
+#[cfg(test)]
+mod fuzz {
+    pub(crate) fn config() -> proptest::test_runner::Config {
+        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+        proptest::test_runner::Config { cases, ..proptest::test_runner::Config::default() }
+    }
+}

@@ -128,9 +128,11 @@ fn module_of(path: &Path) -> Option<String> {
     Some(parts.join("::"))
 }
 
-/// The code of a file without comments, string and char literals, and without its `#[cfg(test)]` module.
+/// The code of a file without comments, string and char literals, and without its `#[cfg(test)]` modules
+/// (`mod tests` and `mod fuzz`, which come last in a file).
 fn code_only(text: &str) -> String {
-    let text = match text.find("#[cfg(test)]\nmod tests") {
+    let test_module = ["#[cfg(test)]\nmod tests", "#[cfg(test)]\nmod fuzz"].iter().filter_map(|m| text.find(m)).min();
+    let text = match test_module {
         Some(at) => &text[..at],
         None => text,
     };

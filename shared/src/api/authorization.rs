@@ -2,10 +2,9 @@
 //! page for a person's browser, JSON for a client that asks for it).
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
@@ -23,15 +22,39 @@ pub async fn start(State(app): State<AppState>, Caller(who): Caller, names: Name
     })))
 }
 
-#[derive(Deserialize)]
+/// The provider's redirect to `/v1/callback`: its query parameters.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct CallbackQuery {
-    code: Option<String>,
-    state: Option<String>,
-    error: Option<String>,
-    error_description: Option<String>,
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
 }
 
-pub async fn callback(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<CallbackQuery>) -> Response {
+impl CallbackQuery {
+    /// Reads any query string without failing (axum's `Query` would answer a repeated or malformed parameter
+    /// with plain text): the first of a repeated parameter counts, others are ignored, bad percent-encoding
+    /// reads as U+FFFD (and then matches no state). Fuzzed in `api::authorization::fuzz`.
+    pub fn parse(raw: &str) -> Self {
+        let mut q = Self::default();
+        for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+            let slot = match &*k {
+                "code" => &mut q.code,
+                "state" => &mut q.state,
+                "error" => &mut q.error,
+                "error_description" => &mut q.error_description,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(v.into_owned());
+            }
+        }
+        q
+    }
+}
+
+pub async fn callback(State(app): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let q = CallbackQuery::parse(raw.as_deref().unwrap_or(""));
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -60,4 +83,46 @@ pub async fn callback(State(app): State<AppState>, headers: HeaderMap, Query(q):
         html_escape(done.user_name.as_deref().unwrap_or(&done.user_id)),
     ))
     .into_response()
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::CallbackQuery;
+
+    fn encode(pairs: &[(String, String)]) -> String {
+        let mut out = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            out.append_pair(k, v);
+        }
+        out.finish()
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        #[test]
+        fn fuzz_callback_query_never_panics(raw in "[a-z_=&%0-9A-F+;#?]{0,80}|\\PC{0,120}") {
+            let _ = CallbackQuery::parse(&raw);
+        }
+
+        #[test]
+        fn fuzz_callback_query_round_trips(code in "\\PC{0,40}", state in "\\PC{0,40}", noise in "[a-z_]{1,8}", other in "\\PC{0,20}") {
+            // The provider's parameters come back exactly, whatever they hold and wherever other parameters are;
+            // a repeated parameter never replaces the first.
+            let q = CallbackQuery::parse(&encode(&[
+                (noise.clone(), other.clone()),
+                ("state".into(), state.clone()),
+                ("code".into(), code.clone()),
+                ("state".into(), "second".into()),
+            ]));
+            let noise_is_field = ["code", "state", "error", "error_description"].contains(&noise.as_str());
+            if !noise_is_field {
+                prop_assert_eq!(q.state.as_deref(), Some(state.as_str()));
+                prop_assert_eq!(q.code.as_deref(), Some(code.as_str()));
+                prop_assert_eq!(q.error, None);
+            }
+        }
+    }
 }

@@ -126,3 +126,24 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Any cursor text: no panic; what passes is an audit sort key; every sort key round-trips.
+        #[test]
+        fn fuzz_audit_cursor(raw in "\\PC{0,250}|[A-Za-z0-9_-]{0,60}", at in 0i64..999_999_999_999_999, id in "[A-Za-z0-9_-]{1,22}") {
+            if let Ok(sk) = decode_cursor(&raw) {
+                prop_assert!(sk.len() > 16 && sk.as_bytes()[15] == b'#');
+            }
+            let sk = format!("{}#{id}", crate::records::time_sk(at));
+            prop_assert_eq!(decode_cursor(&encode_cursor(&sk)).unwrap(), sk);
+        }
+    }
+}

@@ -436,3 +436,101 @@ mod tests {
         assert!(cache.inner.lock().unwrap().order.len() <= 2 * entries + 64 + 1);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BASES: &[&str] = &["https://start.exactonline.nl/api", "http://127.0.0.1:9/api/", "https://h.example"];
+
+    /// Paths built from the pieces traversal attempts are made of.
+    fn tricky_path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("..".to_string()),
+            Just(".".to_string()),
+            Just("/".to_string()),
+            Just("\\".to_string()),
+            Just("%2e".to_string()),
+            Just("%2E".to_string()),
+            Just("%2f".to_string()),
+            Just("%25".to_string()),
+            Just("%5c".to_string()),
+            Just("%00".to_string()),
+            Just("@".to_string()),
+            Just(":".to_string()),
+            Just("//".to_string()),
+            Just("?".to_string()),
+            Just("#".to_string()),
+            Just("http:".to_string()),
+            Just("\u{ff0e}".to_string()),
+            Just("\u{2024}".to_string()),
+            "[a-zA-Z0-9_~-]{1,6}",
+            "\\PC{1,3}",
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
+    }
+
+    fn decoded_segments(path: &str) -> Vec<String> {
+        path.split('/').map(|s| percent_decode(s)).collect()
+    }
+
+    fn percent_decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%'
+                && i + 2 < bytes.len()
+                && let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16)
+            {
+                out.push(b);
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Whatever the caller sends as a query path and query string: no panic, and a URL that passes both
+        /// checks is on the API's own origin, under its base path, with no `.` or `..` segment, even decoded.
+        #[test]
+        fn fuzz_proxy_path_never_escapes_the_api(
+            path in tricky_path(),
+            query in proptest::option::of("[a-z=&%./#?@:\\\\]{0,20}|\\PC{0,10}"),
+            base in proptest::sample::select(BASES),
+        ) {
+            let Ok(checked) = check_path(&path) else { return Ok(()) };
+            let Ok(url) = join(base, &checked, query.as_deref()) else { return Ok(()) };
+            let base_url = url::Url::parse(base).unwrap();
+            prop_assert_eq!(url.scheme(), base_url.scheme());
+            prop_assert_eq!(url.host_str(), base_url.host_str());
+            prop_assert_eq!(url.port_or_known_default(), base_url.port_or_known_default());
+            let prefix = format!("{}/", base_url.path().trim_end_matches('/'));
+            prop_assert!(url.path().starts_with(&prefix), "{} left {}", url, prefix);
+            prop_assert!(url.username().is_empty() && url.password().is_none());
+            for seg in decoded_segments(&url.path()[prefix.len()..]) {
+                prop_assert!(seg != ".." && seg != ".", "{} holds a dot segment", url);
+                prop_assert!(!seg.contains('/') && !seg.contains('\\'), "{} holds an encoded slash", url);
+            }
+        }
+
+        /// Any text at all, too.
+        #[test]
+        fn fuzz_proxy_path_any_text(path in "\\PC{0,100}", query in proptest::option::of("\\PC{0,40}")) {
+            if let Ok(p) = check_path(&path) {
+                prop_assert!(!p.starts_with('/') && !p.split('/').any(|s| s == ".." || s == "."));
+                if let Ok(url) = join(BASES[0], &p, query.as_deref()) {
+                    prop_assert_eq!(url.host_str(), Some("start.exactonline.nl"));
+                    prop_assert!(url.path().starts_with("/api/"));
+                }
+            }
+        }
+    }
+}

@@ -82,13 +82,29 @@ fn attr(tag: &str, name: &str) -> Option<String> {
     None
 }
 
+/// HTML character references in attribute values, in one pass (`&amp;lt;` is `&lt;`, not `<`: found by
+/// `provider::login::fuzz`).
 fn unescape(s: &str) -> String {
-    s.replace("&amp;", "&")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&#x2F;", "/")
+    const ENTITIES: &[(&str, char)] =
+        &[("&amp;", '&'), ("&quot;", '"'), ("&#39;", '\''), ("&lt;", '<'), ("&gt;", '>'), ("&#x2F;", '/')];
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        match ENTITIES.iter().find(|(entity, _)| rest.starts_with(entity)) {
+            Some((entity, c)) => {
+                out.push(*c);
+                rest = &rest[entity.len()..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn parse_forms(html: &str) -> Vec<Form> {
@@ -98,7 +114,8 @@ fn parse_forms(html: &str) -> Vec<Form> {
     while let Some(start) = lower[from..].find("<form") {
         let start = from + start;
         let end = lower[start..].find("</form").map_or(html.len(), |e| start + e);
-        let tag_end = lower[start..].find('>').map_or(end, |e| start + e);
+        // `<form</form>`: a tag that never closes ends where the form does (a panic `provider::login::fuzz` found).
+        let tag_end = lower[start..].find('>').map_or(end, |e| start + e).min(end);
         let tag = &html[start..tag_end];
         let mut form = Form {
             action: attr(tag, "action"),
@@ -124,8 +141,11 @@ fn parse_forms(html: &str) -> Vec<Form> {
                     }
                 }
             } else if tl.starts_with("<button") {
-                let text_end = body_lower[close..].find("</button").map_or(close, |e| close + e);
-                let text = body[close + 1.min(body.len() - close)..text_end].trim().to_string();
+                // After the tag's `>` (if it has one) up to `</button` (if there is one): `<button>` at the very
+                // end used to slice backwards (a panic `provider::login::fuzz` found).
+                let text_start = (close + 1).min(body.len());
+                let text_end = body_lower[text_start..].find("</button").map_or(text_start, |e| text_start + e);
+                let text = body[text_start..text_end].trim().to_string();
                 let kind = attr(tag, "type").unwrap_or_else(|| "submit".into()).to_ascii_lowercase();
                 if kind == "submit" {
                     form.buttons.push((
@@ -294,5 +314,81 @@ mod tests {
         assert_eq!(forms[0].inputs.iter().map(|i| i.1.as_str()).collect::<Vec<_>>(), ["prompt", "login", "password"]);
         assert_eq!(forms[0].inputs[0].2, "login");
         assert_eq!(forms[1].buttons[0], ("Allow".into(), "yes".into(), "Allow".into()));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// HTML-ish text from the pieces login pages (and broken ones) are made of.
+    fn html_soup() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("<form".to_string()),
+            Just("<FORM method=post action='/x'>".to_string()),
+            Just("</form>".to_string()),
+            Just("<input".to_string()),
+            Just("<input type=password name=Password>".to_string()),
+            Just("<button".to_string()),
+            Just("</button>".to_string()),
+            Just(">".to_string()),
+            Just("<".to_string()),
+            Just(" name=".to_string()),
+            Just(" value=\"".to_string()),
+            Just("'".to_string()),
+            Just("=".to_string()),
+            Just("&amp;".to_string()),
+            Just("type=submit".to_string()),
+            "[a-zA-Z0-9 ]{1,8}",
+            "\\PC{1,4}",
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|p| p.concat())
+    }
+
+    fn esc(s: &str) -> String {
+        s.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;")
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// No page, however broken, makes the parser panic, and it finds no more forms than the page opens.
+        #[test]
+        fn fuzz_login_page_parser_never_panics(html in html_soup(), any_text in "\\PC{0,300}") {
+            for page in [&html, &any_text] {
+                let forms = parse_forms(page);
+                prop_assert!(forms.len() <= page.to_ascii_lowercase().matches("<form").count());
+                for f in &forms {
+                    prop_assert!(f.method.chars().all(|c| !c.is_ascii_uppercase()));
+                }
+            }
+        }
+
+        /// A form written out with escaped attributes reads back as exactly its fields, buttons and action.
+        #[test]
+        fn fuzz_login_form_round_trip(
+            fields in proptest::collection::vec(("[A-Za-z][A-Za-z0-9_]{0,10}", "(\\PC|&lt;|&amp;|&quot;){0,16}", proptest::sample::select(&["text", "hidden", "password", "email"][..])), 0..6),
+            button in ("[A-Za-z]{1,8}", "[a-z]{0,6}", "[A-Za-z ]{1,10}"),
+            action in "/[a-z0-9/_-]{0,20}",
+            junk in "[a-zA-Z ]{0,20}",
+        ) {
+            let mut html = format!("<p>{junk}</p><form method=\"POST\" action=\"{}\">", esc(&action));
+            for (name, value, kind) in &fields {
+                html.push_str(&format!("<input type=\"{kind}\" name=\"{name}\" value=\"{}\"/>", esc(value)));
+            }
+            html.push_str(&format!("<button type=\"submit\" name=\"{}\" value=\"{}\">{}</button></form>", button.0, button.1, button.2));
+            let forms = parse_forms(&html);
+            prop_assert_eq!(forms.len(), 1);
+            let f = &forms[0];
+            prop_assert_eq!(f.method.as_str(), "post");
+            prop_assert_eq!(f.action.as_deref(), Some(action.as_str()));
+            let read: Vec<(String, String, String)> = f.inputs.clone();
+            let want: Vec<(String, String, String)> =
+                fields.iter().map(|(n, v, k)| (k.to_string(), n.clone(), v.clone())).collect();
+            prop_assert_eq!(read, want);
+            prop_assert_eq!(&f.buttons, &vec![(button.0.clone(), button.1.clone(), button.2.trim().to_string())]);
+        }
     }
 }

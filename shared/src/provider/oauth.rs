@@ -85,7 +85,9 @@ fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64
         None => None,
         Some(NumOrStr::N(n)) => Some(n),
         Some(NumOrStr::S(s)) => s.trim().parse().ok(),
-    })
+    }
+    // "NaN", "inf" and negative lifetimes read as "not given".
+    .filter(|n: &f64| n.is_finite() && *n >= 0.0))
 }
 
 /// One HTTP client for the process: redirects off (no SSRF through a token endpoint's redirect), rustls.
@@ -193,8 +195,20 @@ pub async fn request_token(
         Err(_) if status.is_success() => return Err(TokenError::Lost("answer cut off".into())),
         Err(_) => bytes::Bytes::new(),
     };
+    read_token_answer(status, reason_header.as_deref(), retry_after, &bytes)
+}
+
+/// Reads a token endpoint's answer (status, `Reason` header, `Retry-After`, body) into a token set or the class
+/// of failure the chain engine acts on. Pure, so it is fuzzed (`provider::oauth::fuzz`): it never panics, and
+/// an `expires_in` it returns is finite and not negative.
+pub fn read_token_answer(
+    status: StatusCode,
+    reason_header: Option<&str>,
+    retry_after: Option<u64>,
+    bytes: &[u8],
+) -> Result<TokenSet, TokenError> {
     if status.is_success() {
-        let raw: RawTokenResponse = serde_json::from_slice(&bytes)
+        let raw: RawTokenResponse = serde_json::from_slice(bytes)
             .map_err(|_| TokenError::Lost(format!("unreadable token response (HTTP {status})")))?;
         let Some(access) = raw.access_token else {
             return Err(TokenError::Lost("token response without access_token".into()));
@@ -206,11 +220,11 @@ pub async fn request_token(
             scope: raw.scope,
         });
     }
-    let err: RawError = serde_json::from_slice(&bytes).unwrap_or_default();
+    let err: RawError = serde_json::from_slice(bytes).unwrap_or_default();
     let description = err.error_description.clone().unwrap_or_else(|| err.error.clone());
     // Descriptions are the provider's words, never secrets; keep them short.
     let description: String = description.chars().take(200).collect();
-    if reason_header.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("TooEarlyToRefreshTokens"))
+    if reason_header.is_some_and(|r| r.eq_ignore_ascii_case("TooEarlyToRefreshTokens"))
         || (err.error == "access_denied" && description.to_ascii_lowercase().contains("rate limit"))
     {
         return Err(TokenError::TooEarly(description));
@@ -323,5 +337,91 @@ mod tests {
         };
         let d = format!("{t:?}");
         assert!(!d.contains("SECRET"), "{d}");
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// JSON values of the kinds a token endpoint (or a broken one) sends in each field.
+    fn field() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            "\\PC{0,30}".prop_map(Value::from),
+            any::<f64>().prop_map(|n| json!(n)),
+            any::<i64>().prop_map(Value::from),
+            Just(Value::Null),
+            Just(json!(true)),
+            Just(json!(["a"])),
+            Just(json!({"x": 1})),
+            Just(json!("NaN")),
+            Just(json!("-1")),
+            Just(json!("inf")),
+            Just(json!(" 3599 ")),
+        ]
+    }
+
+    fn answer_body() -> impl Strategy<Value = Vec<u8>> {
+        const KEYS: &[&str] =
+            &["access_token", "refresh_token", "expires_in", "scope", "error", "error_description", "token_type"];
+        let object = proptest::collection::btree_map(proptest::sample::select(KEYS), field(), 0..7)
+            .prop_map(|m| serde_json::to_vec(&m).unwrap());
+        prop_oneof![object, proptest::collection::vec(any::<u8>(), 0..200), "\\PC{0,200}".prop_map(String::into_bytes)]
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Any answer from a token endpoint: no panic, a class of failure for every non-2xx, and a token set
+        /// only with an access token and a sane `expires_in`.
+        #[test]
+        fn fuzz_token_response_parser(
+            status in 100u16..600,
+            reason in proptest::option::of(prop_oneof![Just("TooEarlyToRefreshTokens".to_string()), "\\PC{0,20}"]),
+            retry_after in proptest::option::of(any::<u64>()),
+            body in answer_body(),
+        ) {
+            let status = StatusCode::from_u16(status).unwrap();
+            match read_token_answer(status, reason.as_deref(), retry_after, &body) {
+                Ok(set) => {
+                    prop_assert!(status.is_success());
+                    let doc: Value = serde_json::from_slice(&body).unwrap();
+                    if doc.is_object() {
+                        prop_assert_eq!(Some(set.access_token.expose_secret()), doc["access_token"].as_str());
+                    }
+                    if let Some(e) = set.expires_in {
+                        prop_assert!(e.is_finite() && e >= 0.0, "expires_in {}", e);
+                    }
+                }
+                Err(TokenError::Lost(_)) => prop_assert!(status.is_success()),
+                Err(TokenError::Transient { status: s, .. }) => {
+                    prop_assert_eq!(s, Some(status.as_u16()));
+                    prop_assert!(status.as_u16() == 429 || status.is_server_error());
+                }
+                Err(e) => {
+                    prop_assert!(!status.is_success(), "{:?}", e);
+                    prop_assert!(e.to_string().chars().count() < 300, "descriptions are cut short");
+                }
+            }
+        }
+
+        /// A well-formed answer reads back exactly (`expires_in` as a number or a string).
+        #[test]
+        fn fuzz_token_response_round_trip(
+            access in "\\PC{1,40}",
+            refresh in proptest::option::of("\\PC{1,40}"),
+            expires in 0u32..10_000_000,
+            as_string in any::<bool>(),
+        ) {
+            let e = if as_string { json!(expires.to_string()) } else { json!(expires) };
+            let body = serde_json::to_vec(&json!({"access_token": access, "refresh_token": refresh, "expires_in": e})).unwrap();
+            let set = read_token_answer(StatusCode::OK, None, None, &body).unwrap();
+            prop_assert_eq!(set.access_token.expose_secret(), access.as_str());
+            prop_assert_eq!(set.refresh_token.as_ref().map(|r| r.expose_secret().to_string()), refresh);
+            prop_assert_eq!(set.expires_in, Some(f64::from(expires)));
+        }
     }
 }
