@@ -473,7 +473,7 @@ mod fuzz {
     }
 
     fn decoded_segments(path: &str) -> Vec<String> {
-        path.split('/').map(|s| percent_decode(s)).collect()
+        path.split('/').map(percent_decode).collect()
     }
 
     fn percent_decode(s: &str) -> String {
