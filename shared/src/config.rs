@@ -64,18 +64,22 @@ pub struct ServerConfig {
     pub authorization_ttl_s: u64,
     /// Days an audit entry is kept.
     pub audit_retention_days: u64,
-    /// Allow webhooks to loopback and private addresses (tests, closed networks). Off: no SSRF into your network.
-    pub webhook_allow_private_networks: bool,
+}
+
+/// Where webhooks may go (`[webhooks]`). By default: `https` to public addresses only.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Hosts (as written in the URL: a name or an address) that webhooks may reach over plain `http`.
+    pub allow_http_hosts: Vec<String>,
+    /// Hosts that may be (or resolve to) loopback, private, link-local, unique-local or CGNAT addresses: tests
+    /// and closed networks. Metadata, multicast and reserved addresses stay refused.
+    pub allow_private_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self {
-            public_url: None,
-            authorization_ttl_s: 600,
-            audit_retention_days: 400,
-            webhook_allow_private_networks: false,
-        }
+        Self { public_url: None, authorization_ttl_s: 600, audit_retention_days: 400 }
     }
 }
 
@@ -85,6 +89,7 @@ pub struct Config {
     pub apps: BTreeMap<String, AppRegistration>,
     pub engine: EngineConfig,
     pub server: ServerConfig,
+    pub webhooks: WebhookConfig,
     /// Group scopes defined by the operator: name → the scopes it grants.
     pub scope_groups: BTreeMap<String, Vec<String>>,
 }
@@ -100,6 +105,8 @@ struct RawConfig {
     engine: EngineConfig,
     #[serde(default)]
     server: ServerConfig,
+    #[serde(default)]
+    webhooks: WebhookConfig,
     #[serde(default)]
     scope_groups: BTreeMap<String, Vec<String>>,
 }
@@ -153,7 +160,14 @@ impl Config {
                 );
             }
         }
-        Ok(Self { providers, apps: raw.apps, engine: raw.engine, server: raw.server, scope_groups: raw.scope_groups })
+        Ok(Self {
+            providers,
+            apps: raw.apps,
+            engine: raw.engine,
+            server: raw.server,
+            webhooks: raw.webhooks,
+            scope_groups: raw.scope_groups,
+        })
     }
 
     pub fn provider(&self, name: &str) -> Option<&ProviderProfile> {

@@ -277,11 +277,13 @@ impl From<WebhookError> for Problem {
             WebhookError::InvalidUrl(why) => Problem::bad_request(
                 "invalid_webhook_url",
                 match why {
-                    UrlRefusal::NotAbsolute => "The webhook URL is not an absolute URL.",
-                    UrlRefusal::Form => "The webhook URL must be http(s)://host/path, without credentials.",
-                    UrlRefusal::PrivateAddress => {
-                        "Webhooks to loopback or private addresses are refused (set server.webhook_allow_private_networks to allow them)."
-                    }
+                    UrlRefusal::NotAbsolute => "The webhook URL is not an absolute URL.".to_string(),
+                    UrlRefusal::Form => "The webhook URL must be https://host/path, without credentials.".to_string(),
+                    UrlRefusal::NotHttps => "Webhooks are sent over https only (an operator may allow plain http for a named host with [webhooks] allow_http_hosts).".to_string(),
+                    UrlRefusal::PrivateAddress(class) => format!(
+                        "The webhook URL names a {} address; webhooks reach public addresses only (an operator may allow private addresses for a named host with [webhooks] allow_private_hosts).",
+                        class.as_str()
+                    ),
                 },
             ),
             WebhookError::Store(e) => e.into(),

@@ -16,6 +16,7 @@
 //! | [`api_tokens`] | authenticate a caller, issue, list, revoke |
 //! | [`audit`] | the audit log |
 //! | [`webhooks`] | register, remove, deliver signed events |
+//! | [`webhook_target`] | where a webhook may go: the address classifier, the check at registration and delivery |
 //! | [`sweep`] | the scheduled keep-alive and ahead-of-expiry refreshes |
 //! | [`events`] | what follows a chain event (webhook, auto-recovery) |
 //! | [`lookup`] | reading the organisation tree with typed "not found" errors |
@@ -31,6 +32,7 @@ pub mod orgs;
 pub mod query;
 pub mod recovery;
 pub mod sweep;
+pub mod webhook_target;
 pub mod webhooks;
 
 use std::sync::Arc;
