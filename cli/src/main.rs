@@ -1,5 +1,6 @@
 //! `chainkeeper`: the one-machine entry point. `serve` runs every route and the refresh schedule on embedded
-//! storage (SQLite + a local key file); `token issue` prints an API token; `routes` prints the route table.
+//! storage (SQLite + a local key file); `token issue` prints an API token (recorded, so `token list` and
+//! `token revoke` find it); `routes` prints the route table.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +9,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use chainkeeper::app::api_tokens::NewApiToken;
 use chainkeeper::auth::{Claims, issue};
 use chainkeeper::config::Config;
+use chainkeeper::ids::OrgId;
 use chainkeeper::wiring::{DataDir, embedded_system};
 
 /// mimalloc: the warm token path allocates a little per request, and glibc's malloc showed in profiles.
@@ -67,6 +70,30 @@ struct ServeArgs {
 enum TokenCommand {
     /// Print one signed API token (and nothing else) on stdout: `TOKEN=$(chainkeeper token issue …)`.
     Issue(IssueArgs),
+    /// List the operator's platform tokens, or an organisation's tokens (`--org`), as JSON lines.
+    List(ListArgs),
+    /// Revoke a token by id, and every token issued through it (`--org` for an organisation's token).
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+struct ListArgs {
+    #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
+    data_dir: PathBuf,
+    /// The organisation whose tokens to list; without it, the platform tokens.
+    #[arg(long)]
+    org: Option<String>,
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
+    data_dir: PathBuf,
+    /// The organisation of the token; without it, a platform token.
+    #[arg(long)]
+    org: Option<String>,
+    /// The token's id (`token list`, or `GET …/api-tokens`).
+    id: String,
 }
 
 #[derive(Args)]
@@ -101,6 +128,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Token(TokenCommand::Issue(a)) => issue_token(a),
+        Command::Token(TokenCommand::List(a)) => runtime()?.block_on(list_tokens(a)),
+        Command::Token(TokenCommand::Revoke(a)) => runtime()?.block_on(revoke_token(a)),
         Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Sweep(a) => runtime()?.block_on(sweep(a)),
         Command::Routes { json } => print_routes(json),
@@ -143,20 +172,51 @@ fn issue_token(a: IssueArgs) -> anyhow::Result<()> {
     } else {
         zeroize::Zeroizing::new(DataDir::open(&a.data_dir)?.signing_key()?.to_vec())
     };
-    let org = match a.org {
-        Some(o) => Some(chainkeeper::ids::OrgId::parse(&o)?.to_string()),
-        None => None,
-    };
+    let org = a.org.as_deref().map(OrgId::parse).transpose()?;
+    let ttl = a.expires_in.as_secs();
+    if !a.signing_key_stdin {
+        // Signed and recorded in the data directory's store, so that it can be listed and revoked by id.
+        let app = embedded_system(&DataDir::open(&a.data_dir)?, Config::built_in())?;
+        let new = NewApiToken { subject: a.subject, scopes: a.scopes, expires_in_s: Some(ttl) };
+        let issued = runtime()?.block_on(app.api_tokens.issue_by_operator(org.as_ref(), new))?;
+        println!("{}", secrecy::ExposeSecret::expose_secret(&issued.token));
+        return Ok(());
+    }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let claims = Claims {
         sub: a.subject,
-        org,
+        org: org.map(|o| o.to_string()),
         scopes: a.scopes,
-        exp: now + a.expires_in.as_secs() as i64,
+        exp: now + ttl as i64,
         iat: now,
         jti: chainkeeper::ids::random_id(),
     };
+    eprintln!("note: a token signed with --signing-key-stdin is not recorded in the store (id {})", claims.jti);
     println!("{}", issue(&key, &claims)?);
+    Ok(())
+}
+
+async fn list_tokens(a: ListArgs) -> anyhow::Result<()> {
+    let app = embedded_system(&DataDir::open(&a.data_dir)?, Config::built_in())?;
+    let tokens = match a.org.as_deref().map(OrgId::parse).transpose()? {
+        Some(org) => app.api_tokens.list(&org).await?,
+        None => app.api_tokens.list_platform().await?,
+    };
+    for t in tokens {
+        println!("{}", serde_json::to_string(&t)?);
+    }
+    Ok(())
+}
+
+async fn revoke_token(a: RevokeArgs) -> anyhow::Result<()> {
+    let app = embedded_system(&DataDir::open(&a.data_dir)?, Config::built_in())?;
+    match a.org.as_deref().map(OrgId::parse).transpose()? {
+        Some(org) => app.api_tokens.revoke(&org, "operator", &a.id).await?,
+        None => {
+            let n = app.api_tokens.revoke_platform(&a.id).await?;
+            eprintln!("revoked {n} token(s)");
+        }
+    }
     Ok(())
 }
 

@@ -75,6 +75,32 @@ pub fn allows(scopes: &[String], groups: &BTreeMap<String, Vec<String>>, method:
     })
 }
 
+/// Does a token with `held` scopes cover the scope `wanted`, so that it may issue a token with it? Yes when it
+/// holds it (directly or through a group), when it holds `admin`, when `wanted` is `x.read` and it holds
+/// `x.readwrite`, and, for a group, when it covers every scope of the group.
+pub fn covers(held: &[String], groups: &BTreeMap<String, Vec<String>>, wanted: &str) -> bool {
+    covers_at(held, groups, wanted, 0)
+}
+
+fn covers_at(held: &[String], groups: &BTreeMap<String, Vec<String>>, wanted: &str, depth: usize) -> bool {
+    let expanded = || {
+        held.iter()
+            .flat_map(|h| std::iter::once(h.as_str()).chain(groups.get(h).into_iter().flatten().map(String::as_str)))
+    };
+    if expanded().any(|h| h == "admin" || h == wanted) {
+        return true;
+    }
+    if let Some(resource) = wanted.strip_suffix(".read")
+        && expanded().any(|h| h.strip_suffix(".readwrite") == Some(resource))
+    {
+        return true;
+    }
+    match groups.get(wanted) {
+        Some(members) if depth < 4 => members.iter().all(|m| m != "admin" && covers_at(held, groups, m, depth + 1)),
+        _ => false,
+    }
+}
+
 /// The organisation a request path names (`/v1/orgs/{org}/…`), lower-cased like every name.
 pub fn org_of_path(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/v1/orgs/")?;
@@ -103,6 +129,23 @@ mod tests {
         assert!(allows(&bi, &groups, &Method::POST, "tokens"));
         assert!(allows(&bi, &groups, &Method::GET, "query"));
         assert!(!allows(&bi, &groups, &Method::POST, "query"));
+    }
+
+    #[test]
+    fn a_token_covers_what_it_holds_and_no_more() {
+        let mut groups = BTreeMap::new();
+        groups.insert("bi".to_string(), vec!["tokens.readwrite".to_string(), "query.read".to_string()]);
+        let held = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(covers(&held(&["admin"]), &groups, "containers.readwrite"));
+        assert!(covers(&held(&["admin"]), &groups, "admin"));
+        assert!(covers(&held(&["containers.readwrite"]), &groups, "containers.read"));
+        assert!(!covers(&held(&["containers.read"]), &groups, "containers.readwrite"));
+        assert!(!covers(&held(&["containers.readwrite"]), &groups, "admin"));
+        assert!(covers(&held(&["bi"]), &groups, "tokens.read"));
+        assert!(covers(&held(&["bi"]), &groups, "bi"));
+        assert!(covers(&held(&["tokens.readwrite", "query.readwrite"]), &groups, "bi"));
+        assert!(!covers(&held(&["tokens.readwrite"]), &groups, "bi"));
+        assert!(!covers(&held(&["bi"]), &groups, "query.readwrite"));
     }
 
     #[test]

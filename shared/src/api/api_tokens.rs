@@ -26,7 +26,7 @@ pub struct NewToken {
 
 fn view(t: &ApiTokenRecord) -> Value {
     json!({
-        "id": t.id, "subject": t.subject, "scopes": t.scopes, "issued_by": t.issued_by,
+        "id": t.id, "subject": t.subject, "scopes": t.scopes, "issued_by": t.issued_by, "issuer_id": t.issuer_id,
         "issued_at": rfc3339(t.issued_at_ms), "expires_at": rfc3339(t.expires_at_ms),
         "revoked_at": t.revoked_at_ms.map(rfc3339),
     })

@@ -225,6 +225,20 @@ impl From<ApiTokenError> for Problem {
             ApiTokenError::NotFound { org, id } => {
                 Problem::not_found("api_token_not_found", format!("Organisation '{org}' has no API token '{id}'."))
             }
+            ApiTokenError::PlatformNotFound(id) => {
+                Problem::not_found("api_token_not_found", format!("There is no platform API token '{id}'."))
+            }
+            ApiTokenError::OutlivesIssuer { issuer_expires_at_ms } => Problem::new(
+                StatusCode::FORBIDDEN,
+                "token_outlives_issuer",
+                format!(
+                    "Your API token expires at {}; a token it issues cannot be valid for longer. Ask for a shorter `expires_in_s`, or leave it out to get your token's expiry.",
+                    crate::clock::rfc3339(issuer_expires_at_ms)
+                ),
+            ),
+            ApiTokenError::IssuerRevoked => {
+                unauthorized("This API token was revoked. Ask an administrator for a new one.")
+            }
             ApiTokenError::Store(e) => e.into(),
             ApiTokenError::Unexpected(e) => e.into(),
         }

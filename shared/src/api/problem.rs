@@ -81,6 +81,9 @@ types! {
     "scope_escalation" => "Cannot grant a scope you do not hold",
         "An API token can only issue tokens with scopes it holds itself.",
         "Ask for the token with an API token that holds those scopes.";
+    "token_outlives_issuer" => "Token would outlive its issuer",
+        "A token issued with another token cannot be valid for longer than the token that issues it.",
+        "Ask for a shorter `expires_in_s`, or leave it out to get the issuing token's expiry.";
     "invalid_token_id" => "Not an API token id",
         "The id in the path is not of the form of an API token id.",
         "Take the id from GET …/api-tokens.";
