@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub authorization_ttl_s: u64,
     /// Days an audit entry is kept.
     pub audit_retention_days: u64,
+    /// Hosts besides loopback where auto-recovery's login driver may send credentials over plain `http` (tests).
+    pub login_allow_http_hosts: Vec<String>,
 }
 
 /// Where webhooks may go (`[webhooks]`). By default: `https` to public addresses only.
@@ -79,7 +81,12 @@ pub struct WebhookConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { public_url: None, authorization_ttl_s: 600, audit_retention_days: 400 }
+        Self {
+            public_url: None,
+            authorization_ttl_s: 600,
+            audit_retention_days: 400,
+            login_allow_http_hosts: Vec::new(),
+        }
     }
 }
 

@@ -361,6 +361,10 @@ pub struct AuthzRecord {
     pub sealed_pkce_verifier: Option<String>,
     pub redirect_uri: String,
     pub started_by: String,
+    /// The starter asked to change the container's provider user: completing as another user than the
+    /// container's current one is allowed (without it, refused: `different_provider_user`).
+    #[serde(default)]
+    pub replace_user: bool,
     pub created_at_ms: Millis,
     pub expires_at_ms: Millis,
 }

@@ -346,7 +346,19 @@ redirect_uri = "{redirect}"
 
     /// POST …/authorize, sign in at the simulator with the user's password and TOTP, follow the callback.
     pub async fn authorize(&self, org: &str, db: &str, alias: &str, user: &SimUser) -> crate::Reply {
-        let r = self.api.post(&format!("{}/authorize", container_path(org, db, alias)), json!({})).await;
+        self.authorize_with(org, db, alias, user, json!({})).await
+    }
+
+    /// [`Self::authorize`] with a start request body (`{"replace_user": true}`).
+    pub async fn authorize_with(
+        &self,
+        org: &str,
+        db: &str,
+        alias: &str,
+        user: &SimUser,
+        start: serde_json::Value,
+    ) -> crate::Reply {
+        let r = self.api.post(&format!("{}/authorize", container_path(org, db, alias)), start).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let url = r.body["authorize_url"].as_str().unwrap();
         let totp = self.sim.totp_now(&user.username);

@@ -409,6 +409,12 @@ impl From<AuthorizationError> for Problem {
                     "Auto-recovery signed in as a different user than {c} uses; nothing was stored. Store the recovery credentials of the container's own user."
                 ),
             ),
+            E::DifferentUser { c, expected } => Problem::conflict(
+                "different_provider_user",
+                format!(
+                    "{c} signs in as {expected}, but this authorization was completed as another user; nothing was stored and the container keeps its chain. Sign in as {expected}, or start the authorization with {{\"replace_user\": true}} to change the container's user."
+                ),
+            ),
             E::SingleInstanceConflict { sid, removed } => Problem::conflict(
                 "single_instance_conflict",
                 format!(

@@ -170,6 +170,9 @@ types! {
     "identity_unavailable" => "Identity not readable",
         "chainkeeper could not read who signed in at the provider.",
         "Start the authorization again; if it persists the provider's identity endpoint is down.";
+    "different_provider_user" => "Signed in as another user",
+        "The authorization was completed as another provider user than the container's; nothing was stored.",
+        "Sign in as the user the detail names, or start the authorization with `{\"replace_user\": true}` to change the container's user.";
     "single_instance_conflict" => "Identifier held by another container",
         "The provider allows one active authorization per app and user, and another container holds this app and user. It keeps working with the new sign-in.",
         "Delete the other container first, or sign in with another user or app.";

@@ -262,7 +262,7 @@ impl Recovery {
             .as_ref()
             .map(|i| i.user_id.clone())
             .ok_or_else(|| Attempt::Failed("the container never had a user".into()))?;
-        let started = self.authorization.begin(c, "chainkeeper-recovery").await.map_err(|e| failed(&e))?;
+        let started = self.authorization.begin(c, "chainkeeper-recovery", false).await.map_err(|e| failed(&e))?;
         let profile = self
             .config
             .provider(container.provider.as_deref().unwrap_or(""))
@@ -273,7 +273,15 @@ impl Recovery {
         let has_totp = rec.sealed_totp.is_some();
         let creds =
             Credentials { username: &username, password: &password, totp: if has_totp { Some(&code) } else { None } };
-        let back = match sign_in(&started.authorize_url, &started.redirect_uri, &creds, &spec).await {
+        let back = match sign_in(
+            &started.authorize_url,
+            &started.redirect_uri,
+            &creds,
+            &spec,
+            &self.config.server.login_allow_http_hosts,
+        )
+        .await
+        {
             Ok(url) => url,
             Err(LoginError::Rejected(what)) => return Err(Attempt::Rejected(what)),
             Err(LoginError::Failed(why)) => return Err(Attempt::Failed(why)),

@@ -3,7 +3,9 @@
 //! the provider redirects to chainkeeper's redirect URI with a code. Which fields mean what comes from the
 //! provider profile's `login_form` table (with defaults that fit Exact Online and common login pages).
 //!
-//! It never leaves the provider's own host, and gives up after a bounded number of pages.
+//! It never leaves the provider's own host and scheme, and gives up after a bounded number of pages. It sends
+//! credentials over `https` only: plain `http` only to a loopback host (the credentials never leave the machine,
+//! as browsers treat `localhost`) or to a host the operator names in `[server] login_allow_http_hosts` (tests).
 
 use std::time::Duration;
 
@@ -150,12 +152,33 @@ pub struct Credentials<'a> {
     pub totp: Option<&'a (dyn Fn() -> String + Send + Sync)>,
 }
 
+/// May credentials go to `url`? Over `https`; over plain `http` only to loopback or a host the operator named.
+fn secure_enough(url: &url::Url, allow_http_hosts: &[String]) -> bool {
+    if url.scheme() == "https" {
+        return true;
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    url.scheme() == "http"
+        && (loopback
+            || allow_http_hosts
+                .iter()
+                .any(|h| h.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(host)))
+}
+
 /// Signs in and returns the final redirect (the redirect URI with `code` and `state`), without requesting it.
+/// `allow_http_hosts`: hosts besides loopback where credentials may go over plain `http` (tests).
 pub async fn sign_in(
     authorize_url: &str,
     redirect_uri: &str,
     creds: &Credentials<'_>,
     spec: &FormSpec,
+    allow_http_hosts: &[String],
 ) -> Result<String, LoginError> {
     let fail = |m: String| LoginError::Failed(m);
     let client = reqwest::Client::builder()
@@ -166,8 +189,18 @@ pub async fn sign_in(
         .build()
         .map_err(|e| fail(e.to_string()))?;
     let start = url::Url::parse(authorize_url).map_err(|e| fail(e.to_string()))?;
-    let same_site =
-        |u: &url::Url| u.host_str() == start.host_str() && u.port_or_known_default() == start.port_or_known_default();
+    if !secure_enough(&start, allow_http_hosts) {
+        return Err(fail(format!(
+            "the provider's sign-in page is not https ({}); credentials are sent over https only \
+             (an operator may allow plain http for a test host with [server] login_allow_http_hosts)",
+            start.host_str().unwrap_or("?")
+        )));
+    }
+    let same_site = |u: &url::Url| {
+        u.scheme() == start.scheme()
+            && u.host_str() == start.host_str()
+            && u.port_or_known_default() == start.port_or_known_default()
+    };
     let mut url = start.clone();
     let mut form_body: Option<Vec<(String, String)>> = None;
     let (mut sent_password, mut sent_totp) = (0, 0);
@@ -278,6 +311,27 @@ pub async fn sign_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn credentials_go_over_https_only_except_loopback_and_named_test_hosts() {
+        let (user, pw): (SecretString, SecretString) = ("u".into(), "pw-PLANTED".into());
+        let creds = Credentials { username: &user, password: &pw, totp: None };
+        let spec = FormSpec::from_profile(None);
+        // A plain-http sign-in page on a real host: refused before any request (the name does not even resolve).
+        let e = sign_in("http://login.example.invalid/auth", "https://ck/cb", &creds, &spec, &[]).await.unwrap_err();
+        let LoginError::Failed(why) = e else { panic!("{e:?}") };
+        assert!(why.contains("https only"), "{why}");
+        // The rule itself.
+        let ok = |u: &str, allow: &[String]| secure_enough(&url::Url::parse(u).unwrap(), allow);
+        assert!(ok("https://start.exactonline.nl/api/oauth2/auth", &[]));
+        assert!(ok("http://127.0.0.1:8801/auth", &[]));
+        assert!(ok("http://[::1]:8801/auth", &[]));
+        assert!(ok("http://localhost:8801/auth", &[]));
+        assert!(!ok("http://start.exactonline.nl/api/oauth2/auth", &[]));
+        assert!(!ok("http://10.0.0.5/auth", &[]));
+        assert!(!ok("ftp://127.0.0.1/auth", &[]));
+        assert!(ok("http://idp.test/auth", &["IDP.test".to_string()]));
+    }
 
     #[test]
     fn forms_are_read_like_a_browser_reads_them() {
