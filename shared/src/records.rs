@@ -3,7 +3,7 @@
 //!
 //! | item | pk | sk |
 //! | --- | --- | --- |
-//! | organisation (a tombstone once deleted) | `org#{org}` | `meta` |
+//! | organisation (a tombstone once deleted; its webhook URL and secret sealed) | `org#{org}` | `meta` |
 //! | list of organisations | `orgs` | `{org}` |
 //! | organisation key (embedded `Keys` adapter) | `org#{org}` | `orgkey` |
 //! | database | `org#{org}` | `db#{db}` |
@@ -172,8 +172,12 @@ pub struct OrgRecord {
     pub name: OrgId,
     pub display_name: Option<String>,
     pub created_at_ms: Millis,
+    /// The webhook URL as views show it (masked: scheme, host and port). Before the URL was sealed, the URL itself.
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// The webhook URL (a secret of the receiver's), sealed with the organisation's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_webhook_url: Option<String>,
     /// The HMAC key that signs webhook events, sealed with the organisation's key.
     #[serde(default)]
     pub sealed_webhook_secret: Option<String>,

@@ -6,7 +6,8 @@
 //! HMAC and that `t` is recent. Delivery runs in the background (never delays the caller), three tries.
 //!
 //! Where a webhook may go (https, public addresses, the checked address only) is [`super::webhook_target`].
-//! The URL is a secret of the receiver's: views and the audit show it masked, logs never.
+//! The URL is a secret of the receiver's: sealed with the organisation's key, shown masked in views and the
+//! audit, never logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +107,9 @@ impl Webhooks {
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         rec.sealed_webhook_secret =
             Some(self.vault.seal(&org_context(org, Field::WebhookSecret), secret.as_bytes()).await?);
-        rec.webhook_url = Some(url.to_string());
+        rec.sealed_webhook_url =
+            Some(self.vault.seal(&org_context(org, Field::WebhookUrl), url.as_str().as_bytes()).await?);
+        rec.webhook_url = Some(masked_url.clone());
         self.store.put(Put::new(org_key(org), encode(&rec), Condition::Version(version))).await?;
         self.audit.record(org, actor, "webhook.set", None, "ok", Some(masked_url.clone())).await;
         Ok(Registered { masked_url, secret: secret.into() })
@@ -116,6 +119,7 @@ impl Webhooks {
     pub async fn remove(&self, org: &OrgId, actor: &str) -> Result<(), WebhookError> {
         let (mut rec, version) = lookup::org(&*self.store, org).await?;
         rec.webhook_url = None;
+        rec.sealed_webhook_url = None;
         rec.sealed_webhook_secret = None;
         self.store.put(Put::new(org_key(org), encode(&rec), Condition::Version(version))).await?;
         self.audit.record(org, actor, "webhook.delete", None, "ok", None).await;
@@ -174,6 +178,16 @@ impl Webhooks {
         let rec: OrgRecord = decode(&item)?;
         let (Some(url), Some(sealed)) = (rec.webhook_url, rec.sealed_webhook_secret) else { return Ok(false) };
         let secret = self.vault.open_string(&org_context(org, Field::WebhookSecret), &sealed).await?;
+        // Sealed since the URL counts as a secret; a record from before holds the URL itself.
+        let url = match &rec.sealed_webhook_url {
+            Some(sealed_url) => self
+                .vault
+                .open_string(&org_context(org, Field::WebhookUrl), sealed_url)
+                .await?
+                .expose_secret()
+                .to_string(),
+            None => url,
+        };
         let target = webhook_target::vet(&url, &self.allow).await?;
         let http =
             webhook_target::client_for(&target).map_err(|e| DeliveryError::Failed(e.without_url().to_string()))?;

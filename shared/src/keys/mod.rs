@@ -54,6 +54,7 @@ pub enum Field {
     RecoveryPassword,
     RecoveryTotp,
     WebhookSecret,
+    WebhookUrl,
 }
 
 impl Field {
@@ -69,6 +70,7 @@ impl Field {
             Self::RecoveryPassword => "recovery_password",
             Self::RecoveryTotp => "recovery_totp",
             Self::WebhookSecret => "webhook_secret",
+            Self::WebhookUrl => "webhook_url",
         }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
+use chainkeeper::store::Store;
 use chainkeeper_e2e::exact::{CLIENT_ID, ExactHarness};
 use serde_json::{Value, json};
 
@@ -61,6 +62,8 @@ async fn signed_events_when_a_chain_breaks_and_recovers() {
     assert_eq!(r.body["url"], masked.as_str(), "the URL is shown masked");
     let secret = r.body["secret"].as_str().unwrap().to_string();
     assert_eq!(h.api.get("/v1/orgs/acme").await.body["webhook_url"], masked.as_str());
+    let stored = h.store.get(&chainkeeper::records::org_key(&h.container.org)).await.unwrap().unwrap();
+    assert!(!String::from_utf8_lossy(&stored.body).contains("PLANTED"), "the URL is sealed at rest");
     assert!(!h.api.get("/v1/orgs/acme").await.body.to_string().contains(&secret), "the secret is shown once");
 
     h.sim.revoke(CLIENT_ID, &h.user.user_id);
