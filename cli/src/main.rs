@@ -213,7 +213,7 @@ async fn revoke_token(a: RevokeArgs) -> anyhow::Result<()> {
     match a.org.as_deref().map(OrgId::parse).transpose()? {
         Some(org) => app.api_tokens.revoke(&org, "operator", &a.id).await?,
         None => {
-            let n = app.api_tokens.revoke_platform(&a.id).await?;
+            let n = app.api_tokens.revoke_platform("operator", &a.id).await?;
             eprintln!("revoked {n} token(s)");
         }
     }

@@ -72,6 +72,10 @@ pub struct NewApiToken {
 const DEFAULT_TTL_S: u64 = 90 * 86_400;
 const MAX_TTL_S: u64 = 2 * 365 * 86_400;
 
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 fn valid_scopes(scopes: &[String]) -> bool {
     !scopes.is_empty() && scopes.iter().all(|sc| !sc.is_empty() && sc.len() <= 80 && !sc.contains(char::is_whitespace))
 }
@@ -211,12 +215,18 @@ impl ApiTokens {
     }
 
     /// Revokes a platform token by id, and every token issued through it. Returns how many were revoked.
-    pub async fn revoke_platform(&self, id: &str) -> Result<usize, ApiTokenError> {
+    #[tracing::instrument(skip_all)]
+    pub async fn revoke_platform(&self, actor: &str, id: &str) -> Result<usize, ApiTokenError> {
+        if !valid_id(id) {
+            return Err(ApiTokenError::InvalidId);
+        }
         let Some(item) = self.store.get(&any_api_token_key(None, id)).await? else {
             return Err(ApiTokenError::PlatformNotFound(id.to_string()));
         };
         let rec: ApiTokenRecord = decode(&item)?;
-        self.revoke_tree(&rec, None).await
+        let n = self.revoke_tree(&rec, None).await?;
+        tracing::info!(actor, id, revoked = n, "platform API token revoked");
+        Ok(n)
     }
 
     #[tracing::instrument(skip_all, fields(org = %org))]
@@ -231,7 +241,7 @@ impl ApiTokens {
     #[tracing::instrument(skip_all, fields(org = %org))]
     pub async fn revoke(&self, org: &OrgId, actor: &str, id: &str) -> Result<(), ApiTokenError> {
         lookup::org(&*self.store, org).await?;
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !valid_id(id) {
             return Err(ApiTokenError::InvalidId);
         }
         let Some(item) = self.store.get(&any_api_token_key(Some(org), id)).await? else {

@@ -165,6 +165,17 @@ async fn a_token_cannot_outlive_or_escape_its_issuer_and_cli_tokens_are_revocabl
         assert_eq!(t["revoked_at"].is_null(), t["subject"] == "platform-child", "{t}");
     }
 
+    // Platform tokens are listed and revoked by id through the API too (platform tokens only).
+    let ops2 = admin.with_token(&issue_token(dir.path(), &["--platform", "--subject", "ops2"], &["admin"]));
+    let listed = admin.get("/v1/platform/api-tokens").await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let ops2_id = id_of(&listed.body, "ops2");
+    assert_eq!(id_of(&listed.body, "ops"), ops_id);
+    platform_child.get("/v1/platform/api-tokens").await.assert_problem(403, "platform_scope_required");
+    assert_eq!(admin.delete(&format!("/v1/platform/api-tokens/{ops2_id}")).await.status, 204);
+    ops2.get("/v1/orgs/acme").await.assert_problem(401, "unauthorized");
+    admin.delete("/v1/platform/api-tokens/nope").await.assert_problem(404, "api_token_not_found");
+
     // The platform token, revoked by id with the CLI, takes its children along.
     cli(&["token", "revoke", "--data-dir", d, &ops_id]).unwrap();
     admin.get("/v1/orgs/acme").await.assert_problem(401, "unauthorized");
