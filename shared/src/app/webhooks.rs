@@ -189,8 +189,7 @@ impl Webhooks {
             None => url,
         };
         let target = webhook_target::vet(&url, &self.allow).await?;
-        let http =
-            webhook_target::client_for(&target).map_err(|e| DeliveryError::Failed(e.without_url().to_string()))?;
+        let http = webhook_target::client_for(&target).map_err(|e| DeliveryError::Failed(why(e)))?;
         let body = serde_json::to_vec(event).map_err(|e| DeliveryError::Failed(e.to_string()))?;
         let mut last = String::new();
         for attempt in 0..3u32 {
@@ -207,7 +206,7 @@ impl Webhooks {
             match res {
                 Ok(r) if r.status().is_success() => return Ok(true),
                 Ok(r) => last = format!("the receiver answered HTTP {}", r.status().as_u16()),
-                Err(e) => last = e.without_url().to_string(),
+                Err(e) => last = why(e),
             }
             if attempt < 2 {
                 tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
@@ -215,6 +214,19 @@ impl Webhooks {
         }
         Err(DeliveryError::Failed(format!("three tries failed, the last: {last}")))
     }
+}
+
+/// A request error with its causes ("connection refused", a certificate error), never its URL.
+fn why(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Who the audit names for deliveries.

@@ -136,3 +136,25 @@ async fn webhooks_never_reach_inside_without_the_operators_allowance() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(got.lock().unwrap().is_empty(), "nothing reached the loopback receiver");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_fails_is_audited_with_why_and_without_the_url() {
+    let h = ExactHarness::start_server_config(|_| {}, ALLOW_LOOPBACK).await;
+    // A receiver that is gone: nothing listens on its port any more.
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/hook/PLANTED-receiver-key");
+    assert_eq!(h.api.put("/v1/orgs/acme/webhook", json!({"url": url})).await.status, 200);
+    h.sim.revoke(CLIENT_ID, &h.user.user_id);
+    h.advance(Duration::from_secs(601));
+    assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 409);
+    let mut audit = String::new();
+    for _ in 0..100 {
+        audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
+        if audit.contains("webhook.deliver") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(audit.contains("three tries failed") && audit.contains("failed"), "{audit}");
+    assert!(!audit.contains("PLANTED"), "the audit never shows the URL: {audit}");
+}
