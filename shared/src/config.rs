@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub audit_retention_days: u64,
     /// Hosts besides loopback where auto-recovery's login driver may send credentials over plain `http` (tests).
     pub login_allow_http_hosts: Vec<String>,
+    /// Replaced by `[webhooks]` (named hosts instead of every private address): refused with a pointer there.
+    webhook_allow_private_networks: Option<bool>,
 }
 
 /// Where webhooks may go (`[webhooks]`). By default: `https` to public addresses only.
@@ -86,6 +88,7 @@ impl Default for ServerConfig {
             authorization_ttl_s: 600,
             audit_retention_days: 400,
             login_allow_http_hosts: Vec::new(),
+            webhook_allow_private_networks: None,
         }
     }
 }
@@ -136,6 +139,12 @@ impl Config {
 
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
         let raw: RawConfig = toml::from_str(text)?;
+        if raw.server.webhook_allow_private_networks.is_some() {
+            bail!(
+                "server.webhook_allow_private_networks was replaced by [webhooks] allow_http_hosts and \
+                 allow_private_hosts, which name the hosts (e.g. allow_private_hosts = [\"127.0.0.1\"])"
+            );
+        }
         let built_in: RawConfig = toml::from_str(BUILT_IN_PROVIDERS).context("built-in providers.toml")?;
         let mut tables = built_in.providers;
         for (name, value) in raw.providers {
@@ -275,5 +284,9 @@ mod tests {
         let e = Config::from_toml("[providers.x]\nextends='y'").unwrap_err();
         assert!(format!("{e:#}").contains("does not exist"));
         assert!(Config::from_toml("[enginee]\nx=1").is_err());
+        let e = Config::from_toml("[server]\nwebhook_allow_private_networks = true").unwrap_err();
+        assert!(format!("{e:#}").contains("allow_private_hosts"), "{e:#}");
+        let c = Config::from_toml("[webhooks]\nallow_http_hosts = ['127.0.0.1']\nallow_private_hosts = ['127.0.0.1']");
+        assert_eq!(c.unwrap().webhooks.allow_private_hosts, ["127.0.0.1"]);
     }
 }
