@@ -59,6 +59,10 @@ struct ServeArgs {
     /// Address and port to listen on.
     #[arg(long, env = "CHAINKEEPER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Also serve `GET /metrics` (Prometheus text) on this address; off when not given. Keep it on loopback or
+    /// an internal network: it has no authentication (the API's port never serves it).
+    #[arg(long, env = "CHAINKEEPER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -187,10 +191,21 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     );
     use std::io::Write;
     std::io::stdout().flush()?;
+    let metrics = match a.metrics_listen {
+        Some(at) => {
+            let l = tokio::net::TcpListener::bind(at).await.with_context(|| format!("metrics listener on {at}"))?;
+            println!("  metrics:     http://{}/metrics", l.local_addr()?);
+            Some(tokio::spawn(async move { axum::serve(l, chainkeeper::telemetry::metrics_router()).await }))
+        }
+        None => None,
+    };
     let ticker = chainkeeper::wiring::spawn_schedule(app.clone());
     let router = chainkeeper::api::router(app);
     axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
     ticker.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     Ok(())
 }
 

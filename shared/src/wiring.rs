@@ -78,6 +78,8 @@ pub async fn aws(env: crate::aws::AwsEnv, config: Config) -> anyhow::Result<Arc<
 /// `CHAINKEEPER_TABLE`, the adapters are DynamoDB, KMS and Secrets Manager. Otherwise they use embedded storage
 /// under `CHAINKEEPER_DATA_DIR` (default `/tmp/chainkeeper`), which is how a function is tried locally without AWS.
 pub async fn from_env() -> anyhow::Result<Arc<App>> {
+    // EMF lines on stdout in Lambda (`CHAINKEEPER_STAGE` names the deployment); the registry only elsewhere.
+    crate::metrics::install_from_env();
     let mut config = Config::load(std::env::var_os("CHAINKEEPER_CONFIG").map(PathBuf::from).as_deref())?;
     // The SAM template passes the public address as a parameter; a config file may still set it.
     if let Some(url) = std::env::var("CHAINKEEPER_PUBLIC_URL").ok().filter(|u| !u.trim().is_empty()) {

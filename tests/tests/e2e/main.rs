@@ -10,6 +10,7 @@ mod aws_iam;
 mod cli;
 mod exact_engine;
 mod lambda_functions;
+mod metrics;
 mod oidc_flow;
 mod processes;
 mod query_proxy;
