@@ -36,6 +36,9 @@ enum Command {
     Token(TokenCommand),
     /// Run one refresh sweep over the chains that are due, print what it did, and exit.
     Sweep(StorageArgs),
+    /// The API-token signing key of a data directory.
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
     /// Print the route table: method, path, Lambda function, public, resource (what the SAM template must serve).
     Routes {
         /// One JSON array of objects instead of tab-separated lines.
@@ -73,6 +76,23 @@ enum TokenCommand {
     Issue(IssueArgs),
 }
 
+#[derive(Subcommand)]
+enum SigningKeyCommand {
+    /// New tokens are signed with a new key; tokens of the old key stay valid for `--window`, or until the
+    /// next rotation, whichever comes first. Running `serve` processes on the directory pick it up within a
+    /// second. Prints the key ids (never a key) as JSON.
+    Rotate(RotateArgs),
+}
+
+#[derive(Args)]
+struct RotateArgs {
+    #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
+    data_dir: PathBuf,
+    /// How long tokens signed with the old key are still accepted, e.g. `7d`, `12h`, `0s` (refused at once).
+    #[arg(long, default_value = "7d")]
+    window: humantime::Duration,
+}
+
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("owner").required(true).args(["platform", "org"])))]
 struct IssueArgs {
@@ -108,7 +128,17 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Sweep(a) => runtime()?.block_on(sweep(a)),
         Command::Routes { json } => print_routes(json),
+        Command::SigningKey(SigningKeyCommand::Rotate(a)) => rotate_signing_key(a),
     }
+}
+
+fn rotate_signing_key(a: RotateArgs) -> anyhow::Result<()> {
+    let data = DataDir::open(&a.data_dir).with_context(|| format!("data directory {}", a.data_dir.display()))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let window_ms = i64::try_from(a.window.as_millis()).unwrap_or(i64::MAX);
+    let done = data.rotate_signing_key(now, window_ms)?;
+    println!("{}", serde_json::to_string_pretty(&done)?);
+    Ok(())
 }
 
 fn print_routes(json: bool) -> anyhow::Result<()> {

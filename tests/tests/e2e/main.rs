@@ -18,6 +18,7 @@ mod races;
 mod routes_cli;
 mod scopes;
 mod security;
+mod signing_keys;
 mod single_instance;
 mod store_outages;
 mod webhooks;
