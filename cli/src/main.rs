@@ -36,6 +36,9 @@ enum Command {
     Token(TokenCommand),
     /// Run one refresh sweep over the chains that are due, print what it did, and exit.
     Sweep(StorageArgs),
+    /// Organisations: export one to a file sealed under its own key; import such a file.
+    #[command(subcommand)]
+    Org(OrgCommand),
     /// The API-token signing key of a data directory.
     #[command(subcommand)]
     SigningKey(SigningKeyCommand),
@@ -74,6 +77,40 @@ struct ServeArgs {
 enum TokenCommand {
     /// Print one signed API token (and nothing else) on stdout: `TOKEN=$(chainkeeper token issue …)`.
     Issue(IssueArgs),
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Write everything held for one organisation to a file sealed under the organisation's key (its secrets
+    /// stay sealed; infra/README.md "Organisation export and import" says what is in it).
+    Export(ExportArgs),
+    /// Import an export file. Refuses an organisation that exists, a file of another organisation (`--org`), and
+    /// a file that does not open here (corrupted, or this directory lacks the source's master key).
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// The organisation to export.
+    #[arg(long)]
+    org: String,
+    /// The file to write (mode 0600; an existing file is not overwritten).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// The export file.
+    #[arg(long = "in")]
+    input: PathBuf,
+    /// The organisation the file must hold.
+    #[arg(long)]
+    org: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -129,7 +166,33 @@ fn main() -> anyhow::Result<()> {
         Command::Sweep(a) => runtime()?.block_on(sweep(a)),
         Command::Routes { json } => print_routes(json),
         Command::SigningKey(SigningKeyCommand::Rotate(a)) => rotate_signing_key(a),
+        Command::Org(OrgCommand::Export(a)) => runtime()?.block_on(export_org(a)),
+        Command::Org(OrgCommand::Import(a)) => runtime()?.block_on(import_org(a)),
     }
+}
+
+async fn export_org(a: ExportArgs) -> anyhow::Result<()> {
+    let (_, app) = load(&a.storage)?;
+    let org = chainkeeper::ids::OrgId::parse(&a.org)?;
+    let file = app.backup.export("cli", &org).await?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    std::io::Write::write_all(&mut f, file.as_bytes())?;
+    f.sync_all()?;
+    eprintln!("exported organisation {org} to {}", a.out.display());
+    Ok(())
+}
+
+async fn import_org(a: ImportArgs) -> anyhow::Result<()> {
+    let (_, app) = load(&a.storage)?;
+    let org = a.org.as_deref().map(chainkeeper::ids::OrgId::parse).transpose()?;
+    let file = std::fs::read_to_string(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let done = app.backup.import("cli", &file, org.as_ref()).await?;
+    println!("{}", serde_json::to_string_pretty(&done)?);
+    Ok(())
 }
 
 fn rotate_signing_key(a: RotateArgs) -> anyhow::Result<()> {

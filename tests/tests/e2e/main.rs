@@ -12,6 +12,7 @@ mod exact_engine;
 mod lambda_functions;
 mod metrics;
 mod oidc_flow;
+mod org_backup;
 mod processes;
 mod query_proxy;
 mod races;
