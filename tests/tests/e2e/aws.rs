@@ -187,6 +187,57 @@ async fn a_signing_key_rotation_in_secrets_manager_keeps_the_previous_version_fo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organisation_exported_from_one_table_imports_into_another_under_its_kms_key() {
+    use chainkeeper::app::backup::BackupError;
+    use chainkeeper::app::containers::{Credentials, NewContainer};
+    use chainkeeper::keys::{ContainerFields, Field};
+    use chainkeeper::records::{ContainerRecord, CredentialKind, container_key, decode};
+    let moto = Moto::start().await.unwrap();
+    let clock = ManualClock::new(T0);
+    let app_on = |store: Arc<dyn Store>, keys: Arc<dyn Keys>| {
+        let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(Default::default(), [4u8; 32]));
+        App::new(store, keys, secrets, Arc::new(clock.clone()), Config::load(None).unwrap())
+    };
+    let a = app_on(dynamo(&moto, &clock).await, kms(&moto).await);
+    let org = OrgId::parse("acme").unwrap();
+    let c =
+        ContainerRef { org: org.clone(), db: DbName::parse("finance").unwrap(), alias: Alias::parse("sql").unwrap() };
+    a.orgs.create("t", &org, None).await.unwrap();
+    a.orgs.create_db("t", &org, &c.db, None).await.unwrap();
+    let new = NewContainer { kind: CredentialKind::Password, provider: None, scopes: None };
+    a.containers.create("t", &c, new).await.unwrap();
+    let given = Credentials {
+        username: Some("reporting".into()),
+        password: Some(secrecy::SecretString::from("pw-aws-PLANTED")),
+        ..Default::default()
+    };
+    a.containers.set_credentials("t", &c, given).await.unwrap();
+    let file = a.backup.export("t", &org).await.unwrap();
+    assert!(!file.contains("PLANTED") && !file.contains("reporting"), "sealed");
+    assert!(!file.contains("org_key_item"), "on AWS the key stays in KMS: {}", &file[..200.min(file.len())]);
+
+    // Another table in the same account: the organisation's KMS key (by its alias) opens the file.
+    let b = app_on(dynamo(&moto, &clock).await, kms(&moto).await);
+    let done = b.backup.import("t", &file, Some(&org)).await.unwrap();
+    assert_eq!(done.containers, 1);
+    let rec: ContainerRecord = decode(&b.store.get(&container_key(&c)).await.unwrap().unwrap()).unwrap();
+    let pw = b
+        .vault
+        .open_string(&ContainerFields::of(&c).context(Field::Password), rec.sealed_password.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(pw.expose_secret(), "pw-aws-PLANTED");
+    assert!(matches!(b.backup.import("t", &file, None).await, Err(BackupError::Exists(_))));
+    // A deployment whose KMS has no key for the organisation cannot open it.
+    let other_stage = {
+        let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
+        Arc::new(KmsKeys::new(aws_sdk_kms::Client::new(&sdk), "other".into(), "alias/chainkeeper/other/".into()))
+    };
+    let elsewhere = app_on(dynamo(&moto, &clock).await, other_stage);
+    assert!(matches!(elsewhere.backup.import("t", &file, None).await, Err(BackupError::Unreadable(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_callers_cause_one_refresh_on_dynamodb_and_kms() {
     let moto = Moto::start().await.unwrap();
     let clock = ManualClock::new(T0);
