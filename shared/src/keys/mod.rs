@@ -54,6 +54,8 @@ pub enum Field {
     RecoveryPassword,
     RecoveryTotp,
     WebhookSecret,
+    /// The sealed body of an organisation export (`app::backup`).
+    OrgExport,
 }
 
 impl Field {
@@ -69,6 +71,7 @@ impl Field {
             Self::RecoveryPassword => "recovery_password",
             Self::RecoveryTotp => "recovery_totp",
             Self::WebhookSecret => "webhook_secret",
+            Self::OrgExport => "org_export",
         }
     }
 }
