@@ -39,6 +39,12 @@ enum Command {
     Token(TokenCommand),
     /// Run one refresh sweep over the chains that are due, print what it did, and exit.
     Sweep(StorageArgs),
+    /// Organisations: export one to a file sealed under its own key; import such a file.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// The API-token signing key of a data directory.
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
     /// Print the route table: method, path, Lambda function, public, resource (what the SAM template must serve).
     Routes {
         /// One JSON array of objects instead of tab-separated lines.
@@ -62,6 +68,10 @@ struct ServeArgs {
     /// Address and port to listen on.
     #[arg(long, env = "CHAINKEEPER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Also serve `GET /metrics` (Prometheus text) on this address; off when not given. Keep it on loopback or
+    /// an internal network: it has no authentication (the API's port never serves it).
+    #[arg(long, env = "CHAINKEEPER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -94,6 +104,57 @@ struct RevokeArgs {
     org: Option<String>,
     /// The token's id (`token list`, or `GET …/api-tokens`).
     id: String,
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Write everything held for one organisation to a file sealed under the organisation's key (its secrets
+    /// stay sealed; infra/README.md "Organisation export and import" says what is in it).
+    Export(ExportArgs),
+    /// Import an export file. Refuses an organisation that exists, a file of another organisation (`--org`), and
+    /// a file that does not open here (corrupted, or this directory lacks the source's master key).
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// The organisation to export.
+    #[arg(long)]
+    org: String,
+    /// The file to write (mode 0600; an existing file is not overwritten).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// The export file.
+    #[arg(long = "in")]
+    input: PathBuf,
+    /// The organisation the file must hold.
+    #[arg(long)]
+    org: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SigningKeyCommand {
+    /// New tokens are signed with a new key; tokens of the old key stay valid for `--window`, or until the
+    /// next rotation, whichever comes first. Running `serve` processes on the directory pick it up within a
+    /// second. Prints the key ids (never a key) as JSON.
+    Rotate(RotateArgs),
+}
+
+#[derive(Args)]
+struct RotateArgs {
+    #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
+    data_dir: PathBuf,
+    /// How long tokens signed with the old key are still accepted, e.g. `7d`, `12h`, `0s` (refused at once).
+    #[arg(long, default_value = "7d")]
+    window: humantime::Duration,
 }
 
 #[derive(Args)]
@@ -133,7 +194,43 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Sweep(a) => runtime()?.block_on(sweep(a)),
         Command::Routes { json } => print_routes(json),
+        Command::SigningKey(SigningKeyCommand::Rotate(a)) => rotate_signing_key(a),
+        Command::Org(OrgCommand::Export(a)) => runtime()?.block_on(export_org(a)),
+        Command::Org(OrgCommand::Import(a)) => runtime()?.block_on(import_org(a)),
     }
+}
+
+async fn export_org(a: ExportArgs) -> anyhow::Result<()> {
+    let (_, app) = load(&a.storage)?;
+    let org = chainkeeper::ids::OrgId::parse(&a.org)?;
+    let file = app.backup.export("cli", &org).await?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    std::io::Write::write_all(&mut f, file.as_bytes())?;
+    f.sync_all()?;
+    eprintln!("exported organisation {org} to {}", a.out.display());
+    Ok(())
+}
+
+async fn import_org(a: ImportArgs) -> anyhow::Result<()> {
+    let (_, app) = load(&a.storage)?;
+    let org = a.org.as_deref().map(chainkeeper::ids::OrgId::parse).transpose()?;
+    let file = std::fs::read_to_string(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let done = app.backup.import("cli", &file, org.as_ref()).await?;
+    println!("{}", serde_json::to_string_pretty(&done)?);
+    Ok(())
+}
+
+fn rotate_signing_key(a: RotateArgs) -> anyhow::Result<()> {
+    let data = DataDir::open(&a.data_dir).with_context(|| format!("data directory {}", a.data_dir.display()))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let window_ms = i64::try_from(a.window.as_millis()).unwrap_or(i64::MAX);
+    let done = data.rotate_signing_key(now, window_ms)?;
+    println!("{}", serde_json::to_string_pretty(&done)?);
+    Ok(())
 }
 
 fn print_routes(json: bool) -> anyhow::Result<()> {
@@ -247,10 +344,21 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     );
     use std::io::Write;
     std::io::stdout().flush()?;
+    let metrics = match a.metrics_listen {
+        Some(at) => {
+            let l = tokio::net::TcpListener::bind(at).await.with_context(|| format!("metrics listener on {at}"))?;
+            println!("  metrics:     http://{}/metrics", l.local_addr()?);
+            Some(tokio::spawn(async move { axum::serve(l, chainkeeper::telemetry::metrics_router()).await }))
+        }
+        None => None,
+    };
     let ticker = chainkeeper::wiring::spawn_schedule(app.clone());
     let router = chainkeeper::api::router(app);
     axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
     ticker.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     Ok(())
 }
 

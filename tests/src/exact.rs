@@ -388,7 +388,16 @@ redirect_uri = "{redirect}"
 pub async fn four_processes(
     latency: Duration,
 ) -> anyhow::Result<(ExactSim, Vec<Api>, Vec<crate::Serve>, tempfile::TempDir)> {
-    let ports: Vec<u16> = (0..4).map(|_| crate::free_port()).collect();
+    serve_processes(4, latency, &[]).await
+}
+
+/// [`four_processes`] with `n` processes, each started with `extra` arguments.
+pub async fn serve_processes(
+    n: usize,
+    latency: Duration,
+    extra: &[&str],
+) -> anyhow::Result<(ExactSim, Vec<Api>, Vec<crate::Serve>, tempfile::TempDir)> {
+    let ports: Vec<u16> = (0..n).map(|_| crate::free_port()).collect();
     let redirect = format!("http://127.0.0.1:{}/v1/callback", ports[0]);
     let user = sim_user(1);
     let sim = ExactSim::start(
@@ -419,7 +428,7 @@ pub async fn four_processes(
     )?;
     let mut serves = Vec::new();
     for port in &ports {
-        serves.push(crate::Serve::start_on(dir.path(), Some(&config), *port).await?);
+        serves.push(crate::Serve::start_with_args(dir.path(), Some(&config), *port, extra).await?);
     }
     let token = crate::issue_token(dir.path(), &["--platform"], &["admin"]);
     let apis: Vec<Api> = serves.iter().map(|s| Api::new(&s.base, &token)).collect();

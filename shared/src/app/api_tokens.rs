@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::auth::{Claims, TokenRejected, covers, issue, verify};
+use crate::auth::{Claims, TokenRejected, covers, issue, verify_any};
 use crate::clock::Clock;
 use crate::ids::{OrgId, random_id};
 use crate::records::{
@@ -106,10 +106,12 @@ impl ApiTokens {
         }
     }
 
-    /// The claims of a bearer token: signed by this deployment, not expired, not revoked.
+    /// The claims of a bearer token: signed by a key this deployment accepts now (the current one, or the
+    /// previous one inside its rotation window), not expired, not revoked.
     pub async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
-        let key = self.secrets.signing_key().await?;
-        let claims = verify(&key, token, self.clock.now_ms())?;
+        let keys = self.secrets.signing_keys().await?;
+        let now = self.clock.now_ms();
+        let claims = verify_any(&keys.accepted(now), token, now)?;
         if self.store.get(&revoked_key(&claims.jti)).await?.is_some() {
             return Err(AuthError::Revoked);
         }
@@ -185,8 +187,8 @@ impl ApiTokens {
             iat: now / 1000,
             jti: id.clone(),
         };
-        let key = self.secrets.signing_key().await?;
-        let token = issue(&key, &claims)?;
+        let keys = self.secrets.signing_keys().await?;
+        let token = issue(&keys.current, &claims)?;
         let record = ApiTokenRecord {
             id: id.clone(),
             subject: claims.sub.clone(),

@@ -55,6 +55,8 @@ pub enum Field {
     RecoveryTotp,
     WebhookSecret,
     WebhookUrl,
+    /// The sealed body of an organisation export (`app::backup`).
+    OrgExport,
 }
 
 impl Field {
@@ -71,6 +73,7 @@ impl Field {
             Self::RecoveryTotp => "recovery_totp",
             Self::WebhookSecret => "webhook_secret",
             Self::WebhookUrl => "webhook_url",
+            Self::OrgExport => "org_export",
         }
     }
 }

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use chainkeeper_forms::{Field, Form};
 use secrecy::{ExposeSecret, SecretString};
 
 /// The profile's description of its login pages.
@@ -54,95 +55,42 @@ pub enum LoginError {
     Failed(String),
 }
 
-/// One HTML form.
-#[derive(Debug, Default)]
-struct Form {
-    action: Option<String>,
-    method: String,
-    inputs: Vec<(String, String, String)>,  // (type, name, value)
-    buttons: Vec<(String, String, String)>, // (name, value, text)
+/// What a form control asks for, read the way a password manager reads a page: by `type` and `autocomplete`
+/// first (`password`, `current-password`, `username`, `email`, `one-time-code`), then by the profile's names.
+/// Hidden controls keep their own values: credentials never go into a field a person cannot see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asks {
+    Username,
+    Password,
+    Totp,
 }
 
-fn attr(tag: &str, name: &str) -> Option<String> {
-    let lower = tag.to_ascii_lowercase();
-    let mut from = 0;
-    while let Some(pos) = lower[from..].find(name) {
-        let at = from + pos;
-        from = at + name.len();
-        let before_ok = at == 0 || lower.as_bytes()[at - 1].is_ascii_whitespace();
-        let rest = tag[at + name.len()..].trim_start();
-        if !before_ok || !rest.starts_with('=') {
-            continue;
-        }
-        let rest = rest[1..].trim_start();
-        let value = match rest.chars().next() {
-            Some(q @ ('"' | '\'')) => rest[1..].split(q).next().unwrap_or(""),
-            _ => rest.split(|c: char| c.is_whitespace() || c == '>').next().unwrap_or(""),
-        };
-        return Some(unescape(value));
+fn asks(field: &Field, spec: &FormSpec) -> Option<Asks> {
+    if field.tag != "input" || field.is_hidden() || field.name.is_empty() || field.is_submit() {
+        return None;
     }
-    None
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&amp;", "&")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&#x2F;", "/")
-}
-
-fn parse_forms(html: &str) -> Vec<Form> {
-    let lower = html.to_ascii_lowercase();
-    let mut forms = Vec::new();
-    let mut from = 0;
-    while let Some(start) = lower[from..].find("<form") {
-        let start = from + start;
-        let end = lower[start..].find("</form").map_or(html.len(), |e| start + e);
-        let tag_end = lower[start..].find('>').map_or(end, |e| start + e);
-        let tag = &html[start..tag_end];
-        let mut form = Form {
-            action: attr(tag, "action"),
-            method: attr(tag, "method").unwrap_or_else(|| "get".into()).to_ascii_lowercase(),
-            ..Default::default()
-        };
-        let body = &html[tag_end..end];
-        let body_lower = &lower[tag_end..end];
-        let mut i = 0;
-        while let Some(p) = body_lower[i..].find('<') {
-            let p = i + p;
-            let close = body_lower[p..].find('>').map_or(body.len(), |e| p + e);
-            let tag = &body[p..close];
-            let tl = &body_lower[p..close];
-            if tl.starts_with("<input") {
-                let kind = attr(tag, "type").unwrap_or_else(|| "text".into()).to_ascii_lowercase();
-                if let Some(name) = attr(tag, "name") {
-                    let value = attr(tag, "value").unwrap_or_default();
-                    if kind == "submit" {
-                        form.buttons.push((name, value.clone(), value));
-                    } else {
-                        form.inputs.push((kind, name, value));
-                    }
-                }
-            } else if tl.starts_with("<button") {
-                let text_end = body_lower[close..].find("</button").map_or(close, |e| close + e);
-                let text = body[close + 1.min(body.len() - close)..text_end].trim().to_string();
-                let kind = attr(tag, "type").unwrap_or_else(|| "submit".into()).to_ascii_lowercase();
-                if kind == "submit" {
-                    form.buttons.push((
-                        attr(tag, "name").unwrap_or_default(),
-                        attr(tag, "value").unwrap_or_default(),
-                        text,
-                    ));
-                }
-            }
-            i = close.max(p + 1);
-        }
-        forms.push(form);
-        from = end.max(start + 1);
+    let named = |names: &[String]| names.iter().any(|m| m.eq_ignore_ascii_case(&field.name));
+    if field.has_autocomplete("one-time-code") || named(&spec.totp_fields) {
+        Some(Asks::Totp)
+    } else if field.kind == "password"
+        || field.has_autocomplete("current-password")
+        || field.has_autocomplete("new-password")
+        || named(&spec.password_fields)
+    {
+        Some(Asks::Password)
+    } else if field.has_autocomplete("username")
+        || field.has_autocomplete("email")
+        || field.kind == "email"
+        || named(&spec.username_fields)
+    {
+        Some(Asks::Username)
+    } else {
+        None
     }
-    forms
+}
+
+fn form_asks(form: &Form, spec: &FormSpec, what: Asks) -> bool {
+    form.fields.iter().any(|f| asks(f, spec) == Some(what))
 }
 
 pub struct Credentials<'a> {
@@ -235,65 +183,48 @@ pub async fn sign_in(
             return Err(fail(format!("the provider answered HTTP {}", status.as_u16())));
         }
         let html = res.text().await.map_err(|e| fail(e.to_string()))?;
-        let forms = parse_forms(&html);
-        let has = |f: &Form, names: &[String]| {
-            f.inputs.iter().any(|(_, n, _)| names.iter().any(|m| m.eq_ignore_ascii_case(n)))
-        };
+        let forms = chainkeeper_forms::forms(&html);
         let Some(form) = forms
             .iter()
-            .find(|f| has(f, &spec.password_fields) || has(f, &spec.totp_fields))
+            .find(|f| form_asks(f, spec, Asks::Password) || form_asks(f, spec, Asks::Totp))
             .or_else(|| forms.iter().find(|f| f.method == "post"))
         else {
             return Err(fail("the provider showed a page without a form".into()));
         };
-        let mut fields: Vec<(String, String)> = Vec::new();
-        for (_, name, value) in &form.inputs {
-            let is = |names: &[String]| names.iter().any(|m| m.eq_ignore_ascii_case(name));
-            let value = if is(&spec.password_fields) {
-                creds.password.expose_secret().to_string()
-            } else if is(&spec.username_fields) {
-                creds.username.expose_secret().to_string()
-            } else if is(&spec.totp_fields) {
-                match creds.totp {
+        let word = |s: &str, words: &[String]| {
+            words.iter().any(|w| s.to_ascii_lowercase().split(|c: char| !c.is_alphanumeric()).any(|p| p == w))
+        };
+        let says = |f: &Field, words: &[String]| word(&f.value, words) || word(&f.text, words) || word(&f.name, words);
+        let buttons = || form.fields.iter().filter(|f| f.is_submit() && !f.disabled);
+        let button =
+            buttons().find(|f| says(f, &spec.allow_words)).or_else(|| buttons().find(|f| !says(f, &spec.deny_words)));
+        let mut fields = form.entries(button);
+        for field in form.fields.iter().filter(|f| !f.disabled) {
+            let value = match asks(field, spec) {
+                None => continue,
+                Some(Asks::Password) => creds.password.expose_secret().to_string(),
+                Some(Asks::Username) => creds.username.expose_secret().to_string(),
+                Some(Asks::Totp) => match creds.totp {
                     Some(code) => code(),
                     None => {
                         return Err(LoginError::Rejected(
                             "TOTP secret (the account asks for a code and none is stored)",
                         ));
                     }
-                }
-            } else {
-                value.clone()
+                },
             };
-            fields.push((name.clone(), value));
+            chainkeeper_forms::set_entry(&mut fields, &field.name, &value);
         }
-        if has(form, &spec.password_fields) {
+        if form_asks(form, spec, Asks::Password) {
             sent_password += 1;
             if sent_password > 1 {
                 return Err(LoginError::Rejected("username or password"));
             }
-        } else if has(form, &spec.totp_fields) {
+        } else if form_asks(form, spec, Asks::Totp) {
             sent_totp += 1;
             if sent_totp > 2 {
                 return Err(LoginError::Rejected("TOTP secret"));
             }
-        }
-        let word = |s: &str, words: &[String]| {
-            words.iter().any(|w| s.to_ascii_lowercase().split(|c: char| !c.is_alphanumeric()).any(|p| p == w))
-        };
-        let button = form
-            .buttons
-            .iter()
-            .find(|(n, v, t)| word(v, &spec.allow_words) || word(t, &spec.allow_words) || word(n, &spec.allow_words))
-            .or_else(|| {
-                form.buttons.iter().find(|(n, v, t)| {
-                    !(word(v, &spec.deny_words) || word(t, &spec.deny_words) || word(n, &spec.deny_words))
-                })
-            });
-        if let Some((name, value, _)) = button
-            && !name.is_empty()
-        {
-            fields.push((name.clone(), value.clone()));
         }
         let target = match &form.action {
             Some(a) if !a.is_empty() => url.join(a).map_err(|e| fail(e.to_string()))?,
@@ -333,20 +264,49 @@ mod tests {
         assert!(ok("http://idp.test/auth", &["IDP.test".to_string()]));
     }
 
+    fn spec() -> FormSpec {
+        FormSpec::from_profile(None)
+    }
+
+    fn roles(html: &str) -> Vec<(String, Option<Asks>)> {
+        let form = chainkeeper_forms::first_form(html).expect("a form");
+        form.fields.iter().map(|f| (f.name.clone(), asks(f, &spec()))).collect()
+    }
+
     #[test]
-    fn forms_are_read_like_a_browser_reads_them() {
+    fn fields_are_recognised_by_type_and_autocomplete_as_well_as_by_name() {
+        let html = r#"<form method=post><input type=hidden name=password value=kept>
+            <input name="f1" autocomplete="section-a username"><input type=password name="f2">
+            <input name="f3" autocomplete="one-time-code"><input type=email name=f4><input name=Code>
+            <input name=remember type=checkbox checked><button type=submit name=go>Sign in</button></form>"#;
+        assert_eq!(
+            roles(html),
+            [
+                ("password".into(), None),
+                ("f1".into(), Some(Asks::Username)),
+                ("f2".into(), Some(Asks::Password)),
+                ("f3".into(), Some(Asks::Totp)),
+                ("f4".into(), Some(Asks::Username)),
+                ("Code".into(), Some(Asks::Totp)),
+                ("remember".into(), None),
+                ("go".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_oidc_provider_login_form_is_read_by_its_names() {
         let html = r#"<html><form method="post" action="/interaction/ab&amp;c" id=x>
             <input type="hidden" name="prompt" value="login"/>
             <input required type=text name=login placeholder='Enter'>
             <input type="password" name="password">
-            <button type="submit" class="login">Sign-in</button></form>
-            <form method="post" action="/c"><button type="submit" name="Allow" value="yes">Allow</button>
-            <button type="submit" name="Allow" value="no">Deny</button></form>"#;
-        let forms = parse_forms(html);
-        assert_eq!(forms.len(), 2);
-        assert_eq!(forms[0].action.as_deref(), Some("/interaction/ab&c"));
-        assert_eq!(forms[0].inputs.iter().map(|i| i.1.as_str()).collect::<Vec<_>>(), ["prompt", "login", "password"]);
-        assert_eq!(forms[0].inputs[0].2, "login");
-        assert_eq!(forms[1].buttons[0], ("Allow".into(), "yes".into(), "Allow".into()));
+            <button type="submit" class="login">Sign-in</button></form>"#;
+        let form = chainkeeper_forms::first_form(html).unwrap();
+        assert_eq!(form.action.as_deref(), Some("/interaction/ab&c"));
+        assert!(form_asks(&form, &spec(), Asks::Password));
+        assert_eq!(
+            roles(html).into_iter().filter_map(|(n, r)| r.map(|r| (n, r))).collect::<Vec<_>>(),
+            [("login".to_string(), Asks::Username), ("password".to_string(), Asks::Password)]
+        );
     }
 }
