@@ -1,5 +1,6 @@
 //! `chainkeeper`: the one-machine entry point. `serve` runs every route and the refresh schedule on embedded
-//! storage (SQLite + a local key file); `token issue` prints an API token; `routes` prints the route table.
+//! storage (SQLite + a local key file); `token issue` prints an API token (recorded, so `token list` and
+//! `token revoke` find it); `routes` prints the route table.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +9,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use chainkeeper::app::api_tokens::NewApiToken;
 use chainkeeper::auth::{Claims, issue};
 use chainkeeper::config::Config;
+use chainkeeper::ids::OrgId;
 use chainkeeper::wiring::{DataDir, embedded_system};
 
 /// mimalloc: the warm token path allocates a little per request, and glibc's malloc showed in profiles.
@@ -36,6 +39,12 @@ enum Command {
     Token(TokenCommand),
     /// Run one refresh sweep over the chains that are due, print what it did, and exit.
     Sweep(StorageArgs),
+    /// Organisations: export one to a file sealed under its own key; import such a file.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// The API-token signing key of a data directory.
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
     /// Print the route table: method, path, Lambda function, public, resource (what the SAM template must serve).
     Routes {
         /// One JSON array of objects instead of tab-separated lines.
@@ -59,6 +68,10 @@ struct ServeArgs {
     /// Address and port to listen on.
     #[arg(long, env = "CHAINKEEPER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Also serve `GET /metrics` (Prometheus text) on this address; off when not given. Keep it on loopback or
+    /// an internal network: it has no authentication (the API's port never serves it).
+    #[arg(long, env = "CHAINKEEPER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -67,6 +80,81 @@ struct ServeArgs {
 enum TokenCommand {
     /// Print one signed API token (and nothing else) on stdout: `TOKEN=$(chainkeeper token issue …)`.
     Issue(IssueArgs),
+    /// List the operator's platform tokens, or an organisation's tokens (`--org`), as JSON lines.
+    List(ListArgs),
+    /// Revoke a token by id, and every token issued through it (`--org` for an organisation's token).
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+struct ListArgs {
+    #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
+    data_dir: PathBuf,
+    /// The organisation whose tokens to list; without it, the platform tokens.
+    #[arg(long)]
+    org: Option<String>,
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
+    data_dir: PathBuf,
+    /// The organisation of the token; without it, a platform token.
+    #[arg(long)]
+    org: Option<String>,
+    /// The token's id (`token list`, or `GET …/api-tokens`).
+    id: String,
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Write everything held for one organisation to a file sealed under the organisation's key (its secrets
+    /// stay sealed; infra/README.md "Organisation export and import" says what is in it).
+    Export(ExportArgs),
+    /// Import an export file. Refuses an organisation that exists, a file of another organisation (`--org`), and
+    /// a file that does not open here (corrupted, or this directory lacks the source's master key).
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// The organisation to export.
+    #[arg(long)]
+    org: String,
+    /// The file to write (mode 0600; an existing file is not overwritten).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    /// The export file.
+    #[arg(long = "in")]
+    input: PathBuf,
+    /// The organisation the file must hold.
+    #[arg(long)]
+    org: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SigningKeyCommand {
+    /// New tokens are signed with a new key; tokens of the old key stay valid for `--window`, or until the
+    /// next rotation, whichever comes first. Running `serve` processes on the directory pick it up within a
+    /// second. Prints the key ids (never a key) as JSON.
+    Rotate(RotateArgs),
+}
+
+#[derive(Args)]
+struct RotateArgs {
+    #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
+    data_dir: PathBuf,
+    /// How long tokens signed with the old key are still accepted, e.g. `7d`, `12h`, `0s` (refused at once).
+    #[arg(long, default_value = "7d")]
+    window: humantime::Duration,
 }
 
 #[derive(Args)]
@@ -101,10 +189,48 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Token(TokenCommand::Issue(a)) => issue_token(a),
+        Command::Token(TokenCommand::List(a)) => runtime()?.block_on(list_tokens(a)),
+        Command::Token(TokenCommand::Revoke(a)) => runtime()?.block_on(revoke_token(a)),
         Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Sweep(a) => runtime()?.block_on(sweep(a)),
         Command::Routes { json } => print_routes(json),
+        Command::SigningKey(SigningKeyCommand::Rotate(a)) => rotate_signing_key(a),
+        Command::Org(OrgCommand::Export(a)) => runtime()?.block_on(export_org(a)),
+        Command::Org(OrgCommand::Import(a)) => runtime()?.block_on(import_org(a)),
     }
+}
+
+async fn export_org(a: ExportArgs) -> anyhow::Result<()> {
+    let (_, app) = load(&a.storage)?;
+    let org = chainkeeper::ids::OrgId::parse(&a.org)?;
+    let file = app.backup.export("cli", &org).await?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    std::io::Write::write_all(&mut f, file.as_bytes())?;
+    f.sync_all()?;
+    eprintln!("exported organisation {org} to {}", a.out.display());
+    Ok(())
+}
+
+async fn import_org(a: ImportArgs) -> anyhow::Result<()> {
+    let (_, app) = load(&a.storage)?;
+    let org = a.org.as_deref().map(chainkeeper::ids::OrgId::parse).transpose()?;
+    let file = std::fs::read_to_string(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let done = app.backup.import("cli", &file, org.as_ref()).await?;
+    println!("{}", serde_json::to_string_pretty(&done)?);
+    Ok(())
+}
+
+fn rotate_signing_key(a: RotateArgs) -> anyhow::Result<()> {
+    let data = DataDir::open(&a.data_dir).with_context(|| format!("data directory {}", a.data_dir.display()))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let window_ms = i64::try_from(a.window.as_millis()).unwrap_or(i64::MAX);
+    let done = data.rotate_signing_key(now, window_ms)?;
+    println!("{}", serde_json::to_string_pretty(&done)?);
+    Ok(())
 }
 
 fn print_routes(json: bool) -> anyhow::Result<()> {
@@ -143,20 +269,51 @@ fn issue_token(a: IssueArgs) -> anyhow::Result<()> {
     } else {
         zeroize::Zeroizing::new(DataDir::open(&a.data_dir)?.signing_key()?.to_vec())
     };
-    let org = match a.org {
-        Some(o) => Some(chainkeeper::ids::OrgId::parse(&o)?.to_string()),
-        None => None,
-    };
+    let org = a.org.as_deref().map(OrgId::parse).transpose()?;
+    let ttl = a.expires_in.as_secs();
+    if !a.signing_key_stdin {
+        // Signed and recorded in the data directory's store, so that it can be listed and revoked by id.
+        let app = embedded_system(&DataDir::open(&a.data_dir)?, Config::built_in())?;
+        let new = NewApiToken { subject: a.subject, scopes: a.scopes, expires_in_s: Some(ttl) };
+        let issued = runtime()?.block_on(app.api_tokens.issue_by_operator(org.as_ref(), new))?;
+        println!("{}", secrecy::ExposeSecret::expose_secret(&issued.token));
+        return Ok(());
+    }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let claims = Claims {
         sub: a.subject,
-        org,
+        org: org.map(|o| o.to_string()),
         scopes: a.scopes,
-        exp: now + a.expires_in.as_secs() as i64,
+        exp: now + ttl as i64,
         iat: now,
         jti: chainkeeper::ids::random_id(),
     };
+    eprintln!("note: a token signed with --signing-key-stdin is not recorded in the store (id {})", claims.jti);
     println!("{}", issue(&key, &claims)?);
+    Ok(())
+}
+
+async fn list_tokens(a: ListArgs) -> anyhow::Result<()> {
+    let app = embedded_system(&DataDir::open(&a.data_dir)?, Config::built_in())?;
+    let tokens = match a.org.as_deref().map(OrgId::parse).transpose()? {
+        Some(org) => app.api_tokens.list(&org).await?,
+        None => app.api_tokens.list_platform().await?,
+    };
+    for t in tokens {
+        println!("{}", serde_json::to_string(&t)?);
+    }
+    Ok(())
+}
+
+async fn revoke_token(a: RevokeArgs) -> anyhow::Result<()> {
+    let app = embedded_system(&DataDir::open(&a.data_dir)?, Config::built_in())?;
+    match a.org.as_deref().map(OrgId::parse).transpose()? {
+        Some(org) => app.api_tokens.revoke(&org, "operator", &a.id).await?,
+        None => {
+            let n = app.api_tokens.revoke_platform("operator", &a.id).await?;
+            eprintln!("revoked {n} token(s)");
+        }
+    }
     Ok(())
 }
 
@@ -187,11 +344,22 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     );
     use std::io::Write;
     std::io::stdout().flush()?;
+    let metrics = match a.metrics_listen {
+        Some(at) => {
+            let l = tokio::net::TcpListener::bind(at).await.with_context(|| format!("metrics listener on {at}"))?;
+            println!("  metrics:     http://{}/metrics", l.local_addr()?);
+            Some(tokio::spawn(async move { axum::serve(l, chainkeeper::telemetry::metrics_router()).await }))
+        }
+        None => None,
+    };
     let ticker = chainkeeper::wiring::spawn_schedule(app.clone());
     let limits = app.config.limits.clone();
     let router = chainkeeper::api::router(app);
     chainkeeper::api::server::serve(listener, router, &limits, shutdown()).await?;
     ticker.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     Ok(())
 }
 

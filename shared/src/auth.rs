@@ -30,8 +30,19 @@ pub struct Claims {
     pub jti: String,
 }
 
+/// The id of a signing key, carried as `kid` in every token's header: the first 16 hex digits of the key's
+/// SHA-256. Derived, never stored: every process that holds the key agrees on its id, and the id gives nothing of
+/// the key away.
+pub fn key_id(key: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key)[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Signs `claims` with `key`; the header names the key (`kid`).
 pub fn issue(key: &[u8], claims: &Claims) -> anyhow::Result<String> {
-    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(key))?)
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(key_id(key));
+    Ok(jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(key))?)
 }
 
 /// Why a token is refused before its revocation is even looked at.
@@ -45,6 +56,25 @@ pub enum TokenRejected {
 
 /// Checks signature and expiry (against chainkeeper's clock, not the system's).
 pub fn verify(key: &[u8], token: &str, now_ms: Millis) -> Result<Claims, TokenRejected> {
+    verify_any(&[key], token, now_ms)
+}
+
+/// Checks a token against the keys accepted now (during a rotation: the current and the previous one). A token
+/// names its key (`kid`): only that key is tried, and a key that is no longer accepted makes it `Invalid`. A
+/// token without `kid` (issued before key ids) is tried against each accepted key.
+pub fn verify_any(keys: &[&[u8]], token: &str, now_ms: Millis) -> Result<Claims, TokenRejected> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejected::Invalid)?;
+    let mut result = Err(TokenRejected::Invalid);
+    for key in keys.iter().filter(|k| header.kid.as_ref().is_none_or(|kid| *kid == key_id(k))) {
+        result = verify_one(key, token, now_ms);
+        if !matches!(result, Err(TokenRejected::Invalid)) {
+            break;
+        }
+    }
+    result
+}
+
+fn verify_one(key: &[u8], token: &str, now_ms: Millis) -> Result<Claims, TokenRejected> {
     let mut validation = Validation::new(Algorithm::HS256);
     validation.validate_exp = false;
     validation.required_spec_claims.clear();
@@ -74,6 +104,32 @@ pub fn allows(scopes: &[String], groups: &BTreeMap<String, Vec<String>>, method:
             || accepted.contains(s)
             || groups.get(s).is_some_and(|members| members.iter().any(|m| m == "admin" || accepted.contains(m)))
     })
+}
+
+/// Does a token with `held` scopes cover the scope `wanted`, so that it may issue a token with it? Yes when it
+/// holds it (directly or through a group), when it holds `admin`, when `wanted` is `x.read` and it holds
+/// `x.readwrite`, and, for a group, when it covers every scope of the group.
+pub fn covers(held: &[String], groups: &BTreeMap<String, Vec<String>>, wanted: &str) -> bool {
+    covers_at(held, groups, wanted, 0)
+}
+
+fn covers_at(held: &[String], groups: &BTreeMap<String, Vec<String>>, wanted: &str, depth: usize) -> bool {
+    let expanded = || {
+        held.iter()
+            .flat_map(|h| std::iter::once(h.as_str()).chain(groups.get(h).into_iter().flatten().map(String::as_str)))
+    };
+    if expanded().any(|h| h == "admin" || h == wanted) {
+        return true;
+    }
+    if let Some(resource) = wanted.strip_suffix(".read")
+        && expanded().any(|h| h.strip_suffix(".readwrite") == Some(resource))
+    {
+        return true;
+    }
+    match groups.get(wanted) {
+        Some(members) if depth < 4 => members.iter().all(|m| m != "admin" && covers_at(held, groups, m, depth + 1)),
+        _ => false,
+    }
 }
 
 /// The organisation a request path names (`/v1/orgs/{org}/…`), lower-cased like every name.
@@ -107,6 +163,23 @@ mod tests {
     }
 
     #[test]
+    fn a_token_covers_what_it_holds_and_no_more() {
+        let mut groups = BTreeMap::new();
+        groups.insert("bi".to_string(), vec!["tokens.readwrite".to_string(), "query.read".to_string()]);
+        let held = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(covers(&held(&["admin"]), &groups, "containers.readwrite"));
+        assert!(covers(&held(&["admin"]), &groups, "admin"));
+        assert!(covers(&held(&["containers.readwrite"]), &groups, "containers.read"));
+        assert!(!covers(&held(&["containers.read"]), &groups, "containers.readwrite"));
+        assert!(!covers(&held(&["containers.readwrite"]), &groups, "admin"));
+        assert!(covers(&held(&["bi"]), &groups, "tokens.read"));
+        assert!(covers(&held(&["bi"]), &groups, "bi"));
+        assert!(covers(&held(&["tokens.readwrite", "query.readwrite"]), &groups, "bi"));
+        assert!(!covers(&held(&["tokens.readwrite"]), &groups, "bi"));
+        assert!(!covers(&held(&["bi"]), &groups, "query.readwrite"));
+    }
+
+    #[test]
     fn tokens_verify_and_expire_by_our_clock() {
         let key = b"0123456789abcdef0123456789abcdef";
         let claims = Claims {
@@ -122,6 +195,40 @@ mod tests {
         assert_eq!(verify(key, &t, 2_000_000).unwrap_err(), TokenRejected::Expired);
         assert_eq!(verify(b"another-key-another-key-another!!", &t, 1_500_000).unwrap_err(), TokenRejected::Invalid);
         assert_eq!(org_of_path("/v1/orgs/Acme/databases"), Some("acme".into()));
+    }
+
+    #[test]
+    fn a_token_names_its_key_and_only_that_key_verifies_it() {
+        let old = b"0123456789abcdef0123456789abcdef".as_slice();
+        let new = b"fedcba9876543210fedcba9876543210".as_slice();
+        let claims = Claims {
+            sub: "a".into(),
+            org: None,
+            scopes: vec!["admin".into()],
+            exp: 2_000,
+            iat: 1_000,
+            jti: "j".into(),
+        };
+        let t = issue(old, &claims).unwrap();
+        let header = jsonwebtoken::decode_header(&t).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(key_id(old).as_str()));
+        assert_eq!(key_id(old).len(), 16);
+        assert_ne!(key_id(old), key_id(new));
+        // During a rotation both keys are accepted: the token's own key verifies it, in any order.
+        assert!(verify_any(&[new, old], &t, 1_500_000).is_ok());
+        // Once its key is retired, the token is invalid (not merely expired).
+        assert_eq!(verify_any(&[new], &t, 1_500_000).unwrap_err(), TokenRejected::Invalid);
+        assert_eq!(verify_any(&[new, old], &t, 2_000_000).unwrap_err(), TokenRejected::Expired);
+        // A token that names a key but was signed by another is refused even if that other key is accepted.
+        let mut forged = Header::new(Algorithm::HS256);
+        forged.kid = Some(key_id(new));
+        let f = jsonwebtoken::encode(&forged, &claims, &EncodingKey::from_secret(old)).unwrap();
+        assert_eq!(verify_any(&[new, old], &f, 1_500_000).unwrap_err(), TokenRejected::Invalid);
+        // A token from before key ids (no kid) is tried against every accepted key.
+        let legacy =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(old)).unwrap();
+        assert!(verify_any(&[new, old], &legacy, 1_500_000).is_ok());
+        assert_eq!(verify_any(&[new], &legacy, 1_500_000).unwrap_err(), TokenRejected::Invalid);
         assert_eq!(org_of_path("/v1/orgs"), None);
     }
 }

@@ -64,8 +64,21 @@ pub struct ServerConfig {
     pub authorization_ttl_s: u64,
     /// Days an audit entry is kept.
     pub audit_retention_days: u64,
-    /// Allow webhooks to loopback and private addresses (tests, closed networks). Off: no SSRF into your network.
-    pub webhook_allow_private_networks: bool,
+    /// Hosts besides loopback where auto-recovery's login driver may send credentials over plain `http` (tests).
+    pub login_allow_http_hosts: Vec<String>,
+    /// Replaced by `[webhooks]` (named hosts instead of every private address): refused with a pointer there.
+    webhook_allow_private_networks: Option<bool>,
+}
+
+/// Where webhooks may go (`[webhooks]`). By default: `https` to public addresses only.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Hosts (as written in the URL: a name or an address) that webhooks may reach over plain `http`.
+    pub allow_http_hosts: Vec<String>,
+    /// Hosts that may be (or resolve to) loopback, private, link-local, unique-local or CGNAT addresses: tests
+    /// and closed networks. Metadata, multicast and reserved addresses stay refused.
+    pub allow_private_hosts: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -74,7 +87,8 @@ impl Default for ServerConfig {
             public_url: None,
             authorization_ttl_s: 600,
             audit_retention_days: 400,
-            webhook_allow_private_networks: false,
+            login_allow_http_hosts: Vec::new(),
+            webhook_allow_private_networks: None,
         }
     }
 }
@@ -129,6 +143,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub server: ServerConfig,
     pub limits: LimitsConfig,
+    pub webhooks: WebhookConfig,
     /// Group scopes defined by the operator: name → the scopes it grants.
     pub scope_groups: BTreeMap<String, Vec<String>>,
 }
@@ -146,6 +161,7 @@ struct RawConfig {
     server: ServerConfig,
     #[serde(default)]
     limits: LimitsConfig,
+    webhooks: WebhookConfig,
     #[serde(default)]
     scope_groups: BTreeMap<String, Vec<String>>,
 }
@@ -168,6 +184,12 @@ impl Config {
 
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
         let raw: RawConfig = toml::from_str(text)?;
+        if raw.server.webhook_allow_private_networks.is_some() {
+            bail!(
+                "server.webhook_allow_private_networks was replaced by [webhooks] allow_http_hosts and \
+                 allow_private_hosts, which name the hosts (e.g. allow_private_hosts = [\"127.0.0.1\"])"
+            );
+        }
         let built_in: RawConfig = toml::from_str(BUILT_IN_PROVIDERS).context("built-in providers.toml")?;
         let mut tables = built_in.providers;
         for (name, value) in raw.providers {
@@ -212,6 +234,7 @@ impl Config {
             engine: raw.engine,
             server: raw.server,
             limits,
+            webhooks: raw.webhooks,
             scope_groups: raw.scope_groups,
         })
     }
@@ -314,5 +337,9 @@ mod tests {
         let e = Config::from_toml("[providers.x]\nextends='y'").unwrap_err();
         assert!(format!("{e:#}").contains("does not exist"));
         assert!(Config::from_toml("[enginee]\nx=1").is_err());
+        let e = Config::from_toml("[server]\nwebhook_allow_private_networks = true").unwrap_err();
+        assert!(format!("{e:#}").contains("allow_private_hosts"), "{e:#}");
+        let c = Config::from_toml("[webhooks]\nallow_http_hosts = ['127.0.0.1']\nallow_private_hosts = ['127.0.0.1']");
+        assert_eq!(c.unwrap().webhooks.allow_private_hosts, ["127.0.0.1"]);
     }
 }

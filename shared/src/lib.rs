@@ -12,7 +12,7 @@
 //! | domain | [`chain`] (the chain engine, the heart), [`auth`] (API-token claims and scopes), [`records`] (every stored item and key), [`provider`] (profiles as data, the token endpoint, the login driver), [`config`], [`totp`] |
 //! | ports and their embedded adapters | [`store`] (SQLite, in-memory), [`keys`] (envelope encryption, local key file), [`secrets`], [`clock`] |
 //! | AWS adapters | `aws` (feature `aws`: DynamoDB, KMS, Secrets Manager) |
-//! | foundation | [`ids`] (validated names), [`clock`] |
+//! | foundation | [`ids`] (validated names), [`clock`], [`metrics`] (the figures of [`metrics_names`]: EMF lines, Prometheus text) |
 
 pub mod api;
 pub mod app;
@@ -24,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod ids;
 pub mod keys;
+pub mod metrics;
 pub mod metrics_names;
 pub mod provider;
 pub mod records;

@@ -3,12 +3,14 @@
 //!
 //! | item | pk | sk |
 //! | --- | --- | --- |
-//! | organisation (a tombstone once deleted) | `org#{org}` | `meta` |
+//! | organisation (a tombstone once deleted; its webhook URL and secret sealed) | `org#{org}` | `meta` |
 //! | list of organisations | `orgs` | `{org}` |
 //! | organisation key (embedded `Keys` adapter) | `org#{org}` | `orgkey` |
 //! | database | `org#{org}` | `db#{db}` |
 //! | container | `org#{org}` | `ctr#{db}#{alias}` |
 //! | API token (metadata, never the token) | `org#{org}` | `apitoken#{id}` |
+//! | platform API token (metadata) | `platform` | `apitoken#{id}` |
+//! | token issued through another | `issued-by#{issuer id}` | `{org or -}#{id}` (expires with the token) |
 //! | chain | `chain#{org}#{db}#{alias}` | `chain` (index `Due`: `due` / next due time; index `Repair`: `repair#{org}` / `{db}#{alias}`) |
 //! | rescued refresh token | `chain#{org}#{db}#{alias}` | `rescue#{time}#{id}` |
 //! | last use of a chain | `chain#{org}#{db}#{alias}` | `usage` |
@@ -54,6 +56,28 @@ pub fn containers_of_db_prefix(db: &DbName) -> String {
 pub const API_TOKENS_PREFIX: &str = "apitoken#";
 pub fn api_token_key(org: &OrgId, id: &str) -> Key {
     Key::new(org_pk(org), format!("{API_TOKENS_PREFIX}{id}"))
+}
+/// The partition of platform API tokens (not limited to one organisation), issued by the operator.
+pub const PLATFORM_PK: &str = "platform";
+/// A token's record: under its organisation, or under [`PLATFORM_PK`] for a platform token.
+pub fn any_api_token_key(org: Option<&OrgId>, id: &str) -> Key {
+    match org {
+        Some(org) => api_token_key(org, id),
+        None => Key::new(PLATFORM_PK, format!("{API_TOKENS_PREFIX}{id}")),
+    }
+}
+/// The tokens issued through token `issuer`: one item each, sk `{org or -}#{id}`.
+pub fn issued_by_pk(issuer: &str) -> String {
+    format!("issued-by#{issuer}")
+}
+pub fn issued_by_key(issuer: &str, org: Option<&OrgId>, id: &str) -> Key {
+    Key::new(issued_by_pk(issuer), format!("{}#{id}", org.map_or("-", OrgId::as_str)))
+}
+/// The organisation (`None`: platform) and id of an [`issued_by_key`] sk.
+pub fn parse_issued_by_sk(sk: &str) -> Option<(Option<OrgId>, String)> {
+    let (org, id) = sk.split_once('#')?;
+    let org = if org == "-" { None } else { Some(OrgId::parse(org).ok()?) };
+    Some((org, id.to_string()))
 }
 /// A revoked API token (by its id), kept until the token would have expired anyway.
 pub fn revoked_key(jti: &str) -> Key {
@@ -148,8 +172,12 @@ pub struct OrgRecord {
     pub name: OrgId,
     pub display_name: Option<String>,
     pub created_at_ms: Millis,
+    /// The webhook URL as views show it (masked: scheme, host and port). Before the URL was sealed, the URL itself.
     #[serde(default)]
     pub webhook_url: Option<String>,
+    /// The webhook URL (a secret of the receiver's), sealed with the organisation's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_webhook_url: Option<String>,
     /// The HMAC key that signs webhook events, sealed with the organisation's key.
     #[serde(default)]
     pub sealed_webhook_secret: Option<String>,
@@ -337,6 +365,10 @@ pub struct AuthzRecord {
     pub sealed_pkce_verifier: Option<String>,
     pub redirect_uri: String,
     pub started_by: String,
+    /// The starter asked to change the container's provider user: completing as another user than the
+    /// container's current one is allowed (without it, refused: `different_provider_user`).
+    #[serde(default)]
+    pub replace_user: bool,
     pub created_at_ms: Millis,
     pub expires_at_ms: Millis,
 }
@@ -366,6 +398,10 @@ pub struct ApiTokenRecord {
     pub subject: String,
     pub scopes: Vec<String>,
     pub issued_by: String,
+    /// The id of the token it was issued with (`None`: issued by the operator, `chainkeeper token issue`).
+    /// Revoking that token revokes this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_id: Option<String>,
     pub issued_at_ms: i64,
     pub expires_at_ms: i64,
     #[serde(default)]

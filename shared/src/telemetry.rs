@@ -11,3 +11,16 @@ pub fn init() {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }
+
+/// `serve --metrics-listen`: `GET /metrics` with every figure of this process as Prometheus text. It is served on
+/// its own address (loopback or an internal network for the scraper), never on the API's, and shows counts per
+/// outcome and provider profile only: no organisation, container or token.
+pub fn metrics_router() -> axum::Router {
+    use axum::http::header::CONTENT_TYPE;
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::prometheus_text())
+        }),
+    )
+}

@@ -13,7 +13,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::keys::Keys;
 use crate::keys::local::{LocalKeys, load_or_create_key_file};
-use crate::secrets::{LocalSecrets, Secrets};
+use crate::secrets::{LocalSecrets, PreviousKey, Secrets, SigningKeys};
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 
@@ -43,9 +43,53 @@ impl DataDir {
     pub fn signing_key_path(&self) -> PathBuf {
         self.root.join("signing.key")
     }
-    /// The API-token signing key (`CHAINKEEPER_SIGNING_KEY`, or a 0600 file created on first use).
+    /// The key before the last rotation, and until when it is accepted (JSON, 0600).
+    pub fn previous_signing_key_path(&self) -> PathBuf {
+        self.root.join("signing.previous")
+    }
+    /// The current API-token signing key (`CHAINKEEPER_SIGNING_KEY`, or a 0600 file created on first use).
     pub fn signing_key(&self) -> anyhow::Result<[u8; 32]> {
         load_or_create_key_file(&self.signing_key_path(), "CHAINKEEPER_SIGNING_KEY")
+    }
+    /// The current signing key and, after a rotation, the previous one with the end of its window.
+    pub fn signing_keys(&self) -> anyhow::Result<SigningKeys> {
+        let mut keys = SigningKeys::single(&self.signing_key()?);
+        let path = self.previous_signing_key_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let p: PreviousFile = serde_json::from_slice(&bytes)
+                    .map_err(|_| anyhow::anyhow!("{} is not a previous signing key file", path.display()))?;
+                let key = zeroize::Zeroizing::new(
+                    B64.decode(p.key.trim()).map_err(|_| anyhow::anyhow!("{}: key is not base64", path.display()))?,
+                );
+                keys.previous = Some(PreviousKey { key, accepted_until_ms: p.accepted_until_ms });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        }
+        Ok(keys)
+    }
+    /// Rotates the API-token signing key: the current key becomes the previous one, accepted until `now_ms +
+    /// window_ms` (and no longer after the next rotation); a new random key becomes the current one. Every
+    /// `serve` on this directory picks it up within a second. Not with `CHAINKEEPER_SIGNING_KEY` set (the key
+    /// then lives wherever that variable is set).
+    pub fn rotate_signing_key(&self, now_ms: i64, window_ms: i64) -> anyhow::Result<Rotated> {
+        anyhow::ensure!(
+            std::env::var_os("CHAINKEEPER_SIGNING_KEY").is_none(),
+            "CHAINKEEPER_SIGNING_KEY is set: the signing key comes from the environment, rotate it there"
+        );
+        let old = self.signing_key()?;
+        let accepted_until_ms = now_ms.saturating_add(window_ms.max(0));
+        let previous = PreviousFile { key: B64.encode(old), accepted_until_ms };
+        // The previous key first: a crash in between leaves the current key as both, which loses nothing.
+        write_private(&self.previous_signing_key_path(), &serde_json::to_vec(&previous)?)?;
+        let new: [u8; 32] = rand::random();
+        write_private(&self.signing_key_path(), B64.encode(new).as_bytes())?;
+        Ok(Rotated {
+            key_id: crate::auth::key_id(&new),
+            previous_key_id: crate::auth::key_id(&old),
+            previous_accepted_until_ms: accepted_until_ms,
+        })
     }
     /// The master key that wraps every organisation's key (`CHAINKEEPER_MASTER_KEY`, or a 0600 file).
     pub fn master_key(&self) -> anyhow::Result<[u8; 32]> {
@@ -53,11 +97,50 @@ impl DataDir {
     }
 }
 
+/// What a rotation did (key ids only: never a key).
+#[derive(Debug, serde::Serialize)]
+pub struct Rotated {
+    pub key_id: String,
+    pub previous_key_id: String,
+    pub previous_accepted_until_ms: i64,
+}
+
+/// `signing.previous`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PreviousFile {
+    /// base64
+    key: String,
+    accepted_until_ms: i64,
+}
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+/// Writes a 0600 file whole (a temporary file renamed over it): a reader sees the old or the new content.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(|e| anyhow::anyhow!("creating {}: {e}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("replacing {}: {e}", path.display()))?;
+    Ok(())
+}
+
 /// Embedded mode: SQLite, a local key file, secrets from the config file.
 pub fn embedded(data: &DataDir, config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<App>> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.store_path(), clock.clone())?);
     let keys: Arc<dyn Keys> = Arc::new(LocalKeys::new(store.clone(), data.master_key()?));
-    let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(config.apps.clone(), data.signing_key()?));
+    let dir = data.clone();
+    let secrets: Arc<dyn Secrets> =
+        Arc::new(LocalSecrets::reloading(config.apps.clone(), Box::new(move || dir.signing_keys()))?);
     Ok(App::new(store, keys, secrets, clock, config))
 }
 
@@ -78,6 +161,8 @@ pub async fn aws(env: crate::aws::AwsEnv, config: Config) -> anyhow::Result<Arc<
 /// `CHAINKEEPER_TABLE`, the adapters are DynamoDB, KMS and Secrets Manager. Otherwise they use embedded storage
 /// under `CHAINKEEPER_DATA_DIR` (default `/tmp/chainkeeper`), which is how a function is tried locally without AWS.
 pub async fn from_env() -> anyhow::Result<Arc<App>> {
+    // EMF lines on stdout in Lambda (`CHAINKEEPER_STAGE` names the deployment); the registry only elsewhere.
+    crate::metrics::install_from_env();
     let mut config = Config::load(std::env::var_os("CHAINKEEPER_CONFIG").map(PathBuf::from).as_deref())?;
     // The SAM template passes the public address as a parameter; a config file may still set it.
     if let Some(url) = std::env::var("CHAINKEEPER_PUBLIC_URL").ok().filter(|u| !u.trim().is_empty()) {

@@ -92,6 +92,8 @@ fn every_registered_problem_code_is_used() {
 const LAYERS: &[(&str, u8)] = &[
     ("ids", 0),
     ("clock", 0),
+    ("metrics", 0),
+    ("metrics_names", 0),
     // domain, with its ports (and the embedded adapters that live beside their port)
     ("store", 1),
     ("keys", 1),

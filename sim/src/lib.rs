@@ -44,9 +44,11 @@ pub mod browser;
 pub mod faults;
 mod odata;
 mod server;
+pub mod sign_in;
 pub mod totp;
 
 pub use faults::{Fault, FaultRates, FaultUntil};
+pub use sign_in::{HostSignInStats, SignIn, SignInBehaviour, SignInOutcome, SignInStats};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -208,6 +210,10 @@ pub struct SimConfig {
     pub dataset: SimDataset,
     /// How a refresh token unused past `refresh_token_idle_expiry` is refused. See [`ExpiredRefreshAnswer`].
     pub expired_refresh_answer: ExpiredRefreshAnswer,
+    /// The sign-in the authorize URL leads to; [`SignIn::Simple`] by default (for now).
+    pub sign_in: SignIn,
+    /// Per-user sign-in behaviour in [`SignIn::AzureB2c`] mode, by username (case-insensitive).
+    pub sign_in_behaviours: BTreeMap<String, SignInBehaviour>,
 }
 
 /// The answer to a refresh with a refresh token that expired unused (30 days).
@@ -338,6 +344,8 @@ impl Default for SimConfig {
             refresh_grace: RefreshGrace::Off,
             dataset: SimDataset::default(),
             expired_refresh_answer: ExpiredRefreshAnswer::default(),
+            sign_in: SignIn::Simple,
+            sign_in_behaviours: BTreeMap::new(),
         }
     }
 }
@@ -365,6 +373,8 @@ struct SimConfigFile {
     refresh_grace: Option<RefreshGrace>,
     dataset: Option<SimDataset>,
     expired_refresh_answer: Option<ExpiredRefreshAnswer>,
+    sign_in: Option<SignIn>,
+    sign_in_behaviours: Option<BTreeMap<String, SignInBehaviour>>,
 }
 
 fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
@@ -414,6 +424,12 @@ impl SimConfig {
         }
         if let Some(v) = f.expired_refresh_answer {
             c.expired_refresh_answer = v;
+        }
+        if let Some(v) = f.sign_in {
+            c.sign_in = v;
+        }
+        if let Some(v) = f.sign_in_behaviours {
+            c.sign_in_behaviours = v;
         }
         Ok(c)
     }
@@ -495,15 +511,23 @@ pub struct SimStats {
     pub api_pages_served: u64,
     /// Per `client_id#user_id`.
     pub per_chain: BTreeMap<String, ChainStats>,
+    /// Sign-in pages and credentials, per host.
+    #[serde(default)]
+    pub sign_in: SignInStats,
 }
 
 // ---------------------------------------------------------------- the server
 
-/// A running simulator bound to `127.0.0.1`. Dropping it stops the server.
+/// A running simulator bound to `127.0.0.1`: the start host (authorize, token, API) and the sign-in (Azure AD
+/// B2C) host on a second port. Dropping it stops both.
 pub struct ExactSim {
-    /// `http://127.0.0.1:PORT` — no trailing slash, no `/api`.
+    /// The start host, `http://127.0.0.1:PORT` — no trailing slash, no `/api` (stands for
+    /// `https://start.exactonline.nl`).
     pub base_url: String,
     pub addr: SocketAddr,
+    /// The B2C host, `http://127.0.0.1:PORT2` (stands for `https://login.exact.com`).
+    pub b2c_base_url: String,
+    pub b2c_addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -516,14 +540,28 @@ impl ExactSim {
 
     /// Starts the simulator on the given address.
     pub async fn start_on(config: SimConfig, clock: SimClock, addr: SocketAddr) -> anyhow::Result<ExactSim> {
+        Self::start_with_b2c_on(config, clock, addr, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts the simulator with the start host on `addr` and the B2C host on `b2c_addr`.
+    pub async fn start_with_b2c_on(
+        config: SimConfig,
+        clock: SimClock,
+        addr: SocketAddr,
+        b2c_addr: SocketAddr,
+    ) -> anyhow::Result<ExactSim> {
         let inner = Inner::new(config)?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let base_url = format!("http://{addr}");
+        let b2c_listener = tokio::net::TcpListener::bind(b2c_addr).await?;
+        let b2c_addr = b2c_listener.local_addr()?;
+        let (base_url, b2c_base_url) = (format!("http://{addr}"), format!("http://{b2c_addr}"));
         let shared = Arc::new(Shared { inner: Mutex::new(inner), clock, base_url: base_url.clone() });
+        shared.lock().sign_in.set_hosts(&base_url, &b2c_base_url);
         let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(server::serve_b2c(b2c_listener, shared.clone(), rx.clone()));
         tokio::spawn(server::serve(listener, shared.clone(), rx));
-        Ok(ExactSim { base_url, addr, shared, shutdown: tx })
+        Ok(ExactSim { base_url, addr, b2c_base_url, b2c_addr, shared, shutdown: tx })
     }
 
     /// `{base_url}/api/oauth2/auth`
@@ -651,6 +689,22 @@ impl ExactSim {
     pub fn mint_tokens(&self, client_id: &str, user_id: &str) -> (String, String) {
         let now = self.shared.clock.now_ms();
         self.shared.lock().mint(client_id, user_id, now)
+    }
+
+    /// Switches the sign-in the authorize URL leads to (sign-ins under way keep going).
+    pub fn set_sign_in(&self, mode: SignIn) {
+        self.shared.lock().sign_in.mode = mode;
+    }
+
+    /// Sets how `username`'s B2C sign-ins go from now on.
+    pub fn set_sign_in_behaviour(&self, username: &str, behaviour: SignInBehaviour) {
+        self.shared.lock().sign_in.set_behaviour(username, behaviour);
+    }
+
+    /// The code the simulated Exact Online last "sent by e-mail" to `username` ([`SignInOutcome::EmailCode`]):
+    /// what a person would read in their mailbox.
+    pub fn email_code(&self, username: &str) -> Option<String> {
+        self.shared.lock().sign_in.email_code(username)
     }
 
     /// The one active refresh token of (client, user), if any.

@@ -28,6 +28,10 @@ use crate::{
     ChainStats, ExpiredRefreshAnswer, RefreshGrace, SimApp, SimClock, SimConfig, SimStats, SimUser, odata, totp,
 };
 
+// Exact Online's real sign-in (start page + Azure AD B2C host): its own module, wired in below.
+mod sign_in_flow;
+pub(crate) use sign_in_flow::serve_b2c;
+
 /// (client_id, user_id)
 type ChainKey = (String, String);
 
@@ -130,6 +134,7 @@ pub(crate) struct Inner {
     draws: HashMap<String, u64>,
     pub(crate) data: odata::Data,
     pub(crate) stats: SimStats,
+    pub(crate) sign_in: sign_in_flow::State,
 }
 
 fn random_b64(n: usize) -> String {
@@ -188,6 +193,7 @@ impl Inner {
             draws: HashMap::new(),
             data: odata::Data::new(c.dataset),
             stats: SimStats::default(),
+            sign_in: sign_in_flow::State::new(c.sign_in, c.sign_in_behaviours),
         })
     }
 
@@ -814,7 +820,12 @@ fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
 
 const AUTH_PATH: &str = "/api/oauth2/auth";
 
-async fn authorize_get(State(s): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn authorize_get(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     let now = s.clock.now_ms();
     let mut g = s.lock();
     let client_id = q.get("client_id").cloned().unwrap_or_default();
@@ -851,6 +862,19 @@ async fn authorize_get(State(s): State<Arc<Shared>>, Query(q): Query<HashMap<Str
             Some((ch.clone(), method))
         }
     };
+    if g.sign_in.mode == crate::SignIn::AzureB2c {
+        let force_login = q.get("force_login").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+        let req = sign_in_flow::AuthorizeRequest {
+            client_id,
+            redirect_uri,
+            state,
+            code_challenge,
+            force_login,
+            uri,
+            headers,
+        };
+        return sign_in_flow::authorize(&mut g, req, now);
+    }
     // force_login is accepted: the sim has no single sign-on, every authorization shows the login page.
     g.sessions.retain(|_, ls| now - ls.created_ms < LOGIN_SESSION_LIFETIME_MS);
     let sid = random_id();
@@ -1411,7 +1435,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/grace_tokens", get(sim_grace_tokens))
         .route("/_sim/stats/reset", post(sim_stats_reset))
         .route("/_sim/dataset", get(sim_dataset))
+        .merge(sign_in_flow::start_routes())
         .layer(axum::middleware::from_fn_with_state(shared.clone(), count_api_requests))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), sign_in_flow::watch_start_host))
         .with_state(shared)
 }
 

@@ -35,10 +35,15 @@ async fn binary_prints_ready_line_and_serves_config() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let _guard = Kill(child);
+    let mut lines = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    lines.read_line(&mut line).unwrap();
     let base = line.trim().strip_prefix("listening on ").expect("ready line").to_string();
     assert!(base.starts_with("http://127.0.0.1:") && !base.ends_with('/'), "{base}");
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    let b2c = line.trim().strip_prefix("b2c host on ").expect("second line: the B2C host").to_string();
+    assert!(b2c.starts_with("http://127.0.0.1:") && b2c != base, "{b2c}");
 
     let auth = format!(
         "{base}/api/oauth2/auth?client_id=ck-app&redirect_uri=http%3A%2F%2F127.0.0.1%3A8080%2Fv1%2Fcallback&response_type=code&state=xyz"
@@ -90,9 +95,14 @@ async fn binary_runs_a_fast_clock_and_refuses_a_bad_factor() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let _guard = Kill(child);
+    // Keep reading stdout open: the binary prints a second ready line (the B2C host), and a closed pipe would end it.
+    let mut ready = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    ready.read_line(&mut line).unwrap();
     let base = line.trim().strip_prefix("listening on ").expect("ready line").to_string();
+    let mut b2c_line = String::new();
+    ready.read_line(&mut b2c_line).unwrap();
+    assert!(b2c_line.starts_with("b2c host on "), "{b2c_line}");
     let c = reqwest::Client::new();
     let t0: serde_json::Value = c.get(format!("{base}/_sim/clock")).send().await.unwrap().json().await.unwrap();
     assert_eq!(t0["factor"], 100.0);
@@ -104,4 +114,43 @@ async fn binary_runs_a_fast_clock_and_refuses_a_bad_factor() {
     let out = Command::new(env!("CARGO_BIN_EXE_exact-sim")).args(["--clock-factor", "0"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--clock-factor must be a positive number"));
+}
+
+#[tokio::test]
+async fn binary_serves_the_b2c_sign_in_from_its_config() {
+    let dir = std::env::temp_dir().join(format!("exact-sim-b2c-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("sim.json");
+    std::fs::write(
+        &cfg,
+        r#"{"sign_in": "azure_b2c",
+            "apps": [{"client_id": "ck-app", "client_secret": "ck-secret", "redirect_uris": ["http://127.0.0.1:8080/v1/callback"]}],
+            "users": [{"user_id": "u-1", "username": "bob@example.com", "password": "pw", "full_name": "Bob"}],
+            "sign_in_behaviours": {"carol@example.com": {"outcome": "locked"}}}"#,
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_exact-sim"))
+        .args(["--port", "0", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Kill(child);
+    let mut lines = BufReader::new(stdout);
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    let auth = format!(
+        "{base}/api/oauth2/auth?client_id=ck-app&redirect_uri=http%3A%2F%2F127.0.0.1%3A8080%2Fv1%2Fcallback&response_type=code&state=xyz"
+    );
+    let loc = exact_sim::browser::login(&auth, "bob@example.com", "pw", None).await.unwrap();
+    assert!(loc.starts_with("http://127.0.0.1:8080/v1/callback?code="), "{loc}");
+    let st: serde_json::Value =
+        reqwest::Client::new().get(format!("{base}/_sim/stats")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(st["sign_in"]["completed"], 1);
+    assert_eq!(st["sign_in"]["start_host"]["password_seen"], 0);
+    assert_eq!(st["sign_in"]["b2c_host"]["password_seen"], 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -51,8 +51,8 @@ async fn login_pages_wrong_password_wrong_totp_consent_skip() {
     let html = page.text().await.unwrap();
     let form = browser::parse_form(&html).unwrap();
     assert_eq!(form.method, "post");
-    assert!(form.has_input("UserName") && form.has_input("Password"));
-    let sid = form.inputs.iter().find(|(_, t, _)| t == "hidden").unwrap().2.clone();
+    assert!(form.has_field("UserName") && form.has_field("Password"));
+    let sid = form.hidden_fields().next().unwrap().value.clone();
     let post = |fields: Vec<(&'static str, String)>| {
         let c = c.clone();
         let url = sim.authorize_url();
@@ -65,7 +65,7 @@ async fn login_pages_wrong_password_wrong_totp_consent_skip() {
     assert_eq!(r.status(), 200);
     let html = r.text().await.unwrap();
     assert!(browser::error_text(&html).unwrap().contains("incorrect"));
-    assert!(browser::parse_form(&html).unwrap().has_input("Password"));
+    assert!(browser::parse_form(&html).unwrap().has_field("Password"));
     // right password: TOTP page
     let r = post(vec![
         ("LoginSessionId", sid.clone()),
@@ -74,7 +74,7 @@ async fn login_pages_wrong_password_wrong_totp_consent_skip() {
     ])
     .await;
     let html = r.text().await.unwrap();
-    assert!(browser::parse_form(&html).unwrap().has_input("Code"));
+    assert!(browser::parse_form(&html).unwrap().has_field("Code"));
     // wrong code: the TOTP page again with an error
     let now_s = sim.clock().now_ms() / 1000;
     let wrong = totp::totp(&totp::base32_decode(exact_sim::DEFAULT_TOTP_SECRET).unwrap(), now_s - 300, 6);
@@ -86,7 +86,7 @@ async fn login_pages_wrong_password_wrong_totp_consent_skip() {
     let prev = totp::totp(&totp::base32_decode(exact_sim::DEFAULT_TOTP_SECRET).unwrap(), now_s - 30, 6);
     let r = post(vec![("LoginSessionId", sid.clone()), ("Code", prev)]).await;
     let html = r.text().await.unwrap();
-    assert!(browser::parse_form(&html).unwrap().has_button("Allow"), "{html}");
+    assert!(browser::parse_form(&html).unwrap().has_field("Allow"), "{html}");
     let r = post(vec![("LoginSessionId", sid.clone()), ("Allow", "yes".into())]).await;
     assert_eq!(r.status(), 302);
     let loc = r.headers()["location"].to_str().unwrap().to_string();
@@ -94,7 +94,7 @@ async fn login_pages_wrong_password_wrong_totp_consent_skip() {
 
     // second authorization: consent already given → straight from TOTP to the redirect
     let html = c.get(authorize_url(&sim, "s2", None)).send().await.unwrap().text().await.unwrap();
-    let sid = browser::parse_form(&html).unwrap().inputs.iter().find(|(_, t, _)| t == "hidden").unwrap().2.clone();
+    let sid = browser::parse_form(&html).unwrap().hidden_fields().next().unwrap().value.clone();
     post(vec![
         ("LoginSessionId", sid.clone()),
         ("UserName", DEFAULT_USERNAME.into()),

@@ -350,7 +350,19 @@ redirect_uri = "{redirect}"
 
     /// POST …/authorize, sign in at the simulator with the user's password and TOTP, follow the callback.
     pub async fn authorize(&self, org: &str, db: &str, alias: &str, user: &SimUser) -> crate::Reply {
-        let r = self.api.post(&format!("{}/authorize", container_path(org, db, alias)), json!({})).await;
+        self.authorize_with(org, db, alias, user, json!({})).await
+    }
+
+    /// [`Self::authorize`] with a start request body (`{"replace_user": true}`).
+    pub async fn authorize_with(
+        &self,
+        org: &str,
+        db: &str,
+        alias: &str,
+        user: &SimUser,
+        start: serde_json::Value,
+    ) -> crate::Reply {
+        let r = self.api.post(&format!("{}/authorize", container_path(org, db, alias)), start).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let url = r.body["authorize_url"].as_str().unwrap();
         let totp = self.sim.totp_now(&user.username);
@@ -380,7 +392,16 @@ redirect_uri = "{redirect}"
 pub async fn four_processes(
     latency: Duration,
 ) -> anyhow::Result<(ExactSim, Vec<Api>, Vec<crate::Serve>, tempfile::TempDir)> {
-    let ports: Vec<u16> = (0..4).map(|_| crate::free_port()).collect();
+    serve_processes(4, latency, &[]).await
+}
+
+/// [`four_processes`] with `n` processes, each started with `extra` arguments.
+pub async fn serve_processes(
+    n: usize,
+    latency: Duration,
+    extra: &[&str],
+) -> anyhow::Result<(ExactSim, Vec<Api>, Vec<crate::Serve>, tempfile::TempDir)> {
+    let ports: Vec<u16> = (0..n).map(|_| crate::free_port()).collect();
     let redirect = format!("http://127.0.0.1:{}/v1/callback", ports[0]);
     let user = sim_user(1);
     let sim = ExactSim::start(
@@ -411,7 +432,7 @@ pub async fn four_processes(
     )?;
     let mut serves = Vec::new();
     for port in &ports {
-        serves.push(crate::Serve::start_on(dir.path(), Some(&config), *port).await?);
+        serves.push(crate::Serve::start_with_args(dir.path(), Some(&config), *port, extra).await?);
     }
     let token = crate::issue_token(dir.path(), &["--platform"], &["admin"]);
     let apis: Vec<Api> = serves.iter().map(|s| Api::new(&s.base, &token)).collect();

@@ -83,6 +83,8 @@ pub struct LocalLambda {
     _child: tokio::process::Child,
     _server: tokio::task::JoinHandle<()>,
     counter: std::sync::atomic::AtomicU64,
+    /// Every line the function wrote to standard output (where Lambda functions write EMF metric lines).
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl LocalLambda {
@@ -111,15 +113,31 @@ impl LocalLambda {
             .env("AWS_LAMBDA_LOG_STREAM_NAME", "local")
             .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}"))
             .env("AWS_REGION", "eu-west-1")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let started = Instant::now();
-        let child = cmd.spawn()?;
-        Ok(LocalLambda { shared, started, _child: child, _server: server, counter: Default::default() })
+        let mut child = cmd.spawn()?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        if let Some(out) = child.stdout.take() {
+            let lines_out = stdout.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    lines_out.lock().unwrap().push(line);
+                }
+            });
+        }
+        Ok(LocalLambda { shared, started, _child: child, _server: server, counter: Default::default(), stdout })
+    }
+
+    /// The lines the function has written to standard output so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// Invokes the function with `event`; `Ok` is its response, `Err` the error it reported.

@@ -94,8 +94,19 @@ impl Serve {
     }
 
     pub async fn start_on(data_dir: &Path, config: Option<&Path>, port: u16) -> anyhow::Result<Serve> {
+        Self::start_with_args(data_dir, config, port, &[]).await
+    }
+
+    /// Like [`Serve::start_on`], with more arguments for `serve` (`--metrics-listen …`).
+    pub async fn start_with_args(
+        data_dir: &Path,
+        config: Option<&Path>,
+        port: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<Serve> {
         let mut cmd = tokio::process::Command::new(cli_bin());
         cmd.arg("serve").arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--data-dir").arg(data_dir);
+        cmd.args(extra);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }

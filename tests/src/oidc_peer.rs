@@ -299,18 +299,19 @@ pub async fn sign_in(authorize_url: &str, login: &str, password: &str) -> anyhow
         if !status.is_success() {
             bail!("sign_in: {status} at {url} (after posting {forms_posted:?}): {}", page_text(&body));
         }
-        let form =
-            parse_form(&body).ok_or_else(|| anyhow!("sign_in: no form on the page at {url}: {}", page_text(&body)))?;
-        if !form.method.eq_ignore_ascii_case("post") {
+        let form = chainkeeper_forms::first_form(&body)
+            .ok_or_else(|| anyhow!("sign_in: no form on the page at {url}: {}", page_text(&body)))?;
+        if form.method != "post" {
             bail!("sign_in: form at {url} uses method {:?}", form.method);
         }
-        let prompt = form.inputs.iter().find(|(n, _)| n == "prompt").map(|(_, v)| v.clone()).unwrap_or_default();
-        let has_login = form.inputs.iter().any(|(n, _)| n == "login");
+        let inputs = form.entries(None);
+        let prompt = inputs.iter().find(|(n, _)| n == "prompt").map(|(_, v)| v.clone()).unwrap_or_default();
+        let has_login = inputs.iter().any(|(n, _)| n == "login");
         if prompt == "login" && !has_login {
             bail!("sign_in: login form at {url} has no `login` field");
         }
         let mut ser = url::form_urlencoded::Serializer::new(String::new());
-        for (name, value) in &form.inputs {
+        for (name, value) in &inputs {
             match name.as_str() {
                 "login" => ser.append_pair(name, login),
                 "password" => ser.append_pair(name, password),
@@ -328,151 +329,10 @@ pub async fn sign_in(authorize_url: &str, login: &str, password: &str) -> anyhow
     bail!("sign_in: too many steps (posted {forms_posted:?}), last at {url}")
 }
 
-struct Form {
-    action: Option<String>,
-    method: String,
-    /// (name, value) of every named `<input>`, in document order.
-    inputs: Vec<(String, String)>,
-}
-
-/// First `<form ...> ... </form>` of the page, by plain string scanning.
-fn parse_form(html: &str) -> Option<Form> {
-    let lower = html.to_ascii_lowercase();
-    let start = lower.find("<form")?;
-    let tag_end = start + lower[start..].find('>')?;
-    let form_tag = &html[start..=tag_end];
-    let end = lower[tag_end..].find("</form").map_or(html.len(), |i| tag_end + i);
-    let inner = &html[tag_end + 1..end];
-    let inner_lower = &lower[tag_end + 1..end];
-
-    let mut inputs = Vec::new();
-    let mut pos = 0;
-    while let Some(i) = inner_lower[pos..].find("<input") {
-        let s = pos + i;
-        let e = inner_lower[s..].find('>').map_or(inner.len(), |j| s + j + 1);
-        let tag = &inner[s..e];
-        if let Some(name) = attr(tag, "name") {
-            let ty = attr(tag, "type").unwrap_or_default().to_ascii_lowercase();
-            if ty != "submit" && ty != "button" && ty != "image" && ty != "reset" {
-                inputs.push((name, attr(tag, "value").unwrap_or_default()));
-            }
-        }
-        pos = e;
-    }
-    Some(Form {
-        action: attr(form_tag, "action"),
-        method: attr(form_tag, "method").unwrap_or_else(|| "get".to_owned()),
-        inputs,
-    })
-}
-
-/// Value of attribute `name` in a start tag (quoted with " or ', or bare), entity-decoded.
-fn attr(tag: &str, name: &str) -> Option<String> {
-    let lower = tag.to_ascii_lowercase();
-    let bytes = tag.as_bytes();
-    let mut from = 0;
-    while let Some(i) = lower[from..].find(name) {
-        let at = from + i;
-        from = at + name.len();
-        let before_ok = at > 0 && bytes[at - 1].is_ascii_whitespace();
-        let mut j = at + name.len();
-        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
-            j += 1;
-        }
-        if !before_ok || j >= bytes.len() || bytes[j] != b'=' {
-            continue;
-        }
-        j += 1;
-        while j < bytes.len() && bytes[j].is_ascii_whitespace() {
-            j += 1;
-        }
-        if j >= bytes.len() {
-            return Some(String::new());
-        }
-        let raw = match bytes[j] {
-            q @ (b'"' | b'\'') => {
-                let rest = &tag[j + 1..];
-                &rest[..rest.find(q as char).unwrap_or(rest.len())]
-            }
-            _ => {
-                let rest = &tag[j..];
-                let stop = rest.find(|c: char| c.is_ascii_whitespace() || c == '>' || c == '/').unwrap_or(rest.len());
-                &rest[..stop]
-            }
-        };
-        return Some(decode_entities(raw));
-    }
-    None
-}
-
-fn decode_entities(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        let Some(semi) = rest.find(';').filter(|&k| k <= 12) else {
-            out.push('&');
-            rest = &rest[1..];
-            continue;
-        };
-        let ent = &rest[1..semi];
-        let decoded = match ent {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            _ if ent.starts_with("#x") || ent.starts_with("#X") => {
-                u32::from_str_radix(&ent[2..], 16).ok().and_then(char::from_u32)
-            }
-            _ if ent.starts_with('#') => ent[1..].parse().ok().and_then(char::from_u32),
-            _ => None,
-        };
-        match decoded {
-            Some(c) => {
-                out.push(c);
-                rest = &rest[semi + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Visible-ish text of an HTML page (tags, `<style>`/`<script>` dropped), whitespace collapsed,
-/// cut to 600 chars — for error messages (oidc-provider's error page names the error there).
+/// Visible text of an HTML page, cut to 600 chars — for error messages (oidc-provider's error page names the
+/// error there).
 fn page_text(html: &str) -> String {
-    let lower = html.to_ascii_lowercase();
-    let body_from = lower.find("<body").unwrap_or(0);
-    let mut out = String::new();
-    let mut i = body_from;
-    let bytes = html.as_bytes();
-    while i < html.len() {
-        if bytes[i] == b'<' {
-            for skip in ["<style", "<script"] {
-                if lower[i..].starts_with(skip) {
-                    let close = format!("</{}", &skip[1..]);
-                    i = lower[i..].find(&close).map_or(html.len(), |j| i + j);
-                    break;
-                }
-            }
-            i = lower[i..].find('>').map_or(html.len(), |j| i + j + 1);
-            out.push(' ');
-            continue;
-        }
-        let next = lower[i..].find('<').map_or(html.len(), |j| i + j);
-        out.push_str(&html[i..next]);
-        i = next;
-    }
-    let text = decode_entities(&out).split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = chainkeeper_forms::visible_text(html);
     if text.is_empty() {
         return "(empty body)".to_owned();
     }
@@ -484,26 +344,26 @@ mod parse_tests {
     use super::*;
 
     #[test]
-    fn parses_oidc_provider_login_form() {
+    fn reads_oidc_provider_login_form_and_error_page() {
         let html = r#"<html><body><form autocomplete="off" action="http://127.0.0.1:1/interaction/abc" method="post">
   <input type="hidden" name="prompt" value="login"/>
   <input required type="text" name="login" placeholder="Enter any login" autofocus="on">
   <input required type="password" name="password" placeholder="and password" >
   <button type="submit" class="login login-submit">Sign-in</button>
 </form></body></html>"#;
-        let f = parse_form(html).unwrap();
+        let f = chainkeeper_forms::first_form(html).unwrap();
         assert_eq!(f.action.as_deref(), Some("http://127.0.0.1:1/interaction/abc"));
         assert_eq!(f.method, "post");
         assert_eq!(
-            f.inputs,
+            f.entries(None),
             vec![
                 ("prompt".into(), "login".into()),
                 ("login".into(), String::new()),
                 ("password".into(), String::new())
             ]
         );
-        assert_eq!(decode_entities("a&amp;b&#x2F;c&#39;&bogus"), "a&b/c'&bogus");
-        assert_eq!(decode_entities("&ééééééééé;x&"), "&ééééééééé;x&");
-        assert_eq!(attr(r#"<input data-name="x" name='y'>"#, "name").as_deref(), Some("y"));
+        let err = "<html><head><style>h1{}</style></head><body><h1>oops! something went wrong</h1><pre>error: invalid_request</pre><script>x()</script></body></html>";
+        assert_eq!(page_text(err), "oops! something went wrong error: invalid_request");
+        assert_eq!(page_text("<html></html>"), "(empty body)");
     }
 }

@@ -1,4 +1,5 @@
-//! `POST/GET /v1/orgs/{org}/api-tokens`, `DELETE …/api-tokens/{id}`.
+//! `POST/GET /v1/orgs/{org}/api-tokens`, `DELETE …/api-tokens/{id}`; the platform's own tokens at
+//! `GET /v1/platform/api-tokens`, `DELETE /v1/platform/api-tokens/{id}`.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -26,7 +27,7 @@ pub struct NewToken {
 
 fn view(t: &ApiTokenRecord) -> Value {
     json!({
-        "id": t.id, "subject": t.subject, "scopes": t.scopes, "issued_by": t.issued_by,
+        "id": t.id, "subject": t.subject, "scopes": t.scopes, "issued_by": t.issued_by, "issuer_id": t.issuer_id,
         "issued_at": rfc3339(t.issued_at_ms), "expires_at": rfc3339(t.expires_at_ms),
         "revoked_at": t.revoked_at_ms.map(rfc3339),
     })
@@ -58,5 +59,21 @@ pub async fn revoke(
 ) -> Result<StatusCode, Problem> {
     let id = params.get("id").map(String::as_str).unwrap_or_default();
     app.api_tokens.revoke(&names.org, &who.sub, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The platform tokens the operator issued (platform token only: `RouteSpec::platform_only`).
+pub async fn list_platform(State(app): State<AppState>) -> Result<Json<Value>, Problem> {
+    let all: Vec<Value> = app.api_tokens.list_platform().await?.iter().map(view).collect();
+    Ok(Json(json!({ "api_tokens": all })))
+}
+
+pub async fn revoke_platform(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+) -> Result<StatusCode, Problem> {
+    let id = params.get("id").map(String::as_str).unwrap_or_default();
+    app.api_tokens.revoke_platform(&who.sub, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,16 +5,30 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::extract::{Caller, Names};
+use super::extract::{Body, Caller, Names};
 use super::problem::{Problem, html_escape};
 use crate::app::authorization::Callback;
 use crate::clock::rfc3339;
 
-pub async fn start(State(app): State<AppState>, Caller(who): Caller, names: Names) -> Result<Json<Value>, Problem> {
-    let started = app.authorization.start(&names.container()?, &who.sub).await?;
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Start {
+    /// Allow the authorization to be completed as another provider user than the container's current one.
+    #[serde(default)]
+    replace_user: bool,
+}
+
+pub async fn start(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+    Body(b): Body<Start>,
+) -> Result<Json<Value>, Problem> {
+    let started = app.authorization.start(&names.container()?, &who.sub, b.replace_user).await?;
     Ok(Json(json!({
         "authorize_url": started.authorize_url,
         "state": started.state,

@@ -269,6 +269,20 @@ impl From<ApiTokenError> for Problem {
             ApiTokenError::NotFound { org, id } => {
                 Problem::not_found("api_token_not_found", format!("Organisation '{org}' has no API token '{id}'."))
             }
+            ApiTokenError::PlatformNotFound(id) => {
+                Problem::not_found("api_token_not_found", format!("There is no platform API token '{id}'."))
+            }
+            ApiTokenError::OutlivesIssuer { issuer_expires_at_ms } => Problem::new(
+                StatusCode::FORBIDDEN,
+                "token_outlives_issuer",
+                format!(
+                    "Your API token expires at {}; a token it issues cannot be valid for longer. Ask for a shorter `expires_in_s`, or leave it out to get your token's expiry.",
+                    crate::clock::rfc3339(issuer_expires_at_ms)
+                ),
+            ),
+            ApiTokenError::IssuerRevoked => {
+                unauthorized("This API token was revoked. Ask an administrator for a new one.")
+            }
             ApiTokenError::Store(e) => e.into(),
             ApiTokenError::Unexpected(e) => e.into(),
         }
@@ -325,11 +339,13 @@ impl From<WebhookError> for Problem {
             WebhookError::InvalidUrl(why) => Problem::bad_request(
                 "invalid_webhook_url",
                 match why {
-                    UrlRefusal::NotAbsolute => "The webhook URL is not an absolute URL.",
-                    UrlRefusal::Form => "The webhook URL must be http(s)://host/path, without credentials.",
-                    UrlRefusal::PrivateAddress => {
-                        "Webhooks to loopback or private addresses are refused (set server.webhook_allow_private_networks to allow them)."
-                    }
+                    UrlRefusal::NotAbsolute => "The webhook URL is not an absolute URL.".to_string(),
+                    UrlRefusal::Form => "The webhook URL must be https://host/path, without credentials.".to_string(),
+                    UrlRefusal::NotHttps => "Webhooks are sent over https only (an operator may allow plain http for a named host with [webhooks] allow_http_hosts).".to_string(),
+                    UrlRefusal::PrivateAddress(class) => format!(
+                        "The webhook URL names a {} address; webhooks reach public addresses only (an operator may allow private addresses for a named host with [webhooks] allow_private_hosts).",
+                        class.as_str()
+                    ),
                 },
             ),
             WebhookError::Store(e) => e.into(),
@@ -439,6 +455,12 @@ impl From<AuthorizationError> for Problem {
                 "recovery_wrong_identity",
                 format!(
                     "Auto-recovery signed in as a different user than {c} uses; nothing was stored. Store the recovery credentials of the container's own user."
+                ),
+            ),
+            E::DifferentUser { c, expected } => Problem::conflict(
+                "different_provider_user",
+                format!(
+                    "{c} signs in as {expected}, but this authorization was completed as another user; nothing was stored and the container keeps its chain. Sign in as {expected}, or start the authorization with {{\"replace_user\": true}} to change the container's user."
                 ),
             ),
             E::SingleInstanceConflict { sid, removed } => Problem::conflict(

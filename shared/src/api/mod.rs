@@ -84,6 +84,8 @@ fn endpoint(spec: &RouteSpec) -> MethodRouter<AppState> {
         Handler::CreateApiToken => on(filter, api_tokens::create),
         Handler::ListApiTokens => on(filter, api_tokens::list),
         Handler::RevokeApiToken => on(filter, api_tokens::revoke),
+        Handler::ListPlatformApiTokens => on(filter, api_tokens::list_platform),
+        Handler::RevokePlatformApiToken => on(filter, api_tokens::revoke_platform),
     }
 }
 

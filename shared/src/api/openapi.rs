@@ -152,7 +152,12 @@ fn request_schema(method: &str, path: &str) -> Option<Value> {
             json!({"subject": text, "scopes": {"type": "array", "items": text, "minItems": 1}, "expires_in_s": {"type": "integer", "minimum": 60}}),
             &["subject", "scopes"],
         ),
-        ("POST", "authorize") | ("POST", "token") => object(json!({}), &[]),
+        ("POST", "authorize") => object(
+            json!({"replace_user": {"type": "boolean", "default": false,
+                "description": "Allow completing the authorization as another provider user than the container's current one."}}),
+            &[],
+        ),
+        ("POST", "token") => object(json!({}), &[]),
         ("PUT", "auto-recovery") => object(
             json!({"username": text, "password": text, "totp_secret": text, "retention_days": {"type": "integer", "minimum": 1, "maximum": 90}}),
             &["username", "password"],

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::extract::{Body, Caller, Names};
 use super::problem::Problem;
+use crate::app::webhook_target::masked;
 use crate::clock::rfc3339;
 use crate::ids::{DbName, OrgId};
 use crate::records::{DbRecord, OrgRecord};
@@ -30,7 +31,7 @@ pub struct NewDb {
 }
 
 fn org_view(o: &OrgRecord) -> Value {
-    json!({"name": o.name, "display_name": o.display_name, "created_at": rfc3339(o.created_at_ms), "webhook_url": o.webhook_url})
+    json!({"name": o.name, "display_name": o.display_name, "created_at": rfc3339(o.created_at_ms), "webhook_url": o.webhook_url.as_deref().map(masked)})
 }
 
 fn db_view(d: &DbRecord) -> Value {

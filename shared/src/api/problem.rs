@@ -96,6 +96,9 @@ types! {
     "scope_escalation" => "Cannot grant a scope you do not hold",
         "An API token can only issue tokens with scopes it holds itself.",
         "Ask for the token with an API token that holds those scopes.";
+    "token_outlives_issuer" => "Token would outlive its issuer",
+        "A token issued with another token cannot be valid for longer than the token that issues it.",
+        "Ask for a shorter `expires_in_s`, or leave it out to get the issuing token's expiry.";
     "invalid_token_id" => "Not an API token id",
         "The id in the path is not of the form of an API token id.",
         "Take the id from GET …/api-tokens.";
@@ -182,6 +185,9 @@ types! {
     "identity_unavailable" => "Identity not readable",
         "chainkeeper could not read who signed in at the provider.",
         "Start the authorization again; if it persists the provider's identity endpoint is down.";
+    "different_provider_user" => "Signed in as another user",
+        "The authorization was completed as another provider user than the container's; nothing was stored.",
+        "Sign in as the user the detail names, or start the authorization with `{\"replace_user\": true}` to change the container's user.";
     "single_instance_conflict" => "Identifier held by another container",
         "The provider allows one active authorization per app and user, and another container holds this app and user. It keeps working with the new sign-in.",
         "Delete the other container first, or sign in with another user or app.";

@@ -49,14 +49,16 @@ pub enum Handler {
     CreateApiToken,
     ListApiTokens,
     RevokeApiToken,
+    ListPlatformApiTokens,
+    RevokePlatformApiToken,
 }
 
 impl RouteSpec {
-    /// Routes that act on organisations themselves (create, delete) need a platform token: an organisation's
-    /// own token, even with `admin`, cannot create or delete organisations. Published as
-    /// `x-chainkeeper-platform-only` in `/openapi.json`.
+    /// Routes that act on organisations themselves (create, delete) and the platform's own routes
+    /// (`/v1/platform/…`) need a platform token: an organisation's own token, even with `admin`, cannot reach
+    /// them. Published as `x-chainkeeper-platform-only` in `/openapi.json`.
     pub fn platform_only(&self) -> bool {
-        self.resource == "orgs" && self.method != "GET"
+        (self.resource == "orgs" && self.method != "GET") || self.path.starts_with("/v1/platform/")
     }
 }
 
@@ -282,7 +284,23 @@ pub const ROUTES: &[RouteSpec] = &[
         "api-tokens",
         "manage",
         RevokeApiToken,
-        "Revoke an API token: refused from its next request on, in every process."
+        "Revoke an API token, and every token issued through it: refused from its next request on, in every process."
+    ),
+    r!(
+        "GET",
+        "/v1/platform/api-tokens",
+        "api-tokens",
+        "manage",
+        ListPlatformApiTokens,
+        "List the platform tokens the operator issued (`chainkeeper token issue --platform`; platform token)."
+    ),
+    r!(
+        "DELETE",
+        "/v1/platform/api-tokens/{id}",
+        "api-tokens",
+        "manage",
+        RevokePlatformApiToken,
+        "Revoke a platform token, and every token issued through it (platform token)."
     ),
 ];
 

@@ -17,7 +17,7 @@ pub struct Webhook {
     url: String,
 }
 
-/// Registers (or replaces) the organisation's webhook; the signing secret is returned once.
+/// Registers (or replaces) the organisation's webhook; the signing secret is returned once, the URL masked.
 pub async fn set(
     State(app): State<AppState>,
     Caller(who): Caller,
@@ -26,7 +26,7 @@ pub async fn set(
 ) -> Result<Json<Value>, Problem> {
     let done = app.webhooks.register(&names.org, &who.sub, &b.url).await?;
     Ok(Json(json!({
-        "url": done.url,
+        "url": done.masked_url,
         "secret": done.secret.expose_secret(),
         "signature_header": "X-Chainkeeper-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>",
     })))

@@ -1,12 +1,22 @@
 //! API tokens of an organisation: authenticate a caller, issue, list, revoke. A revoked token is refused on its
 //! next request, in every process (the revocation is a store item, looked up on every request).
+//!
+//! A token cannot outlive or escape its issuer: a token issued with another gets at most the issuer's scopes
+//! and expiry, its record names the issuer's id, and revoking a token revokes every token issued through it,
+//! transitively (an `issued-by` item per child makes the walk a query per token, across organisations).
+//! Tokens the operator issues (`chainkeeper token issue`) are recorded too, so they are listed and revoked by
+//! id like any other.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::auth::{Claims, TokenRejected, issue, verify};
+use crate::auth::{Claims, TokenRejected, covers, issue, verify_any};
 use crate::clock::Clock;
 use crate::ids::{OrgId, random_id};
-use crate::records::{API_TOKENS_PREFIX, ApiTokenRecord, api_token_key, decode, encode, org_pk, revoked_key};
+use crate::records::{
+    API_TOKENS_PREFIX, ApiTokenRecord, PLATFORM_PK, any_api_token_key, decode, encode, issued_by_key, issued_by_pk,
+    org_pk, parse_issued_by_sk, revoked_key,
+};
 use crate::secrets::Secrets;
 use crate::store::{Condition, Put, Store, StoreError};
 
@@ -35,10 +45,16 @@ pub enum ApiTokenError {
     InvalidScopes,
     #[error("the caller's token does not hold scope {0}")]
     ScopeEscalation(String),
+    #[error("the new token would outlive the caller's token (it expires at {issuer_expires_at_ms})")]
+    OutlivesIssuer { issuer_expires_at_ms: i64 },
+    #[error("the caller's token was revoked while it issued a token")]
+    IssuerRevoked,
     #[error("not an API token id")]
     InvalidId,
     #[error("organisation '{org}' has no API token '{id}'")]
     NotFound { org: OrgId, id: String },
+    #[error("there is no platform API token '{0}'")]
+    PlatformNotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -49,8 +65,19 @@ pub enum ApiTokenError {
 pub struct NewApiToken {
     pub subject: String,
     pub scopes: Vec<String>,
-    /// Seconds the token is valid; default 90 days, 60 s to 2 years.
+    /// Seconds the token is valid; default 90 days (or the issuer's expiry, if sooner), 60 s to 2 years.
     pub expires_in_s: Option<u64>,
+}
+
+const DEFAULT_TTL_S: u64 = 90 * 86_400;
+const MAX_TTL_S: u64 = 2 * 365 * 86_400;
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn valid_scopes(scopes: &[String]) -> bool {
+    !scopes.is_empty() && scopes.iter().all(|sc| !sc.is_empty() && sc.len() <= 80 && !sc.contains(char::is_whitespace))
 }
 
 /// An issued token: its metadata, and the token itself (shown once).
@@ -65,65 +92,143 @@ pub struct ApiTokens {
     secrets: Arc<dyn Secrets>,
     clock: Arc<dyn Clock>,
     audit: AuditLog,
+    scope_groups: Arc<BTreeMap<String, Vec<String>>>,
 }
 
 impl ApiTokens {
     pub fn new(p: &Ports, audit: AuditLog) -> Self {
-        Self { store: p.store.clone(), secrets: p.secrets.clone(), clock: p.clock.clone(), audit }
+        Self {
+            store: p.store.clone(),
+            secrets: p.secrets.clone(),
+            clock: p.clock.clone(),
+            audit,
+            scope_groups: Arc::new(p.config.scope_groups.clone()),
+        }
     }
 
-    /// The claims of a bearer token: signed by this deployment, not expired, not revoked.
+    /// The claims of a bearer token: signed by a key this deployment accepts now (the current one, or the
+    /// previous one inside its rotation window), not expired, not revoked.
     pub async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
-        let key = self.secrets.signing_key().await?;
-        let claims = verify(&key, token, self.clock.now_ms())?;
+        let keys = self.secrets.signing_keys().await?;
+        let now = self.clock.now_ms();
+        let claims = verify_any(&keys.accepted(now), token, now)?;
         if self.store.get(&revoked_key(&claims.jti)).await?.is_some() {
             return Err(AuthError::Revoked);
         }
         Ok(claims)
     }
 
-    /// Issues a token of `org` with at most the scopes the caller holds.
+    /// Issues a token of `org` with at most the scopes and the expiry of the caller's token, recorded with the
+    /// caller's token id (revoking the caller's token revokes it).
     #[tracing::instrument(skip_all, fields(org = %org))]
     pub async fn issue(&self, org: &OrgId, caller: &Claims, new: NewApiToken) -> Result<Issued, ApiTokenError> {
         lookup::org(&*self.store, org).await?;
-        if new.scopes.is_empty()
-            || new.scopes.iter().any(|sc| sc.is_empty() || sc.len() > 80 || sc.contains(char::is_whitespace))
-        {
+        if !valid_scopes(&new.scopes) {
             return Err(ApiTokenError::InvalidScopes);
         }
         // Nobody hands out more than they hold.
-        let holds_admin = caller.scopes.iter().any(|s| s == "admin");
-        if !holds_admin && let Some(extra) = new.scopes.iter().find(|sc| !caller.scopes.contains(sc)) {
+        if let Some(extra) = new.scopes.iter().find(|sc| !covers(&caller.scopes, &self.scope_groups, sc)) {
             return Err(ApiTokenError::ScopeEscalation(extra.clone()));
         }
-        let ttl = new.expires_in_s.unwrap_or(90 * 86_400).clamp(60, 2 * 365 * 86_400);
+        // Nor for longer than they hold it.
+        let now_s = self.clock.now_ms() / 1000;
+        let ttl = new.expires_in_s.unwrap_or(DEFAULT_TTL_S).clamp(60, MAX_TTL_S) as i64;
+        let exp = match new.expires_in_s {
+            Some(_) if now_s + ttl > caller.exp => {
+                return Err(ApiTokenError::OutlivesIssuer { issuer_expires_at_ms: caller.exp * 1000 });
+            }
+            _ => (now_s + ttl).min(caller.exp),
+        };
+        let issued = self.sign_and_record(Some(org), &new, exp, &caller.sub, Some(caller.jti.as_str())).await?;
+        // A revocation of the issuer that ran while this token was written may have missed it: the issuer's
+        // marker is written before its walk, this token's `issued-by` item before this check, so one of the two
+        // sees the other.
+        if self.store.get(&revoked_key(&caller.jti)).await?.is_some() {
+            self.revoke_tree(&issued.record, Some(org)).await?;
+            return Err(ApiTokenError::IssuerRevoked);
+        }
+        let detail = format!("id {} for {}", issued.record.id, issued.record.subject);
+        self.audit.record(org, &caller.sub, "api_token.issue", None, "ok", Some(detail)).await;
+        Ok(issued)
+    }
+
+    /// A token issued by the operator with the signing key (`chainkeeper token issue`): for `org`, or a platform
+    /// token (`None`). Recorded like any other, so it can be listed and revoked by id.
+    #[tracing::instrument(skip_all)]
+    pub async fn issue_by_operator(&self, org: Option<&OrgId>, new: NewApiToken) -> Result<Issued, ApiTokenError> {
+        if !valid_scopes(&new.scopes) {
+            return Err(ApiTokenError::InvalidScopes);
+        }
+        let ttl = new.expires_in_s.unwrap_or(DEFAULT_TTL_S).max(60) as i64;
+        let exp = self.clock.now_ms() / 1000 + ttl;
+        let issued = self.sign_and_record(org, &new, exp, "operator", None).await?;
+        if let Some(org) = org {
+            let detail = format!("id {} for {}", issued.record.id, issued.record.subject);
+            self.audit.record(org, "operator", "api_token.issue", None, "ok", Some(detail)).await;
+        }
+        Ok(issued)
+    }
+
+    async fn sign_and_record(
+        &self,
+        org: Option<&OrgId>,
+        new: &NewApiToken,
+        exp: i64,
+        issued_by: &str,
+        issuer_id: Option<&str>,
+    ) -> Result<Issued, ApiTokenError> {
         let now = self.clock.now_ms();
         let id = random_id();
         let claims = Claims {
             sub: new.subject.chars().take(120).collect(),
-            org: Some(org.to_string()),
+            org: org.map(|o| o.to_string()),
             scopes: new.scopes.clone(),
-            exp: now / 1000 + ttl as i64,
+            exp,
             iat: now / 1000,
             jti: id.clone(),
         };
-        let key = self.secrets.signing_key().await?;
-        let token = issue(&key, &claims)?;
+        let keys = self.secrets.signing_keys().await?;
+        let token = issue(&keys.current, &claims)?;
         let record = ApiTokenRecord {
             id: id.clone(),
             subject: claims.sub.clone(),
-            scopes: new.scopes,
-            issued_by: caller.sub.clone(),
+            scopes: new.scopes.clone(),
+            issued_by: issued_by.chars().take(120).collect(),
+            issuer_id: issuer_id.map(str::to_string),
             issued_at_ms: now,
-            expires_at_ms: claims.exp * 1000,
+            expires_at_ms: exp * 1000,
             revoked_at_ms: None,
         };
-        let put = Put::new(api_token_key(org, &id), encode(&record), Condition::Absent)
+        if let Some(issuer) = issuer_id {
+            let link = Put::new(issued_by_key(issuer, org, &id), Vec::new(), Condition::None)
+                .expires_at(Some(record.expires_at_ms + 60_000));
+            self.store.put(link).await?;
+        }
+        let put = Put::new(any_api_token_key(org, &id), encode(&record), Condition::Absent)
             .expires_at(Some(record.expires_at_ms));
         self.store.put(put).await?;
-        let detail = format!("id {id} for {}", record.subject);
-        self.audit.record(org, &caller.sub, "api_token.issue", None, "ok", Some(detail)).await;
         Ok(Issued { record, token: token.into() })
+    }
+
+    /// The operator's platform tokens (not limited to one organisation).
+    pub async fn list_platform(&self) -> Result<Vec<ApiTokenRecord>, ApiTokenError> {
+        let items = self.store.query(PLATFORM_PK, API_TOKENS_PREFIX, 10_000).await?;
+        Ok(items.iter().map(decode).collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes a platform token by id, and every token issued through it. Returns how many were revoked.
+    #[tracing::instrument(skip_all)]
+    pub async fn revoke_platform(&self, actor: &str, id: &str) -> Result<usize, ApiTokenError> {
+        if !valid_id(id) {
+            return Err(ApiTokenError::InvalidId);
+        }
+        let Some(item) = self.store.get(&any_api_token_key(None, id)).await? else {
+            return Err(ApiTokenError::PlatformNotFound(id.to_string()));
+        };
+        let rec: ApiTokenRecord = decode(&item)?;
+        let n = self.revoke_tree(&rec, None).await?;
+        tracing::info!(actor, id, revoked = n, "platform API token revoked");
+        Ok(n)
     }
 
     #[tracing::instrument(skip_all, fields(org = %org))]
@@ -133,24 +238,52 @@ impl ApiTokens {
         Ok(items.iter().map(decode).collect::<Result<_, _>>()?)
     }
 
-    /// Revokes one token: from the marker's write on, every process refuses it.
+    /// Revokes one token and every token issued through it (transitively): from the markers' writes on, every
+    /// process refuses them.
     #[tracing::instrument(skip_all, fields(org = %org))]
     pub async fn revoke(&self, org: &OrgId, actor: &str, id: &str) -> Result<(), ApiTokenError> {
         lookup::org(&*self.store, org).await?;
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !valid_id(id) {
             return Err(ApiTokenError::InvalidId);
         }
-        let key = api_token_key(org, id);
-        let Some(item) = self.store.get(&key).await? else {
+        let Some(item) = self.store.get(&any_api_token_key(Some(org), id)).await? else {
             return Err(ApiTokenError::NotFound { org: org.clone(), id: id.to_string() });
         };
-        let mut rec: ApiTokenRecord = decode(&item)?;
-        // The revocation marker first: from this write on, every process refuses the token.
-        self.store.put(revocation_marker(&rec)).await?;
-        rec.revoked_at_ms.get_or_insert(self.clock.now_ms());
-        self.store.put(Put::new(key, encode(&rec), Condition::None).expires_at(Some(rec.expires_at_ms))).await?;
-        self.audit.record(org, actor, "api_token.revoke", None, "ok", Some(format!("id {id}"))).await;
+        let rec: ApiTokenRecord = decode(&item)?;
+        let n = self.revoke_tree(&rec, Some(org)).await?;
+        let detail = match n {
+            1 => format!("id {id}"),
+            n => format!("id {id} and {} tokens issued through it", n - 1),
+        };
+        self.audit.record(org, actor, "api_token.revoke", None, "ok", Some(detail)).await;
         Ok(())
+    }
+
+    /// Revokes `root` and, breadth first, every token issued through it. Each token's marker is written before
+    /// its children are looked up. Returns how many tokens were revoked (`root` included).
+    async fn revoke_tree(&self, root: &ApiTokenRecord, org: Option<&OrgId>) -> Result<usize, ApiTokenError> {
+        let mut queue = std::collections::VecDeque::from([(org.cloned(), root.clone())]);
+        let mut seen = std::collections::HashSet::new();
+        while let Some((org, mut rec)) = queue.pop_front() {
+            if !seen.insert(rec.id.clone()) {
+                continue;
+            }
+            self.store.put(revocation_marker(&rec)).await?;
+            if rec.revoked_at_ms.is_none() {
+                rec.revoked_at_ms = Some(self.clock.now_ms());
+                let key = any_api_token_key(org.as_ref(), &rec.id);
+                self.store
+                    .put(Put::new(key, encode(&rec), Condition::None).expires_at(Some(rec.expires_at_ms)))
+                    .await?;
+            }
+            for link in self.store.query(&issued_by_pk(&rec.id), "", 100_000).await? {
+                let Some((child_org, child_id)) = parse_issued_by_sk(&link.key.sk) else { continue };
+                if let Some(item) = self.store.get(&any_api_token_key(child_org.as_ref(), &child_id)).await? {
+                    queue.push_back((child_org, decode(&item)?));
+                }
+            }
+        }
+        Ok(seen.len())
     }
 
     /// Revokes every token issued for the organisation through the API (when the organisation is deleted, so

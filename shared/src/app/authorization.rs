@@ -2,6 +2,9 @@
 //! the profile uses it), complete (exchange the code, read who signed in, register the single-instance
 //! identifier, install the chain), and the hand-over when a second container signs in as an app and user that
 //! another container already holds.
+//!
+//! An authorization cannot be hijacked: completing it as another provider user than the container's current one
+//! is refused (`DifferentUser`) unless the starter asked for a user change when starting it (`replace_user`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +58,9 @@ pub enum AuthorizationError {
     /// Auto-recovery's run signed in as another user than the container's own.
     #[error("{c} signed in as another user than expected")]
     WrongIdentity { c: ContainerRef },
+    /// A person's sign-in as another user than the container's, without `replace_user` at the start.
+    #[error("{c} signs in as {expected}; the authorization was completed as another user")]
+    DifferentUser { c: ContainerRef, expected: String },
     #[error("identifier {sid} is held by another container")]
     SingleInstanceConflict { sid: String, removed: String },
     #[error(transparent)]
@@ -114,16 +120,28 @@ impl Authorization {
         Self { store, vault, secrets, clock, config, http, engine, audit, containers }
     }
 
-    /// A person starts (or renews) the authorization of `c`: audited.
+    /// A person starts (or renews) the authorization of `c`: audited. With `replace_user`, it may be completed
+    /// as another provider user than the container's current one.
     #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
-    pub async fn start(&self, c: &ContainerRef, actor: &str) -> Result<Started, AuthorizationError> {
-        let started = self.begin(c, actor).await?;
-        self.audit.record(&c.org, actor, "authorization.start", Some(c), "ok", None).await;
+    pub async fn start(
+        &self,
+        c: &ContainerRef,
+        actor: &str,
+        replace_user: bool,
+    ) -> Result<Started, AuthorizationError> {
+        let started = self.begin(c, actor, replace_user).await?;
+        let detail = replace_user.then(|| "the provider user may change".to_string());
+        self.audit.record(&c.org, actor, "authorization.start", Some(c), "ok", detail).await;
         Ok(started)
     }
 
     /// Starts an authorization of `c` (a person's, or auto-recovery's).
-    pub async fn begin(&self, c: &ContainerRef, started_by: &str) -> Result<Started, AuthorizationError> {
+    pub async fn begin(
+        &self,
+        c: &ContainerRef,
+        started_by: &str,
+        replace_user: bool,
+    ) -> Result<Started, AuthorizationError> {
         let (rec, _) = lookup::container(&*self.store, c).await?;
         if rec.kind != CredentialKind::Oauth2Code {
             return Err(AuthorizationError::NotAnAuthorizationContainer { c: c.clone(), kind: rec.kind });
@@ -150,6 +168,7 @@ impl Authorization {
             sealed_pkce_verifier,
             redirect_uri: app.redirect_uri.clone(),
             started_by: started_by.to_string(),
+            replace_user,
             created_at_ms: now,
             expires_at_ms,
         };
@@ -258,6 +277,22 @@ impl Authorization {
             if holder.container != c {
                 return Err(self.hand_over(&authz, &rec, version, holder, sid, &tokens).await);
             }
+        }
+        // Another user than the container's, not asked for: refused before anything is stored (the container
+        // keeps its chain; the other user's tokens are dropped).
+        if let Some(current) = rec.identity.as_ref().filter(|i| i.user_id != user_id && i.user_id != "unknown")
+            && expect_user.is_none()
+            && !authz.replace_user
+        {
+            let expected = match &current.user_name {
+                Some(name) => format!("{name} ({})", current.user_id),
+                None => current.user_id.clone(),
+            };
+            let detail = Some(format!("signed in as {user_id}, the container's user is {}", current.user_id));
+            self.audit
+                .record(&c.org, &authz.started_by, "authorization.complete", Some(&c), "different_user", detail)
+                .await;
+            return Err(AuthorizationError::DifferentUser { c, expected });
         }
         // Register the identifier, release the previous one (another user), and update the container, together.
         let mut updated = rec.clone();

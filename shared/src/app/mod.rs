@@ -16,13 +16,16 @@
 //! | [`api_tokens`] | authenticate a caller, issue, list, revoke |
 //! | [`audit`] | the audit log |
 //! | [`webhooks`] | register, remove, deliver signed events |
+//! | [`webhook_target`] | where a webhook may go: the address classifier, the check at registration and delivery |
 //! | [`sweep`] | the scheduled keep-alive and ahead-of-expiry refreshes |
+//! | [`backup`] | export an organisation to a file sealed under its key; import such a file |
 //! | [`events`] | what follows a chain event (webhook, auto-recovery) |
 //! | [`lookup`] | reading the organisation tree with typed "not found" errors |
 
 pub mod api_tokens;
 pub mod audit;
 pub mod authorization;
+pub mod backup;
 pub mod containers;
 pub mod events;
 pub mod handout;
@@ -31,6 +34,7 @@ pub mod orgs;
 pub mod query;
 pub mod recovery;
 pub mod sweep;
+pub mod webhook_target;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -73,6 +77,7 @@ pub struct App {
     pub query: query::QueryProxy,
     pub recovery: Arc<recovery::Recovery>,
     pub sweep: sweep::Sweep,
+    pub backup: backup::Backup,
 }
 
 impl App {
@@ -116,6 +121,7 @@ impl App {
             handout: handout::HandOut::new(&p, engine.clone()),
             query: query::QueryProxy::new(&p, engine.clone()),
             sweep: sweep::Sweep::new(&p, engine.clone()),
+            backup: backup::Backup::new(&p, audit.clone()),
             config: p.config,
             clock: p.clock,
             store: p.store,

@@ -64,6 +64,7 @@ impl Orgs {
             display_name,
             created_at_ms: self.clock.now_ms(),
             webhook_url: None,
+            sealed_webhook_url: None,
             sealed_webhook_secret: None,
             deleted_at_ms: None,
         };
@@ -98,6 +99,7 @@ impl Orgs {
         let revoked = self.api_tokens.revoke_all(org).await?;
         rec.deleted_at_ms = Some(self.clock.now_ms());
         rec.webhook_url = None;
+        rec.sealed_webhook_url = None;
         rec.sealed_webhook_secret = None;
         self.store
             .transact(vec![

@@ -279,6 +279,7 @@ impl QueryProxy {
         let mut token = self.engine.access_token(c).await.map_err(chain_error)?;
         let mut refreshed = false;
         let mut waited = false;
+        crate::metrics::proxy_call(&provider);
         let res = loop {
             let mut out = self
                 .http
@@ -308,6 +309,7 @@ impl QueryProxy {
                 && let Some(wait) = wait_ms(res.headers(), self.clock.now_ms()).filter(|w| *w <= SHORT_WAIT_MS)
             {
                 waited = true;
+                crate::metrics::rate_limit_wait(&provider);
                 tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
                 continue;
             }

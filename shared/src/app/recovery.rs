@@ -18,6 +18,7 @@ use crate::clock::{Clock, Millis, rfc3339};
 use crate::config::Config;
 use crate::ids::{ContainerRef, OrgId};
 use crate::keys::{ContainerFields, Field, KeyError, Vault};
+use crate::metrics_names as names;
 use crate::provider::login::{Credentials, FormSpec, LoginError, sign_in};
 use crate::records::*;
 use crate::store::{Condition, Index, Put, Store, StoreError, Version};
@@ -216,6 +217,12 @@ impl Recovery {
             }
             Err(Attempt::Failed(why)) => (Outcome::Failed, Some(why)),
         };
+        crate::metrics::recovery_outcome(match outcome {
+            Outcome::Recovered => names::OUTCOME_RECOVERED,
+            Outcome::CredentialsRejected => names::OUTCOME_CREDENTIALS_REJECTED,
+            Outcome::WrongIdentity => names::OUTCOME_WRONG_IDENTITY,
+            _ => names::OUTCOME_FAILED,
+        });
         let stop_code = match outcome {
             Outcome::CredentialsRejected => Some(RepairCode::RecoveryCredentialsInvalid),
             Outcome::WrongIdentity => Some(RepairCode::RecoveryWrongIdentity),
@@ -262,7 +269,7 @@ impl Recovery {
             .as_ref()
             .map(|i| i.user_id.clone())
             .ok_or_else(|| Attempt::Failed("the container never had a user".into()))?;
-        let started = self.authorization.begin(c, "chainkeeper-recovery").await.map_err(|e| failed(&e))?;
+        let started = self.authorization.begin(c, "chainkeeper-recovery", false).await.map_err(|e| failed(&e))?;
         let profile = self
             .config
             .provider(container.provider.as_deref().unwrap_or(""))
@@ -273,7 +280,15 @@ impl Recovery {
         let has_totp = rec.sealed_totp.is_some();
         let creds =
             Credentials { username: &username, password: &password, totp: if has_totp { Some(&code) } else { None } };
-        let back = match sign_in(&started.authorize_url, &started.redirect_uri, &creds, &spec).await {
+        let back = match sign_in(
+            &started.authorize_url,
+            &started.redirect_uri,
+            &creds,
+            &spec,
+            &self.config.server.login_allow_http_hosts,
+        )
+        .await
+        {
             Ok(url) => url,
             Err(LoginError::Rejected(what)) => return Err(Attempt::Rejected(what)),
             Err(LoginError::Failed(why)) => return Err(Attempt::Failed(why)),
@@ -295,18 +310,30 @@ impl Recovery {
     #[tracing::instrument(skip_all)]
     pub async fn run_once(&self) -> Result<RecoverReport, RecoveryError> {
         let mut report = RecoverReport::default();
+        let started = self.clock.now_ms();
+        // The chains still broken after this run, and since when the oldest of them is (the metrics' gauges).
+        let mut oldest_since: Option<Millis> = None;
         for org in self.store.query(ORG_LIST_PK, "", 100_000).await? {
             let Ok(org_id) = OrgId::parse(&org.key.sk) else { continue };
             for item in self.store.query_index(Index::Repair, &repair_index_pk(&org_id), None, 10_000).await? {
                 let Some(c) = container_of_chain_pk(&item.key.pk) else { continue };
                 report.needs_repair += 1;
-                match self.recover_container(&c, "scheduled run").await? {
+                let outcome = self.recover_container(&c, "scheduled run").await?;
+                match outcome {
                     Outcome::Recovered => report.recovered += 1,
                     Outcome::CredentialsRejected | Outcome::WrongIdentity | Outcome::Failed => report.failed += 1,
                     _ => {}
                 }
+                if outcome != Outcome::Recovered {
+                    let since =
+                        decode::<ChainRecord>(&item).ok().and_then(|ch| ch.last_error).map_or(started, |e| e.at_ms);
+                    oldest_since = Some(oldest_since.map_or(since, |o| o.min(since)));
+                }
             }
         }
+        let still_broken = report.needs_repair - report.recovered;
+        let oldest_age_s = oldest_since.map_or(0.0, |s| (started - s).max(0) as f64 / 1000.0);
+        crate::metrics::chains_needing_repair(still_broken, oldest_age_s);
         let now = self.clock.now_ms();
         for item in self.store.query_index(Index::Due, RECOVERY_EXPIRY_PK, Some(&time_sk(now)), 10_000).await? {
             let Some(c) = container_of_chain_pk(&item.key.pk) else { continue };

@@ -75,6 +75,10 @@ impl Sweep {
                 }
             }
         }
+        // What is still due now is left for the next sweep (backoff, a rate limit, more than `limit`).
+        let left = self.store.query_index(Index::Due, DUE_PK, Some(&time_sk(now)), limit).await?;
+        let oldest = left.iter().filter_map(|i| i.due.as_ref()?.sk.parse::<i64>().ok()).min();
+        crate::metrics::sweep_backlog(left.len(), oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0));
         Ok(report)
     }
 }

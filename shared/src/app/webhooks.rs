@@ -4,6 +4,10 @@
 //! Signature: header `X-Chainkeeper-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`,
 //! with the secret chainkeeper generated when the webhook was registered (shown once). Receivers check the
 //! HMAC and that `t` is recent. Delivery runs in the background (never delays the caller), three tries.
+//!
+//! Where a webhook may go (https, public addresses, the checked address only) is [`super::webhook_target`].
+//! The URL is a secret of the receiver's: sealed with the organisation's key, shown masked in views and the
+//! audit, never logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,16 +27,10 @@ use crate::store::{Condition, Put, Store, StoreError};
 use super::Ports;
 use super::audit::AuditLog;
 use super::lookup::{self, LookupError};
+use super::webhook_target::{self, DeliveryRefusal};
+use crate::config::WebhookConfig;
 
-/// Why a webhook URL is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UrlRefusal {
-    NotAbsolute,
-    /// Not `http(s)://host/path`, or with credentials in it.
-    Form,
-    /// Loopback, private or internal, and this deployment does not allow those.
-    PrivateAddress,
-}
+pub use super::webhook_target::UrlRefusal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -46,9 +44,9 @@ pub enum WebhookError {
     Keys(#[from] KeyError),
 }
 
-/// A registered webhook: its URL, and the signing secret (shown once).
+/// A registered webhook: its URL (masked), and the signing secret (shown once).
 pub struct Registered {
-    pub url: String,
+    pub masked_url: String,
     pub secret: SecretString,
 }
 
@@ -83,10 +81,9 @@ pub struct Webhooks {
     store: Arc<dyn Store>,
     vault: Arc<Vault>,
     clock: Arc<dyn Clock>,
-    http: reqwest::Client,
     audit: AuditLog,
-    /// `server.webhook_allow_private_networks`.
-    allow_private_networks: bool,
+    /// `[webhooks]`: the hosts allowed plain http or private addresses.
+    allow: Arc<WebhookConfig>,
 }
 
 impl Webhooks {
@@ -95,37 +92,34 @@ impl Webhooks {
             store: p.store.clone(),
             vault: p.vault.clone(),
             clock: p.clock.clone(),
-            http: p.http.clone(),
             audit,
-            allow_private_networks: p.config.server.webhook_allow_private_networks,
+            allow: Arc::new(p.config.webhooks.clone()),
         }
     }
 
     /// Registers (or replaces) the organisation's webhook; the signing secret is returned once.
     #[tracing::instrument(skip_all, fields(org = %org))]
     pub async fn register(&self, org: &OrgId, actor: &str, url: &str) -> Result<Registered, WebhookError> {
-        let url = url::Url::parse(url).map_err(|_| WebhookError::InvalidUrl(UrlRefusal::NotAbsolute))?;
-        if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() || !url.username().is_empty() {
-            return Err(WebhookError::InvalidUrl(UrlRefusal::Form));
-        }
-        if !self.allow_private_networks && is_private_host(&url) {
-            return Err(WebhookError::InvalidUrl(UrlRefusal::PrivateAddress));
-        }
+        let url = webhook_target::check_url(url, &self.allow).map_err(WebhookError::InvalidUrl)?;
+        let masked_url = webhook_target::masked(url.as_str());
         let (mut rec, version) = lookup::org(&*self.store, org).await?;
         use base64::Engine;
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         rec.sealed_webhook_secret =
             Some(self.vault.seal(&org_context(org, Field::WebhookSecret), secret.as_bytes()).await?);
-        rec.webhook_url = Some(url.to_string());
+        rec.sealed_webhook_url =
+            Some(self.vault.seal(&org_context(org, Field::WebhookUrl), url.as_str().as_bytes()).await?);
+        rec.webhook_url = Some(masked_url.clone());
         self.store.put(Put::new(org_key(org), encode(&rec), Condition::Version(version))).await?;
-        self.audit.record(org, actor, "webhook.set", None, "ok", Some(url.to_string())).await;
-        Ok(Registered { url: url.to_string(), secret: secret.into() })
+        self.audit.record(org, actor, "webhook.set", None, "ok", Some(masked_url.clone())).await;
+        Ok(Registered { masked_url, secret: secret.into() })
     }
 
     #[tracing::instrument(skip_all, fields(org = %org))]
     pub async fn remove(&self, org: &OrgId, actor: &str) -> Result<(), WebhookError> {
         let (mut rec, version) = lookup::org(&*self.store, org).await?;
         rec.webhook_url = None;
+        rec.sealed_webhook_url = None;
         rec.sealed_webhook_secret = None;
         self.store.put(Put::new(org_key(org), encode(&rec), Condition::Version(version))).await?;
         self.audit.record(org, actor, "webhook.delete", None, "ok", None).await;
@@ -135,7 +129,7 @@ impl Webhooks {
     /// A chain event (`chain.needs_repair` with its code, `chain.recovered`), delivered in the background.
     pub fn chain_event(&self, kind: &'static str, c: &ContainerRef, code: Option<RepairCode>) {
         let remediation = code.map(RepairCode::remediation);
-        self.send(self.event(kind, c, code.map(RepairCode::code), remediation));
+        self.send(self.event(kind, c, code.map(RepairCode::code), remediation), c.clone());
     }
 
     /// Auto-recovery credentials of a container expire soon.
@@ -143,7 +137,7 @@ impl Webhooks {
         let remediation = format!(
             "The auto-recovery credentials expire at {expires_at}. Store them again (PUT …/auto-recovery) to keep auto-recovery."
         );
-        self.send(self.event("auto_recovery.expiring", c, None, Some(remediation)));
+        self.send(self.event("auto_recovery.expiring", c, None, Some(remediation)), c.clone());
     }
 
     fn event(&self, kind: &'static str, c: &ContainerRef, code: Option<&str>, remediation: Option<String>) -> Event {
@@ -159,28 +153,49 @@ impl Webhooks {
         }
     }
 
-    fn send(&self, event: Event) {
+    fn send(&self, event: Event, c: ContainerRef) {
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.deliver(&event).await {
-                tracing::warn!(error = %e, event = event.kind, org = %event.organisation, "webhook not delivered");
+            match me.deliver(&c.org, &event).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    me.audit.record(&c.org, ACTOR, "webhook.deliver", Some(&c), "ok", Some(event.kind.into())).await
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::warn!(reason = %reason, event = event.kind, org = %c.org, "webhook not delivered");
+                    let detail = format!("{}: {reason}", event.kind);
+                    me.audit.record(&c.org, ACTOR, "webhook.deliver", Some(&c), "failed", Some(detail)).await;
+                }
             }
         });
     }
 
-    async fn deliver(&self, event: &Event) -> anyhow::Result<()> {
-        let org = OrgId::parse(&event.organisation)?;
-        let Some(item) = self.store.get(&org_key(&org)).await? else { return Ok(()) };
+    /// Delivers one event; `false` when the organisation has no webhook. A refused target is not retried.
+    /// Errors name no part of the URL.
+    async fn deliver(&self, org: &OrgId, event: &Event) -> Result<bool, DeliveryError> {
+        let Some(item) = self.store.get(&org_key(org)).await? else { return Ok(false) };
         let rec: OrgRecord = decode(&item)?;
-        let (Some(url), Some(sealed)) = (rec.webhook_url, rec.sealed_webhook_secret) else { return Ok(()) };
-        let secret = self.vault.open_string(&org_context(&org, Field::WebhookSecret), &sealed).await?;
-        let body = serde_json::to_vec(event)?;
+        let (Some(url), Some(sealed)) = (rec.webhook_url, rec.sealed_webhook_secret) else { return Ok(false) };
+        let secret = self.vault.open_string(&org_context(org, Field::WebhookSecret), &sealed).await?;
+        // Sealed since the URL counts as a secret; a record from before holds the URL itself.
+        let url = match &rec.sealed_webhook_url {
+            Some(sealed_url) => self
+                .vault
+                .open_string(&org_context(org, Field::WebhookUrl), sealed_url)
+                .await?
+                .expose_secret()
+                .to_string(),
+            None => url,
+        };
+        let target = webhook_target::vet(&url, &self.allow).await?;
+        let http = webhook_target::client_for(&target).map_err(|e| DeliveryError::Failed(why(e)))?;
+        let body = serde_json::to_vec(event).map_err(|e| DeliveryError::Failed(e.to_string()))?;
         let mut last = String::new();
         for attempt in 0..3u32 {
             let t = self.clock.now_ms() / 1000;
-            let res = self
-                .http
-                .post(&url)
+            let res = http
+                .post(target.url.clone())
                 .timeout(Duration::from_secs(10))
                 .header("content-type", "application/json")
                 .header("x-chainkeeper-event", event.kind)
@@ -189,23 +204,43 @@ impl Webhooks {
                 .send()
                 .await;
             match res {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => last = format!("HTTP {}", r.status().as_u16()),
-                Err(e) => last = e.to_string(),
+                Ok(r) if r.status().is_success() => return Ok(true),
+                Ok(r) => last = format!("the receiver answered HTTP {}", r.status().as_u16()),
+                Err(e) => last = why(e),
             }
-            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            if attempt < 2 {
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
         }
-        anyhow::bail!("webhook {url} failed three times: {last}")
+        Err(DeliveryError::Failed(format!("three tries failed, the last: {last}")))
     }
 }
 
-fn is_private_host(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xfe00) == 0xfc00,
-        Some(url::Host::Domain(d)) => {
-            d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") || d.ends_with(".internal")
-        }
-        None => true,
+/// A request error with its causes ("connection refused", a certificate error), never its URL.
+fn why(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
     }
+    text
+}
+
+/// Who the audit names for deliveries.
+const ACTOR: &str = "chainkeeper";
+
+/// Why an event was not delivered. The text names no part of the URL.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("refused before sending: {0}")]
+    Refused(#[from] DeliveryRefusal),
+    #[error("{0}")]
+    Failed(String),
+    #[error("the organisation could not be read: {0}")]
+    Store(#[from] StoreError),
+    #[error("the signing secret could not be opened: {0}")]
+    Keys(#[from] KeyError),
 }

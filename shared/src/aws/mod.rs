@@ -29,6 +29,9 @@ pub struct AwsEnv {
     /// `CHAINKEEPER_KMS_DELETION_WINDOW_DAYS` (7-30, default 30, the template's `KmsKeyDeletionWindowDays`): how
     /// long a deleted organisation's key waits before KMS destroys it. The manage role may not ask for less.
     pub kms_deletion_window_days: i32,
+    /// `CHAINKEEPER_SIGNING_KEY_ROTATION_WINDOW_S` (default 7 days): after a rotation of the signing-key secret,
+    /// how long tokens signed with the previous version (`AWSPREVIOUS`) are still accepted.
+    pub signing_key_rotation_window_ms: i64,
 }
 
 impl AwsEnv {
@@ -47,6 +50,16 @@ impl AwsEnv {
                 Ok(v) => v.trim().parse().ok().filter(|d| (7..=30).contains(d)).ok_or_else(|| {
                     anyhow::anyhow!("CHAINKEEPER_KMS_DELETION_WINDOW_DAYS must be 7 to 30, not {v:?}")
                 })?,
+            },
+            signing_key_rotation_window_ms: match std::env::var("CHAINKEEPER_SIGNING_KEY_ROTATION_WINDOW_S") {
+                Err(_) => secrets::DEFAULT_ROTATION_WINDOW_MS,
+                Ok(v) => v.trim().parse::<i64>().ok().filter(|s| *s >= 0).map(|s| s.saturating_mul(1000)).ok_or_else(
+                    || {
+                        anyhow::anyhow!(
+                            "CHAINKEEPER_SIGNING_KEY_ROTATION_WINDOW_S must be a number of seconds, not {v:?}"
+                        )
+                    },
+                )?,
             },
         })
     }
@@ -71,11 +84,14 @@ pub async fn adapters(env: &AwsEnv, clock: Arc<dyn Clock>) -> (Arc<dyn Store>, A
         kms::KmsKeys::new(aws_sdk_kms::Client::new(&sdk), env.stage.clone(), env.kms_alias_prefix.clone())
             .with_deletion_window_days(env.kms_deletion_window_days),
     );
-    let secrets = Arc::new(secrets::SecretsManager::new(
-        aws_sdk_secretsmanager::Client::new(&sdk),
-        env.apps_secret_prefix.clone(),
-        env.signing_key_secret.clone(),
-        clock,
-    ));
+    let secrets = Arc::new(
+        secrets::SecretsManager::new(
+            aws_sdk_secretsmanager::Client::new(&sdk),
+            env.apps_secret_prefix.clone(),
+            env.signing_key_secret.clone(),
+            clock,
+        )
+        .with_rotation_window_ms(env.signing_key_rotation_window_ms),
+    );
     (store, keys, secrets)
 }

@@ -121,9 +121,13 @@ impl ChainEngine {
             }
             let earliest = chain.last_token_request_at_ms.map_or(i64::MIN, |t| t + profile.min_token_interval_ms());
             if now < earliest {
+                // The provider's minimum interval: nothing is sent. A caller with a valid token keeps it (no
+                // refresh was attempted, nothing is counted); otherwise the caller or the sweep has to wait.
                 if usable {
                     return self.open_access(c, &chain).await.map(Some);
                 }
+                crate::metrics::rate_limit_wait(&profile.name);
+                crate::metrics::refresh_outcome(&profile.name, crate::metrics_names::OUTCOME_RATE_LIMITED);
                 if want == Want::IfDue {
                     return Ok(None);
                 }

@@ -13,6 +13,8 @@ use super::{AccessToken, ChainEngine, ChainError, RepairCode, ms, push_transitio
 use crate::clock::Millis;
 use crate::ids::{ContainerRef, random_id};
 use crate::keys::{ContainerFields, Field};
+use crate::metrics;
+use crate::metrics_names as names;
 use crate::provider::oauth::{self, Grant, TokenError, TokenSet};
 use crate::provider::{ProviderProfile, Rotation};
 use crate::records::*;
@@ -145,6 +147,7 @@ impl ChainEngine {
                     if candidate.rescue_sk.is_some() {
                         self.stats.rescues_used.fetch_add(1, Ordering::Relaxed);
                     }
+                    metrics::refresh_outcome(&profile.name, names::OUTCOME_OK);
                     return self.persist(c, chain, version, &profile, tokens, candidate.token, in_use).await;
                 }
                 Err(TokenError::InvalidGrant(d)) => {
@@ -154,6 +157,8 @@ impl ChainEngine {
                     // The provider counts from its own last token: wait a full interval (at least a minute) from
                     // now, even when the profile's interval is set too short.
                     let wait = profile.min_token_interval_ms().max(60_000);
+                    metrics::refresh_outcome(&profile.name, names::OUTCOME_RATE_LIMITED);
+                    metrics::rate_limit_wait(&profile.name);
                     chain.backoff_until_ms = Some(self.clock.now_ms() + wait);
                     chain.pending_request_at_ms = previous_pending;
                     self.release(c, &mut chain, &mut version, Some(("token_rate_limited", d))).await;
@@ -163,6 +168,7 @@ impl ChainEngine {
                     return Err(ChainError::RateLimited { wait_s: (wait / 1000) as u64 });
                 }
                 Err(TokenError::Transient { retry_after_s, reason, status }) => {
+                    metrics::refresh_outcome(&profile.name, names::OUTCOME_TRANSIENT);
                     chain.last_token_request_at_ms = before.requested;
                     chain.pending_request_at_ms = previous_pending;
                     let backoff = self.backoff_ms(chain.failures, retry_after_s);
@@ -181,6 +187,7 @@ impl ChainEngine {
                 Err(TokenError::Lost(reason)) => {
                     // The provider may have rotated the token. Keep `pending` so the next holder knows; tokens
                     // are tried again (rescue first, then the old one) after a short backoff.
+                    metrics::refresh_outcome(&profile.name, names::OUTCOME_LOST);
                     let backoff = self.backoff_ms(chain.failures, None);
                     chain.failures += 1;
                     chain.backoff_until_ms = Some(self.clock.now_ms() + backoff);
@@ -198,6 +205,8 @@ impl ChainEngine {
                     return self.mark_broken(c, chain, version, RepairCode::CredentialsRejected, &d).await;
                 }
                 Err(TokenError::InvalidClient(d)) => {
+                    // The app registration is wrong: the chain is kept and tried again once it is fixed.
+                    metrics::refresh_outcome(&profile.name, names::OUTCOME_TRANSIENT);
                     chain.last_token_request_at_ms = before.requested;
                     chain.pending_request_at_ms = previous_pending;
                     let backoff = ms(self.engine_config().max_backoff_s);
@@ -206,6 +215,7 @@ impl ChainEngine {
                     return Err(ChainError::InvalidClient(d));
                 }
                 Err(TokenError::Refused(d)) => {
+                    metrics::refresh_outcome(&profile.name, names::OUTCOME_TRANSIENT);
                     chain.last_token_request_at_ms = before.requested;
                     chain.pending_request_at_ms = previous_pending;
                     let backoff = self.backoff_ms(chain.failures, None);
@@ -398,6 +408,7 @@ impl ChainEngine {
             Some(ChainErrorInfo { code: code.code().to_string(), at_ms: now, detail: provider_said.to_string() });
         push_transition(&mut chain, now, ChainStatus::NeedsRepair, code.code());
         tracing::warn!(container = %c, code = code.code(), "chain needs repair");
+        metrics::refresh_outcome(&chain.provider, names::OUTCOME_NEEDS_REPAIR);
         match self.write_chain(c, &chain, Condition::Version(version), false).await {
             Ok(_) => {
                 self.wake_waiters(c);

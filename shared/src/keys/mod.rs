@@ -54,6 +54,9 @@ pub enum Field {
     RecoveryPassword,
     RecoveryTotp,
     WebhookSecret,
+    WebhookUrl,
+    /// The sealed body of an organisation export (`app::backup`).
+    OrgExport,
 }
 
 impl Field {
@@ -69,6 +72,8 @@ impl Field {
             Self::RecoveryPassword => "recovery_password",
             Self::RecoveryTotp => "recovery_totp",
             Self::WebhookSecret => "webhook_secret",
+            Self::WebhookUrl => "webhook_url",
+            Self::OrgExport => "org_export",
         }
     }
 }

@@ -3,10 +3,13 @@
 //! the provider redirects to chainkeeper's redirect URI with a code. Which fields mean what comes from the
 //! provider profile's `login_form` table (with defaults that fit Exact Online and common login pages).
 //!
-//! It never leaves the provider's own host, and gives up after a bounded number of pages.
+//! It never leaves the provider's own host and scheme, and gives up after a bounded number of pages. It sends
+//! credentials over `https` only: plain `http` only to a loopback host (the credentials never leave the machine,
+//! as browsers treat `localhost`) or to a host the operator names in `[server] login_allow_http_hosts` (tests).
 
 use std::time::Duration;
 
+use chainkeeper_forms::{Field, Form};
 use secrecy::{ExposeSecret, SecretString};
 
 /// The profile's description of its login pages.
@@ -52,115 +55,42 @@ pub enum LoginError {
     Failed(String),
 }
 
-/// One HTML form.
-#[derive(Debug, Default)]
-struct Form {
-    action: Option<String>,
-    method: String,
-    inputs: Vec<(String, String, String)>,  // (type, name, value)
-    buttons: Vec<(String, String, String)>, // (name, value, text)
+/// What a form control asks for, read the way a password manager reads a page: by `type` and `autocomplete`
+/// first (`password`, `current-password`, `username`, `email`, `one-time-code`), then by the profile's names.
+/// Hidden controls keep their own values: credentials never go into a field a person cannot see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asks {
+    Username,
+    Password,
+    Totp,
 }
 
-fn attr(tag: &str, name: &str) -> Option<String> {
-    let lower = tag.to_ascii_lowercase();
-    let mut from = 0;
-    while let Some(pos) = lower[from..].find(name) {
-        let at = from + pos;
-        from = at + name.len();
-        let before_ok = at == 0 || lower.as_bytes()[at - 1].is_ascii_whitespace();
-        let rest = tag[at + name.len()..].trim_start();
-        if !before_ok || !rest.starts_with('=') {
-            continue;
-        }
-        let rest = rest[1..].trim_start();
-        let value = match rest.chars().next() {
-            Some(q @ ('"' | '\'')) => rest[1..].split(q).next().unwrap_or(""),
-            _ => rest.split(|c: char| c.is_whitespace() || c == '>').next().unwrap_or(""),
-        };
-        return Some(unescape(value));
+fn asks(field: &Field, spec: &FormSpec) -> Option<Asks> {
+    if field.tag != "input" || field.is_hidden() || field.name.is_empty() || field.is_submit() {
+        return None;
     }
-    None
+    let named = |names: &[String]| names.iter().any(|m| m.eq_ignore_ascii_case(&field.name));
+    if field.has_autocomplete("one-time-code") || named(&spec.totp_fields) {
+        Some(Asks::Totp)
+    } else if field.kind == "password"
+        || field.has_autocomplete("current-password")
+        || field.has_autocomplete("new-password")
+        || named(&spec.password_fields)
+    {
+        Some(Asks::Password)
+    } else if field.has_autocomplete("username")
+        || field.has_autocomplete("email")
+        || field.kind == "email"
+        || named(&spec.username_fields)
+    {
+        Some(Asks::Username)
+    } else {
+        None
+    }
 }
 
-/// HTML character references in attribute values, in one pass (`&amp;lt;` is `&lt;`, not `<`: found by
-/// `provider::login::fuzz`).
-fn unescape(s: &str) -> String {
-    const ENTITIES: &[(&str, char)] =
-        &[("&amp;", '&'), ("&quot;", '"'), ("&#39;", '\''), ("&lt;", '<'), ("&gt;", '>'), ("&#x2F;", '/')];
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(at) = rest.find('&') {
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        match ENTITIES.iter().find(|(entity, _)| rest.starts_with(entity)) {
-            Some((entity, c)) => {
-                out.push(*c);
-                rest = &rest[entity.len()..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn parse_forms(html: &str) -> Vec<Form> {
-    let lower = html.to_ascii_lowercase();
-    let mut forms = Vec::new();
-    let mut from = 0;
-    while let Some(start) = lower[from..].find("<form") {
-        let start = from + start;
-        let end = lower[start..].find("</form").map_or(html.len(), |e| start + e);
-        // `<form</form>`: a tag that never closes ends where the form does (a panic `provider::login::fuzz` found).
-        let tag_end = lower[start..].find('>').map_or(end, |e| start + e).min(end);
-        let tag = &html[start..tag_end];
-        let mut form = Form {
-            action: attr(tag, "action"),
-            method: attr(tag, "method").unwrap_or_else(|| "get".into()).to_ascii_lowercase(),
-            ..Default::default()
-        };
-        let body = &html[tag_end..end];
-        let body_lower = &lower[tag_end..end];
-        let mut i = 0;
-        while let Some(p) = body_lower[i..].find('<') {
-            let p = i + p;
-            let close = body_lower[p..].find('>').map_or(body.len(), |e| p + e);
-            let tag = &body[p..close];
-            let tl = &body_lower[p..close];
-            if tl.starts_with("<input") {
-                let kind = attr(tag, "type").unwrap_or_else(|| "text".into()).to_ascii_lowercase();
-                if let Some(name) = attr(tag, "name") {
-                    let value = attr(tag, "value").unwrap_or_default();
-                    if kind == "submit" {
-                        form.buttons.push((name, value.clone(), value));
-                    } else {
-                        form.inputs.push((kind, name, value));
-                    }
-                }
-            } else if tl.starts_with("<button") {
-                // After the tag's `>` (if it has one) up to `</button` (if there is one): `<button>` at the very
-                // end used to slice backwards (a panic `provider::login::fuzz` found).
-                let text_start = (close + 1).min(body.len());
-                let text_end = body_lower[text_start..].find("</button").map_or(text_start, |e| text_start + e);
-                let text = body[text_start..text_end].trim().to_string();
-                let kind = attr(tag, "type").unwrap_or_else(|| "submit".into()).to_ascii_lowercase();
-                if kind == "submit" {
-                    form.buttons.push((
-                        attr(tag, "name").unwrap_or_default(),
-                        attr(tag, "value").unwrap_or_default(),
-                        text,
-                    ));
-                }
-            }
-            i = close.max(p + 1);
-        }
-        forms.push(form);
-        from = end.max(start + 1);
-    }
-    forms
+fn form_asks(form: &Form, spec: &FormSpec, what: Asks) -> bool {
+    form.fields.iter().any(|f| asks(f, spec) == Some(what))
 }
 
 pub struct Credentials<'a> {
@@ -170,12 +100,33 @@ pub struct Credentials<'a> {
     pub totp: Option<&'a (dyn Fn() -> String + Send + Sync)>,
 }
 
+/// May credentials go to `url`? Over `https`; over plain `http` only to loopback or a host the operator named.
+fn secure_enough(url: &url::Url, allow_http_hosts: &[String]) -> bool {
+    if url.scheme() == "https" {
+        return true;
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    url.scheme() == "http"
+        && (loopback
+            || allow_http_hosts
+                .iter()
+                .any(|h| h.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(host)))
+}
+
 /// Signs in and returns the final redirect (the redirect URI with `code` and `state`), without requesting it.
+/// `allow_http_hosts`: hosts besides loopback where credentials may go over plain `http` (tests).
 pub async fn sign_in(
     authorize_url: &str,
     redirect_uri: &str,
     creds: &Credentials<'_>,
     spec: &FormSpec,
+    allow_http_hosts: &[String],
 ) -> Result<String, LoginError> {
     let fail = |m: String| LoginError::Failed(m);
     let client = reqwest::Client::builder()
@@ -186,8 +137,18 @@ pub async fn sign_in(
         .build()
         .map_err(|e| fail(e.to_string()))?;
     let start = url::Url::parse(authorize_url).map_err(|e| fail(e.to_string()))?;
-    let same_site =
-        |u: &url::Url| u.host_str() == start.host_str() && u.port_or_known_default() == start.port_or_known_default();
+    if !secure_enough(&start, allow_http_hosts) {
+        return Err(fail(format!(
+            "the provider's sign-in page is not https ({}); credentials are sent over https only \
+             (an operator may allow plain http for a test host with [server] login_allow_http_hosts)",
+            start.host_str().unwrap_or("?")
+        )));
+    }
+    let same_site = |u: &url::Url| {
+        u.scheme() == start.scheme()
+            && u.host_str() == start.host_str()
+            && u.port_or_known_default() == start.port_or_known_default()
+    };
     let mut url = start.clone();
     let mut form_body: Option<Vec<(String, String)>> = None;
     let (mut sent_password, mut sent_totp) = (0, 0);
@@ -222,65 +183,48 @@ pub async fn sign_in(
             return Err(fail(format!("the provider answered HTTP {}", status.as_u16())));
         }
         let html = res.text().await.map_err(|e| fail(e.to_string()))?;
-        let forms = parse_forms(&html);
-        let has = |f: &Form, names: &[String]| {
-            f.inputs.iter().any(|(_, n, _)| names.iter().any(|m| m.eq_ignore_ascii_case(n)))
-        };
+        let forms = chainkeeper_forms::forms(&html);
         let Some(form) = forms
             .iter()
-            .find(|f| has(f, &spec.password_fields) || has(f, &spec.totp_fields))
+            .find(|f| form_asks(f, spec, Asks::Password) || form_asks(f, spec, Asks::Totp))
             .or_else(|| forms.iter().find(|f| f.method == "post"))
         else {
             return Err(fail("the provider showed a page without a form".into()));
         };
-        let mut fields: Vec<(String, String)> = Vec::new();
-        for (_, name, value) in &form.inputs {
-            let is = |names: &[String]| names.iter().any(|m| m.eq_ignore_ascii_case(name));
-            let value = if is(&spec.password_fields) {
-                creds.password.expose_secret().to_string()
-            } else if is(&spec.username_fields) {
-                creds.username.expose_secret().to_string()
-            } else if is(&spec.totp_fields) {
-                match creds.totp {
+        let word = |s: &str, words: &[String]| {
+            words.iter().any(|w| s.to_ascii_lowercase().split(|c: char| !c.is_alphanumeric()).any(|p| p == w))
+        };
+        let says = |f: &Field, words: &[String]| word(&f.value, words) || word(&f.text, words) || word(&f.name, words);
+        let buttons = || form.fields.iter().filter(|f| f.is_submit() && !f.disabled);
+        let button =
+            buttons().find(|f| says(f, &spec.allow_words)).or_else(|| buttons().find(|f| !says(f, &spec.deny_words)));
+        let mut fields = form.entries(button);
+        for field in form.fields.iter().filter(|f| !f.disabled) {
+            let value = match asks(field, spec) {
+                None => continue,
+                Some(Asks::Password) => creds.password.expose_secret().to_string(),
+                Some(Asks::Username) => creds.username.expose_secret().to_string(),
+                Some(Asks::Totp) => match creds.totp {
                     Some(code) => code(),
                     None => {
                         return Err(LoginError::Rejected(
                             "TOTP secret (the account asks for a code and none is stored)",
                         ));
                     }
-                }
-            } else {
-                value.clone()
+                },
             };
-            fields.push((name.clone(), value));
+            chainkeeper_forms::set_entry(&mut fields, &field.name, &value);
         }
-        if has(form, &spec.password_fields) {
+        if form_asks(form, spec, Asks::Password) {
             sent_password += 1;
             if sent_password > 1 {
                 return Err(LoginError::Rejected("username or password"));
             }
-        } else if has(form, &spec.totp_fields) {
+        } else if form_asks(form, spec, Asks::Totp) {
             sent_totp += 1;
             if sent_totp > 2 {
                 return Err(LoginError::Rejected("TOTP secret"));
             }
-        }
-        let word = |s: &str, words: &[String]| {
-            words.iter().any(|w| s.to_ascii_lowercase().split(|c: char| !c.is_alphanumeric()).any(|p| p == w))
-        };
-        let button = form
-            .buttons
-            .iter()
-            .find(|(n, v, t)| word(v, &spec.allow_words) || word(t, &spec.allow_words) || word(n, &spec.allow_words))
-            .or_else(|| {
-                form.buttons.iter().find(|(n, v, t)| {
-                    !(word(v, &spec.deny_words) || word(t, &spec.deny_words) || word(n, &spec.deny_words))
-                })
-            });
-        if let Some((name, value, _)) = button
-            && !name.is_empty()
-        {
-            fields.push((name.clone(), value.clone()));
         }
         let target = match &form.action {
             Some(a) if !a.is_empty() => url.join(a).map_err(|e| fail(e.to_string()))?,
@@ -299,21 +243,71 @@ pub async fn sign_in(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn credentials_go_over_https_only_except_loopback_and_named_test_hosts() {
+        let (user, pw): (SecretString, SecretString) = ("u".into(), "pw-PLANTED".into());
+        let creds = Credentials { username: &user, password: &pw, totp: None };
+        let spec = FormSpec::from_profile(None);
+        // A plain-http sign-in page on a real host: refused before any request (the name does not even resolve).
+        let e = sign_in("http://login.example.invalid/auth", "https://ck/cb", &creds, &spec, &[]).await.unwrap_err();
+        let LoginError::Failed(why) = e else { panic!("{e:?}") };
+        assert!(why.contains("https only"), "{why}");
+        // The rule itself.
+        let ok = |u: &str, allow: &[String]| secure_enough(&url::Url::parse(u).unwrap(), allow);
+        assert!(ok("https://start.exactonline.nl/api/oauth2/auth", &[]));
+        assert!(ok("http://127.0.0.1:8801/auth", &[]));
+        assert!(ok("http://[::1]:8801/auth", &[]));
+        assert!(ok("http://localhost:8801/auth", &[]));
+        assert!(!ok("http://start.exactonline.nl/api/oauth2/auth", &[]));
+        assert!(!ok("http://10.0.0.5/auth", &[]));
+        assert!(!ok("ftp://127.0.0.1/auth", &[]));
+        assert!(ok("http://idp.test/auth", &["IDP.test".to_string()]));
+    }
+
+    fn spec() -> FormSpec {
+        FormSpec::from_profile(None)
+    }
+
+    fn roles(html: &str) -> Vec<(String, Option<Asks>)> {
+        let form = chainkeeper_forms::first_form(html).expect("a form");
+        form.fields.iter().map(|f| (f.name.clone(), asks(f, &spec()))).collect()
+    }
+
     #[test]
-    fn forms_are_read_like_a_browser_reads_them() {
+    fn fields_are_recognised_by_type_and_autocomplete_as_well_as_by_name() {
+        let html = r#"<form method=post><input type=hidden name=password value=kept>
+            <input name="f1" autocomplete="section-a username"><input type=password name="f2">
+            <input name="f3" autocomplete="one-time-code"><input type=email name=f4><input name=Code>
+            <input name=remember type=checkbox checked><button type=submit name=go>Sign in</button></form>"#;
+        assert_eq!(
+            roles(html),
+            [
+                ("password".into(), None),
+                ("f1".into(), Some(Asks::Username)),
+                ("f2".into(), Some(Asks::Password)),
+                ("f3".into(), Some(Asks::Totp)),
+                ("f4".into(), Some(Asks::Username)),
+                ("Code".into(), Some(Asks::Totp)),
+                ("remember".into(), None),
+                ("go".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_oidc_provider_login_form_is_read_by_its_names() {
         let html = r#"<html><form method="post" action="/interaction/ab&amp;c" id=x>
             <input type="hidden" name="prompt" value="login"/>
             <input required type=text name=login placeholder='Enter'>
             <input type="password" name="password">
-            <button type="submit" class="login">Sign-in</button></form>
-            <form method="post" action="/c"><button type="submit" name="Allow" value="yes">Allow</button>
-            <button type="submit" name="Allow" value="no">Deny</button></form>"#;
-        let forms = parse_forms(html);
-        assert_eq!(forms.len(), 2);
-        assert_eq!(forms[0].action.as_deref(), Some("/interaction/ab&c"));
-        assert_eq!(forms[0].inputs.iter().map(|i| i.1.as_str()).collect::<Vec<_>>(), ["prompt", "login", "password"]);
-        assert_eq!(forms[0].inputs[0].2, "login");
-        assert_eq!(forms[1].buttons[0], ("Allow".into(), "yes".into(), "Allow".into()));
+            <button type="submit" class="login">Sign-in</button></form>"#;
+        let form = chainkeeper_forms::first_form(html).unwrap();
+        assert_eq!(form.action.as_deref(), Some("/interaction/ab&c"));
+        assert!(form_asks(&form, &spec(), Asks::Password));
+        assert_eq!(
+            roles(html).into_iter().filter_map(|(n, r)| r.map(|r| (n, r))).collect::<Vec<_>>(),
+            [("login".to_string(), Asks::Username), ("password".to_string(), Asks::Password)]
+        );
     }
 }
 
@@ -357,11 +351,17 @@ mod fuzz {
         /// No page, however broken, makes the parser panic, and it finds no more forms than the page opens.
         #[test]
         fn fuzz_login_page_parser_never_panics(html in html_soup(), any_text in "\\PC{0,300}") {
+            let spec = FormSpec::from_profile(None);
             for page in [&html, &any_text] {
-                let forms = parse_forms(page);
+                let forms = chainkeeper_forms::forms(page);
                 prop_assert!(forms.len() <= page.to_ascii_lowercase().matches("<form").count());
                 for f in &forms {
                     prop_assert!(f.method.chars().all(|c| !c.is_ascii_uppercase()));
+                    // What the driver asks of each control never panics either, and a hidden one asks nothing.
+                    for field in &f.fields {
+                        let asked = asks(field, &spec);
+                        prop_assert!(!(field.is_hidden() && asked.is_some()));
+                    }
                 }
             }
         }
@@ -379,16 +379,20 @@ mod fuzz {
                 html.push_str(&format!("<input type=\"{kind}\" name=\"{name}\" value=\"{}\"/>", esc(value)));
             }
             html.push_str(&format!("<button type=\"submit\" name=\"{}\" value=\"{}\">{}</button></form>", button.0, button.1, button.2));
-            let forms = parse_forms(&html);
+            let forms = chainkeeper_forms::forms(&html);
             prop_assert_eq!(forms.len(), 1);
             let f = &forms[0];
             prop_assert_eq!(f.method.as_str(), "post");
             prop_assert_eq!(f.action.as_deref(), Some(action.as_str()));
-            let read: Vec<(String, String, String)> = f.inputs.clone();
+            let read: Vec<(String, String, String)> =
+                f.fields.iter().filter(|c| c.tag == "input").map(|c| (c.kind.clone(), c.name.clone(), c.value.clone())).collect();
             let want: Vec<(String, String, String)> =
                 fields.iter().map(|(n, v, k)| (k.to_string(), n.clone(), v.clone())).collect();
             prop_assert_eq!(read, want);
-            prop_assert_eq!(&f.buttons, &vec![(button.0.clone(), button.1.clone(), button.2.trim().to_string())]);
+            let buttons: Vec<(String, String, String)> =
+                f.fields.iter().filter(|c| c.is_submit()).map(|c| (c.name.clone(), c.value.clone(), c.text.clone())).collect();
+            let text = button.2.split_whitespace().collect::<Vec<_>>().join(" ");
+            prop_assert_eq!(buttons, vec![(button.0.clone(), button.1.clone(), text)]);
         }
     }
 }

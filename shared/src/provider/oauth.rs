@@ -170,7 +170,9 @@ pub async fn request_token(
         }
     }
     let req = http.post(&profile.token_url).timeout(timeout).header("Accept", "application/json");
+    let started = std::time::Instant::now();
     let res = client_form(req, profile, app, form).send().await;
+    crate::metrics::provider_token_latency(&profile.name, started.elapsed().as_secs_f64() * 1000.0);
     let res = match res {
         Ok(r) => r,
         Err(e) if e.is_connect() => {

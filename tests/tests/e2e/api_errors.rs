@@ -107,8 +107,9 @@ async fn deleting_an_organisation_needs_the_platform_an_empty_org_and_shreds_its
     admin.delete("/v1/orgs/acme").await.assert_problem(404, "org_not_found");
 
     // Its tokens are dead, and its name is retired: no newcomer inherits its tokens or its audit trail.
+    // (The CLI's token too: it is recorded like any other.)
     bi.get("/v1/orgs/acme/databases").await.assert_problem(401, "unauthorized");
-    own_admin.get("/v1/orgs/acme/databases").await.assert_problem(404, "org_not_found");
+    own_admin.get("/v1/orgs/acme/databases").await.assert_problem(401, "unauthorized");
     admin.post("/v1/orgs", json!({"name": "ACME"})).await.assert_problem(409, "org_name_retired");
     admin
         .put("/v1/orgs/acme/webhook", json!({"url": "https://hooks.example/x"}))

@@ -129,11 +129,112 @@ async fn secrets_manager_holds_app_registrations_and_the_signing_key() {
     assert_eq!(app.client_secret.expose_secret(), "app-secret-PLANTED");
     assert!(!format!("{app:?}").contains("PLANTED"));
     assert!(secrets.app("twinfield").await.unwrap().is_none(), "an unregistered provider has no app");
-    assert_eq!(secrets.signing_key().await.unwrap().len(), 64);
+    assert_eq!(secrets.signing_keys().await.unwrap().current.len(), 64);
     // The scheduled functions are not given the signing key's secret (nor may they read it).
     let unsigned = SecretsManager::new(sm, "chainkeeper/apps/".into(), None, Arc::new(ManualClock::new(T0)));
     assert!(unsigned.app("exact-online-nl").await.unwrap().is_some());
-    assert!(unsigned.signing_key().await.is_err());
+    assert!(unsigned.signing_keys().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_key_rotation_in_secrets_manager_keeps_the_previous_version_for_its_window() {
+    use chainkeeper::auth::{Claims, issue, verify_any};
+    let moto = Moto::start().await.unwrap();
+    let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let id = "chainkeeper/test/api-token-signing-key";
+    let (v1, v2, v3) = ("1".repeat(48), "2".repeat(48), "3".repeat(48));
+    sm.create_secret().name(id).secret_string(&v1).send().await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    // A fresh adapter each time: the adapter caches the keys for a minute.
+    let adapter = |window_ms| {
+        SecretsManager::new(sm.clone(), "chainkeeper/apps/".into(), Some(id.into()), Arc::new(ManualClock::new(now)))
+            .with_rotation_window_ms(window_ms)
+    };
+    let keys = adapter(3_600_000).signing_keys().await.unwrap();
+    assert_eq!(keys.current.as_slice(), v1.as_bytes());
+    assert!(keys.previous.is_none(), "no rotation yet");
+    let claims = Claims {
+        sub: "a".into(),
+        org: None,
+        scopes: vec!["admin".into()],
+        exp: now / 1000 + 600,
+        iat: now / 1000,
+        jti: "j".into(),
+    };
+    let before = issue(&keys.current, &claims).unwrap();
+
+    // Rotation as a deployer does it: `aws secretsmanager put-secret-value` moves AWSCURRENT to the new version
+    // and AWSPREVIOUS to the old one.
+    sm.put_secret_value().secret_id(id).secret_string(&v2).send().await.unwrap();
+    let keys = adapter(3_600_000).signing_keys().await.unwrap();
+    assert_eq!(keys.current.as_slice(), v2.as_bytes());
+    let previous = keys.previous.as_ref().expect("the previous version is kept");
+    assert_eq!(previous.key.as_slice(), v1.as_bytes());
+    assert!((previous.accepted_until_ms - (now + 3_600_000)).abs() < 120_000, "window from the rotation");
+    assert!(verify_any(&keys.accepted(now), &before, now).is_ok(), "a token of before is accepted in the window");
+    assert!(verify_any(&keys.accepted(now + 3_700_000), &before, now).is_err(), "and refused after it");
+    // With no window the previous key is refused at once.
+    let keys = adapter(0).signing_keys().await.unwrap();
+    assert!(verify_any(&keys.accepted(now), &before, now).is_err());
+
+    // A second rotation: the first key is in no stage any more.
+    sm.put_secret_value().secret_id(id).secret_string(&v3).send().await.unwrap();
+    let keys = adapter(3_600_000).signing_keys().await.unwrap();
+    assert_eq!(keys.current.as_slice(), v3.as_bytes());
+    assert_eq!(keys.previous.as_ref().unwrap().key.as_slice(), v2.as_bytes());
+    assert!(verify_any(&keys.accepted(now), &before, now).is_err(), "the retired key's token is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organisation_exported_from_one_table_imports_into_another_under_its_kms_key() {
+    use chainkeeper::app::backup::BackupError;
+    use chainkeeper::app::containers::{Credentials, NewContainer};
+    use chainkeeper::keys::{ContainerFields, Field};
+    use chainkeeper::records::{ContainerRecord, CredentialKind, container_key, decode};
+    let moto = Moto::start().await.unwrap();
+    let clock = ManualClock::new(T0);
+    let app_on = |store: Arc<dyn Store>, keys: Arc<dyn Keys>| {
+        let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(Default::default(), [4u8; 32]));
+        App::new(store, keys, secrets, Arc::new(clock.clone()), Config::load(None).unwrap())
+    };
+    let a = app_on(dynamo(&moto, &clock).await, kms(&moto).await);
+    let org = OrgId::parse("acme").unwrap();
+    let c =
+        ContainerRef { org: org.clone(), db: DbName::parse("finance").unwrap(), alias: Alias::parse("sql").unwrap() };
+    a.orgs.create("t", &org, None).await.unwrap();
+    a.orgs.create_db("t", &org, &c.db, None).await.unwrap();
+    let new = NewContainer { kind: CredentialKind::Password, provider: None, scopes: None };
+    a.containers.create("t", &c, new).await.unwrap();
+    let given = Credentials {
+        username: Some("reporting".into()),
+        password: Some(secrecy::SecretString::from("pw-aws-PLANTED")),
+        ..Default::default()
+    };
+    a.containers.set_credentials("t", &c, given).await.unwrap();
+    let file = a.backup.export("t", &org).await.unwrap();
+    assert!(!file.contains("PLANTED") && !file.contains("reporting"), "sealed");
+    assert!(!file.contains("org_key_item"), "on AWS the key stays in KMS: {}", &file[..200.min(file.len())]);
+
+    // Another table in the same account: the organisation's KMS key (by its alias) opens the file.
+    let b = app_on(dynamo(&moto, &clock).await, kms(&moto).await);
+    let done = b.backup.import("t", &file, Some(&org)).await.unwrap();
+    assert_eq!(done.containers, 1);
+    let rec: ContainerRecord = decode(&b.store.get(&container_key(&c)).await.unwrap().unwrap()).unwrap();
+    let pw = b
+        .vault
+        .open_string(&ContainerFields::of(&c).context(Field::Password), rec.sealed_password.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(pw.expose_secret(), "pw-aws-PLANTED");
+    assert!(matches!(b.backup.import("t", &file, None).await, Err(BackupError::Exists(_))));
+    // A deployment whose KMS has no key for the organisation cannot open it.
+    let other_stage = {
+        let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
+        Arc::new(KmsKeys::new(aws_sdk_kms::Client::new(&sdk), "other".into(), "alias/chainkeeper/other/".into()))
+    };
+    let elsewhere = app_on(dynamo(&moto, &clock).await, other_stage);
+    assert!(matches!(elsewhere.backup.import("t", &file, None).await, Err(BackupError::Unreadable(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,11 @@ async fn the_570_second_rule_is_never_broken() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body["access_token"], first.body["access_token"]);
     assert_eq!(h.sim.stats().refresh_requests, 0);
+    // The caller kept a valid token: no refresh attempt, no wait counted.
+    let figures = chainkeeper::metrics::prometheus_text();
+    if own_process() {
+        assert!(!figures.contains("rate_limited") && !figures.contains("rate_limit_waits"), "{figures}");
+    }
     // 571 s: refreshed.
     h.advance(secs(26));
     let r = h.api.post(&h.token_path(), json!({})).await;
@@ -85,6 +90,21 @@ async fn an_expired_token_inside_the_interval_gives_token_rate_limited_with_the_
     assert_eq!(h.sim.stats().refresh_requests, 0);
     h.advance(secs(wait));
     assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 200);
+    // The figures: one refresh held back by the interval (the caller had to wait), then one that worked.
+    let figures = chainkeeper::metrics::prometheus_text();
+    for line in [
+        "chainkeeper_refresh_outcome_total{outcome=\"rate_limited\",provider=\"exact-online-nl\"} 1\n",
+        "chainkeeper_rate_limit_waits_total{provider=\"exact-online-nl\"} 1\n",
+        "chainkeeper_refresh_outcome_total{outcome=\"ok\",provider=\"exact-online-nl\"} 1\n",
+    ] {
+        assert!(!own_process() || figures.contains(line), "{line} in\n{figures}");
+    }
+}
+
+/// Whether this test has the process (and the metrics registry, which is per process) to itself: nextest runs
+/// each test in its own process; `cargo test` runs them side by side in one.
+fn own_process() -> bool {
+    std::env::var("NEXTEST_EXECUTION_MODE").is_ok_and(|m| m == "process-per-test")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,7 +33,7 @@ async fn every_function_answers_the_events_lambda_sends() {
         },
     )
     .unwrap();
-    let env = [("CHAINKEEPER_DATA_DIR", dir.path().display().to_string())];
+    let env = [("CHAINKEEPER_DATA_DIR", dir.path().display().to_string()), ("CHAINKEEPER_STAGE", "e2e".to_string())];
 
     let manage = LocalLambda::start(&function("manage"), &env).await.unwrap();
     let r = manage.invoke(http_event("GET", "/healthz", None, None)).await.unwrap();
@@ -75,6 +75,35 @@ async fn every_function_answers_the_events_lambda_sends() {
     assert_eq!(r["needs_repair"], 0, "{r}");
     // An event delivered twice is harmless.
     assert!(refresh.invoke(scheduled_event()).await.is_ok());
+
+    // Each scheduled run emitted its gauges as CloudWatch EMF lines on standard output (also when 0: the
+    // chains-need-repair alarm reads OldestRepairAgeSeconds), and nothing else is written there.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // the pipes are read asynchronously
+    let emitted = |f: &LocalLambda| -> Vec<Value> {
+        f.stdout_lines()
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not an EMF line on stdout: {l}")))
+            .collect()
+    };
+    for (f, names) in [
+        (&refresh, ["SweepBacklog", "OldestOverdueSeconds"]),
+        (&recover, ["ChainsNeedingRepair", "OldestRepairAgeSeconds"]),
+    ] {
+        let docs = emitted(f);
+        for name in names {
+            let doc = docs
+                .iter()
+                .find(|d| d["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"] == name)
+                .unwrap_or_else(|| panic!("{name} was not emitted: {docs:?}"));
+            assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Namespace"], "chainkeeper");
+            assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"], serde_json::json!([["Stage"]]));
+            assert_eq!(doc["Stage"], "e2e");
+            assert_eq!(doc[name], 0.0, "{doc}");
+        }
+    }
+    for f in [&manage, &query, &callback] {
+        emitted(f); // every stdout line of the HTTP functions is an EMF document too
+    }
 
     for (name, f) in
         [("manage", &manage), ("query", &query), ("callback", &callback), ("refresh", &refresh), ("recover", &recover)]

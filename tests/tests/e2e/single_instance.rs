@@ -49,7 +49,8 @@ async fn a_second_container_for_the_same_app_and_user_is_refused_and_the_first_k
 async fn renewing_with_another_user_moves_the_container_to_that_user() {
     let h = ExactHarness::start(|_| {}).await;
     let second = chainkeeper_e2e::exact::sim_user(2);
-    assert_eq!(h.authorize("acme", "finance", "eol", &second).await.status, 200);
+    let replace = json!({"replace_user": true});
+    assert_eq!(h.authorize_with("acme", "finance", "eol", &second, replace).await.status, 200);
     let view = h.status().await;
     assert_eq!(view["credential"]["user_id"], second.user_id.as_str());
     assert_eq!(view["chain"]["generation"], 2);
@@ -57,6 +58,34 @@ async fn renewing_with_another_user_moves_the_container_to_that_user() {
     h.api.create_container("acme", "finance", "eol-old", "oauth2_code", Some("exact-online-nl")).await;
     let first = h.user.clone();
     assert_eq!(h.authorize("acme", "finance", "eol-old", &first).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_cannot_be_completed_as_another_user_unless_the_starter_asked() {
+    let h = ExactHarness::start(|_| {}).await;
+    let first = h.user.clone();
+    let second = chainkeeper_e2e::exact::sim_user(2);
+    // Someone finishes a renewal started for the container as another user (their own account, say).
+    let r = h.authorize("acme", "finance", "eol", &second).await;
+    r.assert_problem(409, "different_provider_user");
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains(&first.full_name) && detail.contains(&first.user_id), "names the expected user: {detail}");
+    assert!(!detail.contains(&second.password) && !detail.contains(&first.password), "{detail}");
+    // Nothing changed: same user, same chain, and it still hands out tokens.
+    let view = h.status().await;
+    assert_eq!(view["credential"]["user_id"], first.user_id.as_str());
+    assert_eq!(view["chain"]["generation"], 1, "{view}");
+    assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 200);
+    let audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
+    assert!(audit.contains("different_user"), "{audit}");
+    // The same user renews without asking.
+    assert_eq!(h.authorize("acme", "finance", "eol", &first).await.status, 200);
+    // A user change asked for at the start goes through.
+    let replace = json!({"replace_user": true});
+    assert_eq!(h.authorize_with("acme", "finance", "eol", &second, replace).await.status, 200);
+    assert_eq!(h.status().await["credential"]["user_id"], second.user_id.as_str());
+    // Only for that authorization: the next one expects the new user again.
+    h.authorize("acme", "finance", "eol", &first).await.assert_problem(409, "different_provider_user");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,16 +5,23 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
+use chainkeeper::store::Store;
 use chainkeeper_e2e::exact::{CLIENT_ID, ExactHarness};
 use serde_json::{Value, json};
 
 type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
+/// A receiver on loopback; its URL's path holds a planted secret (a webhook URL is a secret: the harness checks
+/// that no reply and no log line shows it).
 async fn receiver() -> (String, Received) {
+    receiver_at("127.0.0.1").await
+}
+
+async fn receiver_at(host: &str) -> (String, Received) {
     let got: Received = Arc::default();
     let sink = got.clone();
     let app = axum::Router::new().route(
-        "/hook",
+        "/hook/PLANTED-receiver-key",
         axum::routing::post(move |headers: HeaderMap, body: Bytes| {
             let sink = sink.clone();
             async move {
@@ -24,7 +31,8 @@ async fn receiver() -> (String, Received) {
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("http://{host}:{port}/hook/PLANTED-receiver-key");
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, got)
 }
@@ -47,11 +55,15 @@ async fn signed_events_when_a_chain_breaks_and_recovers() {
     h.api.put("/v1/orgs/acme/webhook", json!({"url": url})).await.assert_problem(400, "invalid_webhook_url");
     drop(h);
 
-    let h = ExactHarness::start_server_config(|_| {}, "webhook_allow_private_networks = true").await;
+    let h = ExactHarness::start_server_config(|_| {}, ALLOW_LOOPBACK).await;
     let r = h.api.put("/v1/orgs/acme/webhook", json!({"url": url})).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    let masked = url.split("/hook").next().unwrap().to_string() + "/…";
+    assert_eq!(r.body["url"], masked.as_str(), "the URL is shown masked");
     let secret = r.body["secret"].as_str().unwrap().to_string();
-    assert_eq!(h.api.get("/v1/orgs/acme").await.body["webhook_url"], url.as_str());
+    assert_eq!(h.api.get("/v1/orgs/acme").await.body["webhook_url"], masked.as_str());
+    let stored = h.store.get(&chainkeeper::records::org_key(&h.container.org)).await.unwrap().unwrap();
+    assert!(!String::from_utf8_lossy(&stored.body).contains("PLANTED"), "the URL is sealed at rest");
     assert!(!h.api.get("/v1/orgs/acme").await.body.to_string().contains(&secret), "the secret is shown once");
 
     h.sim.revoke(CLIENT_ID, &h.user.user_id);
@@ -80,4 +92,69 @@ async fn signed_events_when_a_chain_breaks_and_recovers() {
     let events = wait_for(&got, 2).await;
     let recovered: Value = serde_json::from_slice(&events[1].1).unwrap();
     assert_eq!(recovered["type"], "chain.recovered");
+    let audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
+    assert!(audit.contains("webhook.deliver") && audit.contains(&masked), "{audit}");
+}
+
+/// The operator's allowance for the loopback receiver (tests): plain http and a private address, for this host only.
+const ALLOW_LOOPBACK: &str =
+    "\n[webhooks]\nallow_http_hosts = [\"127.0.0.1\"]\nallow_private_hosts = [\"127.0.0.1\"]\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_never_reach_inside_without_the_operators_allowance() {
+    // Plain http is allowed for `localhost`, private addresses are not: the registration (which does not
+    // resolve names) takes the URL, the delivery resolves `localhost` to loopback and refuses to send.
+    let h = ExactHarness::start_server_config(|_| {}, "\n[webhooks]\nallow_http_hosts = [\"localhost\"]\n").await;
+    let (url, got) = receiver_at("localhost").await;
+    for refused in [
+        "http://hooks.example.com/hook",
+        "https://127.0.0.1/hook",
+        "https://[::ffff:127.0.0.1]/hook",
+        "https://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+        "https://169.254.169.254/latest/meta-data",
+        "https://10.0.0.1/hook",
+        "https://2130706433/hook",
+        "https://user:pw@hooks.example.com/hook",
+    ] {
+        h.api.put("/v1/orgs/acme/webhook", json!({"url": refused})).await.assert_problem(400, "invalid_webhook_url");
+    }
+    let r = h.api.put("/v1/orgs/acme/webhook", json!({"url": url})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    h.sim.revoke(CLIENT_ID, &h.user.user_id);
+    h.advance(Duration::from_secs(601));
+    assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 409);
+    let mut audit = String::new();
+    for _ in 0..100 {
+        audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
+        if audit.contains("webhook.deliver") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(audit.contains("failed") && audit.contains("a loopback address"), "a failed delivery, with why: {audit}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(got.lock().unwrap().is_empty(), "nothing reached the loopback receiver");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_fails_is_audited_with_why_and_without_the_url() {
+    let h = ExactHarness::start_server_config(|_| {}, ALLOW_LOOPBACK).await;
+    // A receiver that is gone: nothing listens on its port any more.
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/hook/PLANTED-receiver-key");
+    assert_eq!(h.api.put("/v1/orgs/acme/webhook", json!({"url": url})).await.status, 200);
+    h.sim.revoke(CLIENT_ID, &h.user.user_id);
+    h.advance(Duration::from_secs(601));
+    assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 409);
+    let mut audit = String::new();
+    for _ in 0..100 {
+        audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
+        if audit.contains("webhook.deliver") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(audit.contains("three tries failed") && audit.contains("failed"), "{audit}");
+    assert!(!audit.contains("PLANTED"), "the audit never shows the URL: {audit}");
 }
