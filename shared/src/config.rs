@@ -161,6 +161,7 @@ struct RawConfig {
     server: ServerConfig,
     #[serde(default)]
     limits: LimitsConfig,
+    #[serde(default)]
     webhooks: WebhookConfig,
     #[serde(default)]
     scope_groups: BTreeMap<String, Vec<String>>,
