@@ -336,7 +336,9 @@ impl Drop for LimitServer {
 /// Warm token hand-out through `serve` over HTTP, auth middleware included, loaded by wrk, beside the bare limit
 /// server.
 async fn warm() -> anyhow::Result<()> {
-    println!("\n## warm token hand-out over HTTP (wrk, 2 threads, 64 connections, 10 s)");
+    println!(
+        "\n## warm token hand-out over HTTP beside the bare limit server (wrk, 2 threads, 64 connections, 8 s a round)"
+    );
     if std::process::Command::new("wrk").arg("--version").output().is_err() {
         println!("wrk is not installed: apt-get install wrk");
         return Ok(());
