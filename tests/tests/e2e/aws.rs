@@ -553,7 +553,7 @@ async fn the_cli_issues_lists_revokes_tokens_and_moves_an_organisation_with_aws(
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ids, [claims.jti.clone()], "recorded under its id: {listed}");
+    assert_eq!(ids, [claims.jti.as_str()], "recorded under its id: {listed}");
     cli(&table_a, &["token", "revoke", "--aws", "--org", "acme", &claims.jti]);
     assert!(a.api_tokens.authenticate(token.trim()).await.is_err(), "revoked");
 
