@@ -1,6 +1,8 @@
 //! `chainkeeper`: the one-machine entry point. `serve` runs every route and the refresh schedule on embedded
 //! storage (SQLite + a local key file); `token issue` prints an API token (recorded, so `token list` and
-//! `token revoke` find it); `routes` prints the route table.
+//! `token revoke` find it); `routes` prints the route table. With the `aws` feature, `--aws` runs `org export`,
+//! `org import` and `token issue|list|revoke` on DynamoDB, KMS and Secrets Manager, configured from the same
+//! environment variables as the Lambda functions (`CHAINKEEPER_TABLE`, `CHAINKEEPER_SIGNING_KEY_SECRET`, …).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use chainkeeper::app::App;
 use chainkeeper::app::api_tokens::NewApiToken;
 use chainkeeper::auth::{Claims, issue};
 use chainkeeper::config::Config;
@@ -90,6 +93,11 @@ enum TokenCommand {
 struct ListArgs {
     #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
     data_dir: PathBuf,
+    /// Run on AWS (DynamoDB, KMS, Secrets Manager) instead of a data directory, configured from the Lambda
+    /// functions' environment variables (`CHAINKEEPER_TABLE`, `CHAINKEEPER_STAGE`, `CHAINKEEPER_KMS_ALIAS_PREFIX`, …;
+    /// `AWS_ENDPOINT_URL` for a stand-in). Needs the `aws` feature.
+    #[arg(long, conflicts_with = "data_dir")]
+    aws: bool,
     /// The organisation whose tokens to list; without it, the platform tokens.
     #[arg(long)]
     org: Option<String>,
@@ -99,6 +107,11 @@ struct ListArgs {
 struct RevokeArgs {
     #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
     data_dir: PathBuf,
+    /// Run on AWS (DynamoDB, KMS, Secrets Manager) instead of a data directory, configured from the Lambda
+    /// functions' environment variables (`CHAINKEEPER_TABLE`, `CHAINKEEPER_STAGE`, `CHAINKEEPER_KMS_ALIAS_PREFIX`, …;
+    /// `AWS_ENDPOINT_URL` for a stand-in). Needs the `aws` feature.
+    #[arg(long, conflicts_with = "data_dir")]
+    aws: bool,
     /// The organisation of the token; without it, a platform token.
     #[arg(long)]
     org: Option<String>,
@@ -120,6 +133,11 @@ enum OrgCommand {
 struct ExportArgs {
     #[command(flatten)]
     storage: StorageArgs,
+    /// Run on AWS (DynamoDB, KMS, Secrets Manager) instead of a data directory, configured from the Lambda
+    /// functions' environment variables (`CHAINKEEPER_TABLE`, `CHAINKEEPER_STAGE`, `CHAINKEEPER_KMS_ALIAS_PREFIX`, …;
+    /// `AWS_ENDPOINT_URL` for a stand-in). Needs the `aws` feature.
+    #[arg(long, conflicts_with = "data_dir")]
+    aws: bool,
     /// The organisation to export.
     #[arg(long)]
     org: String,
@@ -132,6 +150,11 @@ struct ExportArgs {
 struct ImportArgs {
     #[command(flatten)]
     storage: StorageArgs,
+    /// Run on AWS (DynamoDB, KMS, Secrets Manager) instead of a data directory, configured from the Lambda
+    /// functions' environment variables (`CHAINKEEPER_TABLE`, `CHAINKEEPER_STAGE`, `CHAINKEEPER_KMS_ALIAS_PREFIX`, …;
+    /// `AWS_ENDPOINT_URL` for a stand-in). Needs the `aws` feature.
+    #[arg(long, conflicts_with = "data_dir")]
+    aws: bool,
     /// The export file.
     #[arg(long = "in")]
     input: PathBuf,
@@ -165,9 +188,13 @@ struct IssueArgs {
     data_dir: PathBuf,
     /// Read the signing key from standard input instead, as the text stored in Secrets Manager (AWS deployments):
     /// `aws secretsmanager get-secret-value --secret-id ARN --query SecretString --output text | chainkeeper token issue --signing-key-stdin …`
-    /// (`--data-dir` is then not used.)
-    #[arg(long)]
+    /// (`--data-dir` is then not used.) The token is not recorded: `--aws` is the way that records it.
+    #[arg(long, conflicts_with = "aws")]
     signing_key_stdin: bool,
+    /// Sign with the key in Secrets Manager (`CHAINKEEPER_SIGNING_KEY_SECRET`) and record the token in DynamoDB
+    /// (`CHAINKEEPER_TABLE`), so that `token list --aws` and `token revoke --aws` find it. Needs the `aws` feature.
+    #[arg(long, conflicts_with = "data_dir")]
+    aws: bool,
     /// A platform token: not limited to one organisation (needed to create organisations).
     #[arg(long)]
     platform: bool,
@@ -201,7 +228,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn export_org(a: ExportArgs) -> anyhow::Result<()> {
-    let (_, app) = load(&a.storage)?;
+    let app = app_for(&a.storage, a.aws).await?;
     let org = chainkeeper::ids::OrgId::parse(&a.org)?;
     let file = app.backup.export("cli", &org).await?;
     let mut opts = std::fs::OpenOptions::new();
@@ -216,7 +243,7 @@ async fn export_org(a: ExportArgs) -> anyhow::Result<()> {
 }
 
 async fn import_org(a: ImportArgs) -> anyhow::Result<()> {
-    let (_, app) = load(&a.storage)?;
+    let app = app_for(&a.storage, a.aws).await?;
     let org = a.org.as_deref().map(chainkeeper::ids::OrgId::parse).transpose()?;
     let file = std::fs::read_to_string(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let done = app.backup.import("cli", &file, org.as_ref()).await?;
@@ -255,7 +282,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn issue_token(a: IssueArgs) -> anyhow::Result<()> {
-    let key: zeroize::Zeroizing<Vec<u8>> = if a.signing_key_stdin {
+    let org = a.org.as_deref().map(OrgId::parse).transpose()?;
+    let ttl = a.expires_in.as_secs();
+    if !a.signing_key_stdin {
+        // Signed and recorded in the store (the data directory's, or DynamoDB with the key in Secrets Manager), so
+        // that it can be listed and revoked by id.
+        let rt = runtime()?;
+        let app = rt.block_on(token_app(&a.data_dir, a.aws))?;
+        let new = NewApiToken { subject: a.subject, scopes: a.scopes, expires_in_s: Some(ttl) };
+        let issued = rt.block_on(app.api_tokens.issue_by_operator(org.as_ref(), new))?;
+        println!("{}", secrecy::ExposeSecret::expose_secret(&issued.token));
+        return Ok(());
+    }
+    let key: zeroize::Zeroizing<Vec<u8>> = {
         let mut text = zeroize::Zeroizing::new(String::new());
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
             .context("reading the signing key from standard input")?;
@@ -266,19 +305,7 @@ fn issue_token(a: IssueArgs) -> anyhow::Result<()> {
             "the signing key on standard input must be at least 32 characters (the secret's text)"
         );
         zeroize::Zeroizing::new(key.as_bytes().to_vec())
-    } else {
-        zeroize::Zeroizing::new(DataDir::open(&a.data_dir)?.signing_key()?.to_vec())
     };
-    let org = a.org.as_deref().map(OrgId::parse).transpose()?;
-    let ttl = a.expires_in.as_secs();
-    if !a.signing_key_stdin {
-        // Signed and recorded in the data directory's store, so that it can be listed and revoked by id.
-        let app = embedded_system(&DataDir::open(&a.data_dir)?, Config::built_in())?;
-        let new = NewApiToken { subject: a.subject, scopes: a.scopes, expires_in_s: Some(ttl) };
-        let issued = runtime()?.block_on(app.api_tokens.issue_by_operator(org.as_ref(), new))?;
-        println!("{}", secrecy::ExposeSecret::expose_secret(&issued.token));
-        return Ok(());
-    }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let claims = Claims {
         sub: a.subject,
@@ -288,13 +315,16 @@ fn issue_token(a: IssueArgs) -> anyhow::Result<()> {
         iat: now,
         jti: chainkeeper::ids::random_id(),
     };
-    eprintln!("note: a token signed with --signing-key-stdin is not recorded in the store (id {})", claims.jti);
+    eprintln!(
+        "note: a token signed with --signing-key-stdin is not recorded in the store (id {}); `token issue --aws` records it",
+        claims.jti
+    );
     println!("{}", issue(&key, &claims)?);
     Ok(())
 }
 
 async fn list_tokens(a: ListArgs) -> anyhow::Result<()> {
-    let app = embedded_system(&DataDir::open(&a.data_dir)?, Config::built_in())?;
+    let app = token_app(&a.data_dir, a.aws).await?;
     let tokens = match a.org.as_deref().map(OrgId::parse).transpose()? {
         Some(org) => app.api_tokens.list(&org).await?,
         None => app.api_tokens.list_platform().await?,
@@ -306,7 +336,7 @@ async fn list_tokens(a: ListArgs) -> anyhow::Result<()> {
 }
 
 async fn revoke_token(a: RevokeArgs) -> anyhow::Result<()> {
-    let app = embedded_system(&DataDir::open(&a.data_dir)?, Config::built_in())?;
+    let app = token_app(&a.data_dir, a.aws).await?;
     match a.org.as_deref().map(OrgId::parse).transpose()? {
         Some(org) => app.api_tokens.revoke(&org, "operator", &a.id).await?,
         None => {
@@ -317,7 +347,34 @@ async fn revoke_token(a: RevokeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(storage: &StorageArgs) -> anyhow::Result<(DataDir, Arc<chainkeeper::app::App>)> {
+/// The app of `token issue|list|revoke`: the built-in config on a data directory, or on AWS.
+async fn token_app(data_dir: &std::path::Path, aws: bool) -> anyhow::Result<Arc<App>> {
+    if aws {
+        return aws_app(Config::built_in()).await;
+    }
+    embedded_system(&DataDir::open(data_dir)?, Config::built_in())
+}
+
+/// The app of `org export|import`: the configured data directory, or AWS.
+async fn app_for(storage: &StorageArgs, aws: bool) -> anyhow::Result<Arc<App>> {
+    if aws {
+        return aws_app(Config::load(storage.config.as_deref())?).await;
+    }
+    Ok(load(storage)?.1)
+}
+
+/// The library's AWS wiring, from the environment variables the Lambda functions read.
+#[cfg(feature = "aws")]
+async fn aws_app(config: Config) -> anyhow::Result<Arc<App>> {
+    chainkeeper::wiring::aws(chainkeeper::aws::AwsEnv::from_env()?, config).await
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_app(_: Config) -> anyhow::Result<Arc<App>> {
+    anyhow::bail!("this chainkeeper was built without AWS support: cargo build -p chainkeeper-cli --features aws")
+}
+
+fn load(storage: &StorageArgs) -> anyhow::Result<(DataDir, Arc<App>)> {
     let config = Config::load(storage.config.as_deref())?;
     let data =
         DataDir::open(&storage.data_dir).with_context(|| format!("data directory {}", storage.data_dir.display()))?;

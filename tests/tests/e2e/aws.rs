@@ -353,7 +353,11 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     ];
     let function = |name: &str| {
         let bin = chainkeeper_e2e::cli_bin().with_file_name(name);
-        assert!(bin.exists(), "{} is missing: cargo build --workspace --features chainkeeper-e2e/aws", bin.display());
+        assert!(
+            bin.exists(),
+            "{} is missing: cargo build --workspace --features chainkeeper-e2e/aws,chainkeeper-cli/aws",
+            bin.display()
+        );
         bin
     };
     let body =
@@ -492,4 +496,75 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     {
         eprintln!("{name}: init {:?} on DynamoDB/KMS/Secrets Manager (debug build)", f.init_duration().unwrap());
     }
+}
+
+/// The real `chainkeeper` binary with `--aws`, configured like the Lambda functions: `token issue` signs with the
+/// key in Secrets Manager and records the token in DynamoDB (so it is listed and revoked by id), and `org export`
+/// from one table then `org import` into another moves an organisation under its KMS key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_issues_lists_revokes_tokens_and_moves_an_organisation_with_aws() {
+    let moto = Moto::start().await.unwrap();
+    let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
+    let clock: Arc<dyn Clock> = Arc::new(chainkeeper::clock::SystemClock);
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    sm.create_secret().name("chainkeeper/test/signing").secret_string("k".repeat(48)).send().await.unwrap();
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let table = format!("ck{}", chainkeeper::ids::random_id().to_lowercase().replace(['-', '_'], "x"));
+        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone(), clock.clone());
+        store.create_table().await.unwrap();
+        let keys = KmsKeys::new(aws_sdk_kms::Client::new(&sdk), "test".into(), "alias/chainkeeper/test/".into());
+        let signing = Some("chainkeeper/test/signing".to_string());
+        let secrets = SecretsManager::new(sm.clone(), "chainkeeper/test/apps/".into(), signing, clock.clone());
+        apps.push((
+            table,
+            App::new(Arc::new(store), Arc::new(keys), Arc::new(secrets), clock.clone(), Config::built_in()),
+        ));
+    }
+    let [(table_a, a), (table_b, b)] = <[_; 2]>::try_from(apps).ok().unwrap();
+    let cli = |table: &str, args: &[&str]| {
+        let out = std::process::Command::new(chainkeeper_e2e::cli_bin())
+            .args(args)
+            .env_remove("CHAINKEEPER_DATA_DIR")
+            .env("CHAINKEEPER_TABLE", table)
+            .env("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/test/signing")
+            .env("CHAINKEEPER_APPS_SECRET_PREFIX", "chainkeeper/test/apps/")
+            .env("CHAINKEEPER_KMS_ALIAS_PREFIX", "alias/chainkeeper/test/")
+            .env("CHAINKEEPER_STAGE", "test")
+            .env("AWS_ENDPOINT_URL", &moto.endpoint)
+            .env("AWS_REGION", "eu-west-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "chainkeeper {args:?} (built with --features chainkeeper-cli/aws?): {err}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let org = OrgId::parse("acme").unwrap();
+    a.orgs.create("t", &org, None).await.unwrap();
+    a.orgs.create_db("t", &org, &DbName::parse("finance").unwrap(), None).await.unwrap();
+
+    let token = cli(&table_a, &["token", "issue", "--aws", "--org", "acme", "--scope", "admin", "--subject", "ops"]);
+    let claims = a.api_tokens.authenticate(token.trim()).await.expect("the token authenticates on the table");
+    assert_eq!((claims.org.as_deref(), claims.sub.as_str()), (Some("acme"), "ops"));
+    let listed = cli(&table_a, &["token", "list", "--aws", "--org", "acme"]);
+    let ids: Vec<String> = listed
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, [claims.jti.as_str()], "recorded under its id: {listed}");
+    cli(&table_a, &["token", "revoke", "--aws", "--org", "acme", &claims.jti]);
+    assert!(a.api_tokens.authenticate(token.trim()).await.is_err(), "revoked");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme.export");
+    let file = file.to_str().unwrap();
+    cli(&table_a, &["org", "export", "--aws", "--org", "acme", "--out", file]);
+    assert!(b.orgs.get(&org).await.is_err(), "not in the second table yet");
+    let done: serde_json::Value =
+        serde_json::from_str(&cli(&table_b, &["org", "import", "--aws", "--org", "acme", "--in", file])).unwrap();
+    assert_eq!(done["org"], "acme", "{done}");
+    let dbs = b.orgs.databases(&org).await.unwrap();
+    assert_eq!(dbs.iter().map(|d| d.name.to_string()).collect::<Vec<_>>(), ["finance"]);
 }

@@ -536,7 +536,7 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
             let bin = chainkeeper_e2e::cli_bin().with_file_name(f);
             assert!(
                 bin.exists(),
-                "{} is missing: cargo build --workspace --features chainkeeper-e2e/aws",
+                "{} is missing: cargo build --workspace --features chainkeeper-e2e/aws,chainkeeper-cli/aws",
                 bin.display()
             );
             LocalLambda::start(&bin, &env).await.unwrap()
