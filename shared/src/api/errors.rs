@@ -69,13 +69,17 @@ pub fn unreadable_body() -> Problem {
     Problem::bad_request("invalid_body", "The request body could not be read (cut off).")
 }
 
-/// A body above the route's limit (`limits.json_body_bytes` or `limits.proxy_body_bytes`).
+/// A body above the route's limit (`limits.json_body_bytes` or `limits.proxy_body_bytes`). The rest of the body
+/// is never read, so the connection cannot carry another request: `Connection: close` tells the client so before
+/// it puts the connection back in its pool (without it, a client's next request on that connection fails).
 pub fn body_too_large(limit: usize) -> Problem {
-    Problem::new(
+    let mut p = Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
         format!("This route takes request bodies of at most {limit} bytes. Send a smaller body."),
-    )
+    );
+    p.headers.push((axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close")));
+    p
 }
 
 /// `limit` or `cursor` of a paged list not valid.

@@ -19,23 +19,9 @@ async fn serve_with(dir: &Path, limits: &str) -> Serve {
     Serve::start(dir, Some(&config)).await.unwrap()
 }
 
-/// Reads until the server closes the connection (or `within` passes); returns when it closed and what it sent.
-async fn closed_within(s: &mut TcpStream, within: Duration) -> Option<(Duration, Vec<u8>)> {
-    let start = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while start.elapsed() < within {
-        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Some((start.elapsed(), got)),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-    }
-    None
-}
-
-/// Reads until a whole answer with a JSON body has arrived (or the connection closed); returns when.
-async fn answered_within(s: &mut TcpStream, within: Duration) -> Option<(Duration, Vec<u8>)> {
+/// Reads until the server closes the connection, or until what arrived satisfies `done` (or `within` passes);
+/// returns when, and what the server sent.
+async fn read_until(s: &mut TcpStream, within: Duration, done: impl Fn(&[u8]) -> bool) -> Option<(Duration, Vec<u8>)> {
     let start = Instant::now();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -44,8 +30,7 @@ async fn answered_within(s: &mut TcpStream, within: Duration) -> Option<(Duratio
             Ok(Ok(0)) | Ok(Err(_)) => return Some((start.elapsed(), got)),
             Ok(Ok(n)) => {
                 got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got);
-                if text.split_once("\r\n\r\n").is_some_and(|(_, body)| body.trim_end().ends_with('}')) {
+                if done(&got) {
                     return Some((start.elapsed(), got));
                 }
             }
@@ -53,6 +38,19 @@ async fn answered_within(s: &mut TcpStream, within: Duration) -> Option<(Duratio
         }
     }
     None
+}
+
+/// Reads until the server closes the connection (or `within` passes).
+async fn closed_within(s: &mut TcpStream, within: Duration) -> Option<(Duration, Vec<u8>)> {
+    read_until(s, within, |_| false).await
+}
+
+/// Reads until a whole answer with a JSON body has arrived (or the connection closed).
+async fn answered_within(s: &mut TcpStream, within: Duration) -> Option<(Duration, Vec<u8>)> {
+    read_until(s, within, |got| {
+        String::from_utf8_lossy(got).split_once("\r\n\r\n").is_some_and(|(_, body)| body.trim_end().ends_with('}'))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,6 +124,9 @@ async fn a_body_above_the_routes_limit_is_413_problem_json() {
         .unwrap();
     assert_eq!(res.status(), 413);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
+    // The rest of the body is never read: the client is told not to reuse the connection (the next request on
+    // this client would otherwise meet a closed connection).
+    assert_eq!(res.headers()["connection"], "close");
 
     // The query proxy has its own, larger limit: above it 413, before anything reaches a platform.
     admin.post("/v1/orgs/acme/databases", json!({"name": "main"})).await;
