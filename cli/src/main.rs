@@ -89,15 +89,22 @@ enum TokenCommand {
     Revoke(RevokeArgs),
 }
 
+/// `--aws`: the commands that work on a data directory can work on an AWS deployment instead.
 #[derive(Args)]
-struct ListArgs {
-    #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
-    data_dir: PathBuf,
+struct OnAws {
     /// Run on AWS (DynamoDB, KMS, Secrets Manager) instead of a data directory, configured from the Lambda
     /// functions' environment variables (`CHAINKEEPER_TABLE`, `CHAINKEEPER_STAGE`, `CHAINKEEPER_KMS_ALIAS_PREFIX`, …;
     /// `AWS_ENDPOINT_URL` for a stand-in). Needs the `aws` feature.
     #[arg(long, conflicts_with = "data_dir")]
     aws: bool,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    on: OnAws,
     /// The organisation whose tokens to list; without it, the platform tokens.
     #[arg(long)]
     org: Option<String>,
@@ -107,11 +114,8 @@ struct ListArgs {
 struct RevokeArgs {
     #[arg(long, env = "CHAINKEEPER_DATA_DIR", default_value = "chainkeeper-data")]
     data_dir: PathBuf,
-    /// Run on AWS (DynamoDB, KMS, Secrets Manager) instead of a data directory, configured from the Lambda
-    /// functions' environment variables (`CHAINKEEPER_TABLE`, `CHAINKEEPER_STAGE`, `CHAINKEEPER_KMS_ALIAS_PREFIX`, …;
-    /// `AWS_ENDPOINT_URL` for a stand-in). Needs the `aws` feature.
-    #[arg(long, conflicts_with = "data_dir")]
-    aws: bool,
+    #[command(flatten)]
+    on: OnAws,
     /// The organisation of the token; without it, a platform token.
     #[arg(long)]
     org: Option<String>,
@@ -133,11 +137,8 @@ enum OrgCommand {
 struct ExportArgs {
     #[command(flatten)]
     storage: StorageArgs,
-    /// Run on AWS (DynamoDB, KMS, Secrets Manager) instead of a data directory, configured from the Lambda
-    /// functions' environment variables (`CHAINKEEPER_TABLE`, `CHAINKEEPER_STAGE`, `CHAINKEEPER_KMS_ALIAS_PREFIX`, …;
-    /// `AWS_ENDPOINT_URL` for a stand-in). Needs the `aws` feature.
-    #[arg(long, conflicts_with = "data_dir")]
-    aws: bool,
+    #[command(flatten)]
+    on: OnAws,
     /// The organisation to export.
     #[arg(long)]
     org: String,
@@ -150,11 +151,8 @@ struct ExportArgs {
 struct ImportArgs {
     #[command(flatten)]
     storage: StorageArgs,
-    /// Run on AWS (DynamoDB, KMS, Secrets Manager) instead of a data directory, configured from the Lambda
-    /// functions' environment variables (`CHAINKEEPER_TABLE`, `CHAINKEEPER_STAGE`, `CHAINKEEPER_KMS_ALIAS_PREFIX`, …;
-    /// `AWS_ENDPOINT_URL` for a stand-in). Needs the `aws` feature.
-    #[arg(long, conflicts_with = "data_dir")]
-    aws: bool,
+    #[command(flatten)]
+    on: OnAws,
     /// The export file.
     #[arg(long = "in")]
     input: PathBuf,
@@ -228,7 +226,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn export_org(a: ExportArgs) -> anyhow::Result<()> {
-    let app = app_for(&a.storage, a.aws).await?;
+    let app = app_for(&a.storage, a.on.aws).await?;
     let org = chainkeeper::ids::OrgId::parse(&a.org)?;
     let file = app.backup.export("cli", &org).await?;
     let mut opts = std::fs::OpenOptions::new();
@@ -243,7 +241,7 @@ async fn export_org(a: ExportArgs) -> anyhow::Result<()> {
 }
 
 async fn import_org(a: ImportArgs) -> anyhow::Result<()> {
-    let app = app_for(&a.storage, a.aws).await?;
+    let app = app_for(&a.storage, a.on.aws).await?;
     let org = a.org.as_deref().map(chainkeeper::ids::OrgId::parse).transpose()?;
     let file = std::fs::read_to_string(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let done = app.backup.import("cli", &file, org.as_ref()).await?;
@@ -324,7 +322,7 @@ fn issue_token(a: IssueArgs) -> anyhow::Result<()> {
 }
 
 async fn list_tokens(a: ListArgs) -> anyhow::Result<()> {
-    let app = token_app(&a.data_dir, a.aws).await?;
+    let app = token_app(&a.data_dir, a.on.aws).await?;
     let tokens = match a.org.as_deref().map(OrgId::parse).transpose()? {
         Some(org) => app.api_tokens.list(&org).await?,
         None => app.api_tokens.list_platform().await?,
@@ -336,7 +334,7 @@ async fn list_tokens(a: ListArgs) -> anyhow::Result<()> {
 }
 
 async fn revoke_token(a: RevokeArgs) -> anyhow::Result<()> {
-    let app = token_app(&a.data_dir, a.aws).await?;
+    let app = token_app(&a.data_dir, a.on.aws).await?;
     match a.org.as_deref().map(OrgId::parse).transpose()? {
         Some(org) => app.api_tokens.revoke(&org, "operator", &a.id).await?,
         None => {

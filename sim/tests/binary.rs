@@ -3,11 +3,39 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
+/// A running `exact-sim` and the two hosts of its ready lines. Its stdout stays open for as long as it runs: a
+/// closed pipe would end it.
+struct Sim {
+    child: std::process::Child,
+    _stdout: BufReader<std::process::ChildStdout>,
+    base: String,
+    b2c: String,
+}
+
+impl Sim {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_exact-sim"))
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let base = line.trim().strip_prefix("listening on ").expect("ready line").to_string();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let b2c = line.trim().strip_prefix("b2c host on ").expect("second line: the B2C host").to_string();
+        Self { child, _stdout: stdout, base, b2c }
+    }
+}
+
+impl Drop for Sim {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -26,23 +54,9 @@ async fn binary_prints_ready_line_and_serves_config() {
     .unwrap();
     drop(f);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_exact-sim"))
-        .args(["--port", "0", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _guard = Kill(child);
-    let mut lines = BufReader::new(stdout);
-    let mut line = String::new();
-    lines.read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("listening on ").expect("ready line").to_string();
+    let sim = Sim::start(&["--config", cfg.to_str().unwrap()]);
+    let (base, b2c) = (sim.base.clone(), sim.b2c.clone());
     assert!(base.starts_with("http://127.0.0.1:") && !base.ends_with('/'), "{base}");
-    let mut line = String::new();
-    lines.read_line(&mut line).unwrap();
-    let b2c = line.trim().strip_prefix("b2c host on ").expect("second line: the B2C host").to_string();
     assert!(b2c.starts_with("http://127.0.0.1:") && b2c != base, "{b2c}");
 
     let auth = format!(
@@ -87,22 +101,8 @@ async fn binary_prints_ready_line_and_serves_config() {
 
 #[tokio::test]
 async fn binary_runs_a_fast_clock_and_refuses_a_bad_factor() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_exact-sim"))
-        .args(["--port", "0", "--clock-factor", "100"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _guard = Kill(child);
-    // Keep reading stdout open: the binary prints a second ready line (the B2C host), and a closed pipe would end it.
-    let mut ready = BufReader::new(stdout);
-    let mut line = String::new();
-    ready.read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("listening on ").expect("ready line").to_string();
-    let mut b2c_line = String::new();
-    ready.read_line(&mut b2c_line).unwrap();
-    assert!(b2c_line.starts_with("b2c host on "), "{b2c_line}");
+    let sim = Sim::start(&["--clock-factor", "100"]);
+    let base = sim.base.clone();
     let c = reqwest::Client::new();
     let t0: serde_json::Value = c.get(format!("{base}/_sim/clock")).send().await.unwrap().json().await.unwrap();
     assert_eq!(t0["factor"], 100.0);
@@ -129,19 +129,8 @@ async fn binary_serves_the_b2c_sign_in_from_its_config() {
             "sign_in_behaviours": {"carol@example.com": {"outcome": "locked"}}}"#,
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_exact-sim"))
-        .args(["--port", "0", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _guard = Kill(child);
-    let mut lines = BufReader::new(stdout);
-    let mut line = String::new();
-    lines.read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    let sim = Sim::start(&["--config", cfg.to_str().unwrap()]);
+    let base = sim.base.clone();
     let auth = format!(
         "{base}/api/oauth2/auth?client_id=ck-app&redirect_uri=http%3A%2F%2F127.0.0.1%3A8080%2Fv1%2Fcallback&response_type=code&state=xyz"
     );

@@ -100,6 +100,23 @@ async fn signed_events_when_a_chain_breaks_and_recovers() {
 const ALLOW_LOOPBACK: &str =
     "\n[webhooks]\nallow_http_hosts = [\"127.0.0.1\"]\nallow_private_hosts = [\"127.0.0.1\"]\n";
 
+/// Breaks the chain at the provider (a `chain.needs_repair` event to deliver) and returns the audit log once it
+/// holds the delivery's entry (or after 5 s).
+async fn break_the_chain_and_read_the_delivery_audit(h: &ExactHarness) -> String {
+    h.sim.revoke(CLIENT_ID, &h.user.user_id);
+    h.advance(Duration::from_secs(601));
+    assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 409);
+    let mut audit = String::new();
+    for _ in 0..100 {
+        audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
+        if audit.contains("webhook.deliver") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    audit
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_never_reach_inside_without_the_operators_allowance() {
     // Plain http is allowed for `localhost`, private addresses are not: the registration (which does not
@@ -121,17 +138,7 @@ async fn webhooks_never_reach_inside_without_the_operators_allowance() {
     let r = h.api.put("/v1/orgs/acme/webhook", json!({"url": url})).await;
     assert_eq!(r.status, 200, "{}", r.body);
 
-    h.sim.revoke(CLIENT_ID, &h.user.user_id);
-    h.advance(Duration::from_secs(601));
-    assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 409);
-    let mut audit = String::new();
-    for _ in 0..100 {
-        audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
-        if audit.contains("webhook.deliver") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let audit = break_the_chain_and_read_the_delivery_audit(&h).await;
     assert!(audit.contains("failed") && audit.contains("a loopback address"), "a failed delivery, with why: {audit}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(got.lock().unwrap().is_empty(), "nothing reached the loopback receiver");
@@ -144,17 +151,7 @@ async fn a_delivery_that_fails_is_audited_with_why_and_without_the_url() {
     let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}/hook/PLANTED-receiver-key");
     assert_eq!(h.api.put("/v1/orgs/acme/webhook", json!({"url": url})).await.status, 200);
-    h.sim.revoke(CLIENT_ID, &h.user.user_id);
-    h.advance(Duration::from_secs(601));
-    assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 409);
-    let mut audit = String::new();
-    for _ in 0..100 {
-        audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
-        if audit.contains("webhook.deliver") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let audit = break_the_chain_and_read_the_delivery_audit(&h).await;
     assert!(audit.contains("three tries failed") && audit.contains("failed"), "{audit}");
     assert!(!audit.contains("PLANTED"), "the audit never shows the URL: {audit}");
 }
