@@ -7,7 +7,11 @@ two refreshes, a broken chain, under CPU load). chainkeeper's whole promise rest
 tests need a stand-in that keeps it: this is moto's own server (`moto.server.main`, same app, same threaded
 HTTP server) with one request applied at a time. Everything else is moto as published.
 
-    python3 tests/peers/moto/serve.py -H 127.0.0.1 -p PORT
+    python3 tests/peers/moto/serve.py -H 127.0.0.1 [-p PORT]
+
+With `-p 0` (the default) the system picks a free port and the first line on stdout is `port N`: the tests use
+that, because a port picked beforehand and released can be taken by another test's peer before moto binds it
+(seen once in CI: a test talked to another test's moto).
 """
 
 import argparse
@@ -15,7 +19,7 @@ import os
 import threading
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from werkzeug.serving import run_simple
+from werkzeug.serving import make_server
 
 
 class OneAtATime:
@@ -33,12 +37,15 @@ class OneAtATime:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-H", "--host", default="127.0.0.1")
-    parser.add_argument("-p", "--port", type=int, required=True)
+    parser.add_argument("-p", "--port", type=int, default=0)
     args = parser.parse_args()
-    os.environ.setdefault("MOTO_PORT", str(args.port))
     app = DomainDispatcherApplication(create_backend_app)
     app.debug = True
-    run_simple(args.host, args.port, OneAtATime(app), threaded=True)
+    server = make_server(args.host, args.port, OneAtATime(app), threaded=True)
+    port = server.socket.getsockname()[1]
+    os.environ.setdefault("MOTO_PORT", str(port))
+    print(f"port {port}", flush=True)
+    server.serve_forever()
 
 
 if __name__ == "__main__":

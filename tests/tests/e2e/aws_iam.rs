@@ -54,34 +54,17 @@ const SERVICE_ONLY_POLICIES: [&str; 1] = ["logs"];
 struct RecordingMoto {
     endpoint: String,
     recording: std::path::PathBuf,
+    _moto: chainkeeper_e2e::moto::Moto,
     _dir: tempfile::TempDir,
-    _child: tokio::process::Child,
 }
 
 impl RecordingMoto {
     async fn start() -> RecordingMoto {
         let dir = tempfile::tempdir().unwrap();
         let recording = dir.path().join("requests.jsonl");
-        let port = chainkeeper_e2e::free_port();
-        let child = tokio::process::Command::new("python3")
-            .arg(workspace().join("tests/peers/moto/serve.py"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("MOTO_ENABLE_RECORDING", "True")
-            .env("MOTO_RECORDER_FILEPATH", &recording)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("moto: pip install 'moto[server]'");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        for _ in 0..200 {
-            if reqwest::get(format!("{endpoint}/moto-api/")).await.is_ok() {
-                return RecordingMoto { endpoint, recording, _dir: dir, _child: child };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("moto did not answer on {endpoint}");
+        let env = [("MOTO_ENABLE_RECORDING", Path::new("True")), ("MOTO_RECORDER_FILEPATH", recording.as_path())];
+        let moto = chainkeeper_e2e::moto::Moto::start_with(&env, Some(dir.path())).await.expect("moto starts");
+        RecordingMoto { endpoint: moto.endpoint.clone(), recording, _moto: moto, _dir: dir }
     }
 
     /// From now on moto authenticates every request and authorises it against the caller's IAM policies.
