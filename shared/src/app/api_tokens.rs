@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::auth::{Claims, TokenRejected, covers, issue, verify_any};
+use crate::auth::{Claims, TokenRejected, covers, issue};
 use crate::clock::Clock;
 use crate::ids::{OrgId, random_id};
 use crate::records::{
@@ -23,6 +23,7 @@ use crate::store::{Condition, Put, Store, StoreError};
 use super::Ports;
 use super::audit::AuditLog;
 use super::lookup::{self, LookupError};
+use super::verified_tokens::VerifiedTokens;
 
 /// Why a caller's token is not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,7 @@ pub struct ApiTokens {
     clock: Arc<dyn Clock>,
     audit: AuditLog,
     scope_groups: Arc<BTreeMap<String, Vec<String>>>,
+    verified: Arc<VerifiedTokens>,
 }
 
 impl ApiTokens {
@@ -103,6 +105,7 @@ impl ApiTokens {
             clock: p.clock.clone(),
             audit,
             scope_groups: Arc::new(p.config.scope_groups.clone()),
+            verified: Arc::default(),
         }
     }
 
@@ -111,7 +114,7 @@ impl ApiTokens {
     pub async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
         let keys = self.secrets.signing_keys().await?;
         let now = self.clock.now_ms();
-        let claims = verify_any(&keys.accepted(now), token, now)?;
+        let claims = self.verified.verify(&keys, token, now)?;
         if self.store.get(&revoked_key(&claims.jti)).await?.is_some() {
             return Err(AuthError::Revoked);
         }

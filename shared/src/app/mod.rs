@@ -34,6 +34,7 @@ pub mod orgs;
 pub mod query;
 pub mod recovery;
 pub mod sweep;
+pub mod verified_tokens;
 pub mod webhook_target;
 pub mod webhooks;
 
