@@ -104,13 +104,29 @@ impl Serve {
         port: u16,
         extra: &[&str],
     ) -> anyhow::Result<Serve> {
+        Self::spawn(data_dir, config, port, extra, "debug,hyper=info,reqwest=info,h2=info,rustls=info").await
+    }
+
+    /// As an operator runs it (`info` logs): for benchmarks. Tests log at `debug`, so that the checks that no
+    /// secret reaches a log see everything.
+    pub async fn start_as_deployed(data_dir: &Path, config: Option<&Path>, port: u16) -> anyhow::Result<Serve> {
+        Self::spawn(data_dir, config, port, &[], "info").await
+    }
+
+    async fn spawn(
+        data_dir: &Path,
+        config: Option<&Path>,
+        port: u16,
+        extra: &[&str],
+        log: &str,
+    ) -> anyhow::Result<Serve> {
         let mut cmd = tokio::process::Command::new(cli_bin());
         cmd.arg("serve").arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--data-dir").arg(data_dir);
         cmd.args(extra);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
-        cmd.env("CHAINKEEPER_LOG", "debug,hyper=info,reqwest=info,h2=info,rustls=info")
+        cmd.env("CHAINKEEPER_LOG", log)
             .env_remove("CHAINKEEPER_MASTER_KEY")
             .env_remove("CHAINKEEPER_SIGNING_KEY")
             .stdout(Stdio::piped())

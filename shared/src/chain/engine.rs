@@ -49,7 +49,9 @@ impl ChainEngine {
         loop {
             let now = self.clock.now_ms();
             let Some(item) = self.store.get(&key).await? else { return Err(ChainError::NotAuthorized) };
-            let chain: ChainRecord = decode(&item)?;
+            let version = item.version;
+            let due = item.due.clone();
+            let chain = self.warm.decode(item)?;
             if chain.status == ChainStatus::NeedsRepair {
                 let e = chain.last_error.clone();
                 return Err(ChainError::NeedsRepair {
@@ -80,8 +82,8 @@ impl ChainEngine {
                 // Not due after all (say, no longer in active use): move it in the index so the sweep does not
                 // look at it again before it is.
                 let desired = next_due(&chain, profile, cfg, in_use).map(time_sk);
-                if item.due.as_ref().map(|d| &d.sk) != desired.as_ref() {
-                    let _ = self.write_chain(c, &chain, Condition::Version(item.version), in_use).await;
+                if due.as_ref().map(|d| &d.sk) != desired.as_ref() {
+                    let _ = self.write_chain(c, &chain, Condition::Version(version), in_use).await;
                 }
                 return Ok(None);
             }
@@ -135,12 +137,12 @@ impl ChainEngine {
             }
             // Take the lease: one conditional write on the version we read.
             let owner = random_id();
-            let mut leased = chain.clone();
+            let mut leased = ChainRecord::clone(&chain);
             leased.lease = Some(Lease { owner: owner.clone(), until_ms: now + ms(cfg.lease_s) });
             leased.last_token_request_at_ms = Some(now);
             let before = Before { pending: chain.pending_request_at_ms, requested: chain.last_token_request_at_ms };
             leased.pending_request_at_ms = Some(now);
-            match self.write_chain(c, &leased, Condition::Version(item.version), true).await {
+            match self.write_chain(c, &leased, Condition::Version(version), true).await {
                 Ok(version) => {
                     return self.refresh_holding(c, leased, version, before, usable, in_use).await.map(Some);
                 }
@@ -176,9 +178,17 @@ impl ChainEngine {
     }
 
     pub(super) async fn open_access(&self, c: &ContainerRef, chain: &ChainRecord) -> Result<AccessToken, ChainError> {
-        let fields = ContainerFields::of(c);
         let sealed = chain.sealed_access_token.as_deref().ok_or(ChainError::NotAuthorized)?;
-        let token = self.vault.open_string(&fields.context(Field::AccessToken), sealed).await?;
+        let pk = chain_pk(c);
+        let token = match self.warm.opened(&pk, sealed) {
+            Some(token) => token,
+            None => {
+                let fields = ContainerFields::of(c);
+                let token = self.vault.open_string(&fields.context(Field::AccessToken), sealed).await?;
+                self.warm.remember_opened(&pk, sealed, &token);
+                token
+            }
+        };
         Ok(AccessToken { token, expires_at_ms: chain.access_expires_at_ms.unwrap_or(0) })
     }
 

@@ -28,6 +28,7 @@ mod refresh;
 pub mod schedule;
 #[cfg(test)]
 mod tests;
+mod warm;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -100,6 +101,8 @@ pub struct ChainEngine {
     usage_noted: Mutex<HashMap<String, Millis>>,
     /// Wakes this process's waiters the moment a refresh of their chain is written (other processes poll).
     written: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// The warm path's decoded records and opened tokens (see [`warm`]).
+    warm: warm::WarmChains,
     hooks: hooks::Hooks,
     pub stats: EngineStats,
 }
@@ -125,6 +128,7 @@ impl ChainEngine {
             rescued_in_memory: Mutex::default(),
             usage_noted: Mutex::default(),
             written: Mutex::default(),
+            warm: Default::default(),
             hooks: hooks::Hooks::default(),
             stats: EngineStats::default(),
         }
