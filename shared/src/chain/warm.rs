@@ -19,10 +19,13 @@ use crate::store::{Item, StoreError};
 /// Chains remembered at most (per map); about 6 KB each.
 const MAX_ENTRIES: usize = 2_048;
 
+/// The stored bytes of a chain and what they decode to.
+type Decoded = (Vec<u8>, Arc<ChainRecord>);
+
 #[derive(Default)]
 pub(super) struct WarmChains {
-    /// Chain partition key → the stored bytes and what they decode to.
-    decoded: Mutex<HashMap<String, (Vec<u8>, Arc<ChainRecord>)>>,
+    /// Chain partition key → its last decoded content.
+    decoded: Mutex<HashMap<String, Decoded>>,
     /// Chain partition key → the sealed access token and its plaintext.
     opened: Mutex<HashMap<String, (String, SecretString)>>,
 }
