@@ -15,18 +15,17 @@ use crate::auth::{Claims, accepted_scopes, allows, org_of_path};
 
 pub async fn require_token(State(app): State<AppState>, req: Request, next: Next) -> Response {
     // This layer sits on matched routes only (the 404 fallback answers the rest).
-    let Some(matched) = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()) else {
+    let Some(matched) = req.extensions().get::<MatchedPath>() else {
         return errors::no_such_route(req.uri().path()).into_response();
     };
-    let Some(route) = route_for(req.method(), &matched) else {
-        return method_not_in_table(&matched);
+    let Some(route) = route_for(req.method(), matched.as_str()) else {
+        return method_not_in_table(matched.as_str());
     };
     if route.public {
         return next.run(req).await;
     }
-    let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    match check(&app, header, &method, &path, route).await {
+    let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match check(&app, header, req.method(), req.uri().path(), route).await {
         Ok(claims) => {
             let mut req = req;
             req.extensions_mut().insert(claims);
@@ -48,7 +47,7 @@ fn method_not_in_table(template: &str) -> Response {
 
 async fn check(
     app: &AppState,
-    header: Option<String>,
+    header: Option<&str>,
     method: &Method,
     path: &str,
     route: &RouteSpec,
