@@ -151,12 +151,8 @@ impl Authorization {
         let app = self.app(&provider).await?;
         let state = random_id();
         let now = self.clock.now_ms();
-        let (verifier, challenge) = if profile.pkce {
-            let (v, ch) = oauth::pkce_pair();
-            (Some(v), Some(ch))
-        } else {
-            (None, None)
-        };
+        let verifier = profile.pkce.then(|| oauth::pkce_pair().0);
+        let authorize_url = oauth::authorize_url(&profile, &app, &state, &rec.scopes, verifier.as_deref())?;
         let sealed_pkce_verifier = match &verifier {
             Some(v) => Some(self.vault.seal(&ContainerFields::of(c).context(Field::PkceVerifier), v.as_bytes()).await?),
             None => None,
@@ -174,25 +170,7 @@ impl Authorization {
         };
         let put = Put::new(authz_key(&state), encode(&authz), Condition::Absent).expires_at(Some(expires_at_ms));
         self.store.put(put).await?;
-        let mut url = url::Url::parse(&profile.authorize_url).map_err(anyhow::Error::from)?;
-        {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("response_type", "code");
-            q.append_pair("client_id", &app.client_id);
-            q.append_pair("redirect_uri", &app.redirect_uri);
-            q.append_pair("state", &state);
-            if !rec.scopes.is_empty() {
-                q.append_pair("scope", &rec.scopes.join(" "));
-            }
-            if let Some(ch) = &challenge {
-                q.append_pair("code_challenge", ch);
-                q.append_pair("code_challenge_method", "S256");
-            }
-            for (k, v) in &profile.extra_authorize_params {
-                q.append_pair(k, v);
-            }
-        }
-        Ok(Started { authorize_url: url.to_string(), state, redirect_uri: app.redirect_uri, expires_at_ms })
+        Ok(Started { authorize_url, state, redirect_uri: app.redirect_uri, expires_at_ms })
     }
 
     fn profile(&self, provider: &str) -> Result<ProviderProfile, AuthorizationError> {

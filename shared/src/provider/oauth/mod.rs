@@ -1,18 +1,31 @@
-//! Talking to a provider's token endpoint, and reading its answer honestly.
+//! Talking to a provider's OAuth endpoints through the `oauth2` crate, and reading its answers honestly.
 //!
-//! We call the token endpoint with `reqwest` directly rather than through the `oauth2` crate: the chain engine
-//! must tell apart failures that `oauth2` folds together (a request that never left, one that was sent and
-//! got no answer, Exact's `Reason: TooEarlyToRefreshTokens` header, `expires_in` as a string), and it must
-//! keep the refresh token in a `SecretString` from the first byte it reads.
+//! `oauth2` builds every request (the authorize URL with state and PKCE, the code exchange, the refresh, client
+//! credentials, the password grant, revocation; client authentication per profile) and reads a `200` token answer
+//! into `answer::ProviderTokenResponse` (`expires_in` as a number or a string). It sends through
+//! `client::ProviderHttp`, which keeps what `oauth2`'s own clients drop and the chain engine acts on: a request
+//! that never left versus one sent without an answer, and the status and headers of any other answer, which
+//! [`read_token_answer`] reads into a [`TokenError`]. Tokens are moved into `SecretString`s as they are read.
 
+mod answer;
+mod client;
+
+use std::borrow::Cow;
 use std::time::Duration;
 
-use base64::Engine;
+use anyhow::Context;
+use oauth2::basic::{BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse};
+use oauth2::{
+    AccessToken, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, ResourceOwnerPassword, ResourceOwnerUsername,
+    RevocationUrl, Scope, StandardRevocableToken, TokenUrl,
+};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
+use self::answer::ProviderTokenResponse;
+use self::client::{CallError, ProviderHttp};
 use crate::provider::AppRegistration;
 use crate::provider::{ProviderProfile, TokenAuth};
 
@@ -52,18 +65,9 @@ pub enum TokenError {
     /// The request was sent and no usable answer came back: the provider may have rotated the token.
     #[error("token response lost: {0}")]
     Lost(String),
-    /// Any other refusal (other 4xx errors).
+    /// Any other refusal (other 4xx errors), or a request that could not be built (nothing was sent).
     #[error("token request refused: {0}")]
     Refused(String),
-}
-
-#[derive(Deserialize)]
-struct RawTokenResponse {
-    access_token: Option<String>,
-    refresh_token: Option<String>,
-    #[serde(default, deserialize_with = "number_or_string")]
-    expires_in: Option<f64>,
-    scope: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -72,22 +76,6 @@ struct RawError {
     error: String,
     #[serde(default)]
     error_description: Option<String>,
-}
-
-fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumOrStr {
-        N(f64),
-        S(String),
-    }
-    Ok(match Option::<NumOrStr>::deserialize(d)? {
-        None => None,
-        Some(NumOrStr::N(n)) => Some(n),
-        Some(NumOrStr::S(s)) => s.trim().parse().ok(),
-    }
-    // "NaN", "inf" and negative lifetimes read as "not given".
-    .filter(|n: &f64| n.is_finite() && *n >= 0.0))
 }
 
 /// One HTTP client for the process: redirects off (no SSRF through a token endpoint's redirect), rustls.
@@ -108,28 +96,54 @@ pub enum Grant<'a> {
     Password { username: &'a str, password: &'a SecretString, scopes: &'a [String] },
 }
 
-/// A form POST to one of the provider's OAuth endpoints, authenticated as the app the way the profile says:
-/// HTTP Basic (RFC 6749 2.3.1: both parts form-urlencoded before Base64) or `client_id`/`client_secret` in the body.
-fn client_form(
-    req: reqwest::RequestBuilder,
+/// An `oauth2` client for the app at the provider, authenticating the way the profile says: HTTP Basic (RFC 6749
+/// 2.3.1, both parts form-urlencoded before Base64) or `client_id`/`client_secret` in the body. Each call sets the
+/// endpoints it uses.
+type OAuthClient = oauth2::Client<
+    BasicErrorResponse,
+    ProviderTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+>;
+
+fn oauth_client(profile: &ProviderProfile, app: &AppRegistration) -> OAuthClient {
+    OAuthClient::new(ClientId::new(app.client_id.clone()))
+        .set_client_secret(ClientSecret::new(app.client_secret.expose_secret().to_string()))
+        .set_auth_type(match profile.token_auth {
+            TokenAuth::Basic => AuthType::BasicAuth,
+            TokenAuth::Post => AuthType::RequestBody,
+        })
+}
+
+fn scopes(scopes: &[String]) -> impl Iterator<Item = Scope> + '_ {
+    scopes.iter().map(|s| Scope::new(s.clone()))
+}
+
+/// The URL a person is sent to, to authorize the app: `response_type=code`, the app's `client_id` and
+/// `redirect_uri`, `state`, the scopes, the PKCE S256 challenge of `pkce_verifier` (see [`pkce_pair`]) and the
+/// profile's extra parameters, after any query the profile's `authorize_url` has.
+pub fn authorize_url(
     profile: &ProviderProfile,
     app: &AppRegistration,
-    mut form: Vec<(&str, String)>,
-) -> reqwest::RequestBuilder {
-    let req = match profile.token_auth {
-        TokenAuth::Basic => {
-            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let cred = format!("{}:{}", enc(&app.client_id), enc(app.client_secret.expose_secret()));
-            req.header("Authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(cred)))
-        }
-        TokenAuth::Post => {
-            form.push(("client_id", app.client_id.clone()));
-            form.push(("client_secret", app.client_secret.expose_secret().to_string()));
-            req
-        }
-    };
-    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form.iter()).finish();
-    req.header("Content-Type", "application/x-www-form-urlencoded").body(body)
+    state: &str,
+    requested_scopes: &[String],
+    pkce_verifier: Option<&str>,
+) -> anyhow::Result<String> {
+    let auth_url = AuthUrl::new(profile.authorize_url.clone()).context("the profile's authorize_url")?;
+    let redirect = RedirectUrl::new(app.redirect_uri.clone()).context("the app registration's redirect_uri")?;
+    let client = oauth_client(profile, app).set_auth_uri(auth_url).set_redirect_uri(redirect);
+    let mut request = client.authorize_url(|| CsrfToken::new(state.to_string())).add_scopes(scopes(requested_scopes));
+    if let Some(verifier) = pkce_verifier {
+        // RFC 7636 4.1: 43 to 128 characters (`oauth2` panics on others).
+        anyhow::ensure!((43..=128).contains(&verifier.len()), "a PKCE verifier has 43 to 128 characters");
+        let verifier = PkceCodeVerifier::new(verifier.to_string());
+        request = request.set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier));
+    }
+    for (name, value) in &profile.extra_authorize_params {
+        request = request.add_extra_param(name.as_str(), value.as_str());
+    }
+    Ok(request.url().0.to_string())
 }
 
 /// Calls the token endpoint once.
@@ -140,69 +154,72 @@ pub async fn request_token(
     grant: Grant<'_>,
     timeout: Duration,
 ) -> Result<TokenSet, TokenError> {
-    let mut form: Vec<(&str, String)> = Vec::new();
-    match &grant {
-        Grant::AuthorizationCode { code, redirect_uri, pkce_verifier } => {
-            form.push(("grant_type", "authorization_code".into()));
-            form.push(("code", code.to_string()));
-            form.push(("redirect_uri", redirect_uri.to_string()));
-            if let Some(v) = pkce_verifier {
-                form.push(("code_verifier", v.to_string()));
-            }
-        }
-        Grant::RefreshToken(rt) => {
-            form.push(("grant_type", "refresh_token".into()));
-            form.push(("refresh_token", rt.expose_secret().to_string()));
-        }
-        Grant::ClientCredentials { scopes } => {
-            form.push(("grant_type", "client_credentials".into()));
-            if !scopes.is_empty() {
-                form.push(("scope", scopes.join(" ")));
-            }
-        }
-        Grant::Password { username, password, scopes } => {
-            form.push(("grant_type", "password".into()));
-            form.push(("username", username.to_string()));
-            form.push(("password", password.expose_secret().to_string()));
-            if !scopes.is_empty() {
-                form.push(("scope", scopes.join(" ")));
-            }
-        }
-    }
-    let req = http.post(&profile.token_url).timeout(timeout).header("Accept", "application/json");
+    let token_url = TokenUrl::new(profile.token_url.clone())
+        .map_err(|_| TokenError::Refused("the profile's token_url is not a URL".into()))?;
+    let oauth = oauth_client(profile, app).set_token_uri(token_url);
+    let client = ProviderHttp::new(http, timeout);
     let started = std::time::Instant::now();
-    let res = client_form(req, profile, app, form).send().await;
-    crate::metrics::provider_token_latency(&profile.name, started.elapsed().as_secs_f64() * 1000.0);
-    let res = match res {
-        Ok(r) => r,
-        Err(e) if e.is_connect() => {
-            return Err(TokenError::Transient {
-                status: None,
-                retry_after_s: None,
-                reason: "could not connect".into(),
-            });
+    let answer = match grant {
+        Grant::AuthorizationCode { code, redirect_uri, pkce_verifier } => {
+            let redirect = RedirectUrl::new(redirect_uri.to_string())
+                .map_err(|_| TokenError::Refused("the redirect_uri is not a URL".into()))?;
+            let mut request =
+                oauth.exchange_code(AuthorizationCode::new(code.to_string())).set_redirect_uri(Cow::Owned(redirect));
+            if let Some(verifier) = pkce_verifier {
+                request = request.set_pkce_verifier(PkceCodeVerifier::new(verifier.to_string()));
+            }
+            request.request_async(&client).await
         }
-        Err(e) if e.is_timeout() => return Err(TokenError::Lost("no answer before the timeout".into())),
-        Err(_) => return Err(TokenError::Lost("connection broke before an answer".into())),
+        Grant::RefreshToken(token) => {
+            let token = RefreshToken::new(token.expose_secret().to_string());
+            oauth.exchange_refresh_token(&token).request_async(&client).await
+        }
+        Grant::ClientCredentials { scopes: requested } => {
+            oauth.exchange_client_credentials().add_scopes(scopes(requested)).request_async(&client).await
+        }
+        Grant::Password { username, password, scopes: requested } => {
+            let username = ResourceOwnerUsername::new(username.to_string());
+            let password = ResourceOwnerPassword::new(password.expose_secret().to_string());
+            oauth.exchange_password(&username, &password).add_scopes(scopes(requested)).request_async(&client).await
+        }
     };
-    let status = res.status();
-    let reason_header = res.headers().get("reason").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let retry_after = res
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let bytes = match res.bytes().await {
-        Ok(b) => b,
-        Err(_) if status.is_success() => return Err(TokenError::Lost("answer cut off".into())),
-        Err(_) => bytes::Bytes::new(),
-    };
-    read_token_answer(status, reason_header.as_deref(), retry_after, &bytes)
+    crate::metrics::provider_token_latency(&profile.name, started.elapsed().as_secs_f64() * 1000.0);
+    match answer {
+        Ok(tokens) => Ok(tokens.into_token_set()),
+        Err(e) => token_failure(e, client.sent()),
+    }
+}
+
+/// The class of a failed token call. `sent`: whether the request went out (or was attempted).
+fn token_failure(e: RequestTokenError<CallError, BasicErrorResponse>, sent: bool) -> Result<TokenSet, TokenError> {
+    Err(match e {
+        RequestTokenError::Request(CallError::Answered(a)) => {
+            return read_token_answer(a.status, a.reason.as_deref(), a.retry_after_s, &a.body);
+        }
+        RequestTokenError::Request(CallError::NotSent(why)) => {
+            TokenError::Transient { status: None, retry_after_s: None, reason: why.into() }
+        }
+        RequestTokenError::Request(CallError::NoAnswer(why)) => TokenError::Lost(why.into()),
+        RequestTokenError::Request(e @ CallError::NotBuilt(_)) => TokenError::Refused(e.to_string()),
+        // A `200` whose body is not a token response (the path names the field, never a value).
+        RequestTokenError::Parse(e, _) => {
+            TokenError::Lost(format!("unreadable token response (HTTP 200) at {}", e.path()))
+        }
+        // A `200` that is not JSON or is empty.
+        RequestTokenError::Other(why) if sent => TokenError::Lost(format!("unreadable token response: {why}")),
+        RequestTokenError::Other(why) => TokenError::Refused(format!("request not built: {why}")),
+        // `ProviderHttp` hands `oauth2` only `200` answers, which it does not read as error documents.
+        RequestTokenError::ServerResponse(e) => TokenError::Refused(e.to_string().chars().take(200).collect()),
+    })
 }
 
 /// Reads a token endpoint's answer (status, `Reason` header, `Retry-After`, body) into a token set or the class
 /// of failure the chain engine acts on. Pure, so it is fuzzed (`provider::oauth::fuzz`): it never panics, and
 /// an `expires_in` it returns is finite and not negative.
+///
+/// `oauth2` reads only the `200`s (`answer::ProviderTokenResponse`); every other answer is read here, because
+/// its class depends on the status and headers (which `oauth2`'s error type does not keep), and a provider's `503`
+/// page or empty `400` is no RFC 6749 error document.
 pub fn read_token_answer(
     status: StatusCode,
     reason_header: Option<&str>,
@@ -210,17 +227,9 @@ pub fn read_token_answer(
     bytes: &[u8],
 ) -> Result<TokenSet, TokenError> {
     if status.is_success() {
-        let raw: RawTokenResponse = serde_json::from_slice(bytes)
+        let tokens: ProviderTokenResponse = serde_json::from_slice(bytes)
             .map_err(|_| TokenError::Lost(format!("unreadable token response (HTTP {status})")))?;
-        let Some(access) = raw.access_token else {
-            return Err(TokenError::Lost("token response without access_token".into()));
-        };
-        return Ok(TokenSet {
-            access_token: SecretString::from(access),
-            refresh_token: raw.refresh_token.map(SecretString::from),
-            expires_in: raw.expires_in,
-            scope: raw.scope,
-        });
+        return Ok(tokens.into_token_set());
     }
     let err: RawError = serde_json::from_slice(bytes).unwrap_or_default();
     let description = err.error_description.clone().unwrap_or_else(|| err.error.clone());
@@ -246,7 +255,8 @@ pub fn read_token_answer(
     }
 }
 
-/// RFC 7009 token revocation at the provider. Returns whether the provider confirmed it (200).
+/// RFC 7009 token revocation at the provider (`hint`: `refresh_token` or `access_token`). Succeeds when the
+/// provider confirmed it (2xx).
 pub async fn revoke_token(
     http: &reqwest::Client,
     profile: &ProviderProfile,
@@ -258,23 +268,56 @@ pub async fn revoke_token(
     let Some(url) = &profile.revocation_url else {
         anyhow::bail!("provider {} has no revocation endpoint", profile.name)
     };
-    let form: Vec<(&str, String)> =
-        vec![("token", token.expose_secret().to_string()), ("token_type_hint", hint.to_string())];
-    let res = client_form(http.post(url).timeout(timeout), profile, app, form).send().await?;
-    anyhow::ensure!(res.status().is_success(), "revocation endpoint answered HTTP {}", res.status().as_u16());
-    Ok(())
+    let url = url::Url::parse(url).context("the profile's revocation_url")?;
+    let secret = token.expose_secret().to_string();
+    let token = match hint {
+        "refresh_token" => StandardRevocableToken::RefreshToken(RefreshToken::new(secret)),
+        "access_token" => StandardRevocableToken::AccessToken(AccessToken::new(secret)),
+        other => anyhow::bail!("no such token type hint: {other}"),
+    };
+    let mut client = ProviderHttp::new(http, timeout);
+    // `oauth2` refuses a revocation URL that is not https (RFC 7009 2: the client MUST verify it). The test peers
+    // (oidc-provider, the Exact simulator) and a local setup serve plain http on loopback, as RFC 8252 8.3 allows
+    // for loopback redirects: for a loopback host `oauth2` builds the request for the https form of the URL and
+    // it goes to the URL the profile names. Any other http URL stays refused.
+    let revocation_url = match url.scheme() {
+        "https" => url,
+        "http" if is_loopback(&url) => {
+            client = client.sending_to(url.as_str().parse().context("the profile's revocation_url")?);
+            let mut https = url;
+            https.set_scheme("https").map_err(|()| anyhow::anyhow!("revocation_url {https} has no https form"))?;
+            https
+        }
+        _ => anyhow::bail!("revocation_url {url} is not https"),
+    };
+    let oauth = oauth_client(profile, app).set_revocation_url(RevocationUrl::from_url(revocation_url));
+    match oauth.revoke_token(token)?.request_async(&client).await {
+        Ok(()) => Ok(()),
+        Err(RequestTokenError::Request(CallError::Answered(a))) if a.status.is_success() => Ok(()),
+        Err(RequestTokenError::Request(e)) => anyhow::bail!("revocation endpoint: {e}"),
+        Err(e) => anyhow::bail!("revocation endpoint: {e}"),
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 /// PKCE (RFC 7636): a random verifier and its S256 challenge.
 pub fn pkce_pair() -> (String, String) {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let bytes: [u8; 32] = rand::random();
-    let verifier = URL_SAFE_NO_PAD.encode(bytes);
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    (verifier, challenge)
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    (verifier.into_secret(), challenge.as_str().to_string())
 }
 
 /// Reads the user's identity with an access token: (user id, display name).
+///
+/// Not through `oauth2`: the crate covers the OAuth endpoints (authorize, token, revocation, introspection,
+/// device), and a provider's who-am-I call is an API call with a bearer token, whatever its shape.
 pub async fn fetch_identity(
     http: &reqwest::Client,
     profile: &ProviderProfile,
@@ -308,39 +351,7 @@ pub async fn fetch_identity(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expires_in_may_be_a_string_or_a_number() {
-        let a: RawTokenResponse = serde_json::from_str(r#"{"access_token":"a","expires_in":"600"}"#).unwrap();
-        assert_eq!(a.expires_in, Some(600.0));
-        let b: RawTokenResponse = serde_json::from_str(r#"{"access_token":"a","expires_in":3599}"#).unwrap();
-        assert_eq!(b.expires_in, Some(3599.0));
-        let c: RawTokenResponse = serde_json::from_str(r#"{"access_token":"a"}"#).unwrap();
-        assert_eq!(c.expires_in, None);
-    }
-
-    #[test]
-    fn pkce_challenge_is_s256_of_the_verifier() {
-        let (v, c) = pkce_pair();
-        assert!(v.len() >= 43);
-        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        assert_eq!(c, URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())));
-    }
-
-    #[test]
-    fn token_set_debug_hides_tokens() {
-        let t = TokenSet {
-            access_token: SecretString::from("AT-SECRET".to_string()),
-            refresh_token: Some(SecretString::from("RT-SECRET".to_string())),
-            expires_in: Some(600.0),
-            scope: None,
-        };
-        let d = format!("{t:?}");
-        assert!(!d.contains("SECRET"), "{d}");
-    }
-}
+mod tests;
 
 #[cfg(test)]
 mod fuzz {
