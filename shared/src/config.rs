@@ -28,6 +28,11 @@ pub struct EngineConfig {
     /// First backoff after a transient provider failure; doubles per failure up to `max_backoff_s`.
     pub backoff_s: f64,
     pub max_backoff_s: f64,
+    /// How long the lease holder keeps retrying a transient provider failure (not sent, refused connection,
+    /// 502/503/504, 429 with a `Retry-After` that fits) before its callers get `503` with `Retry-After`.
+    pub retry_budget_s: f64,
+    /// The first pause between two such retries; it doubles per retry, with jitter.
+    pub retry_first_s: f64,
     /// How often `serve` sweeps for chains to keep alive (the `refresh` Lambda runs on EventBridge instead).
     pub sweep_interval_s: f64,
     /// How many chains one sweep refreshes at once.
@@ -47,6 +52,8 @@ impl Default for EngineConfig {
             wait_s: 20.0,
             backoff_s: 5.0,
             max_backoff_s: 300.0,
+            retry_budget_s: 3.0,
+            retry_first_s: 0.1,
             sweep_interval_s: 30.0,
             sweep_concurrency: 64,
             active_use_window_s: 900.0,
@@ -221,6 +228,13 @@ impl Config {
                     providers.keys().cloned().collect::<Vec<_>>().join(", ")
                 );
             }
+        }
+        let engine = &raw.engine;
+        if !(engine.retry_budget_s >= 0.0 && engine.retry_first_s > 0.0) {
+            bail!("engine: retry_budget_s must not be negative and retry_first_s must be above 0");
+        }
+        if engine.retry_budget_s + engine.token_timeout_s >= engine.lease_s {
+            bail!("engine: retry_budget_s + token_timeout_s must stay below lease_s (the lease covers the retries)");
         }
         let limits = raw.limits;
         if !(limits.header_read_timeout_s > 0.0 && limits.request_timeout_s > 0.0) {
