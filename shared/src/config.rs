@@ -356,5 +356,15 @@ mod tests {
         assert!(format!("{e:#}").contains("allow_private_hosts"), "{e:#}");
         let c = Config::from_toml("[webhooks]\nallow_http_hosts = ['127.0.0.1']\nallow_private_hosts = ['127.0.0.1']");
         assert_eq!(c.unwrap().webhooks.allow_private_hosts, ["127.0.0.1"]);
+        let e = Config::from_toml("[engine]\nretry_budget_s = 25").unwrap_err();
+        assert!(format!("{e:#}").contains("below lease_s"), "the lease must cover the retries: {e:#}");
+        assert!(Config::from_toml("[engine]\nretry_first_s = 0").is_err());
+        let c = Config::from_toml("[engine]\nretry_budget_s = 0").unwrap();
+        assert_eq!((c.engine.retry_budget_s, Config::built_in().engine.retry_budget_s), (0.0, 3.0));
+        let exact = &Config::built_in().providers["exact-online-nl"];
+        assert_eq!(exact.lost_response, crate::provider::LostResponse::RetryPrevious);
+        let p = Config::from_toml("[providers.exact-online-nl]\nlost_response = 'needs_repair'").unwrap();
+        assert_eq!(p.providers["exact-online-nl"].lost_response, crate::provider::LostResponse::NeedsRepair);
+        assert!(Config::from_toml("[providers.exact-online-nl]\nlost_response = 'maybe'").is_err());
     }
 }
