@@ -28,6 +28,11 @@ pub struct EngineConfig {
     /// First backoff after a transient provider failure; doubles per failure up to `max_backoff_s`.
     pub backoff_s: f64,
     pub max_backoff_s: f64,
+    /// How long the lease holder keeps retrying a transient provider failure (not sent, refused connection,
+    /// 502/503/504, 429 with a `Retry-After` that fits) before its callers get `503` with `Retry-After`.
+    pub retry_budget_s: f64,
+    /// The first pause between two such retries; it doubles per retry, with jitter.
+    pub retry_first_s: f64,
     /// How often `serve` sweeps for chains to keep alive (the `refresh` Lambda runs on EventBridge instead).
     pub sweep_interval_s: f64,
     /// How many chains one sweep refreshes at once.
@@ -47,6 +52,8 @@ impl Default for EngineConfig {
             wait_s: 20.0,
             backoff_s: 5.0,
             max_backoff_s: 300.0,
+            retry_budget_s: 3.0,
+            retry_first_s: 0.1,
             sweep_interval_s: 30.0,
             sweep_concurrency: 64,
             active_use_window_s: 900.0,
@@ -222,6 +229,13 @@ impl Config {
                 );
             }
         }
+        let engine = &raw.engine;
+        if !(engine.retry_budget_s >= 0.0 && engine.retry_first_s > 0.0) {
+            bail!("engine: retry_budget_s must not be negative and retry_first_s must be above 0");
+        }
+        if engine.retry_budget_s + engine.token_timeout_s >= engine.lease_s {
+            bail!("engine: retry_budget_s + token_timeout_s must stay below lease_s (the lease covers the retries)");
+        }
         let limits = raw.limits;
         if !(limits.header_read_timeout_s > 0.0 && limits.request_timeout_s > 0.0) {
             bail!("limits: header_read_timeout_s and request_timeout_s must be above 0");
@@ -342,5 +356,15 @@ mod tests {
         assert!(format!("{e:#}").contains("allow_private_hosts"), "{e:#}");
         let c = Config::from_toml("[webhooks]\nallow_http_hosts = ['127.0.0.1']\nallow_private_hosts = ['127.0.0.1']");
         assert_eq!(c.unwrap().webhooks.allow_private_hosts, ["127.0.0.1"]);
+        let e = Config::from_toml("[engine]\nretry_budget_s = 25").unwrap_err();
+        assert!(format!("{e:#}").contains("below lease_s"), "the lease must cover the retries: {e:#}");
+        assert!(Config::from_toml("[engine]\nretry_first_s = 0").is_err());
+        let c = Config::from_toml("[engine]\nretry_budget_s = 0").unwrap();
+        assert_eq!((c.engine.retry_budget_s, Config::built_in().engine.retry_budget_s), (0.0, 3.0));
+        let exact = &Config::built_in().providers["exact-online-nl"];
+        assert_eq!(exact.lost_response, crate::provider::LostResponse::RetryPrevious);
+        let p = Config::from_toml("[providers.exact-online-nl]\nlost_response = 'needs_repair'").unwrap();
+        assert_eq!(p.providers["exact-online-nl"].lost_response, crate::provider::LostResponse::NeedsRepair);
+        assert!(Config::from_toml("[providers.exact-online-nl]\nlost_response = 'maybe'").is_err());
     }
 }

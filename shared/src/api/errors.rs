@@ -608,6 +608,13 @@ pub fn chain_problem(c: &ContainerRef, e: ChainError) -> Problem {
             ),
             retry_after_s,
         ),
+        ChainError::ResponseLostRetrying { retry_after_s } => Problem::unavailable(
+            crate::chain::LOST_RETRYING,
+            format!(
+                "The provider's answer to the last refresh of {c} was lost. The chain is not broken: chainkeeper refreshes with the previous refresh token in {retry_after_s} seconds, when the provider allows a new token. Try again then."
+            ),
+            retry_after_s,
+        ),
         ChainError::RefreshInProgress => Problem::unavailable(
             "refresh_in_progress",
             format!("A refresh of {c} is taking longer than usual; the chain is intact. Try again in a few seconds."),

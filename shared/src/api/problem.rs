@@ -204,6 +204,9 @@ types! {
     "provider_unavailable" => "Provider unavailable",
         "The provider did not give a token just now (down, overloaded, or no answer). The chain is intact.",
         "Retry after the number of seconds in `Retry-After`.";
+    "refresh_response_lost_retrying" => "Refresh answer lost, retrying",
+        "The provider's answer to the chain's last refresh never arrived. The chain is not broken: chainkeeper refreshes again with the previous refresh token once the provider's minimum interval has passed.",
+        "Retry after the number of seconds in `Retry-After`. If the provider no longer accepts the previous token, the chain is marked `refresh_response_lost` and auto-recovery starts where it is set.";
     "refresh_in_progress" => "Refresh taking long",
         "Another caller's refresh of this chain is taking longer than usual. The chain is intact.",
         "Retry after a few seconds.";

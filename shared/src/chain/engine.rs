@@ -118,8 +118,12 @@ impl ChainEngine {
                 if usable {
                     return self.open_access(c, &chain).await.map(Some);
                 }
+                let retry_after_s = secs_until(now, until);
+                if chain.last_error.as_ref().is_some_and(|e| e.code == super::LOST_RETRYING) {
+                    return Err(ChainError::ResponseLostRetrying { retry_after_s });
+                }
                 let reason = chain.last_error.as_ref().map(|e| e.detail.clone()).unwrap_or_default();
-                return Err(ChainError::ProviderUnavailable { retry_after_s: secs_until(now, until), reason });
+                return Err(ChainError::ProviderUnavailable { retry_after_s, reason });
             }
             let earliest = chain.last_token_request_at_ms.map_or(i64::MIN, |t| t + profile.min_token_interval_ms());
             if now < earliest {

@@ -6,6 +6,10 @@ use crate::clock::Millis;
 use crate::keys::KeyError;
 use crate::store::StoreError;
 
+/// The code of a chain whose last refresh answer was lost and that is retried with the previous refresh token
+/// (its `last_error` while it waits, and the problem callers get meanwhile).
+pub const LOST_RETRYING: &str = "refresh_response_lost_retrying";
+
 /// Why no access token could be handed out. Every variant has a stable code (see [`ChainError::code`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -17,6 +21,8 @@ pub enum ChainError {
     RateLimited { wait_s: u64 },
     #[error("the provider is unavailable; retry in {retry_after_s} s")]
     ProviderUnavailable { retry_after_s: u64, reason: String },
+    #[error("a refresh's answer was lost; the previous refresh token is tried again in {retry_after_s} s")]
+    ResponseLostRetrying { retry_after_s: u64 },
     #[error("another refresh of this chain is still running")]
     RefreshInProgress,
     #[error("the provider refused chainkeeper's app registration: {0}")]
@@ -40,6 +46,7 @@ impl ChainError {
             Self::NeedsRepair { code, .. } => code.code(),
             Self::RateLimited { .. } => "token_rate_limited",
             Self::ProviderUnavailable { .. } => "provider_unavailable",
+            Self::ResponseLostRetrying { .. } => LOST_RETRYING,
             Self::RefreshInProgress => "refresh_in_progress",
             Self::InvalidClient(_) => "invalid_client",
             Self::NoApp(_) => "app_not_configured",

@@ -44,7 +44,7 @@ use crate::records::{ChainRecord, ChainStatus, Transition};
 use crate::secrets::Secrets;
 use crate::store::Store;
 
-pub use error::{ChainError, RepairCode};
+pub use error::{ChainError, LOST_RETRYING, RepairCode};
 pub use events::{ChainEvents, NoEvents};
 pub use hooks::CrashPoint;
 #[cfg(any(test, feature = "test-hooks"))]
@@ -78,6 +78,8 @@ pub enum Want {
 #[derive(Debug, Default)]
 pub struct EngineStats {
     pub token_requests: AtomicU64,
+    /// Token requests repeated after a transient failure within the caller's retry budget.
+    pub retries: AtomicU64,
     pub refreshes: AtomicU64,
     pub waits: AtomicU64,
     pub rescues_written: AtomicU64,

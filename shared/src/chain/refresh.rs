@@ -9,14 +9,14 @@ use std::time::Duration;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{AccessToken, ChainEngine, ChainError, RepairCode, ms, push_transition};
+use super::{AccessToken, ChainEngine, ChainError, LOST_RETRYING, RepairCode, ms, push_transition, secs_until};
 use crate::clock::Millis;
 use crate::ids::{ContainerRef, random_id};
 use crate::keys::{ContainerFields, Field};
 use crate::metrics;
 use crate::metrics_names as names;
 use crate::provider::oauth::{self, Grant, TokenError, TokenSet};
-use crate::provider::{ProviderProfile, Rotation};
+use crate::provider::{LostResponse, ProviderProfile, Rotation};
 use crate::records::*;
 use crate::store::{Condition, Put, StoreError, WriteOp};
 
@@ -26,6 +26,34 @@ use super::hooks::CrashPoint;
 pub(super) struct Before {
     pub(super) pending: Option<Millis>,
     pub(super) requested: Option<Millis>,
+}
+
+/// The lease holder's retries of transient failures within a caller's budget (real time: the provider's answers
+/// take real time whatever the engine's clock says).
+struct Retries {
+    started: std::time::Instant,
+    budget: Duration,
+    done: u32,
+}
+
+impl Retries {
+    fn new(budget_s: f64) -> Self {
+        Self { started: std::time::Instant::now(), budget: Duration::from_secs_f64(budget_s.max(0.0)), done: 0 }
+    }
+
+    /// The pause before the next try, or `None` when it would not fit in the budget (a provider's `Retry-After`
+    /// longer than what is left ends the retries at once). The pause doubles per retry; its jitter (half to
+    /// one and a half of it) keeps many chains' retries from arriving together.
+    fn next_pause(&mut self, cfg: &crate::config::EngineConfig, retry_after_s: Option<u64>) -> Option<Duration> {
+        let base = cfg.retry_first_s * f64::from(1u32 << self.done.min(16));
+        let jittered = base * rand::thread_rng().gen_range(0.5..1.5);
+        let pause = Duration::from_secs_f64(jittered).max(Duration::from_secs(retry_after_s.unwrap_or(0)));
+        if self.started.elapsed() + pause > self.budget {
+            return None;
+        }
+        self.done += 1;
+        Some(pause)
+    }
 }
 
 /// A refresh token to try, and where it came from.
@@ -80,7 +108,9 @@ impl ChainEngine {
         usable: bool,
         in_use: bool,
     ) -> Result<AccessToken, ChainError> {
-        let previous_pending = before.pending;
+        let mut previous_pending = before.pending;
+        // This lease's own request was sent and its answer lost; the same token is then tried once more at once.
+        let mut lost_here = false;
         let profile = self.profile(&chain.provider)?.clone();
         // The refresh and password grants use the provider's app registration; the client-credentials grant uses
         // the container's own client id and secret.
@@ -105,10 +135,20 @@ impl ChainEngine {
         let mut tried: Vec<String> = Vec::new();
         let mut last_invalid = String::new();
         let mut candidates: VecDeque<Candidate> = self.candidates(c, &chain).await?.into();
+        if previous_pending.is_some() && profile.lost_response == LostResponse::NeedsRepair {
+            // An earlier request's outcome is unknown (its holder died): this provider's previous token may be
+            // dead, and is not presented again. Rescued tokens still are.
+            candidates.retain(|k| k.seen != "chain");
+            if candidates.is_empty() {
+                return self.mark_broken(c, chain, version, RepairCode::RefreshResponseLost, "").await;
+            }
+        }
         if candidates.is_empty() {
             return self.mark_broken(c, chain, version, RepairCode::RefreshTokenMissing, "no refresh token").await;
         }
         let timeout = Duration::from_secs_f64(self.engine_config().token_timeout_s);
+        // A caller with a valid token gets it at once; retries inline are for callers that have nothing else.
+        let mut retries = Retries::new(if usable { 0.0 } else { self.engine_config().retry_budget_s });
         loop {
             let Some(candidate) = candidates.pop_front() else {
                 // Every known token was refused. A rescue written meanwhile may still save the chain.
@@ -153,6 +193,12 @@ impl ChainEngine {
                 Err(TokenError::InvalidGrant(d)) => {
                     last_invalid = d;
                 }
+                Err(TokenError::TooEarly(_)) if lost_here => {
+                    // The answer to the probe: the lost request was processed (the provider's interval runs from
+                    // it) and the previous token is still accepted. Retry with it when the interval has passed.
+                    let reason = "the provider processed the refresh whose answer was lost".to_string();
+                    return self.wait_after_lost(c, chain, version, &profile, usable, reason).await;
+                }
                 Err(TokenError::TooEarly(d)) => {
                     // The provider counts from its own last token: wait a full interval (at least a minute) from
                     // now, even when the profile's interval is set too short.
@@ -168,6 +214,15 @@ impl ChainEngine {
                     return Err(ChainError::RateLimited { wait_s: (wait / 1000) as u64 });
                 }
                 Err(TokenError::Transient { retry_after_s, reason, status }) => {
+                    // Nothing changed at the provider: the same token again, after a jittered pause, while the
+                    // caller's budget lasts. Waiters keep waiting for this lease holder meanwhile.
+                    if let Some(pause) = retries.next_pause(self.engine_config(), retry_after_s) {
+                        tracing::debug!(container = %c, status = ?status, pause_ms = pause.as_millis() as u64, "transient provider failure; retrying");
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(pause).await;
+                        candidates.push_front(candidate);
+                        continue;
+                    }
                     metrics::refresh_outcome(&profile.name, names::OUTCOME_TRANSIENT);
                     chain.last_token_request_at_ms = before.requested;
                     chain.pending_request_at_ms = previous_pending;
@@ -184,21 +239,39 @@ impl ChainEngine {
                         reason: detail,
                     });
                 }
-                Err(TokenError::Lost(reason)) => {
-                    // The provider may have rotated the token. Keep `pending` so the next holder knows; tokens
-                    // are tried again (rescue first, then the old one) after a short backoff.
+                Err(TokenError::Lost(reason)) if chain.grant.is_some() => {
+                    // A grant is simply run again: nothing of the chain depends on the lost answer.
                     metrics::refresh_outcome(&profile.name, names::OUTCOME_LOST);
                     let backoff = self.backoff_ms(chain.failures, None);
                     chain.failures += 1;
+                    chain.pending_request_at_ms = None;
                     chain.backoff_until_ms = Some(self.clock.now_ms() + backoff);
                     self.release(c, &mut chain, &mut version, Some(("token_response_lost", reason.clone()))).await;
-                    if usable {
-                        return self.open_access(c, &chain).await;
-                    }
                     return Err(ChainError::ProviderUnavailable {
                         retry_after_s: (backoff / 1000).max(1) as u64,
                         reason,
                     });
+                }
+                Err(TokenError::Lost(reason)) => {
+                    // The provider may have rotated the token and we never saw the new one.
+                    metrics::refresh_outcome(&profile.name, names::OUTCOME_LOST);
+                    if profile.lost_response == LostResponse::NeedsRepair {
+                        // The previous token is dead if the request was processed, and presenting it again may
+                        // cost the grant: a new authorization (auto-recovery where it is set) repairs it.
+                        return self.mark_broken(c, chain, version, RepairCode::RefreshResponseLost, &reason).await;
+                    }
+                    if !lost_here {
+                        // Probe at once with the same token. A request that was never processed (a reset before
+                        // the provider read it looks the same to us) is answered now; one that was processed is
+                        // answered `invalid_grant` where the previous token died with it (the chain is then
+                        // marked `refresh_response_lost` at once, instead of after the interval) or, where the
+                        // provider keeps it usable, with its minimum-interval refusal. Never worse than waiting.
+                        lost_here = true;
+                        previous_pending = previous_pending.or(chain.pending_request_at_ms);
+                        candidates.push_front(candidate);
+                        continue;
+                    }
+                    return self.wait_after_lost(c, chain, version, &profile, usable, reason).await;
                 }
                 Err(TokenError::InvalidClient(d)) if chain.grant == Some(CredentialKind::Oauth2ClientCredentials) => {
                     // The container's own client id or secret is wrong: a person must replace it.
@@ -229,6 +302,31 @@ impl ChainEngine {
                 }
             }
         }
+    }
+
+    /// A lost answer that the provider may forgive: keep `pending` (so the next holder knows) and the previous
+    /// token, release, and retry with it (rescues first) once the provider's minimum interval since the lost
+    /// request has passed. Callers meanwhile get their still-valid token or `refresh_response_lost_retrying`.
+    async fn wait_after_lost(
+        &self,
+        c: &ContainerRef,
+        mut chain: ChainRecord,
+        mut version: u64,
+        profile: &ProviderProfile,
+        usable: bool,
+        reason: String,
+    ) -> Result<AccessToken, ChainError> {
+        let now = self.clock.now_ms();
+        let requested = chain.last_token_request_at_ms.unwrap_or(now);
+        let backoff = self.backoff_ms(chain.failures, None);
+        chain.failures += 1;
+        let until = (requested + profile.min_token_interval_ms()).max(now + backoff);
+        chain.backoff_until_ms = Some(until);
+        self.release(c, &mut chain, &mut version, Some((LOST_RETRYING, reason))).await;
+        if usable {
+            return self.open_access(c, &chain).await;
+        }
+        Err(ChainError::ResponseLostRetrying { retry_after_s: secs_until(now, until) })
     }
 
     fn backoff_ms(&self, failures: u32, retry_after_s: Option<u64>) -> Millis {

@@ -39,6 +39,8 @@ enum Fault {
     LoseAnswer,
     /// Answer normally after a delay.
     Slow(Duration),
+    /// The connection breaks before the request is read: nothing changes at the provider.
+    Unread,
 }
 
 #[derive(Default)]
@@ -50,6 +52,9 @@ struct Provider {
     /// Every refresh token presented, in order.
     presented: Vec<String>,
     activations: u32,
+    /// Earlier refresh tokens stay usable (Exact's grace on some apps; here without an end).
+    grace: bool,
+    earlier: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -114,13 +119,23 @@ async fn token(
             return r;
         }
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
+        // The body is cut short: the engine reads "the connection broke before an answer".
+        Some(Fault::Unread) => {
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("content-length", "100")
+                .body(axum::body::Body::from("{"))
+                .unwrap();
+        }
         Some(Fault::LoseAnswer) | None => {}
     }
     let issued = {
         let mut p = state.lock().unwrap();
-        if presented != p.current {
+        if presented != p.current && !(p.grace && p.earlier.contains(&presented)) {
             None
         } else {
+            let old = std::mem::take(&mut p.current);
+            p.earlier.push(old);
             p.issued += 1;
             p.current = format!("rt-{}", p.issued);
             Some(p.issued)
@@ -168,10 +183,20 @@ struct Rig {
 
 /// An engine with one authorized chain (`at-0` / `rt-0`, Exact's rules: 600 s tokens, 570 s between requests).
 async fn rig() -> Rig {
+    rig_with("").await
+}
+
+/// [`rig`] with more `[engine]` keys.
+async fn rig_with(engine: &str) -> Rig {
+    rig_full(engine, "").await
+}
+
+/// [`rig`] with more `[engine]` keys and more keys of the provider profile.
+async fn rig_full(engine: &str, profile: &str) -> Rig {
     let provider = FakeEndpoint::start("rt-0").await;
     let config = Config::from_toml(&format!(
-        "[engine]\ntoken_timeout_s = 0.5\n\
-         [providers.exact-online-nl]\ntoken_url = \"{b}/token\"\napi_base_url = \"{b}/api\"\n\
+        "[engine]\ntoken_timeout_s = 0.5\n{engine}\n\
+         [providers.exact-online-nl]\ntoken_url = \"{b}/token\"\napi_base_url = \"{b}/api\"\n{profile}\n\
          [apps.exact-online-nl]\nclient_id = \"app\"\nclient_secret = \"app-secret\"\nredirect_uri = \"http://127.0.0.1/cb\"\n",
         b = provider.base
     ))
@@ -316,16 +341,65 @@ async fn a_dead_refresh_token_breaks_the_chain_with_a_precise_code_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_outage_keeps_the_chain_and_backs_off() {
+async fn a_transient_failure_is_retried_by_the_lease_holder_and_its_waiters_share_the_answer() {
     let r = rig().await;
     r.advance_s(601);
     r.provider.fail_next(Fault::Unavailable);
+    r.provider.fail_next(Fault::Unavailable);
+    let started = std::time::Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (engine, c) = (r.engine.clone(), r.c.clone());
+        callers.spawn(async move { engine.access_token(&c).await.map(|t| text(&t).to_string()) });
+    }
+    while let Some(got) = callers.join_next().await {
+        assert_eq!(got.unwrap().unwrap(), "at-1", "every caller gets the token of the third try");
+    }
+    assert_eq!(r.provider.presented(), ["rt-0", "rt-0", "rt-0"], "one lease holder, the same token, three tries");
+    assert_eq!(r.engine.stats.retries.load(Ordering::SeqCst), 2);
+    // Pauses of 0.05–0.15 s, then 0.1–0.3 s: well inside the default budget of 3 s.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(2), "{took:?}");
+    let (chain, _) = r.engine.chain(&r.c).await.unwrap().unwrap();
+    assert_eq!((chain.failures, chain.last_error.is_none()), (0, true), "nothing of the faults is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_outage_longer_than_the_budget_keeps_the_chain_and_backs_off() {
+    let r = rig_with("retry_budget_s = 0.5").await;
+    r.advance_s(601);
+    for _ in 0..20 {
+        r.provider.fail_next(Fault::Unavailable);
+    }
+    let started = std::time::Instant::now();
+    match r.engine.access_token(&r.c).await {
+        Err(ChainError::ProviderUnavailable { retry_after_s, .. }) => assert!(retry_after_s >= 5, "{retry_after_s}"),
+        other => panic!("expected provider_unavailable: {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(150) && took <= Duration::from_millis(900), "inside the budget: {took:?}");
+    let tries = r.provider.requests();
+    assert!((2..=5).contains(&tries), "retried within 0.5 s: {tries}");
     assert!(matches!(r.engine.access_token(&r.c).await, Err(ChainError::ProviderUnavailable { .. })));
-    assert!(matches!(r.engine.access_token(&r.c).await, Err(ChainError::ProviderUnavailable { .. })));
-    assert_eq!(r.provider.requests(), 1, "no second request inside the backoff");
+    assert_eq!(r.provider.requests(), tries, "no request inside the backoff");
     assert_eq!(r.status().await, ChainStatus::Healthy);
+    r.provider.state.lock().unwrap().faults.clear();
     r.advance_s(7);
     assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-1", "after the backoff the same token works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_with_a_valid_token_gets_it_at_once_while_the_provider_fails() {
+    let r = rig().await;
+    r.advance_s(571); // inside the refresh margin: 29 s left
+    r.provider.fail_next(Fault::Unavailable);
+    let started = std::time::Instant::now();
+    assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-0");
+    assert!(started.elapsed() < Duration::from_millis(500), "no retries on a caller who has a token");
+    assert_eq!(r.provider.requests(), 1);
+    r.advance_s(2);
+    assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-0", "still valid, still handed out");
+    assert_eq!(r.provider.requests(), 1, "inside the backoff");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,18 +422,74 @@ async fn too_early_is_a_wait_and_a_wrong_app_registration_is_not_a_broken_chain(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_answer_tries_the_old_token_once_then_says_so() {
+async fn a_lost_answer_is_probed_once_with_the_previous_token_and_a_dead_one_says_so_at_once() {
     let r = rig().await;
     r.advance_s(601);
     r.provider.fail_next(Fault::LoseAnswer);
-    assert!(matches!(r.engine.access_token(&r.c).await, Err(ChainError::ProviderUnavailable { .. })));
-    assert_eq!(r.status().await, ChainStatus::Healthy, "a timeout alone does not break the chain");
-    r.advance_s(601);
     match r.engine.access_token(&r.c).await {
         Err(ChainError::NeedsRepair { code, .. }) => assert_eq!(code, RepairCode::RefreshResponseLost),
         other => panic!("expected refresh_response_lost: {other:?}"),
     }
     assert_eq!(r.provider.presented(), ["rt-0", "rt-0"], "the old token was tried exactly once more");
+    assert_eq!(*r.events.broken.lock().unwrap(), [RepairCode::RefreshResponseLost], "auto-recovery is told at once");
+    r.advance_s(601);
+    assert!(matches!(r.engine.access_token(&r.c).await, Err(ChainError::NeedsRepair { .. })));
+    assert_eq!(r.provider.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_that_was_never_processed_is_healed_by_the_probe() {
+    let r = rig().await;
+    r.advance_s(601);
+    // The connection broke before the provider read the request: nothing rotated.
+    r.provider.state.lock().unwrap().faults.push_back(Fault::Unread);
+    assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-1");
+    assert_eq!(r.provider.presented(), ["rt-0", "rt-0"]);
+    assert_eq!(r.status().await, ChainStatus::Healthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_is_healed_with_the_previous_token_after_the_interval_where_the_provider_forgives() {
+    let r = rig().await;
+    r.provider.state.lock().unwrap().grace = true;
+    r.advance_s(601);
+    r.provider.fail_next(Fault::LoseAnswer);
+    r.provider.fail_next(Fault::TooEarly); // the probe: the lost refresh was processed, the interval runs
+    match r.engine.access_token(&r.c).await {
+        Err(ChainError::ResponseLostRetrying { retry_after_s }) => assert_eq!(retry_after_s, 570),
+        other => panic!("expected refresh_response_lost_retrying: {other:?}"),
+    }
+    assert_eq!(r.status().await, ChainStatus::Healthy, "a lost answer alone does not break the chain");
+    r.advance_s(300);
+    match r.engine.access_token(&r.c).await {
+        Err(ChainError::ResponseLostRetrying { retry_after_s }) => assert_eq!(retry_after_s, 270, "the seconds left"),
+        other => panic!("expected refresh_response_lost_retrying: {other:?}"),
+    }
+    assert_eq!(r.provider.requests(), 2, "nothing is sent inside the provider's interval");
+    r.advance_s(270);
+    assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-2", "healed with the previous token");
+    assert_eq!(r.stored_refresh_token().await, "rt-2");
+    r.advance_s(571);
+    assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-3", "and the chain goes on");
+    assert_eq!(r.provider.presented(), ["rt-0", "rt-0", "rt-0", "rt-2"]);
+    assert!(r.events.broken.lock().unwrap().is_empty());
+    let (chain, _) = r.engine.chain(&r.c).await.unwrap().unwrap();
+    assert_eq!((chain.pending_request_at_ms, chain.last_error.is_none()), (None, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_at_a_provider_that_never_forgives_needs_repair_at_once_without_the_old_token() {
+    let r = rig_full("", "lost_response = \"needs_repair\"").await;
+    r.advance_s(601);
+    r.provider.fail_next(Fault::LoseAnswer);
+    match r.engine.access_token(&r.c).await {
+        Err(ChainError::NeedsRepair { code, .. }) => assert_eq!(code, RepairCode::RefreshResponseLost),
+        other => panic!("expected refresh_response_lost: {other:?}"),
+    }
+    assert_eq!(*r.events.broken.lock().unwrap(), [RepairCode::RefreshResponseLost], "auto-recovery is told at once");
+    r.advance_s(601);
+    assert!(matches!(r.engine.access_token(&r.c).await, Err(ChainError::NeedsRepair { .. })));
+    assert_eq!(r.provider.presented(), ["rt-0"], "the possibly dead token is never presented again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

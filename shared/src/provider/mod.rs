@@ -50,6 +50,21 @@ pub enum Rotation {
     Static,
 }
 
+/// What the provider does with the previous refresh token when a refresh was processed but its answer was lost
+/// (a timeout after sending, a connection reset, a process that died before writing the answer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostResponse {
+    /// The previous refresh token may still work (Exact with the grace Invantive reports: usable until the new
+    /// pair is used; and any request that was never processed): after the provider's minimum interval the engine
+    /// refreshes with it once; `invalid_grant` then marks the chain `refresh_response_lost`.
+    #[default]
+    RetryPrevious,
+    /// The previous refresh token is dead once a refresh was processed (and presenting it again may revoke the
+    /// grant): the chain is marked `refresh_response_lost` at once, which starts auto-recovery where it is set.
+    NeedsRepair,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
@@ -91,6 +106,9 @@ pub struct ProviderProfile {
     pub min_token_interval_s: f64,
     #[serde(default)]
     pub refresh_rotation: Rotation,
+    /// What to do when a refresh's answer was lost: see [`LostResponse`].
+    #[serde(default)]
+    pub lost_response: LostResponse,
     /// A refresh token unused this long expires (Exact: 30 days). The sweep keeps chains alive before that.
     #[serde(default)]
     pub refresh_token_idle_expiry_s: Option<f64>,

@@ -1,7 +1,9 @@
 //! chainkeeper's benchmarks. They print figures; nothing here passes or fails on speed.
 //!
 //!     cargo build --release -p chainkeeper-cli -p chainkeeper-e2e
-//!     target/release/chainkeeper-bench [amplification|warm|waiters|sweep|all]
+//!     target/release/chainkeeper-bench [amplification|warm|waiters|sweep|faults|all]
+//!     target/release/chainkeeper-bench faults [chains] [rounds] [run]   (default 1000 100: 100,000 refreshes;
+//!                                          run: one of grace-on, grace-on-4, grace-off, needs-repair; default all)
 //!     target/release/chainkeeper-bench lambda-init [target/lambda]
 //!
 //! `warm` needs `wrk` (Debian package) and the release `chainkeeper` binary. `lambda-init` times the init phase of
@@ -42,6 +44,11 @@ async fn main() -> anyhow::Result<()> {
     }
     if what == "warm" || what == "all" {
         warm().await?;
+    }
+    if what == "faults" || what == "all" {
+        let arg = |n: usize, default: usize| std::env::args().nth(n).and_then(|a| a.parse().ok()).unwrap_or(default);
+        let only = std::env::args().nth(4).unwrap_or_default();
+        faults(arg(2, 1000), arg(3, 100), &only).await?;
     }
     if what == "lambda-init" {
         let dir = std::env::args().nth(2).unwrap_or_else(|| "target/lambda".into());
@@ -108,6 +115,46 @@ async fn lambda_init(dir: &std::path::Path) -> anyhow::Result<()> {
             times[times.len() / 2].as_secs_f64() * 1000.0,
             times[times.len() - 1].as_secs_f64() * 1000.0
         );
+    }
+    Ok(())
+}
+
+/// Issue 13's fault campaign: `chains` chains refreshed `rounds` times on the simulator's clock, with 5 % transient
+/// faults, 2 % lost answers and crash points, grace on and off, one engine and four (four processes' engines over
+/// one SQLite file, in this process).
+async fn faults(chains: usize, rounds: usize, only: &str) -> anyhow::Result<()> {
+    use chainkeeper_e2e::campaign::{Campaign, run};
+    println!("\n## provider fault campaign: {chains} chains x {rounds} rounds, 5 % transient faults, 2 % lost answers");
+    let base = Campaign {
+        chains,
+        rounds,
+        transient: 0.05,
+        lost: 0.02,
+        crash: 0.5,
+        grace: true,
+        lost_response: "retry_previous",
+        engines: 1,
+        concurrency: 64,
+        seed: 13,
+    };
+    let runs = [
+        ("grace-on", "grace on, 1 engine, lost_response = retry_previous (Exact's profile)", base.clone()),
+        (
+            "grace-on-4",
+            "grace on, 4 engines on one SQLite file (each chain asked by all four every round)",
+            Campaign { engines: 4, rounds: rounds.div_ceil(4), ..base.clone() },
+        ),
+        ("grace-off", "grace off, 1 engine, lost_response = retry_previous", Campaign { grace: false, ..base.clone() }),
+        (
+            "needs-repair",
+            "grace off, 1 engine, lost_response = needs_repair",
+            Campaign { grace: false, lost_response: "needs_repair", ..base.clone() },
+        ),
+    ];
+    for (name, title, cfg) in runs {
+        if only.is_empty() || only == name {
+            run(&cfg).await?.print(&format!("\n### {title}: {} chains x {} rounds", cfg.chains, cfg.rounds));
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ mod metrics;
 mod oidc_flow;
 mod org_backup;
 mod processes;
+mod provider_faults;
 mod query_proxy;
 mod races;
 mod routes_cli;
