@@ -1,7 +1,10 @@
 //! The query proxy's core: a caller's request forwarded to the container's platform API with the chain's access
 //! token. It only ever reaches the profile's own API host: the path is checked before it is joined, and the
 //! joined URL is checked again. A 401 from the platform gets one refreshed token and one retry; a short 429 is
-//! waited out once; GET answers are cached for the profile's `cache_ttl_s`, per container and URL.
+//! waited out once; GET answers are cached for the profile's `cache_ttl_s` (`odata_cache_ttl_s` through the
+//! OData feed), per container and URL: identical GETs at the same time make one platform call, an `ETag` comes
+//! with every cached answer (`If-None-Match` gets `304`), and `Cache-Control: no-cache` from the caller (or
+//! `no-store` / `no-cache` from the platform) goes around the cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -145,8 +148,82 @@ struct CacheEntries {
 struct Cached {
     at_ms: Millis,
     status: StatusCode,
+    /// The platform's headers, with an `ETag` (the platform's, else one made from the body).
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
+}
+
+impl Cached {
+    fn etag(&self) -> Option<&HeaderValue> {
+        self.headers.iter().find(|(k, _)| *k == reqwest::header::ETAG).map(|(_, v)| v)
+    }
+
+    /// The answer to a caller: `304` without a body when its `If-None-Match` names this answer's `ETag`.
+    fn answer(self, request: &HeaderMap, cache: CacheUse) -> Forwarded {
+        let matches = |etag: &HeaderValue| {
+            request.get_all(reqwest::header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+                v.split(',').map(str::trim).any(|t| {
+                    t == "*" || t.trim_start_matches("W/") == etag.to_str().unwrap_or("").trim_start_matches("W/")
+                })
+            })
+        };
+        if self.etag().is_some_and(matches) {
+            let headers = self.headers.into_iter().filter(|(k, _)| *k == reqwest::header::ETAG).collect();
+            let body = ForwardedBody::Bytes(Bytes::new());
+            return Forwarded { status: StatusCode::NOT_MODIFIED, headers, body, cache };
+        }
+        Forwarded { status: self.status, headers: self.headers, body: ForwardedBody::Bytes(self.body), cache }
+    }
+}
+
+/// A strong `ETag` of a body: the first 16 bytes of its SHA-256, hex.
+fn etag_of(body: &[u8]) -> HeaderValue {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&format!("\"ck-{hex}\"")).expect("hex is a valid header value")
+}
+
+/// Whether a `Cache-Control` (or `Pragma`) header says `no-cache` or `no-store`.
+fn says_no_cache(headers: &HeaderMap) -> bool {
+    [reqwest::header::CACHE_CONTROL, reqwest::header::PRAGMA].iter().any(|name| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').map(|d| d.trim().to_ascii_lowercase()).any(|d| d == "no-cache" || d == "no-store"))
+    })
+}
+
+/// One gate per cache key: identical GETs at the same time queue behind the first, which calls the platform;
+/// the others then find its answer in the cache.
+#[derive(Default)]
+struct Gates(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+struct GateGuard {
+    gates: Arc<Gates>,
+    key: String,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Gates {
+    async fn enter(self: &Arc<Self>, key: &str) -> GateGuard {
+        let gate = self.0.lock().unwrap().entry(key.to_string()).or_default().clone();
+        let held = Some(gate.clone().lock_owned().await);
+        GateGuard { gates: self.clone(), key: key.to_string(), gate, held }
+    }
+}
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        self.held = None;
+        let mut gates = self.gates.0.lock().unwrap();
+        // The map's and ours: nobody else waits, the gate goes.
+        if Arc::strong_count(&self.gate) <= 2 {
+            gates.remove(&self.key);
+        }
+    }
 }
 
 impl Cached {
@@ -265,6 +342,7 @@ pub struct QueryProxy {
     /// Current division per container (`org#db/alias`), with when it was read.
     divisions: Arc<Mutex<HashMap<String, (String, Millis)>>>,
     governor: Governor,
+    gates: Arc<Gates>,
 }
 
 impl QueryProxy {
@@ -272,14 +350,14 @@ impl QueryProxy {
         let (store, clock, config, http) = (p.store.clone(), p.clock.clone(), p.config.clone(), p.http.clone());
         let cache = Arc::new(ResponseCache::new(config.limits.proxy_cache_bytes));
         let governor = Governor::new(store.clone(), clock.clone());
-        Self { store, clock, config, http, engine, cache, divisions: Arc::default(), governor }
+        Self { store, clock, config, http, engine, cache, divisions: Arc::default(), governor, gates: Arc::default() }
     }
 
     /// Forwards one request to the platform API of `c`.
     // A debug span: this is the warm path, where an info-level span would cost every request an allocation.
     #[tracing::instrument(level = "debug", skip_all, fields(org = %c.org, container = %c.local_name()))]
     pub async fn forward(&self, c: &ContainerRef, req: QueryRequest) -> Result<Forwarded, QueryError> {
-        Ok(self.forward_to_base(c, req).await?.0)
+        Ok(self.forward_to_base(c, req, false).await?.0)
     }
 
     /// `GET` through the container's OData feed at `feed_base` (the URL of `…/odata` as the caller reaches it):
@@ -288,7 +366,7 @@ impl QueryProxy {
     /// `feed_base`. The caller's credential is never in a link: a BI tool sends its own with every request.
     #[tracing::instrument(level = "debug", skip_all, fields(org = %c.org, container = %c.local_name()))]
     pub async fn odata(&self, c: &ContainerRef, req: QueryRequest, feed_base: &str) -> Result<Forwarded, QueryError> {
-        let (mut fwd, base) = self.forward_to_base(c, req).await?;
+        let (mut fwd, base) = self.forward_to_base(c, req, true).await?;
         let textual = fwd.headers.iter().any(|(k, v)| {
             *k == reqwest::header::CONTENT_TYPE && v.to_str().is_ok_and(|t| t.contains("json") || t.contains("xml"))
         });
@@ -365,8 +443,13 @@ impl QueryProxy {
         Ok(division)
     }
 
-    /// [`Self::forward`], also returning the platform API's base URL.
-    async fn forward_to_base(&self, c: &ContainerRef, req: QueryRequest) -> Result<(Forwarded, String), QueryError> {
+    /// [`Self::forward`] (with the OData feed's cache time when `feed`), also returning the platform API's base URL.
+    async fn forward_to_base(
+        &self,
+        c: &ContainerRef,
+        req: QueryRequest,
+        feed: bool,
+    ) -> Result<(Forwarded, String), QueryError> {
         let mut path = check_path(&req.path)?;
         let (rec, _) = lookup::container(&*self.store, c).await?;
         let provider = rec.provider.clone().unwrap_or_default();
@@ -384,12 +467,22 @@ impl QueryProxy {
             return Err(QueryError::BodyTooLarge(max_body));
         }
         let now = self.clock.now_ms();
-        let ttl_ms = (profile.cache_ttl_s * 1000.0) as Millis;
+        let ttl_s = if feed { profile.odata_cache_ttl_s.unwrap_or(profile.cache_ttl_s) } else { profile.cache_ttl_s };
+        let ttl_ms = (ttl_s * 1000.0) as Millis;
         let cache_key = format!("{}#{}#{}", c.org, c.local_name(), url);
         let cacheable = req.method == Method::GET && ttl_ms > 0;
-        if cacheable && let Some(hit) = self.cache.get(&cache_key, now, ttl_ms) {
-            let body = ForwardedBody::Bytes(hit.body);
-            return Ok((Forwarded { status: hit.status, headers: hit.headers, body, cache: CacheUse::Hit }, base));
+        // The caller's `Cache-Control: no-cache` goes to the platform (and refreshes the cached answer).
+        let look = cacheable && !says_no_cache(&req.headers);
+        if look && let Some(hit) = self.cache.get(&cache_key, now, ttl_ms) {
+            return Ok((hit.answer(&req.headers, CacheUse::Hit), base));
+        }
+        // Identical GETs at the same time: the first calls the platform, the others wait for its answer.
+        let _gate = match look {
+            true => Some(self.gates.enter(&cache_key).await),
+            false => None,
+        };
+        if look && let Some(hit) = self.cache.get(&cache_key, self.clock.now_ms(), ttl_ms) {
+            return Ok((hit.answer(&req.headers, CacheUse::Hit), base));
         }
 
         let chain_error = |source| QueryError::Chain { c: c.clone(), source };
@@ -482,15 +575,20 @@ impl QueryProxy {
         let cache = if cacheable { CacheUse::Miss } else { CacheUse::None };
         if cacheable
             && status == StatusCode::OK
+            && !says_no_cache(res.headers())
             && res.content_length().is_some_and(|l| (l as usize) <= self.config.limits.proxy_cache_entry_bytes)
         {
             let bytes = res
                 .bytes()
                 .await
                 .map_err(|_| QueryError::Platform { c: c.clone(), failure: PlatformFailure::BrokeOff })?;
-            let cached = Cached { at_ms: now, status, headers: headers.clone(), body: bytes.clone() };
-            self.cache.put(cache_key, cached);
-            return Ok((Forwarded { status, headers, body: ForwardedBody::Bytes(bytes), cache }, base));
+            let mut headers = headers;
+            if !headers.iter().any(|(k, _)| *k == reqwest::header::ETAG) {
+                headers.push((reqwest::header::ETAG, etag_of(&bytes)));
+            }
+            let cached = Cached { at_ms: self.clock.now_ms(), status, headers, body: bytes };
+            self.cache.put(cache_key, cached.clone());
+            return Ok((cached.answer(&req.headers, cache), base));
         }
         Ok((Forwarded { status, headers, body: ForwardedBody::Stream(res), cache }, base))
     }

@@ -114,6 +114,9 @@ pub struct ProviderProfile {
     /// Seconds a GET through the query proxy may be served from cache (0 = never, the default).
     #[serde(default)]
     pub cache_ttl_s: f64,
+    /// Seconds a GET through the OData feed may be served from cache (BI reads; default: `cache_ttl_s`).
+    #[serde(default)]
+    pub odata_cache_ttl_s: Option<f64>,
     /// The platform API's call limits per app and company, kept by the rate-limit governor (`app::governor`).
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,

@@ -262,3 +262,54 @@ async fn the_daily_limit_is_a_429_problem_with_its_reset_time_before_the_provide
     let me = h.api.get(&q("v1/current/Me")).await;
     assert_eq!(me.status, 200, "a call without a division does not count: {}", me.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_reads_are_cached_coalesced_and_answer_if_none_match_with_304() {
+    let h = ExactHarness::start(|_| {}).await;
+    let token = org_token(&h, &["query.read"]).await;
+    let page = format!("{}?$select=ID,Name&api_key={token}", feed("v1/{division}/crm/Accounts"));
+    let _ = get(&h, &feed(&format!("v1/{{division}}/crm/$metadata?api_key={token}")), None).await; // the division, once
+    let calls = h.sim.stats().api_calls;
+
+    // Sixteen identical reads at once: one call to the provider, one answer for all.
+    let reads: Vec<_> = (0..16)
+        .map(|_| {
+            let (http, url) = (h.api.http.clone(), format!("{}{page}", h.api.base));
+            tokio::spawn(async move {
+                let res = http.get(url).send().await.unwrap();
+                let cache = res.headers()["x-chainkeeper-cache"].to_str().unwrap().to_string();
+                let etag = res.headers()["etag"].to_str().unwrap().to_string();
+                (res.status().as_u16(), cache, etag, res.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for r in reads {
+        answers.push(r.await.unwrap());
+    }
+    assert_eq!(h.sim.stats().api_calls, calls + 1, "identical concurrent reads made one provider call");
+    assert!(answers.iter().all(|a| a.0 == 200 && a.2 == answers[0].2 && a.3 == answers[0].3), "one answer for all");
+    assert_eq!(answers.iter().filter(|a| a.1 == "miss").count(), 1, "one miss, the rest hits");
+    let etag = answers[0].2.clone();
+
+    // If-None-Match with that ETag: 304, no body, no provider call.
+    let res = h.api.http.get(format!("{}{page}", h.api.base)).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(res.status(), 304);
+    assert_eq!(res.headers()["etag"], etag.as_str());
+    assert!(res.text().await.unwrap().is_empty());
+    assert_eq!(h.sim.stats().api_calls, calls + 1);
+
+    // `Cache-Control: no-cache` goes to the provider; after the profile's minute the cache is stale.
+    let res = h.api.http.get(format!("{}{page}", h.api.base)).header("cache-control", "no-cache").send().await.unwrap();
+    assert_eq!(res.headers()["x-chainkeeper-cache"], "miss");
+    assert_eq!(h.sim.stats().api_calls, calls + 2, "the caller asked to go around the cache");
+    h.advance(std::time::Duration::from_secs(61));
+    let (status, headers, _) = get(&h, &page, None).await;
+    assert_eq!((status, headers["x-chainkeeper-cache"].to_str().unwrap()), (200, "miss"), "stale after 60 s");
+    assert_eq!(h.sim.stats().api_calls, calls + 3);
+
+    // The raw query proxy of Exact stays uncached (apps write through it).
+    let division = h.user.division;
+    let direct = h.api.get(&q(&format!("v1/{division}/crm/Accounts?$top=1"))).await;
+    assert!(!direct.headers.contains_key("x-chainkeeper-cache"));
+}
