@@ -264,7 +264,8 @@ impl ExactHarness {
         Self::start_all(tune, "", extra_engine, extra_provider).await
     }
 
-    async fn start_all(
+    /// Every knob: more `[server]` keys (or whole tables after them), `[engine]` keys, profile keys.
+    pub async fn start_all(
         tune: impl FnOnce(&mut SimConfig),
         extra_server: &str,
         extra_engine: &str,

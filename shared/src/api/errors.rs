@@ -15,7 +15,7 @@ use crate::app::containers::ContainerError;
 use crate::app::handout::HandOutError;
 use crate::app::lookup::LookupError;
 use crate::app::orgs::OrgError;
-use crate::app::query::{PlatformFailure, QueryError};
+use crate::app::query::{DailyLimitReached, PlatformFailure, QueryError};
 use crate::app::recovery::RecoveryError;
 use crate::app::webhooks::{UrlRefusal, WebhookError};
 use crate::auth::TokenRejected;
@@ -539,7 +539,8 @@ impl From<QueryError> for Problem {
                 p.headers = headers;
                 p
             }
-            QueryError::DailyLimit { c, platform, company, limit, reset_at_ms, wait_s } => {
+            QueryError::DailyLimit(d) => {
+                let DailyLimitReached { c, platform, company, limit, reset_at_ms, wait_s } = *d;
                 Problem::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "platform_daily_limit",

@@ -84,8 +84,8 @@ pub enum QueryError {
     PlatformRateLimited { c: ContainerRef, wait_s: u64, headers: Vec<(HeaderName, HeaderValue)> },
     /// The platform's daily call limit for this company, shared by every container of chainkeeper's app, is
     /// used up (the rate-limit governor refuses before the platform would).
-    #[error("the platform's daily limit for {c} is used up")]
-    DailyLimit { c: ContainerRef, platform: String, company: String, limit: u32, reset_at_ms: Millis, wait_s: u64 },
+    #[error("the platform's daily limit for {} is used up", .0.c)]
+    DailyLimit(Box<DailyLimitReached>),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// An OData answer above [`ODATA_REWRITE_MAX_BYTES`]: its links cannot be rewritten.
@@ -93,6 +93,18 @@ pub enum QueryError {
     AnswerTooLarge { c: ContainerRef },
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
+}
+
+/// A used-up daily limit: whose, how many calls, and when it resets.
+#[derive(Debug)]
+pub struct DailyLimitReached {
+    pub c: ContainerRef,
+    /// The platform's display name.
+    pub platform: String,
+    pub company: String,
+    pub limit: u32,
+    pub reset_at_ms: Millis,
+    pub wait_s: u64,
 }
 
 /// The caller's request.
@@ -341,6 +353,8 @@ pub struct QueryProxy {
     cache: Arc<ResponseCache>,
     /// Current division per container (`org#db/alias`), with when it was read.
     divisions: Arc<Mutex<HashMap<String, (String, Millis)>>>,
+    /// One division lookup at a time: readers arriving together make one identity call.
+    division_lookup: Arc<tokio::sync::Mutex<()>>,
     governor: Governor,
     gates: Arc<Gates>,
 }
@@ -350,7 +364,18 @@ impl QueryProxy {
         let (store, clock, config, http) = (p.store.clone(), p.clock.clone(), p.config.clone(), p.http.clone());
         let cache = Arc::new(ResponseCache::new(config.limits.proxy_cache_bytes));
         let governor = Governor::new(store.clone(), clock.clone());
-        Self { store, clock, config, http, engine, cache, divisions: Arc::default(), governor, gates: Arc::default() }
+        Self {
+            store,
+            clock,
+            config,
+            http,
+            engine,
+            cache,
+            divisions: Arc::default(),
+            division_lookup: Arc::default(),
+            governor,
+            gates: Arc::default(),
+        }
     }
 
     /// Forwards one request to the platform API of `c`.
@@ -409,11 +434,17 @@ impl QueryProxy {
             return Err(no_division);
         };
         let key = format!("{}#{}", c.org, c.local_name());
+        let remembered = |now: Millis| {
+            let divisions = self.divisions.lock().unwrap();
+            divisions.get(&key).filter(|(_, at)| now - at < DIVISION_TTL_MS).map(|(d, _)| d.clone())
+        };
+        if let Some(d) = remembered(self.clock.now_ms()) {
+            return Ok(d);
+        }
+        let _one_at_a_time = self.division_lookup.lock().await;
         let now = self.clock.now_ms();
-        if let Some((d, at)) = self.divisions.lock().unwrap().get(&key)
-            && now - at < DIVISION_TTL_MS
-        {
-            return Ok(d.clone());
+        if let Some(d) = remembered(now) {
+            return Ok(d);
         }
         let token = self.engine.access_token(c).await.map_err(|source| QueryError::Chain { c: c.clone(), source })?;
         let url = profile.endpoint(&identity.url)?;
@@ -507,14 +538,14 @@ impl QueryProxy {
                         .collect();
                         QueryError::PlatformRateLimited { c: c.clone(), wait_s, headers }
                     }
-                    Refusal::Day { limit, reset_at_ms } => QueryError::DailyLimit {
+                    Refusal::Day { limit, reset_at_ms } => QueryError::DailyLimit(Box::new(DailyLimitReached {
                         c: c.clone(),
                         platform: profile.display_name.clone().unwrap_or_else(|| provider.clone()),
                         company: company.clone(),
                         limit,
                         reset_at_ms,
                         wait_s: ((reset_at_ms - self.clock.now_ms()).max(1000) / 1000) as u64,
-                    },
+                    })),
                     Refusal::Store(e) => QueryError::Store(e),
                 })?;
             }
