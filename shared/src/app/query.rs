@@ -709,6 +709,41 @@ mod tests {
     }
 
     #[test]
+    fn if_none_match_gets_304_and_no_cache_goes_around_the_cache() {
+        let body = Bytes::from_static(b"{\"d\":{}}");
+        let etag = etag_of(&body);
+        assert_eq!(etag, etag_of(&Bytes::from_static(b"{\"d\":{}}")), "the same body, the same ETag");
+        assert_ne!(etag, etag_of(b"{}"));
+        let cached = Cached {
+            at_ms: 0,
+            status: StatusCode::OK,
+            headers: vec![
+                (reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (reqwest::header::ETAG, etag.clone()),
+            ],
+            body,
+        };
+        let mut req = HeaderMap::new();
+        assert_eq!(cached.clone().answer(&req, CacheUse::Hit).status, StatusCode::OK);
+        req.insert(reqwest::header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
+        assert_eq!(cached.clone().answer(&req, CacheUse::Hit).status, StatusCode::OK);
+        let list = format!("\"other\", W/{}", etag.to_str().unwrap());
+        req.insert(reqwest::header::IF_NONE_MATCH, HeaderValue::from_str(&list).unwrap());
+        let not_modified = cached.answer(&req, CacheUse::Hit);
+        assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(not_modified.headers, vec![(reqwest::header::ETAG, etag)], "only the ETag, no body headers");
+
+        let mut h = HeaderMap::new();
+        assert!(!says_no_cache(&h));
+        h.insert(reqwest::header::CACHE_CONTROL, HeaderValue::from_static("max-age=0, No-Cache"));
+        assert!(says_no_cache(&h));
+        h.insert(reqwest::header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=60"));
+        assert!(!says_no_cache(&h));
+        h.insert(reqwest::header::PRAGMA, HeaderValue::from_static("no-cache"));
+        assert!(says_no_cache(&h));
+    }
+
+    #[test]
     fn joined_urls_stay_on_the_api() {
         let base = "https://start.exactonline.nl/api";
         assert_eq!(
