@@ -19,6 +19,7 @@
 //! | single-instance identifier | `ident#{client_id}#{user_id}` | `ident` |
 //! | revoked API token | `revoked#{id}` | `revoked` (expires with the token) |
 //! | audit entry | `audit#{org}` | `{time}#{id}` (expires after the retention) |
+//! | provider call budget (rate-limit governor) | `budget#{provider}#{company}` | `budget` (expires after its day) |
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -109,6 +110,11 @@ pub const RESCUE_PREFIX: &str = "rescue#";
 /// A rescued refresh token received at `at` (newest sorts last).
 pub fn rescue_key(c: &ContainerRef, at: Millis, id: &str) -> Key {
     Key::new(chain_pk(c), format!("{RESCUE_PREFIX}{}#{id}", time_sk(at)))
+}
+/// The budget of calls of chainkeeper's app registration at `provider` for one company (Exact: a division),
+/// shared by every process (`app::governor`).
+pub fn budget_key(provider: &str, company: &str) -> Key {
+    Key::new(format!("budget#{provider}#{company}"), "budget")
 }
 pub fn recovery_key(c: &ContainerRef) -> Key {
     Key::new(chain_pk(c), "recovery")
@@ -350,6 +356,18 @@ pub struct RescueRecord {
     pub sealed_access_token: String,
     pub access_expires_at_ms: Millis,
     pub received_at_ms: Millis,
+}
+
+/// Calls made in the current minute and day (fixed windows on the clock, as Exact counts), and a time before
+/// which the provider said no call may go.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetRecord {
+    pub minute_start_ms: Millis,
+    pub minute_calls: u32,
+    pub day_start_ms: Millis,
+    pub day_calls: u32,
+    #[serde(default)]
+    pub blocked_until_ms: Millis,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

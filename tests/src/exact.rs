@@ -264,7 +264,8 @@ impl ExactHarness {
         Self::start_all(tune, "", extra_engine, extra_provider).await
     }
 
-    async fn start_all(
+    /// Every knob: more `[server]` keys (or whole tables after them), `[engine]` keys, profile keys.
+    pub async fn start_all(
         tune: impl FnOnce(&mut SimConfig),
         extra_server: &str,
         extra_engine: &str,
@@ -370,6 +371,23 @@ redirect_uri = "{redirect}"
             .await
             .expect("sign in at the simulator");
         self.api.with_token("").get(&back).await
+    }
+
+    /// A second chainkeeper process in all but the OS's sense: its own `App` (engine, caches, call governor in
+    /// memory) over the same store, keys and configuration, on its own port, called with the harness's token.
+    pub async fn another_process(&self) -> (Api, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = (*self.services.config).clone();
+        let signing = DataDir::open(self.dir.path()).unwrap().signing_key().unwrap();
+        let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(config.apps.clone(), signing));
+        let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
+        let services = App::new(self.store.clone(), self.keys.clone(), secrets, clock, config);
+        let app = chainkeeper::api::router(services);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (Api::new(&format!("http://127.0.0.1:{port}"), &self.api.token), server)
     }
 
     /// Moves both clocks.

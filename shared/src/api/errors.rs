@@ -15,7 +15,7 @@ use crate::app::containers::ContainerError;
 use crate::app::handout::HandOutError;
 use crate::app::lookup::LookupError;
 use crate::app::orgs::OrgError;
-use crate::app::query::{PlatformFailure, QueryError};
+use crate::app::query::{DailyLimitReached, PlatformFailure, QueryError};
 use crate::app::recovery::RecoveryError;
 use crate::app::webhooks::{UrlRefusal, WebhookError};
 use crate::auth::TokenRejected;
@@ -131,12 +131,14 @@ fn unauthorized(detail: &str) -> Problem {
 
 pub fn token_missing() -> Problem {
     unauthorized(
-        "This call needs `Authorization: Bearer <API token>`. Issue one with `chainkeeper token issue` or POST /v1/orgs/{org}/api-tokens.",
+        "This call needs an API token: `Authorization: Bearer <API token>` (or the token as the Basic password; reads of the query proxy and the OData feed also take `?api_key=<API token>`). Issue one with `chainkeeper token issue` or POST /v1/orgs/{org}/api-tokens.",
     )
 }
 
 pub fn not_bearer() -> Problem {
-    unauthorized("Use the Bearer scheme: `Authorization: Bearer <API token>`.")
+    unauthorized(
+        "Send the API token as `Authorization: Bearer <API token>`, or as the password of `Authorization: Basic` (any user name).",
+    )
 }
 
 pub fn wrong_organisation() -> Problem {
@@ -537,6 +539,26 @@ impl From<QueryError> for Problem {
                 p.headers = headers;
                 p
             }
+            QueryError::DailyLimit(d) => {
+                let DailyLimitReached { c, platform, company, limit, reset_at_ms, wait_s } = *d;
+                Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "platform_daily_limit",
+                    format!(
+                        "{platform} allows {limit} calls a day for company {company}, and today's are used up (by every connection through chainkeeper's app, {c} included). It resets at {}; cached answers still come.",
+                        rfc3339(reset_at_ms)
+                    ),
+                )
+                .retry_after(wait_s)
+            }
+            QueryError::Store(e) => e.into(),
+            QueryError::AnswerTooLarge { c } => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "platform_answer_too_large",
+                format!(
+                    "The platform's OData answer for {c} is too large to pass through the feed. Ask for fewer rows per request ($top, $select) or page with the __next link."
+                ),
+            ),
             QueryError::Unexpected(e) => e.into(),
         }
     }

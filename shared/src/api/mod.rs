@@ -77,6 +77,7 @@ fn endpoint(spec: &RouteSpec) -> MethodRouter<AppState> {
         Handler::Authorize => on(filter, authorization::start),
         Handler::HandOut => on(filter, handout::hand_out),
         Handler::Query => on(filter, query::proxy),
+        Handler::OData => on(filter, query::odata),
         Handler::Repairs => on(filter, containers::repairs),
         Handler::Audit => on(filter, audit::list),
         Handler::SetWebhook => on(filter, webhooks::set),

@@ -112,6 +112,10 @@ fn query_params(method: &str, path: &str) -> Vec<Value> {
             json!({"name": "cursor", "in": "query", "required": false, "description": "`next_cursor` of the previous page; opaque.",
                    "schema": {"type": "string"}}),
         ],
+        // The query proxy's and the OData feed's reads: BI tools may send the token as a URL key.
+        ("GET", "{*path}") => vec![json!({"name": "api_key", "in": "query", "required": false,
+                   "description": "The API token, for BI tools that send a key in the URL (Power Query's Web API credential with `ApiKeyName = \"api_key\"`); taken out of the URL before it is forwarded, cached or logged. Instead of `Authorization: Bearer` or the Basic password.",
+                   "schema": {"type": "string"}})],
         _ => Vec::new(),
     }
 }

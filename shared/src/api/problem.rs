@@ -242,6 +242,12 @@ types! {
     "platform_rate_limited" => "Platform rate limit reached",
         "The platform's rate limit for this container is used up.",
         "Retry after the number of seconds in `Retry-After`.";
+    "platform_daily_limit" => "Platform daily limit reached",
+        "The platform's daily call limit for this company, shared by every connection through chainkeeper's app registration, is used up.",
+        "Wait until the reset time in the detail (`Retry-After` seconds); answers chainkeeper has cached still come.";
+    "platform_answer_too_large" => "Platform answer too large for the feed",
+        "The OData feed holds an answer in memory to point its links back through chainkeeper; this one was larger than that allows.",
+        "Ask for fewer rows or columns per request ($top, $select), or follow the paging links.";
 }
 
 /// The registry entry of a code: [`PROBLEM_TYPES`], and the chain engine's repair codes ([`RepairCode`], which

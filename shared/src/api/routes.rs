@@ -42,6 +42,7 @@ pub enum Handler {
     Authorize,
     HandOut,
     Query,
+    OData,
     Repairs,
     Audit,
     SetWebhook,
@@ -243,6 +244,14 @@ pub const ROUTES: &[RouteSpec] = &[
         "query",
         Query,
         "The platform's API behind the container's credential (DELETE)."
+    ),
+    r!(
+        "GET",
+        "/v1/orgs/{org}/databases/{db}/containers/{alias}/odata/{*path}",
+        "query",
+        "query",
+        OData,
+        "The platform's OData feed for BI tools: paging links point back here; the division placeholder is the current division."
     ),
     r!(
         "GET",

@@ -11,7 +11,8 @@
 //! | [`containers`] | containers, their credentials, their status, the repairs list |
 //! | [`authorization`] | start, complete (code exchange, identity, single-instance identifier), hand-over |
 //! | [`handout`] | an access token for the caller's own use |
-//! | [`query`] | the query proxy's core (path checks, forwarding, one retry, cache) |
+//! | [`query`] | the query proxy's core (path checks, forwarding, one retry, cache), the OData feed |
+//! | [`governor`] | the rate-limit governor: the platform's call budget per app and company, in the store |
 //! | [`recovery`] | auto-recovery credentials, runs on break, on request and on schedule |
 //! | [`api_tokens`] | authenticate a caller, issue, list, revoke |
 //! | [`audit`] | the audit log |
@@ -28,6 +29,7 @@ pub mod authorization;
 pub mod backup;
 pub mod containers;
 pub mod events;
+pub mod governor;
 pub mod handout;
 pub mod lookup;
 pub mod orgs;

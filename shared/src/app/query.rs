@@ -1,7 +1,10 @@
 //! The query proxy's core: a caller's request forwarded to the container's platform API with the chain's access
 //! token. It only ever reaches the profile's own API host: the path is checked before it is joined, and the
 //! joined URL is checked again. A 401 from the platform gets one refreshed token and one retry; a short 429 is
-//! waited out once; GET answers are cached for the profile's `cache_ttl_s`, per container and URL.
+//! waited out once; GET answers are cached for the profile's `cache_ttl_s` (`odata_cache_ttl_s` through the
+//! OData feed), per container and URL: identical GETs at the same time make one platform call, an `ETag` comes
+//! with every cached answer (`If-None-Match` gets `304`), and `Cache-Control: no-cache` from the caller (or
+//! `no-store` / `no-cache` from the platform) goes around the cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,9 +19,10 @@ use crate::chain::{ChainEngine, ChainError};
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
 use crate::ids::ContainerRef;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 use super::Ports;
+use super::governor::{Governor, Refusal};
 use super::lookup::{self, LookupError};
 
 /// Request headers passed on to the platform (content negotiation and conditional requests).
@@ -38,6 +42,13 @@ const FORWARD_RESPONSE: &[&str] =
     &["content-type", "etag", "last-modified", "retry-after", "odata-version", "preference-applied", "location"];
 /// A 429 whose reset is at most this far away is waited out and retried once.
 const SHORT_WAIT_MS: Millis = 3_000;
+/// The placeholder in a query or OData path for the signed-in user's current company (the profile's
+/// `identity.division`), as sent or percent-encoded.
+const DIVISION: [&str; 2] = ["{division}", "%7Bdivision%7D"];
+/// How long a container's current division is remembered (it changes only when the user switches company).
+const DIVISION_TTL_MS: Millis = 10 * 60 * 1000;
+/// The largest OData answer whose links are rewritten (it is held in memory to do so).
+pub const ODATA_REWRITE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// Why a query path is refused (each says what is wrong with it).
 pub type PathRefusal = &'static str;
@@ -71,8 +82,29 @@ pub enum QueryError {
     /// The platform's rate limit is used up; its rate-limit headers are passed on.
     #[error("the platform's rate limit for {c} is used up")]
     PlatformRateLimited { c: ContainerRef, wait_s: u64, headers: Vec<(HeaderName, HeaderValue)> },
+    /// The platform's daily call limit for this company, shared by every container of chainkeeper's app, is
+    /// used up (the rate-limit governor refuses before the platform would).
+    #[error("the platform's daily limit for {} is used up", .0.c)]
+    DailyLimit(Box<DailyLimitReached>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An OData answer above [`ODATA_REWRITE_MAX_BYTES`]: its links cannot be rewritten.
+    #[error("the platform's OData answer for {c} is too large to rewrite")]
+    AnswerTooLarge { c: ContainerRef },
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
+}
+
+/// A used-up daily limit: whose, how many calls, and when it resets.
+#[derive(Debug)]
+pub struct DailyLimitReached {
+    pub c: ContainerRef,
+    /// The platform's display name.
+    pub platform: String,
+    pub company: String,
+    pub limit: u32,
+    pub reset_at_ms: Millis,
+    pub wait_s: u64,
 }
 
 /// The caller's request.
@@ -128,8 +160,82 @@ struct CacheEntries {
 struct Cached {
     at_ms: Millis,
     status: StatusCode,
+    /// The platform's headers, with an `ETag` (the platform's, else one made from the body).
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
+}
+
+impl Cached {
+    fn etag(&self) -> Option<&HeaderValue> {
+        self.headers.iter().find(|(k, _)| *k == reqwest::header::ETAG).map(|(_, v)| v)
+    }
+
+    /// The answer to a caller: `304` without a body when its `If-None-Match` names this answer's `ETag`.
+    fn answer(self, request: &HeaderMap, cache: CacheUse) -> Forwarded {
+        let matches = |etag: &HeaderValue| {
+            request.get_all(reqwest::header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+                v.split(',').map(str::trim).any(|t| {
+                    t == "*" || t.trim_start_matches("W/") == etag.to_str().unwrap_or("").trim_start_matches("W/")
+                })
+            })
+        };
+        if self.etag().is_some_and(matches) {
+            let headers = self.headers.into_iter().filter(|(k, _)| *k == reqwest::header::ETAG).collect();
+            let body = ForwardedBody::Bytes(Bytes::new());
+            return Forwarded { status: StatusCode::NOT_MODIFIED, headers, body, cache };
+        }
+        Forwarded { status: self.status, headers: self.headers, body: ForwardedBody::Bytes(self.body), cache }
+    }
+}
+
+/// A strong `ETag` of a body: the first 16 bytes of its SHA-256, hex.
+fn etag_of(body: &[u8]) -> HeaderValue {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&format!("\"ck-{hex}\"")).expect("hex is a valid header value")
+}
+
+/// Whether a `Cache-Control` (or `Pragma`) header says `no-cache` or `no-store`.
+fn says_no_cache(headers: &HeaderMap) -> bool {
+    [reqwest::header::CACHE_CONTROL, reqwest::header::PRAGMA].iter().any(|name| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').map(|d| d.trim().to_ascii_lowercase()).any(|d| d == "no-cache" || d == "no-store"))
+    })
+}
+
+/// One gate per cache key: identical GETs at the same time queue behind the first, which calls the platform;
+/// the others then find its answer in the cache.
+#[derive(Default)]
+struct Gates(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+struct GateGuard {
+    gates: Arc<Gates>,
+    key: String,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Gates {
+    async fn enter(self: &Arc<Self>, key: &str) -> GateGuard {
+        let gate = self.0.lock().unwrap().entry(key.to_string()).or_default().clone();
+        let held = Some(gate.clone().lock_owned().await);
+        GateGuard { gates: self.clone(), key: key.to_string(), gate, held }
+    }
+}
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        self.held = None;
+        let mut gates = self.gates.0.lock().unwrap();
+        // The map's and ours: nobody else waits, the gate goes.
+        if Arc::strong_count(&self.gate) <= 2 {
+            gates.remove(&self.key);
+        }
+    }
 }
 
 impl Cached {
@@ -207,7 +313,9 @@ pub fn check_path(raw: &str) -> Result<String, QueryError> {
     {
         return refuse("Encoded slashes, dots and percent signs are not allowed.");
     }
-    if raw.split('/').any(|seg| seg == ".." || seg == "." || seg.is_empty()) {
+    // One trailing slash is allowed (an OData service root: `v1/{division}/crm/`).
+    let segments = raw.strip_suffix('/').unwrap_or(raw);
+    if segments.split('/').any(|seg| seg == ".." || seg == "." || seg.is_empty()) {
         return refuse("Path segments '.', '..' and empty ones are not allowed.");
     }
     Ok(raw.to_string())
@@ -243,36 +351,169 @@ pub struct QueryProxy {
     http: reqwest::Client,
     engine: Arc<ChainEngine>,
     cache: Arc<ResponseCache>,
+    /// Current division per container (`org#db/alias`), with when it was read.
+    divisions: Arc<Mutex<HashMap<String, (String, Millis)>>>,
+    /// One division lookup at a time: readers arriving together make one identity call.
+    division_lookup: Arc<tokio::sync::Mutex<()>>,
+    governor: Governor,
+    gates: Arc<Gates>,
 }
 
 impl QueryProxy {
     pub fn new(p: &Ports, engine: Arc<ChainEngine>) -> Self {
         let (store, clock, config, http) = (p.store.clone(), p.clock.clone(), p.config.clone(), p.http.clone());
         let cache = Arc::new(ResponseCache::new(config.limits.proxy_cache_bytes));
-        Self { store, clock, config, http, engine, cache }
+        let governor = Governor::new(store.clone(), clock.clone());
+        Self {
+            store,
+            clock,
+            config,
+            http,
+            engine,
+            cache,
+            divisions: Arc::default(),
+            division_lookup: Arc::default(),
+            governor,
+            gates: Arc::default(),
+        }
     }
 
     /// Forwards one request to the platform API of `c`.
     // A debug span: this is the warm path, where an info-level span would cost every request an allocation.
     #[tracing::instrument(level = "debug", skip_all, fields(org = %c.org, container = %c.local_name()))]
     pub async fn forward(&self, c: &ContainerRef, req: QueryRequest) -> Result<Forwarded, QueryError> {
-        let path = check_path(&req.path)?;
+        Ok(self.forward_to_base(c, req, false).await?.0)
+    }
+
+    /// `GET` through the container's OData feed at `feed_base` (the URL of `…/odata` as the caller reaches it):
+    /// forwarded as by [`Self::forward`], then every link to the platform's API in a JSON or XML answer (v2
+    /// `__next`, v4 `@odata.nextLink`, `__metadata.uri`, the service document's `xml:base`) points back at
+    /// `feed_base`. The caller's credential is never in a link: a BI tool sends its own with every request.
+    #[tracing::instrument(level = "debug", skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn odata(&self, c: &ContainerRef, req: QueryRequest, feed_base: &str) -> Result<Forwarded, QueryError> {
+        let (mut fwd, base) = self.forward_to_base(c, req, true).await?;
+        let textual = fwd.headers.iter().any(|(k, v)| {
+            *k == reqwest::header::CONTENT_TYPE && v.to_str().is_ok_and(|t| t.contains("json") || t.contains("xml"))
+        });
+        if !textual {
+            return Ok(fwd);
+        }
+        let bytes = match fwd.body {
+            ForwardedBody::Bytes(b) => b,
+            ForwardedBody::Stream(mut res) => {
+                let mut buf = Vec::new();
+                while let Some(chunk) = res
+                    .chunk()
+                    .await
+                    .map_err(|_| QueryError::Platform { c: c.clone(), failure: PlatformFailure::BrokeOff })?
+                {
+                    if buf.len() + chunk.len() > ODATA_REWRITE_MAX_BYTES {
+                        return Err(QueryError::AnswerTooLarge { c: c.clone() });
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Bytes::from(buf)
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        fwd.body = ForwardedBody::Bytes(Bytes::from(rewrite_links(&text, &base, feed_base)));
+        Ok(fwd)
+    }
+
+    /// The signed-in user's current division in `c` (the profile's `identity.division`), remembered for
+    /// [`DIVISION_TTL_MS`].
+    async fn current_division(
+        &self,
+        c: &ContainerRef,
+        profile: &crate::provider::ProviderProfile,
+    ) -> Result<String, QueryError> {
+        let no_division = QueryError::PathRefused(
+            "This provider has no current division: give the division in the path instead of {division}.",
+        );
+        let Some(identity) = profile.identity.as_ref().filter(|i| i.division.is_some()) else {
+            return Err(no_division);
+        };
+        let key = format!("{}#{}", c.org, c.local_name());
+        let remembered = |now: Millis| {
+            let divisions = self.divisions.lock().unwrap();
+            divisions.get(&key).filter(|(_, at)| now - at < DIVISION_TTL_MS).map(|(d, _)| d.clone())
+        };
+        if let Some(d) = remembered(self.clock.now_ms()) {
+            return Ok(d);
+        }
+        let _one_at_a_time = self.division_lookup.lock().await;
+        let now = self.clock.now_ms();
+        if let Some(d) = remembered(now) {
+            return Ok(d);
+        }
+        let token = self.engine.access_token(c).await.map_err(|source| QueryError::Chain { c: c.clone(), source })?;
+        let url = profile.endpoint(&identity.url)?;
+        let unanswered = |_| QueryError::Platform { c: c.clone(), failure: PlatformFailure::NoAnswer };
+        let res = self
+            .http
+            .get(url)
+            .bearer_auth(token.token.expose_secret())
+            .header("accept", "application/json")
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(unanswered)?;
+        if !res.status().is_success() {
+            tracing::warn!(status = res.status().as_u16(), "the identity call for the current division failed");
+            return Err(QueryError::Platform { c: c.clone(), failure: PlatformFailure::NoAnswer });
+        }
+        let body: serde_json::Value = res.json().await.map_err(unanswered)?;
+        let pointer = identity.division.as_deref().unwrap_or_default();
+        let division = match body.pointer(pointer) {
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(no_division),
+        };
+        check_path(&division)?;
+        self.divisions.lock().unwrap().insert(key, (division.clone(), now));
+        Ok(division)
+    }
+
+    /// [`Self::forward`] (with the OData feed's cache time when `feed`), also returning the platform API's base URL.
+    async fn forward_to_base(
+        &self,
+        c: &ContainerRef,
+        req: QueryRequest,
+        feed: bool,
+    ) -> Result<(Forwarded, String), QueryError> {
+        let mut path = check_path(&req.path)?;
         let (rec, _) = lookup::container(&*self.store, c).await?;
         let provider = rec.provider.clone().unwrap_or_default();
         let profile = self.config.provider(&provider).ok_or_else(|| QueryError::NoPlatform(c.clone()))?;
         let base = profile.api_base_url.clone().ok_or_else(|| QueryError::NoApiBaseUrl(provider.clone()))?;
+        if DIVISION.iter().any(|p| path.contains(p)) {
+            let division = self.current_division(c, profile).await?;
+            for p in DIVISION {
+                path = path.replace(p, &division);
+            }
+        }
         let url = join(&base, &path, req.query.as_deref())?;
         let max_body = self.config.limits.proxy_body_bytes;
         if req.body.len() > max_body {
             return Err(QueryError::BodyTooLarge(max_body));
         }
         let now = self.clock.now_ms();
-        let ttl_ms = (profile.cache_ttl_s * 1000.0) as Millis;
+        let ttl_s = if feed { profile.odata_cache_ttl_s.unwrap_or(profile.cache_ttl_s) } else { profile.cache_ttl_s };
+        let ttl_ms = (ttl_s * 1000.0) as Millis;
         let cache_key = format!("{}#{}#{}", c.org, c.local_name(), url);
         let cacheable = req.method == Method::GET && ttl_ms > 0;
-        if cacheable && let Some(hit) = self.cache.get(&cache_key, now, ttl_ms) {
-            let body = ForwardedBody::Bytes(hit.body);
-            return Ok(Forwarded { status: hit.status, headers: hit.headers, body, cache: CacheUse::Hit });
+        // The caller's `Cache-Control: no-cache` goes to the platform (and refreshes the cached answer).
+        let look = cacheable && !says_no_cache(&req.headers);
+        if look && let Some(hit) = self.cache.get(&cache_key, now, ttl_ms) {
+            return Ok((hit.answer(&req.headers, CacheUse::Hit), base));
+        }
+        // Identical GETs at the same time: the first calls the platform, the others wait for its answer.
+        let _gate = match look {
+            true => Some(self.gates.enter(&cache_key).await),
+            false => None,
+        };
+        if look && let Some(hit) = self.cache.get(&cache_key, self.clock.now_ms(), ttl_ms) {
+            return Ok((hit.answer(&req.headers, CacheUse::Hit), base));
         }
 
         let chain_error = |source| QueryError::Chain { c: c.clone(), source };
@@ -280,7 +521,34 @@ impl QueryProxy {
         let mut refreshed = false;
         let mut waited = false;
         crate::metrics::proxy_call(&provider);
+        // The company whose call budget this call takes from (profiles with a `rate_limit` only).
+        let budget = profile.rate_limit.as_ref().and_then(|l| Some((l, l.company(&path)?.to_string())));
         let res = loop {
+            if let Some((limit, company)) = &budget {
+                self.governor.take(&provider, company, limit).await.map_err(|r| match r {
+                    Refusal::Minute { wait_s, free_at_ms } => {
+                        // Said as the platform would have said it: its minutely headers.
+                        let headers = [
+                            ("x-ratelimit-minutely-limit", limit.per_minute.to_string()),
+                            ("x-ratelimit-minutely-remaining", "0".to_string()),
+                            ("x-ratelimit-minutely-reset", free_at_ms.to_string()),
+                        ]
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((HeaderName::from_static(k), HeaderValue::from_str(&v).ok()?)))
+                        .collect();
+                        QueryError::PlatformRateLimited { c: c.clone(), wait_s, headers }
+                    }
+                    Refusal::Day { limit, reset_at_ms } => QueryError::DailyLimit(Box::new(DailyLimitReached {
+                        c: c.clone(),
+                        platform: profile.display_name.clone().unwrap_or_else(|| provider.clone()),
+                        company: company.clone(),
+                        limit,
+                        reset_at_ms,
+                        wait_s: ((reset_at_ms - self.clock.now_ms()).max(1000) / 1000) as u64,
+                    })),
+                    Refusal::Store(e) => QueryError::Store(e),
+                })?;
+            }
             let mut out = self
                 .http
                 .request(req.method.clone(), url.clone())
@@ -295,9 +563,15 @@ impl QueryProxy {
                 out = out.body(req.body.clone());
             }
             let res = out.send().await.map_err(|e| {
-                tracing::warn!(error = %e, "platform API unreachable");
+                tracing::warn!(error = %e.without_url(), "platform API unreachable");
                 QueryError::Platform { c: c.clone(), failure: PlatformFailure::NoAnswer }
             })?;
+            if let Some((limit, company)) = &budget {
+                let refused = res.status() == StatusCode::TOO_MANY_REQUESTS;
+                if let Err(e) = self.governor.observe(&provider, company, limit, res.headers(), refused).await {
+                    tracing::warn!(error = %e, "the call budget could not take the platform's count");
+                }
+            }
             if res.status() == StatusCode::UNAUTHORIZED && !refreshed {
                 // The platform refused a token we thought valid: refresh once (through the engine) and retry.
                 refreshed = true;
@@ -332,18 +606,31 @@ impl QueryProxy {
         let cache = if cacheable { CacheUse::Miss } else { CacheUse::None };
         if cacheable
             && status == StatusCode::OK
+            && !says_no_cache(res.headers())
             && res.content_length().is_some_and(|l| (l as usize) <= self.config.limits.proxy_cache_entry_bytes)
         {
             let bytes = res
                 .bytes()
                 .await
                 .map_err(|_| QueryError::Platform { c: c.clone(), failure: PlatformFailure::BrokeOff })?;
-            let cached = Cached { at_ms: now, status, headers: headers.clone(), body: bytes.clone() };
-            self.cache.put(cache_key, cached);
-            return Ok(Forwarded { status, headers, body: ForwardedBody::Bytes(bytes), cache });
+            let mut headers = headers;
+            if !headers.iter().any(|(k, _)| *k == reqwest::header::ETAG) {
+                headers.push((reqwest::header::ETAG, etag_of(&bytes)));
+            }
+            let cached = Cached { at_ms: self.clock.now_ms(), status, headers, body: bytes };
+            self.cache.put(cache_key, cached.clone());
+            return Ok((cached.answer(&req.headers, cache), base));
         }
-        Ok(Forwarded { status, headers, body: ForwardedBody::Stream(res), cache })
+        Ok((Forwarded { status, headers, body: ForwardedBody::Stream(res), cache }, base))
     }
+}
+
+/// Every link to the platform's API (`api_base`) in an answer's text, as written or with JSON's escaped
+/// slashes, made a link to the feed (`feed_base`): the rest of the link (path, `$skiptoken`, `$select`, …) stays.
+pub fn rewrite_links(text: &str, api_base: &str, feed_base: &str) -> String {
+    let (from, to) = (format!("{}/", api_base.trim_end_matches('/')), format!("{}/", feed_base.trim_end_matches('/')));
+    let escaped = |s: &str| s.replace('/', "\\/");
+    text.replace(&from, &to).replace(&escaped(&from), &escaped(&to))
 }
 
 /// How long a 429 asks us to wait: `Retry-After` (seconds), or Exact's `X-RateLimit-Minutely-Reset` /
@@ -373,7 +660,7 @@ mod tests {
 
     #[test]
     fn only_relative_paths_under_the_api_pass() {
-        for ok in ["v1/current/Me", "v1/123/crm/Accounts", "a.b/c-d_e", "v1/x%20y"] {
+        for ok in ["v1/current/Me", "v1/123/crm/Accounts", "a.b/c-d_e", "v1/x%20y", "v1/{division}/crm/"] {
             assert!(check_path(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -391,12 +678,69 @@ mod tests {
             "a\\b",
             "user@evil.example",
             "a//b",
+            "a/b//",
             "a\r\nX-Injected: 1",
             "a b",
             "%252e%252e/x",
         ] {
             assert!(check_path(bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    #[test]
+    fn links_to_the_platform_point_at_the_feed_and_nothing_else_changes() {
+        let api = "https://start.exactonline.nl/api";
+        let feed = "https://ck.example/v1/orgs/a/databases/b/containers/c/odata";
+        let v2 = r#"{"d":{"results":[{"__metadata":{"uri":"https://start.exactonline.nl/api/v1/1/crm/Accounts(guid'x')"},"Web":"https://start.exactonline.nl/other"}],"__next":"https://start.exactonline.nl/api/v1/1/crm/Accounts?$select=ID&$skiptoken=guid'x'"}}"#;
+        let out = rewrite_links(v2, api, feed);
+        assert!(
+            out.contains(&format!(r#""__next":"{feed}/v1/1/crm/Accounts?$select=ID&$skiptoken=guid'x'""#)),
+            "{out}"
+        );
+        assert!(out.contains(&format!("{feed}/v1/1/crm/Accounts(guid'x')")), "{out}");
+        assert!(out.contains("https://start.exactonline.nl/other"), "not under the API: unchanged");
+        let v4 = r#"{"@odata.nextLink":"https:\/\/start.exactonline.nl\/api\/odata\/Items?$skip=5"}"#;
+        assert_eq!(
+            rewrite_links(v4, api, feed),
+            r#"{"@odata.nextLink":"https:\/\/ck.example\/v1\/orgs\/a\/databases\/b\/containers\/c\/odata\/odata\/Items?$skip=5"}"#
+        );
+        let doc = r#"<service xml:base="https://start.exactonline.nl/api/v1/1/crm/">"#;
+        assert_eq!(rewrite_links(doc, api, feed), format!(r#"<service xml:base="{feed}/v1/1/crm/">"#));
+    }
+
+    #[test]
+    fn if_none_match_gets_304_and_no_cache_goes_around_the_cache() {
+        let body = Bytes::from_static(b"{\"d\":{}}");
+        let etag = etag_of(&body);
+        assert_eq!(etag, etag_of(&Bytes::from_static(b"{\"d\":{}}")), "the same body, the same ETag");
+        assert_ne!(etag, etag_of(b"{}"));
+        let cached = Cached {
+            at_ms: 0,
+            status: StatusCode::OK,
+            headers: vec![
+                (reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (reqwest::header::ETAG, etag.clone()),
+            ],
+            body,
+        };
+        let mut req = HeaderMap::new();
+        assert_eq!(cached.clone().answer(&req, CacheUse::Hit).status, StatusCode::OK);
+        req.insert(reqwest::header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
+        assert_eq!(cached.clone().answer(&req, CacheUse::Hit).status, StatusCode::OK);
+        let list = format!("\"other\", W/{}", etag.to_str().unwrap());
+        req.insert(reqwest::header::IF_NONE_MATCH, HeaderValue::from_str(&list).unwrap());
+        let not_modified = cached.answer(&req, CacheUse::Hit);
+        assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(not_modified.headers, vec![(reqwest::header::ETAG, etag)], "only the ETag, no body headers");
+
+        let mut h = HeaderMap::new();
+        assert!(!says_no_cache(&h));
+        h.insert(reqwest::header::CACHE_CONTROL, HeaderValue::from_static("max-age=0, No-Cache"));
+        assert!(says_no_cache(&h));
+        h.insert(reqwest::header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=60"));
+        assert!(!says_no_cache(&h));
+        h.insert(reqwest::header::PRAGMA, HeaderValue::from_static("no-cache"));
+        assert!(says_no_cache(&h));
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct Identity {
     /// JSON pointer to a display name.
     #[serde(default)]
     pub user_name: Option<String>,
+    /// JSON pointer to the user's current company (Exact: `CurrentDivision`): what `{division}` in a query or
+    /// OData path stands for.
+    #[serde(default)]
+    pub division: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -128,9 +132,43 @@ pub struct ProviderProfile {
     /// Seconds a GET through the query proxy may be served from cache (0 = never, the default).
     #[serde(default)]
     pub cache_ttl_s: f64,
+    /// Seconds a GET through the OData feed may be served from cache (BI reads; default: `cache_ttl_s`).
+    #[serde(default)]
+    pub odata_cache_ttl_s: Option<f64>,
+    /// The platform API's call limits per app and company, kept by the rate-limit governor (`app::governor`).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
     /// How the auto-recovery login driver fills the provider's login pages.
     #[serde(default)]
     pub login_form: Option<toml::Table>,
+}
+
+/// A platform's call limits for one app registration and one company (Exact: 60 a minute and 5,000 a day per
+/// division), as data.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Calls per clock minute.
+    pub per_minute: u32,
+    /// Calls per UTC day.
+    pub per_day: u32,
+    /// Which segment of the API path (0-based, after `api_base_url`) names the company; a call whose segment is
+    /// not a number does not count (Exact: 1, the division in `v1/{division}/…`; `v1/current/Me` is free).
+    pub company_segment: usize,
+    /// Longest a reader queues for the next minute's calls before it gets `429` with `Retry-After`.
+    #[serde(default = "default_max_wait")]
+    pub max_wait_s: f64,
+}
+
+fn default_max_wait() -> f64 {
+    25.0
+}
+
+impl RateLimit {
+    /// The company a call to `path` (relative to the API) counts against, if any.
+    pub fn company<'a>(&self, path: &'a str) -> Option<&'a str> {
+        path.split('/').nth(self.company_segment).filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+    }
 }
 
 fn yes() -> bool {

@@ -7,6 +7,7 @@ mod auto_recovery;
 mod aws;
 #[cfg(feature = "aws")]
 mod aws_iam;
+mod bi;
 mod cli;
 mod exact_engine;
 mod lambda_functions;

@@ -127,7 +127,7 @@ async fn a_read_only_token_reads_and_never_writes_through_any_method() {
             }
         }
     }
-    assert_eq!(forwarded_reads, 2, "GET and HEAD of the query route");
+    assert_eq!(forwarded_reads, 4, "GET and HEAD of the query route and of the OData feed");
     assert_eq!(
         h.sim.stats().api_requests_received - received_before,
         forwarded_reads,
