@@ -1,5 +1,5 @@
 //! A provider: its profile (everything chainkeeper needs to know about one OAuth2 platform, as data), its token
-//! endpoint ([`oauth`]) and its sign-in pages ([`login`], the auto-recovery driver).
+//! endpoint ([`oauth`]) and its sign-in pages ([`login`], the auto-recovery drivers).
 
 pub mod login;
 pub mod oauth;
@@ -110,7 +110,10 @@ pub struct ProviderProfile {
     /// Seconds a GET through the query proxy may be served from cache (0 = never, the default).
     #[serde(default)]
     pub cache_ttl_s: f64,
-    /// How the auto-recovery login driver fills the provider's login pages.
+    /// Which auto-recovery login driver signs in, and the hosts it may send credentials to.
+    #[serde(default)]
+    pub login: login::LoginProfile,
+    /// How the `html_form` login driver fills the provider's login pages (field names, consent words).
     #[serde(default)]
     pub login_form: Option<toml::Table>,
 }
