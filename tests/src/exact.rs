@@ -284,7 +284,6 @@ impl ExactHarness {
                 redirect_uris: vec![redirect.clone()],
             }],
             users: vec![user.clone(), sim_user(2)],
-            sign_in: exact_sim::SignIn::AzureB2c,
             ..SimConfig::default()
         };
         tune(&mut sim_config);
