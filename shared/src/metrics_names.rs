@@ -54,9 +54,11 @@ pub const OUTCOME_NEEDS_REPAIR: &str = "needs_repair";
 pub const OUTCOME_LOST: &str = "lost";
 /// Recovery outcome: a new chain was authorized without a person.
 pub const OUTCOME_RECOVERED: &str = "recovered";
-/// Recovery outcome: the provider rejected the stored username, password or TOTP secret.
+/// Recovery outcome: the provider rejected the stored username, password or TOTP secret
+/// (`recovery_password_rejected`, `recovery_totp_rejected`).
 pub const OUTCOME_CREDENTIALS_REJECTED: &str = "credentials_rejected";
 /// Recovery outcome: the sign-in succeeded as another user than the container's.
 pub const OUTCOME_WRONG_IDENTITY: &str = "wrong_identity";
-/// Recovery outcome: any other failure (provider unreachable, unexpected page).
+/// Recovery outcome: any other failure (`recovery_verification_needed`, `recovery_unsupported_step`,
+/// `recovery_provider_unreachable`, chainkeeper's own trouble).
 pub const OUTCOME_FAILED: &str = "failed";

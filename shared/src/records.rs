@@ -443,4 +443,7 @@ pub struct RecoveryRecord {
     /// Set when retries stopped for good (wrong credentials, wrong identity): only new credentials restart them.
     #[serde(default)]
     pub stopped: Option<String>,
+    /// After a passing failure: no scheduled or event-started attempt before this.
+    #[serde(default)]
+    pub retry_at_ms: Option<Millis>,
 }

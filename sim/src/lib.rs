@@ -210,7 +210,7 @@ pub struct SimConfig {
     pub dataset: SimDataset,
     /// How a refresh token unused past `refresh_token_idle_expiry` is refused. See [`ExpiredRefreshAnswer`].
     pub expired_refresh_answer: ExpiredRefreshAnswer,
-    /// The sign-in the authorize URL leads to; [`SignIn::Simple`] by default (for now).
+    /// The sign-in the authorize URL leads to; Exact Online's real one, [`SignIn::AzureB2c`], by default.
     pub sign_in: SignIn,
     /// Per-user sign-in behaviour in [`SignIn::AzureB2c`] mode, by username (case-insensitive).
     pub sign_in_behaviours: BTreeMap<String, SignInBehaviour>,
@@ -344,7 +344,7 @@ impl Default for SimConfig {
             refresh_grace: RefreshGrace::Off,
             dataset: SimDataset::default(),
             expired_refresh_answer: ExpiredRefreshAnswer::default(),
-            sign_in: SignIn::Simple,
+            sign_in: SignIn::AzureB2c,
             sign_in_behaviours: BTreeMap::new(),
         }
     }

@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum SignIn {
     /// The simulator's original pages: one HTML form with `UserName` + `Password`, then `Code` (TOTP), then
-    /// consent, all on the start host. Not what Exact Online serves; kept while chainkeeper's login driver
-    /// speaks it (issue 12 replaces that driver, then the default flips).
-    #[default]
+    /// consent, all on the start host. Not what Exact Online serves; kept for tests of a generic HTML-form
+    /// sign-in.
     Simple,
-    /// Exact Online's sign-in as public client code shows it: the start host's e-mail form with an
-    /// anti-forgery token, then Azure AD B2C self-asserted pages on a second host (password, TOTP, …), then
+    /// Exact Online's sign-in as public client code shows it (the default): the start host's e-mail form with
+    /// an anti-forgery token, then Azure AD B2C self-asserted pages on a second host (password, TOTP, …), then
     /// the form_post back to the start host's `/signin-azureb2c`.
+    #[default]
     AzureB2c,
 }
 

@@ -162,9 +162,9 @@ async fn browser_signs_in_through_b2c_and_credentials_go_to_the_b2c_host_only() 
 }
 
 #[tokio::test]
-async fn simple_stays_the_default_and_is_switchable() {
-    assert_eq!(SimConfig::default().sign_in, SignIn::Simple);
-    let sim = start(SimConfig::default()).await;
+async fn azure_b2c_is_the_default_and_simple_stays_switchable() {
+    assert_eq!(SimConfig::default().sign_in, SignIn::AzureB2c);
+    let sim = start(SimConfig { sign_in: SignIn::Simple, ..SimConfig::default() }).await;
     let html = client().get(authorize_url(&sim, "s", None)).send().await.unwrap().text().await.unwrap();
     assert!(first_form(&html).unwrap().has_field("Password"), "Simple: one form with the password");
     assert_eq!(sim.stats().sign_in.start_host.password_seen, 0);

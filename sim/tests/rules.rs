@@ -44,7 +44,7 @@ async fn browser_login_end_to_end_echoes_state_and_gives_usable_tokens() {
 
 #[tokio::test]
 async fn login_pages_wrong_password_wrong_totp_consent_skip() {
-    let sim = start(SimConfig::default()).await;
+    let sim = start(SimConfig { sign_in: exact_sim::SignIn::Simple, ..SimConfig::default() }).await;
     let c = client();
     let page = c.get(authorize_url(&sim, "s1", None)).send().await.unwrap();
     assert_eq!(page.status(), 200);

@@ -245,7 +245,9 @@ impl ExactHarness {
         Self::start_with(tune, "").await
     }
 
-    /// `extra_provider`: more keys for the `exact-online-nl` profile.
+    /// `extra_provider`: more keys for the `exact-online-nl` profile. `{start_host}` and `{b2c_host}` in it
+    /// stand for the simulator's two hosts (`127.0.0.1:PORT`); without a `login.hosts` key there, the profile's
+    /// login hosts are those two (as `start.exactonline.nl` and `login.exact.com` are in production).
     pub async fn start_with(tune: impl FnOnce(&mut SimConfig), extra_provider: &str) -> ExactHarness {
         Self::start_full(tune, "", extra_provider).await
     }
@@ -287,6 +289,11 @@ impl ExactHarness {
         };
         tune(&mut sim_config);
         let sim = ExactSim::start(sim_config, SimClock::new(T0)).await.unwrap();
+        let (start_host, b2c_host) = (sim.addr.to_string(), sim.b2c_addr.to_string());
+        let mut extra_provider = extra_provider.replace("{start_host}", &start_host).replace("{b2c_host}", &b2c_host);
+        if !extra_provider.contains("login.hosts") {
+            extra_provider.push_str(&format!("\nlogin.hosts = [\"{start_host}\", \"{b2c_host}\"]\n"));
+        }
         let config = Config::from_toml(&format!(
             r#"
 [server]

@@ -290,11 +290,41 @@ impl Authorization {
             let holder = IdentRecord { container: c.clone(), since_ms: now };
             ops.push(WriteOp::Put(Put::new(ident_key(sid), encode(&holder), Condition::None)));
         }
+        let previous_user =
+            rec.identity.as_ref().map(|i| i.user_id.clone()).filter(|p| *p != user_id && p != "unknown");
         self.store.transact(ops).await?;
+        if let Some(previous) = &previous_user {
+            self.leave_nothing_of(&c, &authz.started_by, previous).await?;
+        }
         self.engine.install(&c, &profile.name, &tokens).await?;
         let detail = Some(format!("user {user_id}"));
         self.audit.record(&c.org, &authz.started_by, "authorization.complete", Some(&c), "ok", detail).await;
         Ok(Completed { container: c, user_id, user_name, single_instance_id: sid })
+    }
+
+    /// The container moved to another provider user (`replace_user`): nothing of the previous person stays.
+    /// Their refresh token is revoked at the provider where the profile has a revocation endpoint (best effort:
+    /// the new chain replaces it anyway), and their auto-recovery credentials are deleted. Audited.
+    async fn leave_nothing_of(&self, c: &ContainerRef, actor: &str, previous: &str) -> Result<(), AuthorizationError> {
+        let revoked = match self.engine.revoke_at_provider(c).await {
+            Ok(Some(true)) => "the previous refresh token was revoked at the provider",
+            Ok(Some(false)) | Err(_) => {
+                "revoking the previous refresh token at the provider failed; it expires on its own"
+            }
+            Ok(None) => "the provider has no revocation endpoint (or there was no token)",
+        };
+        let had_recovery = self.store.get(&recovery_key(c)).await?.is_some();
+        if had_recovery {
+            self.store.delete(&recovery_key(c), Condition::None).await?;
+        }
+        let recovery = if had_recovery {
+            "the previous user's auto-recovery credentials were deleted"
+        } else {
+            "no auto-recovery credentials were stored"
+        };
+        let detail = Some(format!("previous user {previous}: {recovery}; {revoked}"));
+        self.audit.record(&c.org, actor, "authorization.replace_user", Some(c), "ok", detail).await;
+        Ok(())
     }
 
     /// A second container for one `client_id#user_id`: refused. The provider has just invalidated the holder's

@@ -3,9 +3,14 @@
 //! code (the login driver, `provider::login`), and accepts the result only when the identity is the container's
 //! own user.
 //!
-//! Rules: never for a healthy chain; at most three attempts per hour per container; credentials the provider
-//! rejects stop all retries at once (`recovery_credentials_invalid`) until new ones are stored; a different
-//! user is refused (`recovery_wrong_identity`). The credentials expire after `retention_days` (1–90, default
+//! Rules: never for a healthy chain; at most three attempts per hour per container. Each way a run can end is an
+//! [`Outcome`] with a repair code a person can act on (the chain's `last_error`, so the repairs list and the
+//! `chain.needs_repair` webhook event carry it, with its remedy), and an audit entry: a refused password
+//! (`recovery_password_rejected`) or TOTP code (`recovery_totp_rejected`), a step only a person can take
+//! (`recovery_verification_needed`), a step the login driver does not support or a host outside the profile's
+//! `login.hosts` (`recovery_unsupported_step`) and a different user (`recovery_wrong_identity`) stop all
+//! retries until new credentials are stored; an unreachable provider (`recovery_provider_unreachable`) is tried
+//! again, backing off (1, 4, 16 minutes…, at most an hour; a person's `POST …/recover` does not wait). The credentials expire after `retention_days` (1–90, default
 //! 30); the organisation is told three days before. Every run is in the audit log.
 
 use std::sync::Arc;
@@ -20,6 +25,9 @@ use crate::ids::{ContainerRef, OrgId};
 use crate::keys::{ContainerFields, Field, KeyError, Vault};
 use crate::metrics_names as names;
 use crate::provider::login::{Credentials, FormSpec, LoginError, sign_in};
+
+/// First wait after a transient failure; multiplied by four per failure in the last hour, at most an hour.
+const FIRST_BACKOFF_MS: Millis = 60_000;
 use crate::records::*;
 use crate::store::{Condition, Index, Put, Store, StoreError, Version};
 use crate::totp::Totp;
@@ -87,12 +95,59 @@ pub enum Outcome {
     Stopped,
     /// Three attempts in the last hour already.
     RateLimited,
+    /// The last attempt failed for a passing reason; the next waits a little longer.
+    BackingOff,
     /// Another run holds this container right now.
     Busy,
-    CredentialsRejected,
+    /// The provider refused the username or password. Stops retries.
+    PasswordRejected,
+    /// The provider refused the TOTP code. Stops retries.
+    TotpRejected,
+    /// Captcha, e-mail code, locked account: a person must step in. Stops retries.
+    VerificationNeeded,
+    /// A step the login driver does not support, or a host outside `login.hosts`. Stops retries.
+    UnsupportedStep,
     WrongIdentity,
-    /// Network or page trouble: tried again on a later run.
+    /// Network, timeout, 5xx at the provider: tried again, backing off.
+    ProviderUnreachable,
+    /// chainkeeper's own trouble (store, keys): tried again on a later run.
     Failed,
+}
+
+impl Outcome {
+    /// The repair code a failed attempt leaves on the chain.
+    pub fn repair_code(self) -> Option<RepairCode> {
+        Some(match self {
+            Self::PasswordRejected => RepairCode::RecoveryPasswordRejected,
+            Self::TotpRejected => RepairCode::RecoveryTotpRejected,
+            Self::VerificationNeeded => RepairCode::RecoveryVerificationNeeded,
+            Self::UnsupportedStep => RepairCode::RecoveryUnsupportedStep,
+            Self::WrongIdentity => RepairCode::RecoveryWrongIdentity,
+            Self::ProviderUnreachable => RepairCode::RecoveryProviderUnreachable,
+            _ => return None,
+        })
+    }
+
+    /// Whether retries stop until new credentials are stored.
+    pub fn stops_retries(self) -> bool {
+        self.repair_code().is_some() && self != Self::ProviderUnreachable
+    }
+
+    /// A failed attempt (not a run that did not start).
+    fn is_failure(self) -> bool {
+        self.repair_code().is_some() || self == Self::Failed
+    }
+
+    fn of(e: LoginError) -> (Self, String) {
+        let outcome = match &e {
+            LoginError::PasswordRejected(_) => Self::PasswordRejected,
+            LoginError::TotpRejected(_) => Self::TotpRejected,
+            LoginError::VerificationNeeded(_) => Self::VerificationNeeded,
+            LoginError::UnsupportedStep(_) => Self::UnsupportedStep,
+            LoginError::Unreachable(_) => Self::ProviderUnreachable,
+        };
+        (outcome, e.to_string())
+    }
 }
 
 #[derive(Debug, Default, Serialize, Clone)]
@@ -104,12 +159,8 @@ pub struct RecoverReport {
     pub purged: usize,
 }
 
-/// Why one attempt did not recover the chain.
-enum Attempt {
-    Rejected(&'static str),
-    WrongIdentity,
-    Failed(String),
-}
+/// Why one attempt did not recover the chain: the outcome and what happened.
+type Attempt = (Outcome, String);
 
 #[derive(Clone)]
 pub struct Recovery {
@@ -175,7 +226,7 @@ impl Recovery {
     #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
     pub async fn run_now(&self, actor: &str, c: &ContainerRef) -> Result<Outcome, RecoveryError> {
         lookup::container(&*self.store, c).await?;
-        match self.recover_container(c, &format!("requested by {actor}")).await? {
+        match self.run(c, &format!("requested by {actor}"), true).await? {
             Outcome::NotNeeded => Err(RecoveryError::ChainHealthy(c.clone())),
             Outcome::NotConfigured => Err(RecoveryError::NotConfigured(c.clone())),
             Outcome::RateLimited => Err(RecoveryError::RateLimited(c.clone())),
@@ -186,6 +237,11 @@ impl Recovery {
     /// One recovery attempt for one container, if it needs one and may have one.
     #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
     pub async fn recover_container(&self, c: &ContainerRef, why: &str) -> Result<Outcome, RecoveryError> {
+        self.run(c, why, false).await
+    }
+
+    /// `person`: a person asked (no waiting for the backoff).
+    async fn run(&self, c: &ContainerRef, why: &str, person: bool) -> Result<Outcome, RecoveryError> {
         let Some((chain, _)) = self.engine.chain(c).await? else { return Ok(Outcome::NotNeeded) };
         if chain.status == ChainStatus::Healthy {
             return Ok(Outcome::NotNeeded);
@@ -201,6 +257,9 @@ impl Recovery {
         if rec.attempts_ms.len() >= ATTEMPTS_PER_HOUR {
             return Ok(Outcome::RateLimited);
         }
+        if !person && rec.retry_at_ms.is_some_and(|t| now < t) {
+            return Ok(Outcome::BackingOff);
+        }
         rec.attempts_ms.push(now);
         let version = match self.write(c, &rec, Condition::Version(version)).await {
             Ok(v) => v,
@@ -209,28 +268,29 @@ impl Recovery {
         };
         let (outcome, detail) = match self.attempt(c, &rec).await {
             Ok(()) => (Outcome::Recovered, None),
-            Err(Attempt::Rejected(what)) => {
-                (Outcome::CredentialsRejected, Some(format!("the provider did not accept the stored {what}")))
-            }
-            Err(Attempt::WrongIdentity) => {
-                (Outcome::WrongIdentity, Some("a different user signed in than the container's own".to_string()))
-            }
-            Err(Attempt::Failed(why)) => (Outcome::Failed, Some(why)),
+            Err((outcome, why)) => (outcome, Some(why)),
         };
         crate::metrics::recovery_outcome(match outcome {
             Outcome::Recovered => names::OUTCOME_RECOVERED,
-            Outcome::CredentialsRejected => names::OUTCOME_CREDENTIALS_REJECTED,
+            Outcome::PasswordRejected | Outcome::TotpRejected => names::OUTCOME_CREDENTIALS_REJECTED,
             Outcome::WrongIdentity => names::OUTCOME_WRONG_IDENTITY,
             _ => names::OUTCOME_FAILED,
         });
-        let stop_code = match outcome {
-            Outcome::CredentialsRejected => Some(RepairCode::RecoveryCredentialsInvalid),
-            Outcome::WrongIdentity => Some(RepairCode::RecoveryWrongIdentity),
-            _ => None,
+        let changed = if outcome.stops_retries() {
+            rec.stopped = outcome.repair_code().map(|code| code.code().to_string());
+            true
+        } else if outcome.is_failure() {
+            let failures = rec.attempts_ms.len().max(1) as u32;
+            rec.retry_at_ms = Some(now + (FIRST_BACKOFF_MS << (2 * (failures - 1))).min(3_600_000));
+            true
+        } else {
+            rec.retry_at_ms.take().is_some()
         };
-        if let Some(code) = stop_code {
-            rec.stopped = Some(code.code().to_string());
-            let _ = self.write(c, &rec, Condition::Version(version)).await;
+        if changed && let Err(e) = self.write(c, &rec, Condition::Version(version)).await {
+            tracing::warn!(error = %e, container = %c, "could not record the recovery outcome");
+        }
+        if let Some(code) = outcome.repair_code() {
+            // The reason shows in the chain, the repairs list and the `chain.needs_repair` webhook event.
             self.engine.set_repair_code(c, code, detail.as_deref().unwrap_or("")).await?;
         }
         let result = serde_json::to_value(outcome).map_err(anyhow::Error::from)?.as_str().unwrap_or("").to_string();
@@ -243,7 +303,7 @@ impl Recovery {
     }
 
     async fn attempt(&self, c: &ContainerRef, rec: &RecoveryRecord) -> Result<(), Attempt> {
-        let failed = |e: &dyn std::fmt::Display| Attempt::Failed(e.to_string());
+        let failed = |e: &dyn std::fmt::Display| (Outcome::Failed, e.to_string());
         let fields = ContainerFields::of(c);
         let username = self
             .vault
@@ -268,38 +328,40 @@ impl Recovery {
             .identity
             .as_ref()
             .map(|i| i.user_id.clone())
-            .ok_or_else(|| Attempt::Failed("the container never had a user".into()))?;
+            .ok_or_else(|| (Outcome::Failed, "the container never had a user".to_string()))?;
         let started = self.authorization.begin(c, "chainkeeper-recovery", false).await.map_err(|e| failed(&e))?;
         let profile = self
             .config
             .provider(container.provider.as_deref().unwrap_or(""))
-            .ok_or_else(|| Attempt::Failed("provider not configured".into()))?;
+            .ok_or_else(|| (Outcome::Failed, "provider not configured".to_string()))?;
         let spec = FormSpec::from_profile(profile.login_form.as_ref());
         let clock = self.clock.clone();
         let code = move || totp.as_ref().map(|t| t.at((clock.now_ms() / 1000) as u64)).unwrap_or_default();
         let has_totp = rec.sealed_totp.is_some();
         let creds =
             Credentials { username: &username, password: &password, totp: if has_totp { Some(&code) } else { None } };
-        let back = match sign_in(
+        let back = sign_in(
+            &profile.login,
+            &spec,
             &started.authorize_url,
             &started.redirect_uri,
             &creds,
-            &spec,
             &self.config.server.login_allow_http_hosts,
         )
         .await
-        {
-            Ok(url) => url,
-            Err(LoginError::Rejected(what)) => return Err(Attempt::Rejected(what)),
-            Err(LoginError::Failed(why)) => return Err(Attempt::Failed(why)),
-        };
+        .map_err(Outcome::of)?;
         let url = url::Url::parse(&back).map_err(|e| failed(&e))?;
         let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
         let callback =
             Callback { code: q.get("code").cloned(), state: q.get("state").cloned(), error: q.get("error").cloned() };
         match self.authorization.complete(callback, Some(&expected)).await {
             Ok(_) => Ok(()),
-            Err(AuthorizationError::WrongIdentity { .. }) => Err(Attempt::WrongIdentity),
+            Err(AuthorizationError::WrongIdentity { .. }) => {
+                Err((Outcome::WrongIdentity, "a different user signed in than the container's own".to_string()))
+            }
+            Err(e @ (AuthorizationError::ProviderUnavailable(_) | AuthorizationError::IdentityUnavailable(_))) => {
+                Err((Outcome::ProviderUnreachable, e.to_string()))
+            }
             Err(e) => Err(failed(&e)),
         }
     }
@@ -321,7 +383,7 @@ impl Recovery {
                 let outcome = self.recover_container(&c, "scheduled run").await?;
                 match outcome {
                     Outcome::Recovered => report.recovered += 1,
-                    Outcome::CredentialsRejected | Outcome::WrongIdentity | Outcome::Failed => report.failed += 1,
+                    o if o.is_failure() => report.failed += 1,
                     _ => {}
                 }
                 if outcome != Outcome::Recovered {
@@ -394,6 +456,7 @@ impl Recovery {
             expiry_notified: false,
             attempts_ms: Vec::new(),
             stopped: None,
+            retry_at_ms: None,
         })
     }
 }

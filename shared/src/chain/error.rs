@@ -73,14 +73,25 @@ pub enum RepairCode {
     RefreshTokenMissing,
     /// A client-credentials or password container's own credentials were refused.
     CredentialsRejected,
-    /// Auto-recovery could not sign in with the stored credentials.
+    /// Auto-recovery could not sign in with the stored credentials (written by versions before the outcomes
+    /// below; read back as such).
     RecoveryCredentialsInvalid,
     /// Auto-recovery signed in as another user than the container's.
     RecoveryWrongIdentity,
+    /// Auto-recovery: the provider refused the stored username or password.
+    RecoveryPasswordRejected,
+    /// Auto-recovery: the provider refused the TOTP code (or asked for one and none is stored).
+    RecoveryTotpRejected,
+    /// Auto-recovery: the sign-in needs a person (captcha, a code sent by e-mail, a locked account).
+    RecoveryVerificationNeeded,
+    /// Auto-recovery: a sign-in step the driver does not support, or one outside the profile's login hosts.
+    RecoveryUnsupportedStep,
+    /// Auto-recovery: the provider's sign-in could not be reached; it tries again later, backing off.
+    RecoveryProviderUnreachable,
 }
 
 impl RepairCode {
-    pub const ALL: [RepairCode; 8] = [
+    pub const ALL: [RepairCode; 13] = [
         Self::RefreshTokenSuperseded,
         Self::RefreshTokenExpired,
         Self::RefreshTokenInvalid,
@@ -89,6 +100,11 @@ impl RepairCode {
         Self::CredentialsRejected,
         Self::RecoveryCredentialsInvalid,
         Self::RecoveryWrongIdentity,
+        Self::RecoveryPasswordRejected,
+        Self::RecoveryTotpRejected,
+        Self::RecoveryVerificationNeeded,
+        Self::RecoveryUnsupportedStep,
+        Self::RecoveryProviderUnreachable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -101,6 +117,11 @@ impl RepairCode {
             Self::CredentialsRejected => "credentials_rejected",
             Self::RecoveryCredentialsInvalid => "recovery_credentials_invalid",
             Self::RecoveryWrongIdentity => "recovery_wrong_identity",
+            Self::RecoveryPasswordRejected => "recovery_password_rejected",
+            Self::RecoveryTotpRejected => "recovery_totp_rejected",
+            Self::RecoveryVerificationNeeded => "recovery_verification_needed",
+            Self::RecoveryUnsupportedStep => "recovery_unsupported_step",
+            Self::RecoveryProviderUnreachable => "recovery_provider_unreachable",
         }
     }
 
@@ -120,6 +141,11 @@ impl RepairCode {
             Self::CredentialsRejected => "Credentials rejected",
             Self::RecoveryCredentialsInvalid => "Auto-recovery credentials refused",
             Self::RecoveryWrongIdentity => "Auto-recovery signed in as another user",
+            Self::RecoveryPasswordRejected => "Auto-recovery password refused",
+            Self::RecoveryTotpRejected => "Auto-recovery TOTP code refused",
+            Self::RecoveryVerificationNeeded => "Auto-recovery needs a person to verify",
+            Self::RecoveryUnsupportedStep => "Auto-recovery met an unsupported sign-in step",
+            Self::RecoveryProviderUnreachable => "Auto-recovery could not reach the provider",
         }
     }
 
@@ -144,6 +170,21 @@ impl RepairCode {
             Self::RecoveryWrongIdentity => {
                 "Auto-recovery signed in as a different user than the container's own; nothing was stored."
             }
+            Self::RecoveryPasswordRejected => {
+                "Auto-recovery's sign-in was refused: the provider did not accept the stored username or password. Retries stopped."
+            }
+            Self::RecoveryTotpRejected => {
+                "Auto-recovery's sign-in was refused at the two-step check: the provider did not accept the code from the stored TOTP secret (or asked for one and none is stored). Retries stopped."
+            }
+            Self::RecoveryVerificationNeeded => {
+                "Auto-recovery's sign-in stopped where only a person can go on: a captcha or bot check, a code sent by e-mail, or a locked account. Retries stopped."
+            }
+            Self::RecoveryUnsupportedStep => {
+                "Auto-recovery's sign-in reached a page or step its login driver does not support, or one on a host outside the provider profile's login.hosts; it stopped rather than guess, and sent no credentials there. Retries stopped."
+            }
+            Self::RecoveryProviderUnreachable => {
+                "Auto-recovery could not reach the provider's sign-in (network, timeout or a server error). It tries again later, waiting longer after each failure."
+            }
         }
     }
 
@@ -164,6 +205,21 @@ impl RepairCode {
             }
             Self::RecoveryWrongIdentity => {
                 "Store the auto-recovery credentials of the container's own user, or renew the authorization by hand."
+            }
+            Self::RecoveryPasswordRejected => {
+                "Store the account's current password with PUT …/auto-recovery, or renew the authorization by hand."
+            }
+            Self::RecoveryTotpRejected => {
+                "Store the account's current TOTP secret with PUT …/auto-recovery (after re-enrolling the authenticator), or renew the authorization by hand."
+            }
+            Self::RecoveryVerificationNeeded => {
+                "Renew the authorization by hand (sign in once as a person: solve the check, unlock the account, or switch the account to an authenticator app), then store the credentials again with PUT …/auto-recovery."
+            }
+            Self::RecoveryUnsupportedStep => {
+                "Renew the authorization by hand; an operator checks the provider profile's login driver and login.hosts. Store the credentials again to restart auto-recovery."
+            }
+            Self::RecoveryProviderUnreachable => {
+                "Nothing, if it passes; to repair at once, renew the authorization by hand."
             }
         }
     }

@@ -1,5 +1,5 @@
 //! A provider: its profile (everything chainkeeper needs to know about one OAuth2 platform, as data), its token
-//! endpoint ([`oauth`]) and its sign-in pages ([`login`], the auto-recovery driver).
+//! endpoint ([`oauth`]) and its sign-in pages ([`login`], the auto-recovery drivers).
 
 pub mod login;
 pub mod oauth;
@@ -138,7 +138,10 @@ pub struct ProviderProfile {
     /// The platform API's call limits per app and company, kept by the rate-limit governor (`app::governor`).
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
-    /// How the auto-recovery login driver fills the provider's login pages.
+    /// Which auto-recovery login driver signs in, and the hosts it may send credentials to.
+    #[serde(default)]
+    pub login: login::LoginProfile,
+    /// How the `html_form` login driver fills the provider's login pages (field names, consent words).
     #[serde(default)]
     pub login_form: Option<toml::Table>,
 }

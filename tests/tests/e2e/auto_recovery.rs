@@ -1,4 +1,7 @@
-//! Auto-recovery: a broken chain repaired without a person, by signing in with stored credentials.
+//! Auto-recovery: a broken chain repaired without a person, by signing in with stored credentials — through
+//! Exact Online's real sign-in shape (start page, then Azure AD B2C on a second host: the simulator's
+//! `SignIn::AzureB2c`), with the profile's `login.hosts` pointing at the simulator's two hosts. Every outcome
+//! has its test: recovered, and each failure with its repair code.
 
 use std::time::Duration;
 
@@ -6,7 +9,7 @@ use chainkeeper::app::recovery::Outcome;
 use chainkeeper::chain::{ChainError, RepairCode};
 use chainkeeper_e2e::container_path;
 use chainkeeper_e2e::exact::{CLIENT_ID, ExactHarness, sim_user};
-use exact_sim::Fault;
+use exact_sim::{Fault, SignInBehaviour, SignInOutcome};
 use serde_json::{Value, json};
 
 fn recovery_path() -> String {
@@ -49,6 +52,37 @@ async fn break_chain(h: &ExactHarness, how: &str) {
     assert_eq!(r.status, 409, "the chain broke: {}", r.body);
 }
 
+/// Waits until retries stopped with `code`; returns the container view.
+async fn wait_for_stop(h: &ExactHarness, code: &str) -> Value {
+    for _ in 0..100 {
+        let view = h.status().await;
+        if view["auto_recovery"]["stopped"] == code && view["chain"]["last_error"]["code"] == code {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.status().await
+}
+
+/// Asserts a stopped outcome everywhere a person looks: the chain, the repairs list (with its remedy), the audit.
+async fn assert_stopped_with(h: &ExactHarness, code: &str, what: &str) {
+    let view = wait_for_stop(h, code).await;
+    assert_eq!(view["auto_recovery"]["stopped"], code, "{what}: {view}");
+    assert_eq!(view["chain"]["last_error"]["code"], code, "{what}: {view}");
+    assert_eq!(view["chain"]["generation"], 1, "{what}: no new chain");
+    let repairs = h.api.get("/v1/orgs/acme/repairs").await;
+    assert_eq!(repairs.body["repairs"][0]["code"], code, "{what}: {}", repairs.body);
+    let remedy = repairs.body["repairs"][0]["remediation"].as_str().unwrap_or_default().to_string();
+    assert!(remedy.contains("Auto-recovery"), "{what}: {remedy}");
+    let audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
+    let outcome = code.trim_start_matches("recovery_");
+    assert!(audit.contains("auto_recovery.run") && audit.contains(outcome), "{what}: {audit}");
+    // Stopped: however often the schedule runs, no further sign-in.
+    let pages = h.sim.stats().sign_in.start_pages;
+    assert_eq!(h.services.recovery.recover_container(&h.container, "test").await.unwrap(), Outcome::Stopped);
+    assert_eq!(h.sim.stats().sign_in.start_pages, pages, "{what}: no sign-in after the stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_or_superseded_chain_is_recovered_without_a_person() {
     for how in ["revoked", "second authorization"] {
@@ -75,6 +109,11 @@ async fn a_revoked_or_superseded_chain_is_recovered_without_a_person() {
         assert_eq!(me.status(), 200);
         let audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
         assert!(audit.contains("auto_recovery.run") && audit.contains("recovered"), "{how}: {audit}");
+        // Through the real shape: the start page, then B2C; the password reached the B2C host only.
+        let st = h.sim.stats().sign_in;
+        assert_eq!(st.completed, 2, "{how}: the person's sign-in and the recovery's: {st:?}");
+        assert_eq!(st.start_host.password_seen, 0, "{how}: {st:?}");
+        assert!(st.b2c_host.password_seen >= 2 && st.b2c_host.code_submissions >= 2, "{how}: {st:?}");
     }
 }
 
@@ -99,24 +138,8 @@ async fn a_wrong_password_stops_retries_at_once_and_says_so() {
     let user = h.user.clone();
     store_recovery(&h, &user.username, "not-the-password-PLANTED", user.totp_secret_base32.as_deref().unwrap()).await;
     break_chain(&h, "revoked").await;
-    let view = wait_for_status(&h, "needs_repair").await;
-    for _ in 0..50 {
-        if h.status().await["chain"]["last_error"]["code"] == "recovery_credentials_invalid" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let view =
-        if view["chain"]["last_error"]["code"] == "recovery_credentials_invalid" { view } else { h.status().await };
-    assert_eq!(view["chain"]["last_error"]["code"], "recovery_credentials_invalid", "{view}");
-    assert_eq!(view["auto_recovery"]["stopped"], "recovery_credentials_invalid");
-    // No more attempts, however often the schedule runs.
-    for _ in 0..3 {
-        let r = h.services.recovery.recover_container(&h.container, "test").await.unwrap();
-        assert_eq!(r, Outcome::Stopped);
-    }
-    let repairs = h.api.get("/v1/orgs/acme/repairs").await;
-    assert_eq!(repairs.body["repairs"][0]["code"], "recovery_credentials_invalid");
+    assert_stopped_with(&h, "recovery_password_rejected", "wrong password").await;
+    assert!(h.sim.stats().sign_in.password_rejected >= 1);
     // Correct credentials restart it.
     store_recovery(&h, &user.username, &user.password, user.totp_secret_base32.as_deref().unwrap()).await;
     let r = h.services.recovery.recover_container(&h.container, "test").await.unwrap();
@@ -124,18 +147,67 @@ async fn a_wrong_password_stops_retries_at_once_and_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_totp_secret_is_reported_as_wrong_credentials() {
+async fn a_wrong_totp_secret_stops_retries_as_totp_rejected() {
     let h = ExactHarness::start(|_| {}).await;
     let user = h.user.clone();
     store_recovery(&h, &user.username, &user.password, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").await;
     break_chain(&h, "revoked").await;
-    for _ in 0..100 {
-        if h.status().await["auto_recovery"]["stopped"] == "recovery_credentials_invalid" {
-            break;
+    assert_stopped_with(&h, "recovery_totp_rejected", "wrong TOTP secret").await;
+    assert!(h.sim.stats().sign_in.code_rejected >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captcha_an_email_code_or_a_locked_account_asks_for_a_person() {
+    for outcome in [
+        SignInOutcome::Recaptcha,
+        SignInOutcome::Hcaptcha,
+        SignInOutcome::CloudflareChallenge,
+        SignInOutcome::EmailCode,
+        SignInOutcome::Locked,
+    ] {
+        let h = ExactHarness::start(|_| {}).await;
+        let user = h.user.clone();
+        store_recovery(&h, &user.username, &user.password, user.totp_secret_base32.as_deref().unwrap()).await;
+        h.sim.set_sign_in_behaviour(&user.username, SignInBehaviour { outcome, ..Default::default() });
+        break_chain(&h, "revoked").await;
+        assert_stopped_with(&h, "recovery_verification_needed", &format!("{outcome:?}")).await;
+        if outcome == SignInOutcome::EmailCode {
+            assert_eq!(h.sim.stats().sign_in.email_code_pages, 1, "the e-mail-code page was reached, and left alone");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(h.status().await["auto_recovery"]["stopped"], "recovery_credentials_invalid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_sign_in_page_is_an_unsupported_step() {
+    let h = ExactHarness::start(|_| {}).await;
+    let user = h.user.clone();
+    store_recovery(&h, &user.username, &user.password, user.totp_secret_base32.as_deref().unwrap()).await;
+    h.sim.set_sign_in_behaviour(
+        &user.username,
+        SignInBehaviour { outcome: SignInOutcome::ChangedPage, ..Default::default() },
+    );
+    let before = h.sim.stats().sign_in.b2c_host.password_seen;
+    break_chain(&h, "revoked").await;
+    assert_stopped_with(&h, "recovery_unsupported_step", "changed page").await;
+    assert_eq!(h.sim.stats().sign_in.b2c_host.password_seen, before, "no password into a page it does not know");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_reach_a_host_outside_the_profiles_login_hosts() {
+    // The profile lists the start host only: the redirect to B2C is where the driver stops.
+    let h = ExactHarness::start_with(|_| {}, "login.hosts = [\"{start_host}\"]").await;
+    let user = h.user.clone();
+    store_recovery(&h, &user.username, &user.password, user.totp_secret_base32.as_deref().unwrap()).await;
+    let b2c_before = h.sim.stats().sign_in.b2c_host.clone();
+    let start_pages = h.sim.stats().sign_in.start_pages;
+    break_chain(&h, "revoked").await;
+    assert_stopped_with(&h, "recovery_unsupported_step", "B2C host not listed").await;
+    let st = h.sim.stats().sign_in;
+    assert_eq!(st.start_pages, start_pages + 1, "the driver did start: {st:?}");
+    assert_eq!(st.b2c_host, b2c_before, "the B2C host got no request at all, so no password: {st:?}");
+    assert_eq!(st.start_host.password_seen, 0, "{st:?}");
+    let detail = h.status().await["chain"]["last_error"]["provider_said"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains("login.hosts") && detail.contains(&h.sim.b2c_addr.to_string()), "{detail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,10 +240,23 @@ async fn attempts_are_bounded_per_hour() {
     let user = h.user.clone();
     store_recovery(&h, &user.username, &user.password, user.totp_secret_base32.as_deref().unwrap()).await;
     h.sim.fail_next_token_requests(10, Fault::ServiceUnavailable); // the code exchange fails: a transient failure
-    for _ in 0..3 {
-        assert_eq!(h.services.recovery.recover_container(&h.container, "test").await.unwrap(), Outcome::Failed);
+    let run = || h.services.recovery.recover_container(&h.container, "test");
+    // Backing off between transient failures: 1 minute, then 4.
+    for wait_s in [60, 240, 0] {
+        assert_eq!(run().await.unwrap(), Outcome::ProviderUnreachable);
+        let view = h.status().await;
+        assert_eq!(view["chain"]["last_error"]["code"], "recovery_provider_unreachable", "{view}");
+        assert_eq!(view["auto_recovery"]["stopped"], Value::Null, "a passing failure stops nothing");
+        if wait_s > 0 {
+            assert_eq!(run().await.unwrap(), Outcome::BackingOff);
+            h.advance(Duration::from_secs(wait_s - 1));
+            assert_eq!(run().await.unwrap(), Outcome::BackingOff);
+            h.advance(Duration::from_secs(2));
+        }
     }
-    assert_eq!(h.services.recovery.recover_container(&h.container, "test").await.unwrap(), Outcome::RateLimited);
+    assert_eq!(run().await.unwrap(), Outcome::RateLimited);
+    let repairs = h.api.get("/v1/orgs/acme/repairs").await;
+    assert_eq!(repairs.body["repairs"][0]["code"], "recovery_provider_unreachable");
     h.sim.clear_faults();
     h.advance(Duration::from_secs(3_601));
     assert_eq!(h.services.recovery.recover_container(&h.container, "test").await.unwrap(), Outcome::Recovered);

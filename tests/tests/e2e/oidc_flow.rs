@@ -67,7 +67,19 @@ redirect_uri = "{redirect}"
 
 /// Runs POST …/authorize, signs in at the provider, and follows the redirect back to chainkeeper.
 pub async fn authorize(api: &Api, org: &str, db: &str, alias: &str, login: &str) -> chainkeeper_e2e::Reply {
-    let r = api.post(&format!("{}/authorize", container_path(org, db, alias)), json!({})).await;
+    authorize_with(api, org, db, alias, login, json!({})).await
+}
+
+/// [`authorize`] with a start body (`{"replace_user": true}`).
+pub async fn authorize_with(
+    api: &Api,
+    org: &str,
+    db: &str,
+    alias: &str,
+    login: &str,
+    start: serde_json::Value,
+) -> chainkeeper_e2e::Reply {
+    let r = api.post(&format!("{}/authorize", container_path(org, db, alias)), start).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let url = r.body["authorize_url"].as_str().unwrap().to_string();
     let parsed = url::Url::parse(&url).unwrap();
@@ -287,6 +299,39 @@ async fn deleting_a_container_revokes_its_tokens_at_the_provider() {
     api.get(&path).await.assert_problem(404, "container_not_found");
     let audit = api.get("/v1/orgs/acme/audit").await.body.to_string();
     assert!(audit.contains("tokens revoked at the provider"), "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_user_leaves_nothing_of_the_previous_person() {
+    let s = setup(60, "basic").await;
+    let api = &s.api;
+    api.create_container("acme", "main", "crm", "oauth2_code", Some("oidc-test")).await;
+    assert_eq!(authorize(api, "acme", "main", "crm", "erin").await.status, 200);
+    let path = container_path("acme", "main", "crm");
+    let r = api
+        .put(&format!("{path}/auto-recovery"), json!({"username": "erin", "password": "erins-password-PLANTED"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let at = api.post(&format!("{path}/token"), json!({})).await.body["access_token"].as_str().unwrap().to_string();
+    let me = || async {
+        reqwest::Client::new().get(s.peer.userinfo_url()).bearer_auth(&at).send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(me().await, 200);
+    // The container moves to another person.
+    let done = authorize_with(api, "acme", "main", "crm", "fiona", json!({"replace_user": true})).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let view = api.get(&path).await.body;
+    assert_eq!(view["credential"]["user_id"], "fiona");
+    assert_eq!(view["auto_recovery"]["configured"], false, "erin's sign-in credentials are gone: {view}");
+    assert_eq!(me().await, 401, "erin's grant was revoked at oidc-provider");
+    let audit = api.get("/v1/orgs/acme/audit").await.body.to_string();
+    assert!(audit.contains("authorization.replace_user"), "{audit}");
+    assert!(audit.contains("previous user erin"), "{audit}");
+    assert!(audit.contains("auto-recovery credentials were deleted"), "{audit}");
+    assert!(audit.contains("revoked at the provider"), "{audit}");
+    assert!(!audit.contains("PLANTED"));
+    // The new person's chain works.
+    assert_eq!(api.post(&format!("{path}/token"), json!({})).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

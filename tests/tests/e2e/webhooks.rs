@@ -155,3 +155,26 @@ async fn a_delivery_that_fails_is_audited_with_why_and_without_the_url() {
     assert!(audit.contains("three tries failed") && audit.contains("failed"), "{audit}");
     assert!(!audit.contains("PLANTED"), "the audit never shows the URL: {audit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_auto_recovery_is_an_event_with_its_code_and_remedy() {
+    let h = ExactHarness::start_server_config(|_| {}, ALLOW_LOOPBACK).await;
+    let (url, got) = receiver().await;
+    assert_eq!(h.api.put("/v1/orgs/acme/webhook", json!({"url": url})).await.status, 200);
+    let user = h.user.clone();
+    let path = format!("{}/auto-recovery", chainkeeper_e2e::container_path("acme", "finance", "eol"));
+    let stored =
+        json!({"username": user.username, "password": "stale-PLANTED", "totp_secret": user.totp_secret_base32});
+    assert_eq!(h.api.put(&path, stored).await.status, 200);
+    h.sim.revoke(CLIENT_ID, &h.user.user_id);
+    h.advance(Duration::from_secs(601));
+    assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 409);
+    // The break, then the recovery's refused sign-in: two events, in either order.
+    let events: Vec<Value> =
+        wait_for(&got, 2).await.iter().map(|(_, body)| serde_json::from_slice(body).unwrap()).collect();
+    let failed = events.iter().find(|e| e["code"] == "recovery_password_rejected");
+    let failed = failed.unwrap_or_else(|| panic!("an event for the refused password: {events:?}"));
+    assert_eq!(failed["type"], "chain.needs_repair");
+    let remedy = failed["remediation"].as_str().unwrap();
+    assert!(remedy.contains("PUT …/auto-recovery") && !remedy.contains("PLANTED"), "{remedy}");
+}

@@ -1,16 +1,11 @@
-//! The auto-recovery login driver: signs in at a provider the way a person's browser does — fetch the
-//! authorize URL, fill the login page, the two-step (TOTP) page and the consent page, follow redirects — until
-//! the provider redirects to chainkeeper's redirect URI with a code. Which fields mean what comes from the
-//! provider profile's `login_form` table (with defaults that fit Exact Online and common login pages).
-//!
-//! It never leaves the provider's own host and scheme, and gives up after a bounded number of pages. It sends
-//! credentials over `https` only: plain `http` only to a loopback host (the credentials never leave the machine,
-//! as browsers treat `localhost`) or to a host the operator names in `[server] login_allow_http_hosts` (tests).
-
-use std::time::Duration;
+//! The generic login driver: login, two-step (TOTP) and consent pages that are HTML forms. Which fields mean
+//! what is read the way a password manager reads a page (by `type` and `autocomplete`), then by the profile's
+//! `login_form` names (with defaults that fit common login pages); on a consent page it presses "allow".
 
 use chainkeeper_forms::{Field, Form};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
+
+use super::{Browser, Credentials, LoginError, Page, captcha_on, title_of};
 
 /// The profile's description of its login pages.
 #[derive(Clone, Debug)]
@@ -43,16 +38,6 @@ impl FormSpec {
             deny_words: strings(table, "deny_words", &["deny", "no", "cancel", "abort", "reject"]),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LoginError {
-    /// The provider showed the login (or two-step) page again: the stored credentials are wrong.
-    #[error("the provider did not accept the stored {0}")]
-    Rejected(&'static str),
-    /// Anything else: network, unexpected pages. Worth another try later.
-    #[error("sign-in did not complete: {0}")]
-    Failed(String),
 }
 
 /// What a form control asks for, read the way a password manager reads a page: by `type` and `autocomplete`
@@ -93,176 +78,116 @@ fn form_asks(form: &Form, spec: &FormSpec, what: Asks) -> bool {
     form.fields.iter().any(|f| asks(f, spec) == Some(what))
 }
 
-pub struct Credentials<'a> {
-    pub username: &'a SecretString,
-    pub password: &'a SecretString,
-    /// The current TOTP code, if the account has a second step.
-    pub totp: Option<&'a (dyn Fn() -> String + Send + Sync)>,
+/// How often a sign-in showed the password and the TOTP form (a form shown again means a refusal).
+#[derive(Default)]
+pub(super) struct Sent {
+    password: u32,
+    totp: u32,
 }
 
-/// May credentials go to `url`? Over `https`; over plain `http` only to loopback or a host the operator named.
-fn secure_enough(url: &url::Url, allow_http_hosts: &[String]) -> bool {
-    if url.scheme() == "https" {
-        return true;
-    }
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
+/// Fills the page's login, two-step or consent form (pressing "allow", never "deny") and returns where it
+/// posts and what: the URL, and the entry list.
+pub(super) fn fill_page(
+    page: &url::Url,
+    html: &str,
+    spec: &FormSpec,
+    creds: &Credentials<'_>,
+    sent: &mut Sent,
+) -> Result<(url::Url, Vec<(String, String)>), LoginError> {
+    let unsupported = |m: String| LoginError::UnsupportedStep(m);
+    let forms = chainkeeper_forms::forms(html);
+    let Some(form) = forms
+        .iter()
+        .find(|f| form_asks(f, spec, Asks::Password) || form_asks(f, spec, Asks::Totp))
+        .or_else(|| forms.iter().find(|f| f.method == "post"))
+    else {
+        return Err(unsupported(format!("a page without a form ({})", title_of(html))));
     };
-    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-    url.scheme() == "http"
-        && (loopback
-            || allow_http_hosts
-                .iter()
-                .any(|h| h.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(host)))
+    let word = |s: &str, words: &[String]| {
+        words.iter().any(|w| s.to_ascii_lowercase().split(|c: char| !c.is_alphanumeric()).any(|p| p == w))
+    };
+    let says = |f: &Field, words: &[String]| word(&f.value, words) || word(&f.text, words) || word(&f.name, words);
+    let buttons = || form.fields.iter().filter(|f| f.is_submit() && !f.disabled);
+    let button =
+        buttons().find(|f| says(f, &spec.allow_words)).or_else(|| buttons().find(|f| !says(f, &spec.deny_words)));
+    let mut fields = form.entries(button);
+    for field in form.fields.iter().filter(|f| !f.disabled) {
+        let value = match asks(field, spec) {
+            None => continue,
+            Some(Asks::Password) => creds.password.expose_secret().to_string(),
+            Some(Asks::Username) => creds.username.expose_secret().to_string(),
+            Some(Asks::Totp) => match creds.totp {
+                Some(code) => code(),
+                None => {
+                    return Err(LoginError::TotpRejected(
+                        "the account asks for a TOTP code and no TOTP secret is stored".into(),
+                    ));
+                }
+            },
+        };
+        chainkeeper_forms::set_entry(&mut fields, &field.name, &value);
+    }
+    if form_asks(form, spec, Asks::Password) {
+        sent.password += 1;
+        if sent.password > 1 {
+            return Err(LoginError::PasswordRejected("the login page was shown again".into()));
+        }
+    } else if form_asks(form, spec, Asks::Totp) {
+        sent.totp += 1;
+        if sent.totp > 2 {
+            return Err(LoginError::TotpRejected("the two-step page was shown again".into()));
+        }
+    }
+    let target = match &form.action {
+        Some(a) if !a.is_empty() => page.join(a).map_err(|e| unsupported(e.to_string()))?,
+        _ => page.clone(),
+    };
+    Ok((target, fields))
 }
 
-/// Signs in and returns the final redirect (the redirect URI with `code` and `state`), without requesting it.
-/// `allow_http_hosts`: hosts besides loopback where credentials may go over plain `http` (tests).
-pub async fn sign_in(
-    authorize_url: &str,
+/// Signs in through HTML forms and returns the final redirect (the redirect URI with `code` and `state`),
+/// without requesting it.
+pub(super) async fn sign_in(
+    browser: &Browser<'_>,
+    start: url::Url,
     redirect_uri: &str,
     creds: &Credentials<'_>,
     spec: &FormSpec,
-    allow_http_hosts: &[String],
 ) -> Result<String, LoginError> {
-    let fail = |m: String| LoginError::Failed(m);
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(15))
-        .user_agent(concat!("chainkeeper-recovery/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| fail(e.to_string()))?;
-    let start = url::Url::parse(authorize_url).map_err(|e| fail(e.to_string()))?;
-    if !secure_enough(&start, allow_http_hosts) {
-        return Err(fail(format!(
-            "the provider's sign-in page is not https ({}); credentials are sent over https only \
-             (an operator may allow plain http for a test host with [server] login_allow_http_hosts)",
-            start.host_str().unwrap_or("?")
-        )));
-    }
-    let same_site = |u: &url::Url| {
-        u.scheme() == start.scheme()
-            && u.host_str() == start.host_str()
-            && u.port_or_known_default() == start.port_or_known_default()
-    };
-    let mut url = start.clone();
-    let mut form_body: Option<Vec<(String, String)>> = None;
-    let (mut sent_password, mut sent_totp) = (0, 0);
+    let mut next = (start, None::<Vec<(String, String)>>);
+    let mut sent = Sent::default();
     for _ in 0..15 {
-        let req = match &form_body {
-            None => client.get(url.clone()),
-            Some(fields) => client.post(url.clone()).form(fields),
+        let page = match next.1.take() {
+            None => browser.get(next.0.clone()).await?,
+            Some(fields) => browser.post(next.0.clone(), &fields, &[]).await?,
         };
-        let res = req.send().await.map_err(|e| fail(format!("provider unreachable: {e}")))?;
-        let status = res.status();
-        if status.is_redirection() {
-            let location = res
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| fail("redirect without a location".into()))?;
-            let next = url.join(location).map_err(|e| fail(e.to_string()))?;
-            if next.as_str().starts_with(redirect_uri) {
-                return Ok(next.to_string());
+        let (url, status, body, challenged) = match page {
+            Page::Redirect(to) if to.as_str().starts_with(redirect_uri) => return Ok(to.to_string()),
+            Page::Redirect(to) => {
+                next = (to, None);
+                continue;
             }
-            if !same_site(&next) {
-                return Err(fail(format!(
-                    "the provider redirected to another host ({})",
-                    next.host_str().unwrap_or("?")
-                )));
-            }
-            url = next;
-            form_body = None;
-            continue;
-        }
-        if !status.is_success() {
-            return Err(fail(format!("the provider answered HTTP {}", status.as_u16())));
-        }
-        let html = res.text().await.map_err(|e| fail(e.to_string()))?;
-        let forms = chainkeeper_forms::forms(&html);
-        let Some(form) = forms
-            .iter()
-            .find(|f| form_asks(f, spec, Asks::Password) || form_asks(f, spec, Asks::Totp))
-            .or_else(|| forms.iter().find(|f| f.method == "post"))
-        else {
-            return Err(fail("the provider showed a page without a form".into()));
+            Page::Html { url, status, body, challenged } => (url, status, body, challenged),
         };
-        let word = |s: &str, words: &[String]| {
-            words.iter().any(|w| s.to_ascii_lowercase().split(|c: char| !c.is_alphanumeric()).any(|p| p == w))
-        };
-        let says = |f: &Field, words: &[String]| word(&f.value, words) || word(&f.text, words) || word(&f.name, words);
-        let buttons = || form.fields.iter().filter(|f| f.is_submit() && !f.disabled);
-        let button =
-            buttons().find(|f| says(f, &spec.allow_words)).or_else(|| buttons().find(|f| !says(f, &spec.deny_words)));
-        let mut fields = form.entries(button);
-        for field in form.fields.iter().filter(|f| !f.disabled) {
-            let value = match asks(field, spec) {
-                None => continue,
-                Some(Asks::Password) => creds.password.expose_secret().to_string(),
-                Some(Asks::Username) => creds.username.expose_secret().to_string(),
-                Some(Asks::Totp) => match creds.totp {
-                    Some(code) => code(),
-                    None => {
-                        return Err(LoginError::Rejected(
-                            "TOTP secret (the account asks for a code and none is stored)",
-                        ));
-                    }
-                },
-            };
-            chainkeeper_forms::set_entry(&mut fields, &field.name, &value);
+        if let Some(what) = captcha_on(&body, challenged) {
+            return Err(LoginError::VerificationNeeded(format!("the sign-in page shows {what}")));
         }
-        if form_asks(form, spec, Asks::Password) {
-            sent_password += 1;
-            if sent_password > 1 {
-                return Err(LoginError::Rejected("username or password"));
-            }
-        } else if form_asks(form, spec, Asks::Totp) {
-            sent_totp += 1;
-            if sent_totp > 2 {
-                return Err(LoginError::Rejected("TOTP secret"));
-            }
+        if !(200..300).contains(&status) {
+            return Err(LoginError::UnsupportedStep(format!(
+                "{} answered HTTP {status} ({})",
+                url.host_str().unwrap_or("?"),
+                title_of(&body)
+            )));
         }
-        let target = match &form.action {
-            Some(a) if !a.is_empty() => url.join(a).map_err(|e| fail(e.to_string()))?,
-            _ => url.clone(),
-        };
-        if !same_site(&target) {
-            return Err(fail("a login form posts to another host".into()));
-        }
-        url = target;
-        form_body = Some(fields);
+        let (target, fields) = fill_page(&url, &body, spec, creds, &mut sent)?;
+        next = (target, Some(fields));
     }
-    Err(fail("too many pages before the provider redirected back".into()))
+    Err(LoginError::UnsupportedStep("too many pages before the provider redirected back".into()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn credentials_go_over_https_only_except_loopback_and_named_test_hosts() {
-        let (user, pw): (SecretString, SecretString) = ("u".into(), "pw-PLANTED".into());
-        let creds = Credentials { username: &user, password: &pw, totp: None };
-        let spec = FormSpec::from_profile(None);
-        // A plain-http sign-in page on a real host: refused before any request (the name does not even resolve).
-        let e = sign_in("http://login.example.invalid/auth", "https://ck/cb", &creds, &spec, &[]).await.unwrap_err();
-        let LoginError::Failed(why) = e else { panic!("{e:?}") };
-        assert!(why.contains("https only"), "{why}");
-        // The rule itself.
-        let ok = |u: &str, allow: &[String]| secure_enough(&url::Url::parse(u).unwrap(), allow);
-        assert!(ok("https://start.exactonline.nl/api/oauth2/auth", &[]));
-        assert!(ok("http://127.0.0.1:8801/auth", &[]));
-        assert!(ok("http://[::1]:8801/auth", &[]));
-        assert!(ok("http://localhost:8801/auth", &[]));
-        assert!(!ok("http://start.exactonline.nl/api/oauth2/auth", &[]));
-        assert!(!ok("http://10.0.0.5/auth", &[]));
-        assert!(!ok("ftp://127.0.0.1/auth", &[]));
-        assert!(ok("http://idp.test/auth", &["IDP.test".to_string()]));
-    }
 
     fn spec() -> FormSpec {
         FormSpec::from_profile(None)
