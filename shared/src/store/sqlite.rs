@@ -31,7 +31,14 @@ CREATE INDEX IF NOT EXISTS items_due ON items (due_pk, due_sk) WHERE due_pk IS N
 CREATE INDEX IF NOT EXISTS items_repair ON items (repair_pk, repair_sk) WHERE repair_pk IS NOT NULL;
 ";
 
-const COLUMNS: &str = "pk, sk, version, body, expires_at, due_pk, due_sk, repair_pk, repair_sk";
+macro_rules! columns {
+    () => {
+        "pk, sk, version, body, expires_at, due_pk, due_sk, repair_pk, repair_sk"
+    };
+}
+const COLUMNS: &str = columns!();
+/// The read of one item: a constant, so the warm path builds no SQL text per call.
+const GET_ONE: &str = concat!("SELECT ", columns!(), " FROM items WHERE pk = ?1 AND sk = ?2");
 
 pub struct SqliteStore {
     readers: Vec<Mutex<Connection>>,
@@ -158,7 +165,7 @@ impl Store for SqliteStore {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
         let now = self.clock.now_ms();
         self.read(|c| {
-            c.prepare_cached(&format!("SELECT {COLUMNS} FROM items WHERE pk = ?1 AND sk = ?2"))?
+            c.prepare_cached(GET_ONE)?
                 .query_row(params![key.pk, key.sk], row_to_item)
                 .optional()
         })
