@@ -489,7 +489,7 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
         &config,
         format!(
             "{}min_token_interval_s = 0\npkce = true\nrevocation_url = \"{}/api/oauth2/revoke\"\n",
-            sim_profile_toml(&sim.base_url),
+            sim_profile_toml(&sim),
             sim.base_url
         ),
     )
