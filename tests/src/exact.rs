@@ -24,10 +24,12 @@ pub const T0: i64 = 1_800_000_000_000;
 pub const CLIENT_ID: &str = "ck-exact-app";
 pub const CLIENT_SECRET: &str = "ck-exact-secret-PLANTED";
 
-/// Config lines that point the built-in `exact-online-nl` profile at a simulator.
-pub fn sim_profile_toml(base_url: &str) -> String {
+/// Config lines that point the built-in `exact-online-nl` profile at a simulator (its login hosts too: the start
+/// host and the B2C host).
+pub fn sim_profile_toml(sim: &ExactSim) -> String {
+    let (base_url, start, b2c) = (&sim.base_url, sim.addr, sim.b2c_addr);
     format!(
-        "[providers.exact-online-nl]\nauthorize_url = \"{base_url}/api/oauth2/auth\"\ntoken_url = \"{base_url}/api/oauth2/token\"\napi_base_url = \"{base_url}/api\"\n"
+        "[providers.exact-online-nl]\nauthorize_url = \"{base_url}/api/oauth2/auth\"\ntoken_url = \"{base_url}/api/oauth2/token\"\napi_base_url = \"{base_url}/api\"\nlogin.hosts = [\"{start}\", \"{b2c}\"]\n"
     )
 }
 
@@ -451,7 +453,7 @@ pub async fn serve_processes(
         &config,
         format!(
             "[engine]\nrefresh_margin_s = 1\nsweep_interval_s = 3600\n{}min_token_interval_s = 2.85\n{}",
-            sim_profile_toml(&sim.base_url),
+            sim_profile_toml(&sim),
             sim_app_toml(&redirect)
         ),
     )?;

@@ -411,7 +411,7 @@ async fn warm() -> anyhow::Result<()> {
     // wrk drives one API token from 64 connections: the per-token limit is raised (still checked on every
     // request, so its cost is in the figure) and the cap on concurrent requests stays at its default.
     let limits = "[limits]\ntoken_requests_per_s = 1000000.0\ntoken_burst = 1000000\n";
-    std::fs::write(&config, format!("{}{}{limits}", sim_profile_toml(&sim.base_url), sim_app_toml(&redirect)))?;
+    std::fs::write(&config, format!("{}{}{limits}", sim_profile_toml(&sim), sim_app_toml(&redirect)))?;
     let serve = Serve::start_as_deployed(dir.path(), Some(&config), port).await?;
     let token = issue_token(dir.path(), &["--org", "acme"], &["admin"]);
     let admin = Api::new(&serve.base, &issue_token(dir.path(), &["--platform"], &["admin"]));

@@ -254,12 +254,9 @@ async fn two_hundred_callers_cause_one_refresh_on_dynamodb_and_kms() {
     )
     .await
     .unwrap();
-    let config = Config::from_toml(&format!(
-        "{}{}",
-        sim_profile_toml(&sim.base_url),
-        sim_app_toml("http://127.0.0.1:1/v1/callback")
-    ))
-    .unwrap();
+    let config =
+        Config::from_toml(&format!("{}{}", sim_profile_toml(&sim), sim_app_toml("http://127.0.0.1:1/v1/callback")))
+            .unwrap();
     let store: Arc<dyn Store> = dynamo(&moto, &clock).await;
     let keys: Arc<dyn Keys> = kms(&moto).await;
     let secrets: Arc<dyn Secrets> = Arc::new(LocalSecrets::new(config.apps.clone(), [3u8; 32]));
@@ -338,7 +335,7 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     // The operator's config file points the Exact profile at the simulator (no app in it: that is in Secrets Manager).
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("chainkeeper.toml");
-    std::fs::write(&config, sim_profile_toml(&sim.base_url)).unwrap();
+    std::fs::write(&config, sim_profile_toml(&sim)).unwrap();
     let env = [
         ("CHAINKEEPER_TABLE", table.clone()),
         ("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/test/api-token-signing-key".to_string()),

@@ -488,12 +488,9 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
     std::fs::write(
         &config,
         format!(
-            "{}min_token_interval_s = 0\npkce = true\nrevocation_url = \"{}/api/oauth2/revoke\"\n\
-             login.hosts = [\"{}\", \"{}\"]\n",
-            sim_profile_toml(&sim.base_url),
-            sim.base_url,
-            sim.addr,
-            sim.b2c_addr
+            "{}min_token_interval_s = 0\npkce = true\nrevocation_url = \"{}/api/oauth2/revoke\"\n",
+            sim_profile_toml(&sim),
+            sim.base_url
         ),
     )
     .unwrap();
