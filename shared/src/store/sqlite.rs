@@ -164,12 +164,8 @@ fn write_ops(conn: &mut Connection, ops: &[WriteOp], now: Millis) -> Result<Opti
 impl Store for SqliteStore {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
         let now = self.clock.now_ms();
-        self.read(|c| {
-            c.prepare_cached(GET_ONE)?
-                .query_row(params![key.pk, key.sk], row_to_item)
-                .optional()
-        })
-        .map(|i| i.filter(|i| i.expires_at_ms.is_none_or(|t| t > now)))
+        self.read(|c| c.prepare_cached(GET_ONE)?.query_row(params![key.pk, key.sk], row_to_item).optional())
+            .map(|i| i.filter(|i| i.expires_at_ms.is_none_or(|t| t > now)))
     }
 
     async fn put(&self, put: Put) -> Result<Version, StoreError> {
