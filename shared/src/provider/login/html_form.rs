@@ -5,7 +5,7 @@
 use chainkeeper_forms::{Field, Form};
 use secrecy::ExposeSecret;
 
-use super::{Browser, Credentials, LoginError, Page, captcha_on, title_of};
+use super::{Browser, Credentials, LoginError, Next, Step, title_of, visit};
 
 /// The profile's description of its login pages.
 #[derive(Clone, Debug)]
@@ -154,31 +154,14 @@ pub(super) async fn sign_in(
     creds: &Credentials<'_>,
     spec: &FormSpec,
 ) -> Result<String, LoginError> {
-    let mut next = (start, None::<Vec<(String, String)>>);
+    let mut next: Next = (start, None);
     let mut sent = Sent::default();
     for _ in 0..15 {
-        let page = match next.1.take() {
-            None => browser.get(next.0.clone()).await?,
-            Some(fields) => browser.post(next.0.clone(), &fields, &[]).await?,
+        let (url, body) = match visit(browser, &mut next, redirect_uri).await? {
+            Step::Done(answer) => return Ok(answer),
+            Step::Followed => continue,
+            Step::Page(url, body) => (url, body),
         };
-        let (url, status, body, challenged) = match page {
-            Page::Redirect(to) if to.as_str().starts_with(redirect_uri) => return Ok(to.to_string()),
-            Page::Redirect(to) => {
-                next = (to, None);
-                continue;
-            }
-            Page::Html { url, status, body, challenged } => (url, status, body, challenged),
-        };
-        if let Some(what) = captcha_on(&body, challenged) {
-            return Err(LoginError::VerificationNeeded(format!("the sign-in page shows {what}")));
-        }
-        if !(200..300).contains(&status) {
-            return Err(LoginError::UnsupportedStep(format!(
-                "{} answered HTTP {status} ({})",
-                url.host_str().unwrap_or("?"),
-                title_of(&body)
-            )));
-        }
         let (target, fields) = fill_page(&url, &body, spec, creds, &mut sent)?;
         next = (target, Some(fields));
     }

@@ -177,6 +177,47 @@ pub(super) enum Page {
     Html { url: url::Url, status: u16, body: String, challenged: bool },
 }
 
+/// Where a driver goes next: a URL to GET, or a URL and the form fields to POST there.
+pub(super) type Next = (url::Url, Option<Vec<(String, String)>>);
+
+/// What the next request of a driver's loop gave.
+pub(super) enum Step {
+    /// The provider sent the browser to the redirect URI: the answer (not requested).
+    Done(String),
+    /// A redirect inside the sign-in, already set as the next request.
+    Followed,
+    /// A page for the driver to read: its URL and body.
+    Page(url::Url, String),
+}
+
+/// Makes `next`'s request. Every driver stops here at a captcha or bot challenge (a person is needed) and at an
+/// error page (a step it does not know).
+pub(super) async fn visit(browser: &Browser<'_>, next: &mut Next, redirect_uri: &str) -> Result<Step, LoginError> {
+    let page = match next.1.take() {
+        None => browser.get(next.0.clone()).await?,
+        Some(fields) => browser.post(next.0.clone(), &fields, &[]).await?,
+    };
+    let (url, status, body, challenged) = match page {
+        Page::Redirect(to) if to.as_str().starts_with(redirect_uri) => return Ok(Step::Done(to.to_string())),
+        Page::Redirect(to) => {
+            *next = (to, None);
+            return Ok(Step::Followed);
+        }
+        Page::Html { url, status, body, challenged } => (url, status, body, challenged),
+    };
+    if let Some(what) = captcha_on(&body, challenged) {
+        return Err(LoginError::VerificationNeeded(format!("the sign-in page shows {what}")));
+    }
+    if !(200..300).contains(&status) {
+        return Err(LoginError::UnsupportedStep(format!(
+            "{} answered HTTP {status} ({})",
+            url.host_str().unwrap_or("?"),
+            title_of(&body)
+        )));
+    }
+    Ok(Step::Page(url, body))
+}
+
 /// A cookie-keeping client that follows no redirect by itself and asks the host policy before every request.
 pub(super) struct Browser<'a> {
     client: reqwest::Client,
