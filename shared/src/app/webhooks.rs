@@ -9,6 +9,7 @@
 //! The URL is a secret of the receiver's: sealed with the organisation's key, shown masked in views and the
 //! audit, never logged.
 
+use crate::provider::request_error_text as why;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -214,19 +215,6 @@ impl Webhooks {
         }
         Err(DeliveryError::Failed(format!("three tries failed, the last: {last}")))
     }
-}
-
-/// A request error with its causes ("connection refused", a certificate error), never its URL.
-fn why(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// Who the audit names for deliveries.

@@ -210,3 +210,17 @@ impl ProviderProfile {
         (self.min_token_interval_s * 1000.0) as i64
     }
 }
+
+/// A request error's text with its causes ("connection refused", a certificate error), never its URL (whose query
+/// may carry a login hint or a webhook's secret path). For the outbound clients: login drivers, webhooks.
+pub fn request_error_text(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

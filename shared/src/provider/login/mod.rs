@@ -17,6 +17,7 @@
 pub mod azure_b2c;
 pub mod html_form;
 
+use super::request_error_text as why;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -222,19 +223,6 @@ pub(super) async fn visit(browser: &Browser<'_>, next: &mut Next, redirect_uri: 
 pub(super) struct Browser<'a> {
     client: reqwest::Client,
     policy: &'a HostPolicy,
-}
-
-/// A request error's text with its causes, without the URL (whose query may carry a login hint).
-fn why(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 impl<'a> Browser<'a> {
