@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chainkeeper::chain::{ChainEngine, ChainError, CrashPoint, LOST_RETRYING};
-use chainkeeper::ids::{Alias, ContainerRef, DbName, OrgId};
-use chainkeeper::provider::oauth::TokenSet;
 use exact_sim::{FaultRates, RefreshGrace};
 use futures::StreamExt;
 
@@ -149,19 +147,7 @@ pub async fn run(cfg: &Campaign) -> anyhow::Result<Report> {
     let mut chains = Vec::new();
     for i in 0..cfg.chains {
         let user = format!("camp-user-{i}");
-        let (access, refresh) = h.sim.mint_tokens(CLIENT_ID, &user);
-        let c = ContainerRef {
-            org: OrgId::parse("camp")?,
-            db: DbName::parse("db")?,
-            alias: Alias::parse(&format!("c{i}"))?,
-        };
-        let tokens = TokenSet {
-            access_token: secrecy::SecretString::from(access),
-            refresh_token: Some(secrecy::SecretString::from(refresh)),
-            expires_in: Some(600.0),
-            scope: None,
-        };
-        h.services.engine.install(&c, "exact-online-nl", &tokens).await?;
+        let c = h.install_minted_chain("camp", i, &user).await?;
         chains.push((c, format!("{CLIENT_ID}#{user}")));
     }
     let mut engines: Vec<Arc<ChainEngine>> = vec![h.services.engine.clone()];

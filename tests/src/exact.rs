@@ -242,6 +242,22 @@ pub fn sim_user(n: u32) -> SimUser {
 }
 
 impl ExactHarness {
+    /// Container `c{i}` of database `db` in `org` (whose key must exist), with a chain the simulator minted for
+    /// `user` installed directly (no sign-in): how the campaign and the sweep benchmark set up many chains.
+    pub async fn install_minted_chain(&self, org: &str, i: usize, user: &str) -> anyhow::Result<ContainerRef> {
+        let (access, refresh) = self.sim.mint_tokens(CLIENT_ID, user);
+        let c =
+            ContainerRef { org: OrgId::parse(org)?, db: DbName::parse("db")?, alias: Alias::parse(&format!("c{i}"))? };
+        let tokens = chainkeeper::provider::oauth::TokenSet {
+            access_token: secrecy::SecretString::from(access),
+            refresh_token: Some(secrecy::SecretString::from(refresh)),
+            expires_in: Some(600.0),
+            scope: None,
+        };
+        self.services.engine.install(&c, "exact-online-nl", &tokens).await?;
+        Ok(c)
+    }
+
     /// Simulator + chainkeeper (in-process, SQLite in a temp dir) + one authorized `eol` container.
     pub async fn start(tune: impl FnOnce(&mut SimConfig)) -> ExactHarness {
         Self::start_with(tune, "").await

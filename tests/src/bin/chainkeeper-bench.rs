@@ -12,8 +12,6 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chainkeeper::ids::{Alias, ContainerRef, DbName, OrgId};
-use chainkeeper::provider::oauth::TokenSet;
 use chainkeeper_e2e::exact::{
     CLIENT_ID, CLIENT_SECRET, ExactHarness, four_processes, sim_app_toml, sim_profile_toml, sim_user,
 };
@@ -262,21 +260,8 @@ async fn sweep() -> anyhow::Result<()> {
     let n = 10_000;
     let setup = Instant::now();
     for i in 0..n {
-        let user = format!("bench-user-{i}");
-        let (access, refresh) = h.sim.mint_tokens(CLIENT_ID, &user);
-        let c = ContainerRef {
-            org: OrgId::parse("bench")?,
-            db: DbName::parse("db")?,
-            alias: Alias::parse(&format!("c{i}"))?,
-        };
-        let tokens = TokenSet {
-            access_token: secrecy::SecretString::from(access),
-            refresh_token: Some(secrecy::SecretString::from(refresh)),
-            expires_in: Some(600.0),
-            scope: None,
-        };
         h.services.vault.keys().create_org_key("bench").await?;
-        h.services.engine.install(&c, "exact-online-nl", &tokens).await?;
+        h.install_minted_chain("bench", i, &format!("bench-user-{i}")).await?;
     }
     println!("set up {n} chains in {:.1} s", setup.elapsed().as_secs_f64());
     h.advance(Duration::from_secs(29 * 86_400 + 43_200));
