@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use super::routes::{Handler, RouteSpec, allowed_methods, route_for};
 use super::{AppState, errors};
 use crate::api::problem::Problem;
+use crate::app::api_tokens::RevocationCheck;
 use crate::auth::{Claims, accepted_scopes, allows, org_of_path};
 
 /// The URL parameter that carries an API token (Power Query's Web API `ApiKeyName`).
@@ -40,13 +41,23 @@ pub async fn require_token(State(app): State<AppState>, mut req: Request, next: 
         Err(p) => return p.into_response(),
     };
     match check(&app, token, req.method(), req.uri().path(), route).await {
-        Ok(claims) => {
+        Ok((claims, revocation)) => {
             let mut req = req;
             req.extensions_mut().insert(claims);
+            if let Some(revocation) = revocation {
+                req.extensions_mut().insert(revocation);
+            }
             next.run(req).await
         }
         Err(p) => p.into_response(),
     }
+}
+
+/// Whether the route's use case looks up the caller's revocation itself, in the store read it makes anyway:
+/// only the token hand-out (the warm path every tool calls), whose handler takes the [`RevocationCheck`]. Every
+/// other route has it looked up here, before its handler runs.
+fn settles_revocation(route: &RouteSpec) -> bool {
+    route.handler == Handler::HandOut
 }
 
 /// A `405` for a path of the table whose method is not: never passed to a handler. `Allow` lists what the table has.
@@ -121,9 +132,15 @@ async fn check(
     method: &Method,
     path: &str,
     route: &RouteSpec,
-) -> Result<Claims, Problem> {
+) -> Result<(Claims, Option<RevocationCheck>), Problem> {
     let token = token.ok_or_else(errors::token_missing)?;
-    let claims = app.api_tokens.authenticate(token.trim()).await?;
+    let (claims, revocation) = app.api_tokens.verify(token.trim()).await?;
+    let revocation = if settles_revocation(route) {
+        Some(revocation)
+    } else {
+        app.api_tokens.look_up(&revocation).await?;
+        None
+    };
     if let Some(path_org) = org_of_path(path)
         && claims.org.as_deref().is_some_and(|o| o != path_org)
     {
@@ -135,7 +152,7 @@ async fn check(
     if !allows(&claims.scopes, &app.config.scope_groups, method, route.resource) {
         return Err(errors::insufficient_scope(&accepted_scopes(method, route.resource), &claims.scopes));
     }
-    Ok(claims)
+    Ok((claims, revocation))
 }
 
 #[cfg(test)]

@@ -488,6 +488,7 @@ impl From<HandOutError> for Problem {
     fn from(e: HandOutError) -> Self {
         match e {
             HandOutError::Lookup(e) => e.into(),
+            HandOutError::Caller(e) => e.into(),
             HandOutError::Chain { c, source } => chain_problem(&c, source),
             HandOutError::NotAuthorized(c) => Problem::conflict(
                 "not_authorized",

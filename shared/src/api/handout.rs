@@ -1,15 +1,16 @@
 //! `POST …/token`: a valid access token for the caller's own use.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::AppState;
 use super::extract::Names;
 use super::problem::Problem;
+use crate::app::api_tokens::RevocationCheck;
 use crate::clock::rfc3339;
 
 /// The answer, in RFC 6749's token response shape (plus `expires_at`).
@@ -21,8 +22,13 @@ struct TokenAnswer<'a> {
     expires_at: String,
 }
 
-pub async fn hand_out(State(app): State<AppState>, names: Names) -> Result<Response, Problem> {
-    let token = app.handout.access_token(&names.container()?).await?;
+pub async fn hand_out(
+    State(app): State<AppState>,
+    Extension(caller): Extension<RevocationCheck>,
+    names: Names,
+) -> Result<Response, Problem> {
+    // The caller's revocation is read with the chain (`auth::settles_revocation`).
+    let token = app.handout.access_token_for(&names.container()?, &caller).await?;
     let now = app.clock.now_ms();
     let body = TokenAnswer {
         access_token: token.token.expose_secret(),

@@ -25,6 +25,30 @@ use super::audit::AuditLog;
 use super::lookup::{self, LookupError};
 use super::verified_tokens::VerifiedTokens;
 
+/// The revocation lookup of a verified token, left to a use case that reads the store anyway, so that both come
+/// from one read (one snapshot, one round of locks): [`Store::get_many`] with [`Self::key`] among its keys, then
+/// [`Self::settle`] with what was found there. The token hand-out does so; everything else authenticates at once
+/// ([`ApiTokens::authenticate`]). The API layer holds one only for a route whose use case settles it.
+#[derive(Clone, Debug)]
+pub struct RevocationCheck {
+    key: crate::store::Key,
+}
+
+impl RevocationCheck {
+    /// Where the token's revocation would be stored.
+    pub fn key(&self) -> &crate::store::Key {
+        &self.key
+    }
+
+    /// The outcome, given what the store holds at [`Self::key`].
+    pub fn settle(&self, found: Option<crate::store::Item>) -> Result<(), AuthError> {
+        match found {
+            Some(_) => Err(AuthError::Revoked),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Why a caller's token is not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -112,13 +136,24 @@ impl ApiTokens {
     /// The claims of a bearer token: signed by a key this deployment accepts now (the current one, or the
     /// previous one inside its rotation window), not expired, not revoked.
     pub async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
+        let (claims, revocation) = self.verify(token).await?;
+        self.look_up(&revocation).await?;
+        Ok(claims)
+    }
+
+    /// A verified token's revocation, looked up on its own.
+    pub async fn look_up(&self, revocation: &RevocationCheck) -> Result<(), AuthError> {
+        revocation.settle(self.store.get(revocation.key()).await?)
+    }
+
+    /// The claims of a bearer token signed by a key this deployment accepts now and not expired, with its
+    /// revocation still to be looked up: by the caller, in a store read it makes anyway (see [`RevocationCheck`]).
+    pub async fn verify(&self, token: &str) -> Result<(Claims, RevocationCheck), AuthError> {
         let keys = self.secrets.signing_keys().await?;
         let now = self.clock.now_ms();
         let claims = self.verified.verify(&keys, token, now)?;
-        if self.store.get(&revoked_key(&claims.jti)).await?.is_some() {
-            return Err(AuthError::Revoked);
-        }
-        Ok(claims)
+        let check = RevocationCheck { key: revoked_key(&claims.jti) };
+        Ok((claims, check))
     }
 
     /// Issues a token of `org` with at most the scopes and the expiry of the caller's token, recorded with the

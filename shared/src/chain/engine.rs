@@ -13,12 +13,21 @@ use crate::clock::Millis;
 use crate::ids::{ContainerRef, random_id};
 use crate::keys::{ContainerFields, Field};
 use crate::records::*;
-use crate::store::{Condition, Put, StoreError};
+use crate::store::{Condition, Item, Put, StoreError};
 
 impl ChainEngine {
     /// A valid access token for the container, refreshing through the protocol when needed.
     pub async fn access_token(&self, c: &ContainerRef) -> Result<AccessToken, ChainError> {
         let t = self.obtain(c, Want::Valid).await?;
+        self.note_usage(c);
+        t.ok_or(ChainError::RefreshInProgress)
+    }
+
+    /// As [`Self::access_token`], starting from the chain item the caller has just read (`None`: absent) at
+    /// `records::chain_key(c)` — read together with something else in one store read (the token hand-out reads
+    /// the caller's revocation with it). Any further read the protocol needs goes to the store as usual.
+    pub async fn access_token_from(&self, c: &ContainerRef, read: Option<Item>) -> Result<AccessToken, ChainError> {
+        let t = self.obtain_from(c, Want::Valid, Some(read)).await?;
         self.note_usage(c);
         t.ok_or(ChainError::RefreshInProgress)
     }
@@ -37,8 +46,19 @@ impl ChainEngine {
         }
     }
 
-    /// The core loop. Returns `Ok(None)` only for `Want::IfDue` when nothing was due.
+    /// A token as `want` asks, through the core loop. Returns `Ok(None)` only for `Want::IfDue` when nothing was
+    /// due.
     pub async fn obtain(&self, c: &ContainerRef, want: Want) -> Result<Option<AccessToken>, ChainError> {
+        self.obtain_from(c, want, None).await
+    }
+
+    /// The core loop; its first read of the chain is `first_read` when the caller has made it.
+    async fn obtain_from(
+        &self,
+        c: &ContainerRef,
+        want: Want,
+        mut first_read: Option<Option<Item>>,
+    ) -> Result<Option<AccessToken>, ChainError> {
         let cfg = self.engine_config();
         let key = chain_key(c);
         let started = self.clock.now_ms();
@@ -48,7 +68,11 @@ impl ChainEngine {
         let mut waited = false;
         loop {
             let now = self.clock.now_ms();
-            let Some(item) = self.store.get(&key).await? else { return Err(ChainError::NotAuthorized) };
+            let read = match first_read.take() {
+                Some(read) => read,
+                None => self.store.get(&key).await?,
+            };
+            let Some(item) = read else { return Err(ChainError::NotAuthorized) };
             let version = item.version;
             let due = item.due.clone();
             let chain = self.warm.decode(item)?;

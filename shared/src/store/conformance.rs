@@ -66,12 +66,21 @@ pub async fn run(store: Arc<dyn Store>, clock: ManualClock, ns: &str) {
     assert_eq!(back(None, 2).await, ["d#1", "c#3"], "query_back honours the limit");
     assert!(back(Some("c#1"), 10).await.is_empty());
 
+    // Several items read together: in the order asked, `None` for an absent one.
+    let (c1, c3, missing) = (Key::new(pk("q"), "c#1"), Key::new(pk("q"), "c#3"), Key::new(pk("q"), "c#9"));
+    let many = store.get_many(&[&c3, &missing, &c1]).await.unwrap();
+    let bodies: Vec<Option<Vec<u8>>> = many.into_iter().map(|i| i.map(|i| i.body)).collect();
+    assert_eq!(bodies, [Some(b"c#3".to_vec()), None, Some(b"c#1".to_vec())], "get_many keeps the order asked");
+    assert!(store.get_many(&[]).await.unwrap().is_empty());
+
     // Expiry: an expired item reads as absent and may be created again.
     let now = clock.now_ms();
     store.put(put(&pk("ttl"), "x", "short", Condition::None).expires_at(Some(now + 1_000))).await.unwrap();
     assert!(store.get(&Key::new(pk("ttl"), "x")).await.unwrap().is_some());
     clock.advance(std::time::Duration::from_secs(2));
     assert!(store.get(&Key::new(pk("ttl"), "x")).await.unwrap().is_none(), "expired items read as absent");
+    let ttl_x = Key::new(pk("ttl"), "x");
+    assert!(store.get_many(&[&ttl_x]).await.unwrap()[0].is_none(), "get_many reads expired items as absent too");
     assert!(store.query(&pk("ttl"), "", 10).await.unwrap().is_empty(), "expired items are not listed");
     store.put(put(&pk("ttl"), "x", "again", Condition::Absent)).await.expect("Absent holds for an expired item");
     store.put(put(&pk("ttl"), "y", "gone", Condition::None).expires_at(Some(clock.now_ms() + 1_000))).await.unwrap();

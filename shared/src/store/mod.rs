@@ -120,6 +120,16 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// The item, or `None` if absent or expired.
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError>;
+    /// Several items read together, in the order of `keys` (`None` where absent or expired). A backend that can
+    /// read them in one snapshot does (SQLite: one read transaction, which also costs one lock instead of one
+    /// per item); the default reads them one by one.
+    async fn get_many(&self, keys: &[&Key]) -> Result<Vec<Option<Item>>, StoreError> {
+        let mut items = Vec::with_capacity(keys.len());
+        for key in keys {
+            items.push(self.get(key).await?);
+        }
+        Ok(items)
+    }
     /// Writes one item if `put.condition` holds; returns its new version.
     async fn put(&self, put: Put) -> Result<Version, StoreError>;
     /// Deletes one item if the condition holds. Deleting an absent item with `Condition::None` succeeds.

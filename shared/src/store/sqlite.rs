@@ -168,6 +168,22 @@ impl Store for SqliteStore {
             .map(|i| i.filter(|i| i.expires_at_ms.is_none_or(|t| t > now)))
     }
 
+    async fn get_many(&self, keys: &[&Key]) -> Result<Vec<Option<Item>>, StoreError> {
+        let now = self.clock.now_ms();
+        let items = self.read(|c| {
+            // One read transaction: one snapshot, and the file's locks taken once for every item.
+            c.prepare_cached("BEGIN DEFERRED")?.execute([])?;
+            let read = keys
+                .iter()
+                .map(|key| c.prepare_cached(GET_ONE)?.query_row(params![key.pk, key.sk], row_to_item).optional())
+                .collect::<rusqlite::Result<Vec<_>>>();
+            // A read-only transaction: ending it any way releases the snapshot (ROLLBACK also after a failed read).
+            c.prepare_cached(if read.is_ok() { "COMMIT" } else { "ROLLBACK" })?.execute([])?;
+            read
+        })?;
+        Ok(items.into_iter().map(|i| i.filter(|i| i.expires_at_ms.is_none_or(|t| t > now))).collect())
+    }
+
     async fn put(&self, put: Put) -> Result<Version, StoreError> {
         self.write(vec![WriteOp::Put(put)]).await.map(|v| v.unwrap_or(1))
     }

@@ -184,3 +184,29 @@ async fn another_organisations_token_cannot_tell_not_yours_from_not_there() {
     assert!(compared >= 20, "compared {compared} routes");
     assert_eq!(h.sim.stats().api_requests_received, received_before, "nothing reached the provider");
 }
+
+/// The token hand-out reads the caller's revocation in the same store read as the chain (one snapshot): a
+/// revoked token gets nothing from it, warm or due for a refresh, and the provider is not asked for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_gets_no_access_token_and_causes_no_refresh() {
+    let h = ExactHarness::start(|_| {}).await;
+    let r = h
+        .api
+        .post("/v1/orgs/acme/api-tokens", serde_json::json!({"subject": "etl", "scopes": ["tokens.readwrite"]}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let etl = Api::new(&h.api.base, r.body["token"].as_str().unwrap());
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let hand_out = format!("{}/token", chainkeeper_e2e::container_path("acme", "finance", "eol"));
+    let got = etl.post(&hand_out, serde_json::json!({})).await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert_eq!(h.api.delete(&format!("/v1/orgs/acme/api-tokens/{id}")).await.status, 204);
+    etl.post(&hand_out, serde_json::json!({})).await.assert_problem(401, "unauthorized");
+    // Past the access token's life: a hand-out would refresh, but not for a revoked caller.
+    let refreshes = h.sim.stats().refresh_requests;
+    h.advance(std::time::Duration::from_secs(3_600));
+    etl.post(&hand_out, serde_json::json!({})).await.assert_problem(401, "unauthorized");
+    assert_eq!(h.sim.stats().refresh_requests, refreshes, "no refresh for a revoked caller");
+    // Another caller still gets its token.
+    assert_eq!(h.api.post(&hand_out, serde_json::json!({})).await.status, 200);
+}
