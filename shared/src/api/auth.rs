@@ -8,6 +8,8 @@
 //! parameter [`API_KEY_PARAM`] (Power Query's "Web API" credential with `ApiKeyName = "api_key"`). The parameter is
 //! taken out of the request's URI here, before any handler, cache key, log line or forwarded URL can see it.
 
+use std::sync::Arc;
+
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::middleware::Next;
@@ -132,7 +134,7 @@ async fn check(
     method: &Method,
     path: &str,
     route: &RouteSpec,
-) -> Result<(Claims, Option<RevocationCheck>), Problem> {
+) -> Result<(Arc<Claims>, Option<RevocationCheck>), Problem> {
     let token = token.ok_or_else(errors::token_missing)?;
     let (claims, revocation) = app.api_tokens.verify(token.trim()).await?;
     let revocation = if settles_revocation(route) {

@@ -88,7 +88,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Names {
 }
 
 /// The verified claims of the caller's API token (set by the auth middleware).
-pub struct Caller(pub Claims);
+pub struct Caller(pub std::sync::Arc<Claims>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Problem;
@@ -96,7 +96,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
         parts
             .extensions
-            .get::<Claims>()
+            .get::<std::sync::Arc<Claims>>()
             .cloned()
             .map(Caller)
             .ok_or_else(|| errors::internal(&"route without auth middleware"))

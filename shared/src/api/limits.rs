@@ -36,7 +36,7 @@ pub async fn timeout(State(after): State<Duration>, req: Request, next: Next) ->
 /// Per-token rate limits: runs after the auth middleware, on the caller's verified token id (`jti`). Public
 /// routes have no token and pass.
 pub async fn per_token(State(limiter): State<Arc<RateLimiter>>, req: Request, next: Next) -> Response {
-    if let Some(claims) = req.extensions().get::<Claims>()
+    if let Some(claims) = req.extensions().get::<Arc<Claims>>()
         && let Err(wait) = limiter.check(&claims.jti, Instant::now())
     {
         return errors::rate_limited(wait.as_secs_f64().ceil() as u64).into_response();

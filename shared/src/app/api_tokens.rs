@@ -135,7 +135,7 @@ impl ApiTokens {
 
     /// The claims of a bearer token: signed by a key this deployment accepts now (the current one, or the
     /// previous one inside its rotation window), not expired, not revoked.
-    pub async fn authenticate(&self, token: &str) -> Result<Claims, AuthError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
         let (claims, revocation) = self.verify(token).await?;
         self.look_up(&revocation).await?;
         Ok(claims)
@@ -148,7 +148,7 @@ impl ApiTokens {
 
     /// The claims of a bearer token signed by a key this deployment accepts now and not expired, with its
     /// revocation still to be looked up: by the caller, in a store read it makes anyway (see [`RevocationCheck`]).
-    pub async fn verify(&self, token: &str) -> Result<(Claims, RevocationCheck), AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<(Arc<Claims>, RevocationCheck), AuthError> {
         let keys = self.secrets.signing_keys().await?;
         let now = self.clock.now_ms();
         let claims = self.verified.verify(&keys, token, now)?;

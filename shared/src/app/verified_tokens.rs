@@ -24,7 +24,7 @@ pub struct VerifiedTokens {
 
 struct Verified {
     keys: Arc<SigningKeys>,
-    claims: Claims,
+    claims: Arc<Claims>,
     /// The token's expiry, or the end of its key's rotation window if that comes first.
     good_until_ms: Millis,
 }
@@ -32,7 +32,7 @@ struct Verified {
 impl VerifiedTokens {
     /// The claims of `token` if one of `keys` signed it and it has not expired — as `auth::verify_any` with
     /// `keys.accepted(now_ms)` says, remembered for the next call.
-    pub fn verify(&self, keys: &Arc<SigningKeys>, token: &str, now_ms: Millis) -> Result<Claims, TokenRejected> {
+    pub fn verify(&self, keys: &Arc<SigningKeys>, token: &str, now_ms: Millis) -> Result<Arc<Claims>, TokenRejected> {
         {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(v) = entries.get(token)
@@ -51,6 +51,7 @@ impl VerifiedTokens {
             Err(e) => return Err(e),
         };
         let good_until_ms = claims.exp.saturating_mul(1000).min(key_until_ms);
+        let claims = Arc::new(claims);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
@@ -80,10 +81,10 @@ mod tests {
         let token = issue(&keys.current, &claims(NOW / 1000 + 60)).unwrap();
         assert_eq!(cache.verify(&keys, &token, NOW).unwrap().jti, "j");
         assert_eq!(cache.verify(&keys, &token, NOW + 1).unwrap().jti, "j", "a hit");
-        assert_eq!(cache.verify(&keys, &token, NOW + 60_000).map(|c| c.jti), Err(TokenRejected::Expired));
+        assert_eq!(cache.verify(&keys, &token, NOW + 60_000).map(|c| c.jti.clone()), Err(TokenRejected::Expired));
         let mut forged = token.clone();
         forged.pop();
-        assert_eq!(cache.verify(&keys, &forged, NOW).map(|c| c.jti), Err(TokenRejected::Invalid));
+        assert_eq!(cache.verify(&keys, &forged, NOW).map(|c| c.jti.clone()), Err(TokenRejected::Invalid));
     }
 
     #[test]
@@ -98,9 +99,9 @@ mod tests {
             previous: Some(PreviousKey { key: Zeroizing::new(vec![1; 32]), accepted_until_ms: NOW + 10_000 }),
         });
         assert!(cache.verify(&rotated, &token, NOW + 1).is_ok(), "inside the window");
-        assert_eq!(cache.verify(&rotated, &token, NOW + 10_000).map(|c| c.jti), Err(TokenRejected::Invalid));
+        assert_eq!(cache.verify(&rotated, &token, NOW + 10_000).map(|c| c.jti.clone()), Err(TokenRejected::Invalid));
         // Rotated again: the first key is gone, whatever was remembered.
         let again = Arc::new(SigningKeys::single(&[3; 32]));
-        assert_eq!(cache.verify(&again, &token, NOW + 2).map(|c| c.jti), Err(TokenRejected::Invalid));
+        assert_eq!(cache.verify(&again, &token, NOW + 2).map(|c| c.jti.clone()), Err(TokenRejected::Invalid));
     }
 }
