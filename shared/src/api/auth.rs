@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::limits::{RateLimiter, per_token};
 use super::routes::{Handler, RouteSpec, allowed_methods, route_for};
 use super::{AppState, errors};
 use crate::api::problem::Problem;
@@ -24,7 +25,15 @@ use crate::auth::{Claims, accepted_scopes, allows, org_of_path};
 /// The URL parameter that carries an API token (Power Query's Web API `ApiKeyName`).
 pub const API_KEY_PARAM: &str = "api_key";
 
-pub async fn require_token(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+/// What the auth middleware needs: the application, and the per-token rate limiter (`None`: limits off).
+#[derive(Clone)]
+pub struct Gate {
+    pub app: AppState,
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+pub async fn require_token(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
+    let app = &gate.app;
     // Whatever the route, the key leaves the URI first: no handler, cache key or forwarded URL ever holds it.
     let api_key = take_api_key(req.uri_mut());
     // This layer sits on matched routes only (the 404 fallback answers the rest).
@@ -42,8 +51,13 @@ pub async fn require_token(State(app): State<AppState>, mut req: Request, next: 
         Ok(token) => token,
         Err(p) => return p.into_response(),
     };
-    match check(&app, token, req.method(), req.uri().path(), route).await {
+    match check(app, token, req.method(), req.uri().path(), route).await {
         Ok((claims, revocation)) => {
+            if let Some(limiter) = &gate.limiter
+                && let Err(too_many) = per_token(limiter, &claims)
+            {
+                return too_many;
+            }
             let mut req = req;
             req.extensions_mut().insert(claims);
             if let Some(revocation) = revocation {

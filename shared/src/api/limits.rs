@@ -18,30 +18,37 @@ use crate::config::LimitsConfig;
 
 /// At most `limits.max_concurrent_requests` requests at once; the next one gets `503 overloaded` at once
 /// (queueing it would only make every caller wait).
-pub async fn concurrency(State(permits): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
-    match permits.try_acquire_owned() {
-        Ok(_permit) => next.run(req).await,
-        Err(_) => errors::overloaded().into_response(),
-    }
-}
-
-/// An answer that has not begun within `limits.request_timeout_s` becomes `503 request_timeout`.
-pub async fn timeout(State(after): State<Duration>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(after, next.run(req)).await {
+/// What every request passes first, 404 and 405 answers included (one middleware: each one more costs the warm
+/// path a boxed service and future): the cap on concurrent requests — over it, `503 overloaded` at once — and the
+/// request timeout: an answer that has not begun within `limits.request_timeout_s` becomes `503 request_timeout`.
+pub async fn admit(State(limits): State<Admission>, req: Request, next: Next) -> Response {
+    let _permit = match &limits.permits {
+        Some(permits) => match permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => return errors::overloaded().into_response(),
+        },
+        None => None,
+    };
+    match tokio::time::timeout(limits.timeout, next.run(req)).await {
         Ok(res) => res,
-        Err(_) => errors::request_timeout(after.as_secs_f64()).into_response(),
+        Err(_) => errors::request_timeout(limits.timeout.as_secs_f64()).into_response(),
     }
 }
 
-/// Per-token rate limits: runs after the auth middleware, on the caller's verified token id (`jti`). Public
-/// routes have no token and pass.
-pub async fn per_token(State(limiter): State<Arc<RateLimiter>>, req: Request, next: Next) -> Response {
-    if let Some(claims) = req.extensions().get::<Arc<Claims>>()
-        && let Err(wait) = limiter.check(&claims.jti, Instant::now())
-    {
-        return errors::rate_limited(wait.as_secs_f64().ceil() as u64).into_response();
-    }
-    next.run(req).await
+/// The limits [`admit`] applies.
+#[derive(Clone)]
+pub struct Admission {
+    /// `None`: no cap (`limits.max_concurrent_requests = 0`).
+    pub permits: Option<Arc<Semaphore>>,
+    pub timeout: Duration,
+}
+
+/// Per-token rate limits, on the caller's verified token id (`jti`): checked by the auth middleware once the
+/// token is verified.
+pub fn per_token(limiter: &RateLimiter, claims: &Claims) -> Result<(), Response> {
+    limiter
+        .check(&claims.jti, Instant::now())
+        .map_err(|wait| errors::rate_limited(wait.as_secs_f64().ceil() as u64).into_response())
 }
 
 /// Token buckets keyed by API token id, in this process: `rate` tokens a second up to `burst`.

@@ -120,20 +120,17 @@ fn routes_of(function: Option<&str>, limits: &LimitsConfig) -> Router<AppState> 
 fn with_common(function: Option<&str>, state: AppState) -> Router {
     use axum::middleware::from_fn_with_state;
     let cfg = state.config.limits.clone();
-    let mut router = routes_of(function, &cfg);
-    if let Some(limiter) = limits::RateLimiter::from_config(&cfg) {
-        router = router.route_layer(from_fn_with_state(Arc::new(limiter), limits::per_token));
-    }
-    let timeout = Duration::from_secs_f64(cfg.request_timeout_s);
-    let mut router = router
-        .route_layer(from_fn_with_state(state.clone(), auth::require_token))
+    let limiter = limits::RateLimiter::from_config(&cfg).map(Arc::new);
+    let admission = limits::Admission {
+        permits: (cfg.max_concurrent_requests > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_requests))),
+        timeout: Duration::from_secs_f64(cfg.request_timeout_s),
+    };
+    let router = routes_of(function, &cfg)
+        .route_layer(from_fn_with_state(auth::Gate { app: state.clone(), limiter }, auth::require_token))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn_with_state(timeout, limits::timeout));
-    if cfg.max_concurrent_requests > 0 {
-        let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_requests));
-        router = router.layer(from_fn_with_state(permits, limits::concurrency));
-    }
+        .layer(from_fn_with_state(admission, limits::admit));
     router.with_state(state)
 }
 
