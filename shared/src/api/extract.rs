@@ -1,9 +1,7 @@
 //! Extractors whose failures are problem+json, never axum's plain-text rejections, and never echo a value
 //! from the request (it could be a secret someone put in the wrong field).
 
-use std::collections::HashMap;
-
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
@@ -68,6 +66,13 @@ impl Names {
             _ => Err(errors::route_needs("a database and a container alias")),
         }
     }
+    /// [`Self::container`], without copying the names.
+    pub fn into_container(self) -> Result<ContainerRef, Problem> {
+        match (self.db, self.alias) {
+            (Some(db), Some(alias)) => Ok(ContainerRef { org: self.org, db, alias }),
+            _ => Err(errors::route_needs("a database and a container alias")),
+        }
+    }
     pub fn db(&self) -> Result<DbName, Problem> {
         self.db.clone().ok_or_else(|| errors::route_needs("a database name"))
     }
@@ -77,12 +82,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Names {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        let Path(map) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| errors::invalid_path_names())?;
-        let org = OrgId::parse(map.get("org").map(String::as_str).unwrap_or(""))?;
-        let db = map.get("db").map(|d| DbName::parse(d)).transpose()?;
-        let alias = map.get("alias").map(|a| Alias::parse(a)).transpose()?;
+        // Borrowed, percent-decoded captures: no map and no copies before the names' own.
+        let params = RawPathParams::from_request_parts(parts, state).await.map_err(|_| errors::invalid_path_names())?;
+        let (mut org, mut db, mut alias) = ("", None, None);
+        for (name, value) in &params {
+            match name {
+                "org" => org = value,
+                "db" => db = Some(value),
+                "alias" => alias = Some(value),
+                _ => {}
+            }
+        }
+        let org = OrgId::parse(org)?;
+        let db = db.map(DbName::parse).transpose()?;
+        let alias = alias.map(Alias::parse).transpose()?;
         Ok(Self { org, db, alias })
     }
 }

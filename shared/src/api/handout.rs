@@ -28,7 +28,7 @@ pub async fn hand_out(
     names: Names,
 ) -> Result<Response, Problem> {
     // The caller's revocation is read with the chain (`auth::settles_revocation`).
-    let token = app.handout.access_token_for(&names.container()?, &caller).await?;
+    let token = app.handout.access_token_for(&names.into_container()?, &caller).await?;
     let now = app.clock.now_ms();
     let body = TokenAnswer {
         access_token: token.token.expose_secret(),
