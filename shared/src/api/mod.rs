@@ -134,7 +134,7 @@ fn with_common(function: Option<&str>, state: AppState) -> Router {
         let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_requests));
         router = router.layer(from_fn_with_state(permits, limits::concurrency));
     }
-    router.with_state(state)
+    router.layer(from_fn_with_state(state.clone(), settle_handoffs)).with_state(state)
 }
 
 /// The `callback` function's routes.
@@ -152,6 +152,18 @@ pub fn manage_router(state: AppState) -> Router {
 /// Every route, for `chainkeeper serve`.
 pub fn router(state: AppState) -> Router {
     with_common(None, state)
+}
+
+/// The answer leaves only once every recovery hand-off the request started has been sent (`app::handoff`): a
+/// Lambda function may be frozen as soon as it answers. Nothing is under way in `serve` (no queue).
+async fn settle_handoffs(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(req).await;
+    app.handoff.settle().await;
+    response
 }
 
 async fn not_found(uri: Uri) -> Problem {
