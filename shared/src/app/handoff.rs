@@ -164,3 +164,64 @@ impl HandOff {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handoff::MemoryQueue;
+    use crate::ids::{Alias, DbName, OrgId};
+
+    /// A queue that takes its time, as SQS over the network does.
+    struct SlowQueue(Arc<MemoryQueue>, Duration);
+
+    #[async_trait::async_trait]
+    impl RecoveryQueue for SlowQueue {
+        async fn send(&self, r: &RecoveryRequest) -> anyhow::Result<()> {
+            tokio::time::sleep(self.1).await;
+            self.0.send(r).await
+        }
+    }
+
+    fn container() -> ContainerRef {
+        ContainerRef {
+            org: OrgId::parse("acme").unwrap(),
+            db: DbName::parse("finance").unwrap(),
+            alias: Alias::parse("eol").unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_break_returns_at_once_and_settle_waits_until_the_queue_holds_the_request() {
+        let memory = Arc::new(MemoryQueue::default());
+        let handoff = HandOff::new(Some(Arc::new(SlowQueue(memory.clone(), Duration::from_millis(200)))));
+        let started = std::time::Instant::now();
+        handoff.chain_broke(&container(), "the chain broke (refresh_token_superseded)".into());
+        assert!(started.elapsed() < Duration::from_millis(100), "the engine's event returns at once");
+        assert!(memory.sent.lock().unwrap().is_empty(), "not sent yet");
+        handoff.settle().await;
+        let sent = memory.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1, "settled: the queue holds it");
+        assert_eq!(sent[0].container_ref(), Some(container()));
+        assert_eq!(sent[0].requested_by, None);
+        let again = std::time::Instant::now();
+        handoff.settle().await;
+        assert!(again.elapsed() < Duration::from_millis(50), "nothing under way: settle returns at once");
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_fails_or_hangs_is_bounded_and_never_the_callers_error() {
+        let failing = Arc::new(MemoryQueue::default());
+        failing.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let handoff = HandOff::new(Some(failing.clone()));
+        handoff.chain_broke(&container(), "the chain broke".into());
+        handoff.settle().await;
+        assert!(failing.sent.lock().unwrap().is_empty());
+        // A queue that never answers: settle gives up after the send timeout (5 s, real time).
+        let hanging = Arc::new(MemoryQueue::default());
+        let handoff = HandOff::new(Some(Arc::new(SlowQueue(hanging.clone(), Duration::from_secs(3600)))));
+        handoff.chain_broke(&container(), "the chain broke".into());
+        let settled = tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(1), handoff.settle()).await;
+        assert!(settled.is_ok(), "settle is bounded by the send timeout");
+        assert!(hanging.sent.lock().unwrap().is_empty());
+    }
+}

@@ -28,6 +28,8 @@ struct Deployment {
     query: LocalLambda,
     refresh: LocalLambda,
     recover: LocalLambda,
+    /// The `query` function's environment (for a second one, configured otherwise).
+    query_env: Vec<(&'static str, String)>,
     _moto: Moto,
     _dir: tempfile::TempDir,
 }
@@ -143,6 +145,7 @@ impl Deployment {
             query,
             refresh,
             recover,
+            query_env: env,
             _moto: moto,
             _dir: dir,
         };
@@ -415,4 +418,36 @@ async fn a_poisoned_request_is_a_failed_batch_item_and_ends_in_the_dead_letter_q
         }
     }
     panic!("the poisoned requests did not reach the dead-letter queue after {receives} receives");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_does_not_take_the_request_never_fails_the_caller_and_the_schedule_still_recovers() {
+    let d = Deployment::start(30).await;
+    let user = sim_user(1);
+    d.container("eol", &user, &user.password, "JBSWY3DPEHPK3PXP").await;
+    // A query function whose queue does not exist (deleted, or a wrong URL).
+    let env: Vec<(&'static str, String)> = d
+        .query_env
+        .iter()
+        .map(|(k, v)| match *k {
+            "CHAINKEEPER_RECOVERY_QUEUE_URL" => (*k, v.replace("ck-recovery", "no-such-queue")),
+            _ => (*k, v.clone()),
+        })
+        .collect();
+    let query = start("query", &env).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    d.sim.revoke(CLIENT_ID, &user.user_id);
+    let started = std::time::Instant::now();
+    let r = query.invoke(http_event("POST", &format!("{}/token", path("eol")), Some(&d.token), None)).await.unwrap();
+    assert_eq!(r["statusCode"], 409, "the caller gets the chain's answer, not the queue's failure: {r}");
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded: {:?}", started.elapsed());
+    assert!(
+        query.stdout_lines().iter().any(|l| l.contains("RecoveryHandOffFailures")),
+        "the failed hand-off is counted (EMF)"
+    );
+    assert!(d.receive().await.is_empty(), "nothing reached the real queue");
+    // The safety net: the recover schedule finds the broken chain.
+    let r = d.recover.invoke(scheduled_event()).await.expect("the scheduled run");
+    assert_eq!(r["recovered"], 1, "{r}");
+    assert_eq!(d.view("eol").await["status"], "healthy");
 }
