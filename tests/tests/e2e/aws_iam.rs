@@ -782,8 +782,8 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
     );
     eprintln!("{} AWS requests by the five functions, each allowed; every granted permission used", requests.len());
 
-    // The checks can fail: without manage's app-registration access (the gap issue 11 found), its recover and
-    // revocation requests are denied; with one permission more than the path uses, that one is reported.
+    // The checks can fail: without manage's app-registration access (the gap issue 11 found), its revocation
+    // requests are denied; with one permission more than the path uses, that one is reported.
     let mut narrowed = policies.clone();
     for p in narrowed.get_mut("manage").unwrap() {
         if p["name"] == "secrets" {
@@ -792,6 +792,11 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
     }
     let refused = denied(&requests, &simulate(&narrowed, &requests, dir.path()));
     assert!(refused.iter().any(|r| r.starts_with("manage secretsmanager:GetSecretValue")), "{refused:?}");
+    // Without its recovery-queue policy, query's hand-off of the broken chain is denied.
+    let mut no_queue = policies.clone();
+    no_queue.get_mut("query").unwrap().retain(|p| p["name"] != "recovery-queue");
+    let refused = denied(&requests, &simulate(&no_queue, &requests, dir.path()));
+    assert!(refused.iter().any(|r| r.starts_with("query sqs:SendMessage")), "{refused:?}");
     let mut widened = policies.clone();
     let table_policy = widened.get_mut("query").unwrap().iter_mut().find(|p| p["name"] == "table").unwrap();
     table_policy["document"]["Statement"][0]["Action"].as_array_mut().unwrap().push(json!("dynamodb:Scan"));
