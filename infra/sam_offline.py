@@ -308,6 +308,9 @@ class Resolver:
         region, account = self.pseudo["AWS::Region"], self.pseudo["AWS::AccountId"]
         if res.get("Type") == "AWS::DynamoDB::Table" and attr == "Arn":
             return f"arn:aws:dynamodb:{region}:{account}:table/{self.ref(logical)}"
+        if res.get("Type") == "AWS::SQS::Queue" and attr == "Arn":
+            name = self.value(res["Properties"]["QueueName"])
+            return f"arn:aws:sqs:{region}:{account}:{name}"
         if res.get("Type") == "AWS::Logs::LogGroup" and attr == "Arn":
             name = self.value(res["Properties"]["LogGroupName"])
             return f"arn:aws:logs:{region}:{account}:log-group:{name}:*"

@@ -10,8 +10,8 @@
 //! | HTTP | [`api`] — routes from one table, auth middleware, handlers, problem documents |
 //! | use cases | [`app`] — organisations, containers, authorization, token hand-out, query proxy, auto-recovery, API tokens, audit, webhooks, sweep |
 //! | domain | [`chain`] (the chain engine, the heart), [`auth`] (API-token claims and scopes), [`records`] (every stored item and key), [`provider`] (profiles as data, the token endpoint, the login driver), [`config`], [`totp`] |
-//! | ports and their embedded adapters | [`store`] (SQLite, in-memory), [`keys`] (envelope encryption, local key file), [`secrets`], [`clock`] |
-//! | AWS adapters | `aws` (feature `aws`: DynamoDB, KMS, Secrets Manager) |
+//! | ports and their embedded adapters | [`store`] (SQLite, in-memory), [`keys`] (envelope encryption, local key file), [`secrets`], [`clock`], [`handoff`] (the recovery queue) |
+//! | AWS adapters | `aws` (feature `aws`: DynamoDB, KMS, Secrets Manager, the SQS recovery queue) |
 //! | foundation | [`ids`] (validated names), [`clock`], [`metrics`] (the figures of [`metrics_names`]: EMF lines, Prometheus text) |
 
 pub mod api;
@@ -22,6 +22,7 @@ pub mod aws;
 pub mod chain;
 pub mod clock;
 pub mod config;
+pub mod handoff;
 pub mod ids;
 pub mod keys;
 pub mod metrics;

@@ -97,6 +97,11 @@ pub fn recovery_outcome(outcome: &'static str) {
     record(m::RECOVERY_OUTCOME, Kind::Counter, "Count", &[(m::DIM_OUTCOME, outcome)], None, 1.0);
 }
 
+/// A broken chain could not be handed to the recover function.
+pub fn recovery_handoff_failed() {
+    record(m::RECOVERY_HANDOFF_FAILURES, Kind::Counter, "Count", &[], None, 1.0);
+}
+
 /// One request forwarded by the data proxy.
 pub fn proxy_call(provider: &str) {
     record(m::PROXY_CALLS, Kind::Counter, "Count", &[], Some(provider), 1.0);

@@ -30,6 +30,9 @@ pub const OLDEST_REPAIR_AGE_SECONDS: &str = "OldestRepairAgeSeconds";
 /// Count, `[Stage, Outcome]`: one per auto-recovery attempt, by outcome: [`OUTCOME_RECOVERED`],
 /// [`OUTCOME_CREDENTIALS_REJECTED`], [`OUTCOME_WRONG_IDENTITY`], [`OUTCOME_FAILED`].
 pub const RECOVERY_OUTCOME: &str = "RecoveryOutcome";
+/// Count, `[Stage]`: a broken chain that could not be handed to the recover function (the recovery queue did not
+/// take it in time); its recovery waits for the `recover` schedule.
+pub const RECOVERY_HANDOFF_FAILURES: &str = "RecoveryHandOffFailures";
 /// Count, `[Stage]` (and `[Stage, Provider]`): requests forwarded by the data proxy.
 pub const PROXY_CALLS: &str = "ProxyCalls";
 /// Count, `[Stage]` (and `[Stage, Provider]`): times a caller or the sweep had to wait for a provider's rate limit

@@ -3,7 +3,8 @@
 //! - embedded mode (`chainkeeper serve`, the CLI): SQLite, a local key file, secrets from the config file;
 //! - AWS (the Lambda functions with the `aws` feature and `CHAINKEEPER_TABLE`): DynamoDB, KMS, Secrets Manager;
 //! - [`from_env`]: what every function's `main.rs` calls (AWS, or embedded storage under `CHAINKEEPER_DATA_DIR`);
-//! - [`spawn_schedule`]: `serve`'s in-process stand-in for the EventBridge schedules.
+//! - [`spawn_schedule`]: `serve`'s in-process stand-in for the EventBridge schedules;
+//! - [`refresh_event`], [`recover_event`]: what the `refresh` and `recover` functions do with an event.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -153,8 +154,8 @@ pub fn embedded_system(data: &DataDir, config: Config) -> anyhow::Result<Arc<App
 #[cfg(feature = "aws")]
 pub async fn aws(env: crate::aws::AwsEnv, config: Config) -> anyhow::Result<Arc<App>> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (store, keys, secrets) = crate::aws::adapters(&env, clock.clone()).await;
-    Ok(App::new(store, keys, secrets, clock, config))
+    let a = crate::aws::adapters(&env, clock.clone()).await;
+    Ok(App::with_recovery_queue(a.store, a.keys, a.secrets, clock, config, a.recovery_queue))
 }
 
 /// What every Lambda function's `main.rs` calls, once per cold start. Built with the `aws` feature and given
@@ -179,6 +180,27 @@ pub async fn from_env() -> anyhow::Result<Arc<App>> {
     }
     let dir = std::env::var_os("CHAINKEEPER_DATA_DIR").map_or_else(|| PathBuf::from("/tmp/chainkeeper"), PathBuf::from);
     embedded_system(&DataDir::open(&dir)?, config)
+}
+
+/// The `refresh` function's event (its EventBridge schedule): one sweep; the chains it found broken are handed to
+/// the `recover` function before it returns.
+pub async fn refresh_event(app: &App) -> anyhow::Result<serde_json::Value> {
+    let report = app.sweep.run_once(10_000).await;
+    app.handoff.settle().await;
+    Ok(serde_json::to_value(report?)?)
+}
+
+/// The `recover` function's event: an SQS batch of recovery requests (from the recovery queue: one run per
+/// container, the failed ones reported as `batchItemFailures`), or anything else, which is its EventBridge
+/// schedule (the run over every broken chain, the expiry warnings, the purge).
+pub async fn recover_event(app: &App, event: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let from_sqs =
+        event["Records"].as_array().is_some_and(|r| !r.is_empty() && r.iter().all(|m| m["eventSource"] == "aws:sqs"));
+    if from_sqs {
+        let batch: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(event)?;
+        return Ok(serde_json::to_value(app.handoff.run_batch(batch).await)?);
+    }
+    Ok(serde_json::to_value(app.recovery.run_once().await?)?)
 }
 
 /// `serve`'s in-process schedule: a sweep and a recovery run every `engine.sweep_interval_s` (in AWS, EventBridge

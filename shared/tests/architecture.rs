@@ -104,6 +104,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("totp", 1),
     ("auth", 1),
     ("chain", 1),
+    ("handoff", 1),
     // use cases
     ("app", 2),
     // the outer rings

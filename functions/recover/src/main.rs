@@ -1,5 +1,7 @@
-//! Lambda `recover`: on its EventBridge schedule, auto-recovery of every broken chain that has recovery
-//! credentials, the expiry warnings, and the purge of expired items.
+//! Lambda `recover`: auto-recovery, started two ways (`wiring::recover_event` tells them apart): batches from the
+//! recovery queue (SQS: one run per broken chain that `query`, `refresh` or `manage` handed over, failed items
+//! reported back), and its EventBridge schedule (every broken chain with recovery credentials, the expiry
+//! warnings, the purge of expired items).
 
 use lambda_runtime::{LambdaEvent, service_fn};
 
@@ -7,12 +9,9 @@ use lambda_runtime::{LambdaEvent, service_fn};
 async fn main() -> Result<(), lambda_runtime::Error> {
     chainkeeper::telemetry::init();
     let app = chainkeeper::wiring::from_env().await?;
-    lambda_runtime::run(service_fn(move |_event: LambdaEvent<serde_json::Value>| {
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let app = app.clone();
-        async move {
-            let report = app.recovery.run_once().await?;
-            Ok::<_, lambda_runtime::Error>(serde_json::to_value(report)?)
-        }
+        async move { Ok::<_, lambda_runtime::Error>(chainkeeper::wiring::recover_event(&app, event.payload).await?) }
     }))
     .await
 }

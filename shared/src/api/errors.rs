@@ -594,6 +594,15 @@ impl From<RecoveryError> for Problem {
                 format!("{c} had three recovery attempts in the last hour; the next is allowed later."),
             )
             .retry_after(600),
+            RecoveryError::QueueUnavailable(why) => {
+                tracing::warn!(error = %why, "the recovery queue did not take a request");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "recovery_queue_unavailable",
+                    "The recovery request could not be queued; nothing was started. Retry shortly.",
+                )
+                .retry_after(5)
+            }
             RecoveryError::Chain(e) => general_chain_problem(e),
             RecoveryError::Store(e) => e.into(),
             RecoveryError::Keys(e) => e.into(),

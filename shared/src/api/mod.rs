@@ -126,11 +126,15 @@ fn with_common(function: Option<&str>, state: AppState) -> Router {
             .then(|| Arc::new(tokio::sync::Semaphore::new(cfg.max_concurrent_requests))),
         timeout: Duration::from_secs_f64(cfg.request_timeout_s),
     };
-    let router = routes_of(function, &cfg)
+    let mut router = routes_of(function, &cfg)
         .route_layer(from_fn_with_state(auth::Gate { app: state.clone(), limiter }, auth::require_token))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(admission, limits::admit));
+    // Only where hand-offs go to a queue (AWS): `serve` recovers in-process and has nothing to wait for.
+    if state.handoff.queued() {
+        router = router.layer(from_fn_with_state(state.clone(), settle_handoffs));
+    }
     router.with_state(state)
 }
 
@@ -149,6 +153,18 @@ pub fn manage_router(state: AppState) -> Router {
 /// Every route, for `chainkeeper serve`.
 pub fn router(state: AppState) -> Router {
     with_common(None, state)
+}
+
+/// The answer leaves only once every recovery hand-off the request started has been sent (`app::handoff`): a
+/// Lambda function may be frozen as soon as it answers. Nothing is under way in `serve` (no queue).
+async fn settle_handoffs(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(req).await;
+    app.handoff.settle().await;
+    response
 }
 
 async fn not_found(uri: Uri) -> Problem {

@@ -49,6 +49,10 @@ pub fn document() -> Value {
             }
             _ => json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}),
         };
+        if r.path.ends_with("/recover") {
+            // In AWS the request is queued for the recover function (api::recovery::run).
+            responses["202"] = json!({"description": "Queued for the recover function (AWS): `{\"outcome\": \"queued\", \"next\": …}`", "content": {"application/json": {"schema": {"type": "object"}}}});
+        }
         let mut op = json!({
             "summary": r.summary,
             "operationId": format!("{}_{}", r.method.to_lowercase(), r.path.trim_start_matches('/').replace(['/', '{', '}', '.', '*', '-'], "_")),

@@ -229,6 +229,9 @@ types! {
     "recovery_rate_limited" => "Too many recovery attempts",
         "A container gets at most three recovery attempts per hour.",
         "Retry after the number of seconds in `Retry-After`.";
+    "recovery_queue_unavailable" => "Recovery queue unavailable",
+        "The recovery request could not be handed to the recover function (its queue did not answer). Nothing was started; the scheduled recovery run still tries broken chains every few minutes.",
+        "Retry after the number of seconds in `Retry-After`.";
     // --- query proxy ---
     "query_path_refused" => "Query path refused",
         "The query path must stay on the platform's API: relative, without '.', '..', empty segments, encoded slashes or other hosts.",

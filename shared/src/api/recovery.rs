@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::extract::{Body, Caller, Names};
 use super::problem::Problem;
+use crate::app::handoff::Requested;
 use crate::app::recovery::RecoveryCredentials;
 use crate::clock::rfc3339;
 
@@ -48,7 +49,25 @@ pub async fn delete(State(app): State<AppState>, Caller(who): Caller, names: Nam
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn run(State(app): State<AppState>, Caller(who): Caller, names: Names) -> Result<Json<Value>, Problem> {
-    let outcome = app.recovery.run_now(&who.sub, &names.container()?).await?;
-    Ok(Json(json!({ "outcome": outcome })))
+/// `serve` runs the recovery inline and answers 200 with its outcome. In AWS (a recovery queue) the request is
+/// checked and queued, and the answer is 202: the `recover` function runs it within seconds (a sign-in may take
+/// longer than the `manage` function's 15 s and API Gateway's 29 s allow), its outcome then shows in the
+/// container's status, the repairs list, the audit log and the webhook.
+pub async fn run(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    match app.handoff.request(&who.sub, &names.container()?).await? {
+        Requested::Ran(outcome) => Ok((StatusCode::OK, Json(json!({ "outcome": outcome })))),
+        Requested::Queued => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "outcome": "queued",
+                "next": "The recover function runs this recovery within seconds. Its outcome shows in the \
+                         container's status (GET …/containers/{alias}), the repairs list, the audit log \
+                         (auto_recovery.run) and the chain.recovered or chain.needs_repair webhook event.",
+            })),
+        )),
+    }
 }

@@ -187,7 +187,7 @@ pub const ROUTES: &[RouteSpec] = &[
         "containers",
         "manage",
         Recover,
-        "Run auto-recovery now for a chain that needs repair."
+        "Run auto-recovery now for a chain that needs repair (200 with its outcome; in AWS 202: queued for the recover function)."
     ),
     r!(
         "POST",

@@ -21,6 +21,7 @@
 //! | [`sweep`] | the scheduled keep-alive and ahead-of-expiry refreshes |
 //! | [`backup`] | export an organisation to a file sealed under its key; import such a file |
 //! | [`events`] | what follows a chain event (webhook, auto-recovery) |
+//! | [`handoff`] | how a broken chain's recovery starts: in-process, or through the recovery queue (AWS) |
 //! | [`lookup`] | reading the organisation tree with typed "not found" errors |
 
 pub mod api_tokens;
@@ -30,6 +31,7 @@ pub mod backup;
 pub mod containers;
 pub mod events;
 pub mod governor;
+pub mod handoff;
 pub mod handout;
 pub mod lookup;
 pub mod orgs;
@@ -45,6 +47,7 @@ use std::sync::Arc;
 use crate::chain::ChainEngine;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::handoff::RecoveryQueue;
 use crate::keys::{CacheLimits, Keys, Vault};
 use crate::secrets::Secrets;
 use crate::store::Store;
@@ -79,6 +82,9 @@ pub struct App {
     pub handout: handout::HandOut,
     pub query: query::QueryProxy,
     pub recovery: Arc<recovery::Recovery>,
+    /// How a recovery starts (in-process, or the recovery queue); [`handoff::HandOff::settle`] before a Lambda
+    /// function answers.
+    pub handoff: Arc<handoff::HandOff>,
     pub sweep: sweep::Sweep,
     pub backup: backup::Backup,
 }
@@ -93,12 +99,26 @@ impl App {
         clock: Arc<dyn Clock>,
         config: Config,
     ) -> Arc<Self> {
+        Self::with_recovery_queue(store, keys, secrets, clock, config, None)
+    }
+
+    /// [`App::new`] whose broken chains are handed to `queue` (the Lambda functions in AWS) instead of being
+    /// recovered in-process.
+    pub fn with_recovery_queue(
+        store: Arc<dyn Store>,
+        keys: Arc<dyn Keys>,
+        secrets: Arc<dyn Secrets>,
+        clock: Arc<dyn Clock>,
+        config: Config,
+        queue: Option<Arc<dyn RecoveryQueue>>,
+    ) -> Arc<Self> {
         let vault = Arc::new(Vault::new(keys, clock.clone(), CacheLimits::default()));
         let http = crate::provider::oauth::http_client();
         let p = Ports { store, vault, secrets, clock, config: Arc::new(config), http };
         let audit = audit::AuditLog::new(&p);
         let webhooks = webhooks::Webhooks::new(&p, audit.clone());
-        let on_event = Arc::new(events::OnChainEvent::new(webhooks.clone()));
+        let handoff = Arc::new(handoff::HandOff::new(queue));
+        let on_event = Arc::new(events::OnChainEvent::new(webhooks.clone(), handoff.clone()));
         let engine = Arc::new(ChainEngine::new(
             p.store.clone(),
             p.vault.clone(),
@@ -118,7 +138,7 @@ impl App {
             authorization.clone(),
             webhooks.clone(),
         ));
-        on_event.recover_with(Arc::downgrade(&recovery));
+        handoff.recover_with(Arc::downgrade(&recovery));
         Arc::new(Self {
             orgs: orgs::Orgs::new(&p, audit.clone(), api_tokens.clone()),
             handout: handout::HandOut::new(&p, engine.clone()),
@@ -136,6 +156,7 @@ impl App {
             containers,
             authorization,
             recovery,
+            handoff,
         })
     }
 }

@@ -58,6 +58,9 @@ pub enum RecoveryError {
     NotConfigured(ContainerRef),
     #[error("{0} had three recovery attempts in the last hour")]
     RateLimited(ContainerRef),
+    /// The recovery queue (AWS: SQS) did not take the request.
+    #[error("the recovery queue did not take the request: {0}")]
+    QueueUnavailable(String),
     #[error(transparent)]
     Chain(#[from] ChainError),
     #[error(transparent)]
@@ -232,6 +235,30 @@ impl Recovery {
             Outcome::RateLimited => Err(RecoveryError::RateLimited(c.clone())),
             other => Ok(other),
         }
+    }
+
+    /// The container exists (a queued request for one deleted meanwhile, or never there, is a failure).
+    pub async fn check_exists(&self, c: &ContainerRef) -> Result<(), RecoveryError> {
+        lookup::container(&*self.store, c).await?;
+        Ok(())
+    }
+
+    /// What [`Recovery::run_now`] would refuse at once, checked without running: the container exists, its
+    /// chain needs repair, credentials are stored, fewer than three attempts in the last hour.
+    pub async fn check_runnable(&self, c: &ContainerRef) -> Result<(), RecoveryError> {
+        lookup::container(&*self.store, c).await?;
+        match self.engine.chain(c).await? {
+            Some((chain, _)) if chain.status != ChainStatus::Healthy => {}
+            _ => return Err(RecoveryError::ChainHealthy(c.clone())),
+        }
+        let Some((rec, _)) = lookup::recovery(&*self.store, c).await? else {
+            return Err(RecoveryError::NotConfigured(c.clone()));
+        };
+        let now = self.clock.now_ms();
+        if rec.attempts_ms.iter().filter(|t| now - **t < 3_600_000).count() >= ATTEMPTS_PER_HOUR {
+            return Err(RecoveryError::RateLimited(c.clone()));
+        }
+        Ok(())
     }
 
     /// One recovery attempt for one container, if it needs one and may have one.

@@ -1,14 +1,17 @@
 //! The AWS adapters (feature `aws`): DynamoDB [`Store`](crate::store::Store), KMS [`Keys`](crate::keys::Keys),
-//! Secrets Manager [`Secrets`](crate::secrets::Secrets). Only this module imports `aws_sdk_*`; `wiring` builds the
+//! Secrets Manager [`Secrets`](crate::secrets::Secrets), the SQS [`RecoveryQueue`](crate::handoff::RecoveryQueue).
+//! Only this module imports `aws_sdk_*`; `wiring` builds the
 //! application over [`adapters`].
 
 pub mod dynamo;
 pub mod kms;
 pub mod secrets;
+pub mod sqs;
 
 use std::sync::Arc;
 
 use crate::clock::Clock;
+use crate::handoff::RecoveryQueue;
 use crate::keys::Keys;
 use crate::secrets::Secrets;
 use crate::store::Store;
@@ -32,6 +35,9 @@ pub struct AwsEnv {
     /// `CHAINKEEPER_SIGNING_KEY_ROTATION_WINDOW_S` (default 7 days): after a rotation of the signing-key secret,
     /// how long tokens signed with the previous version (`AWSPREVIOUS`) are still accepted.
     pub signing_key_rotation_window_ms: i64,
+    /// `CHAINKEEPER_RECOVERY_QUEUE_URL`: the SQS queue that triggers the `recover` function. Only the functions
+    /// that find broken chains (`query`, `refresh`, `manage`) have it; without it recovery runs in-process.
+    pub recovery_queue_url: Option<String>,
 }
 
 impl AwsEnv {
@@ -51,6 +57,7 @@ impl AwsEnv {
                     anyhow::anyhow!("CHAINKEEPER_KMS_DELETION_WINDOW_DAYS must be 7 to 30, not {v:?}")
                 })?,
             },
+            recovery_queue_url: std::env::var("CHAINKEEPER_RECOVERY_QUEUE_URL").ok().filter(|v| !v.trim().is_empty()),
             signing_key_rotation_window_ms: match std::env::var("CHAINKEEPER_SIGNING_KEY_ROTATION_WINDOW_S") {
                 Err(_) => secrets::DEFAULT_ROTATION_WINDOW_MS,
                 Ok(v) => v.trim().parse::<i64>().ok().filter(|s| *s >= 0).map(|s| s.saturating_mul(1000)).ok_or_else(
@@ -75,8 +82,17 @@ pub async fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// The three AWS adapters, over one SDK configuration loaded once (region, credentials, `AWS_ENDPOINT_URL`).
-pub async fn adapters(env: &AwsEnv, clock: Arc<dyn Clock>) -> (Arc<dyn Store>, Arc<dyn Keys>, Arc<dyn Secrets>) {
+/// The AWS adapters, over one SDK configuration loaded once (region, credentials, `AWS_ENDPOINT_URL`).
+pub struct Adapters {
+    pub store: Arc<dyn Store>,
+    pub keys: Arc<dyn Keys>,
+    pub secrets: Arc<dyn Secrets>,
+    /// Where broken chains are handed to the `recover` function, when `CHAINKEEPER_RECOVERY_QUEUE_URL` is set.
+    pub recovery_queue: Option<Arc<dyn RecoveryQueue>>,
+}
+
+/// The AWS adapters, over one SDK configuration loaded once (region, credentials, `AWS_ENDPOINT_URL`).
+pub async fn adapters(env: &AwsEnv, clock: Arc<dyn Clock>) -> Adapters {
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store =
         Arc::new(dynamo::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), env.table.clone(), clock.clone()));
@@ -93,5 +109,9 @@ pub async fn adapters(env: &AwsEnv, clock: Arc<dyn Clock>) -> (Arc<dyn Store>, A
         )
         .with_rotation_window_ms(env.signing_key_rotation_window_ms),
     );
-    (store, keys, secrets)
+    let recovery_queue = env
+        .recovery_queue_url
+        .clone()
+        .map(|url| Arc::new(sqs::SqsRecoveryQueue::new(aws_sdk_sqs::Client::new(&sdk), url)) as Arc<dyn RecoveryQueue>);
+    Adapters { store, keys, secrets, recovery_queue }
 }

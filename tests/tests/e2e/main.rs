@@ -7,6 +7,8 @@ mod auto_recovery;
 mod aws;
 #[cfg(feature = "aws")]
 mod aws_iam;
+#[cfg(feature = "aws")]
+mod aws_recovery_queue;
 mod bi;
 mod cli;
 mod exact_engine;

@@ -1,0 +1,99 @@
+//! The `RecoveryQueue` port: where a container whose chain broke is handed to auto-recovery when the process that
+//! found it must not run the recovery itself. A Lambda function may be frozen the moment its handler returns, so a
+//! background task there is no way to start a recovery: the `query`, `refresh` and `manage` functions send a
+//! [`RecoveryRequest`] to a queue (AWS: SQS, `aws::sqs`) that triggers the `recover` function instead. `serve`
+//! has no queue: it runs the recovery in-process (`app::handoff`).
+//!
+//! Delivery is at least once: a request may arrive twice (SQS standard queues, a retried send). That is harmless
+//! on purpose, not deduplicated: a recovery run is idempotent (a healthy chain is never recovered again, a run
+//! already under way makes the second one `Busy`, a stopped one stays stopped, at most three attempts an hour).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Alias, ContainerRef, DbName, OrgId};
+
+/// One container to recover: the message body (JSON) on the queue. No secret: names and a reason only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryRequest {
+    pub org: String,
+    pub database: String,
+    pub container: String,
+    /// Why (`the chain broke: refresh_token_superseded`, `requested by ops`): it goes to the audit entry.
+    pub reason: String,
+    /// Set when a person asked (`POST …/recover`): that run does not wait for the backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+}
+
+impl RecoveryRequest {
+    pub fn new(c: &ContainerRef, reason: impl Into<String>, requested_by: Option<&str>) -> Self {
+        Self {
+            org: c.org.to_string(),
+            database: c.db.to_string(),
+            container: c.alias.to_string(),
+            reason: reason.into(),
+            requested_by: requested_by.map(str::to_string),
+        }
+    }
+
+    /// The container it names, if the names are valid.
+    pub fn container_ref(&self) -> Option<ContainerRef> {
+        Some(ContainerRef {
+            org: OrgId::parse(&self.org).ok()?,
+            db: DbName::parse(&self.database).ok()?,
+            alias: Alias::parse(&self.container).ok()?,
+        })
+    }
+}
+
+/// A durable queue of recovery requests (SQS in AWS).
+#[async_trait::async_trait]
+pub trait RecoveryQueue: Send + Sync + 'static {
+    /// Sends one request; `Ok` once the queue holds it.
+    async fn send(&self, request: &RecoveryRequest) -> anyhow::Result<()>;
+}
+
+/// A queue in memory (unit tests, tools): every request sent, in order.
+#[derive(Default)]
+pub struct MemoryQueue {
+    pub sent: std::sync::Mutex<Vec<RecoveryRequest>>,
+    /// When set, every send fails (tests of a queue outage).
+    pub failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl RecoveryQueue for MemoryQueue {
+    async fn send(&self, request: &RecoveryRequest) -> anyhow::Result<()> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!("the queue is unavailable");
+        }
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).push(request.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_round_trips_and_names_its_container() {
+        let c = ContainerRef {
+            org: OrgId::parse("acme").unwrap(),
+            db: DbName::parse("finance").unwrap(),
+            alias: Alias::parse("eol").unwrap(),
+        };
+        let r = RecoveryRequest::new(&c, "the chain broke", None);
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, r#"{"org":"acme","database":"finance","container":"eol","reason":"the chain broke"}"#);
+        let back: RecoveryRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.container_ref(), Some(c));
+        let bad = RecoveryRequest { org: "../x".into(), ..back };
+        assert_eq!(bad.container_ref(), None, "invalid names name no container");
+        assert!(
+            serde_json::from_str::<RecoveryRequest>(r#"{"org":"a","database":"b","container":"c","reason":"r","x":1}"#)
+                .is_err()
+        );
+    }
+}
