@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::app::App;
+use crate::app::background::Background;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::keys::Keys;
@@ -153,9 +154,21 @@ pub fn embedded_system(data: &DataDir, config: Config) -> anyhow::Result<Arc<App
 /// On AWS: DynamoDB, KMS (one key per organisation), Secrets Manager.
 #[cfg(feature = "aws")]
 pub async fn aws(env: crate::aws::AwsEnv, config: Config) -> anyhow::Result<Arc<App>> {
+    aws_with(env, config, Background::detached()).await
+}
+
+/// [`aws`] for a Lambda function: the work it starts in the background (recovery hand-offs, webhook deliveries)
+/// is tracked and settled before each answer.
+#[cfg(feature = "aws")]
+pub async fn aws_function(env: crate::aws::AwsEnv, config: Config) -> anyhow::Result<Arc<App>> {
+    aws_with(env, config, Background::tracked()).await
+}
+
+#[cfg(feature = "aws")]
+async fn aws_with(env: crate::aws::AwsEnv, config: Config, background: Background) -> anyhow::Result<Arc<App>> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let a = crate::aws::adapters(&env, clock.clone()).await;
-    Ok(App::with_recovery_queue(a.store, a.keys, a.secrets, clock, config, a.recovery_queue))
+    Ok(App::with_recovery_queue(a.store, a.keys, a.secrets, clock, config, a.recovery_queue, background))
 }
 
 /// What every Lambda function's `main.rs` calls, once per cold start. Built with the `aws` feature and given
@@ -171,7 +184,7 @@ pub async fn from_env() -> anyhow::Result<Arc<App>> {
     }
     if std::env::var_os("CHAINKEEPER_TABLE").is_some() {
         #[cfg(feature = "aws")]
-        return aws(crate::aws::AwsEnv::from_env()?, config).await;
+        return aws_function(crate::aws::AwsEnv::from_env()?, config).await;
         #[cfg(not(feature = "aws"))]
         anyhow::bail!(
             "CHAINKEEPER_TABLE is set but this binary was built without the `aws` feature: \
@@ -186,7 +199,7 @@ pub async fn from_env() -> anyhow::Result<Arc<App>> {
 /// the `recover` function before it returns.
 pub async fn refresh_event(app: &App) -> anyhow::Result<serde_json::Value> {
     let report = app.sweep.run_once(10_000).await;
-    app.handoff.settle().await;
+    app.background.settle().await;
     Ok(serde_json::to_value(report?)?)
 }
 
@@ -196,11 +209,16 @@ pub async fn refresh_event(app: &App) -> anyhow::Result<serde_json::Value> {
 pub async fn recover_event(app: &App, event: serde_json::Value) -> anyhow::Result<serde_json::Value> {
     let from_sqs =
         event["Records"].as_array().is_some_and(|r| !r.is_empty() && r.iter().all(|m| m["eventSource"] == "aws:sqs"));
+    // Either way the webhook events of the runs (`chain.recovered`, …) are delivered before it returns.
     if from_sqs {
         let batch: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(event)?;
-        return Ok(serde_json::to_value(app.handoff.run_batch(batch).await)?);
+        let answer = app.handoff.run_batch(batch).await;
+        app.background.settle().await;
+        return Ok(serde_json::to_value(answer)?);
     }
-    Ok(serde_json::to_value(app.recovery.run_once().await?)?)
+    let report = app.recovery.run_once().await;
+    app.background.settle().await;
+    Ok(serde_json::to_value(report?)?)
 }
 
 /// `serve`'s in-process schedule: a sweep and a recovery run every `engine.sweep_interval_s` (in AWS, EventBridge

@@ -131,9 +131,9 @@ fn with_common(function: Option<&str>, state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(admission, limits::admit));
-    // Only where hand-offs go to a queue (AWS): `serve` recovers in-process and has nothing to wait for.
-    if state.handoff.queued() {
-        router = router.layer(from_fn_with_state(state.clone(), settle_handoffs));
+    // Only in a Lambda function: `serve`'s background work runs on by itself, and its answers never wait.
+    if state.background.is_tracked() {
+        router = router.layer(from_fn_with_state(state.clone(), settle_background));
     }
     router.with_state(state)
 }
@@ -155,15 +155,16 @@ pub fn router(state: AppState) -> Router {
     with_common(None, state)
 }
 
-/// The answer leaves only once every recovery hand-off the request started has been sent (`app::handoff`): a
-/// Lambda function may be frozen as soon as it answers. Nothing is under way in `serve` (no queue).
-async fn settle_handoffs(
+/// The answer leaves only once the work the request started in the background (a recovery hand-off, a webhook
+/// delivery) has finished, within a bound (`app::background`): a Lambda function may be frozen as soon as it
+/// answers.
+async fn settle_background(
     axum::extract::State(app): axum::extract::State<AppState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let response = next.run(req).await;
-    app.handoff.settle().await;
+    app.background.settle().await;
     response
 }
 

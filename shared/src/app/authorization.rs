@@ -116,7 +116,7 @@ pub struct Authorization {
 
 impl Authorization {
     pub fn new(p: &Ports, engine: Arc<ChainEngine>, audit: AuditLog, containers: Containers) -> Self {
-        let Ports { store, vault, secrets, clock, config, http } = p.clone();
+        let Ports { store, vault, secrets, clock, config, http, .. } = p.clone();
         Self { store, vault, secrets, clock, config, http, engine, audit, containers }
     }
 

@@ -8,7 +8,7 @@
 //!
 //! Duplicates are accepted, not deduplicated: a recovery run is idempotent (see `handoff`).
 
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
@@ -16,6 +16,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use crate::handoff::{RecoveryQueue, RecoveryRequest};
 use crate::ids::ContainerRef;
 
+use super::background::Background;
 use super::recovery::{Outcome, Recovery, RecoveryError};
 
 /// At most this long for one send (the SDK retries within it); the handler's answer waits for it.
@@ -25,8 +26,8 @@ pub struct HandOff {
     queue: Option<Arc<dyn RecoveryQueue>>,
     /// Set once the application is built (a weak link: recovery holds the engine that holds this).
     recovery: OnceLock<Weak<Recovery>>,
-    /// Sends under way, awaited by [`HandOff::settle`].
-    pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Where the sends run: tracked, and settled before a function answers, wherever there is a queue.
+    background: Arc<Background>,
 }
 
 /// What `POST …/recover` did.
@@ -38,13 +39,8 @@ pub enum Requested {
 }
 
 impl HandOff {
-    pub fn new(queue: Option<Arc<dyn RecoveryQueue>>) -> Self {
-        Self { queue, recovery: OnceLock::new(), pending: Mutex::new(Vec::new()) }
-    }
-
-    /// Whether hand-offs go to a queue (then a function must [`HandOff::settle`] before it answers).
-    pub fn queued(&self) -> bool {
-        self.queue.is_some()
+    pub fn new(queue: Option<Arc<dyn RecoveryQueue>>, background: Arc<Background>) -> Self {
+        Self { queue, recovery: OnceLock::new(), background }
     }
 
     pub(super) fn recover_with(&self, recovery: Weak<Recovery>) {
@@ -61,7 +57,7 @@ impl HandOff {
             None => {
                 let Some(recovery) = self.recovery() else { return };
                 let c = c.clone();
-                tokio::spawn(async move {
+                self.background.spawn(async move {
                     if let Err(e) = recovery.recover_container(&c, &reason).await {
                         tracing::warn!(error = %e, container = %c, "auto-recovery failed to run");
                     }
@@ -69,7 +65,7 @@ impl HandOff {
             }
             Some(queue) => {
                 let (queue, request) = (queue.clone(), RecoveryRequest::new(c, reason, None));
-                let task = tokio::spawn(async move {
+                self.background.spawn(async move {
                     let c = request.container_ref();
                     let failed = match tokio::time::timeout(SEND_TIMEOUT, queue.send(&request)).await {
                         Ok(Ok(())) => return,
@@ -83,7 +79,6 @@ impl HandOff {
                         "could not hand the broken chain to the recover function; its schedule will find it"
                     );
                 });
-                self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(task);
             }
         }
     }
@@ -91,15 +86,7 @@ impl HandOff {
     /// Waits until every hand-off started so far has been sent (or has failed, bounded by the send timeout).
     /// Awaited before a Lambda function returns its answer; returns at once when nothing is under way.
     pub async fn settle(&self) {
-        loop {
-            let tasks: Vec<_> = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-            if tasks.is_empty() {
-                return;
-            }
-            for t in tasks {
-                let _ = t.await;
-            }
-        }
+        self.background.settle().await;
     }
 
     /// A person asks for a recovery (`POST …/recover`). Without a queue it runs here and now (`serve`: no time
@@ -198,7 +185,10 @@ mod tests {
     #[tokio::test]
     async fn a_break_returns_at_once_and_settle_waits_until_the_queue_holds_the_request() {
         let memory = Arc::new(MemoryQueue::default());
-        let handoff = HandOff::new(Some(Arc::new(SlowQueue(memory.clone(), Duration::from_millis(200)))));
+        let handoff = HandOff::new(
+            Some(Arc::new(SlowQueue(memory.clone(), Duration::from_millis(200)))),
+            Arc::new(Background::tracked()),
+        );
         let started = std::time::Instant::now();
         handoff.chain_broke(&container(), "the chain broke (refresh_token_superseded)".into());
         assert!(started.elapsed() < Duration::from_millis(100), "the engine's event returns at once");
@@ -217,13 +207,16 @@ mod tests {
     async fn a_queue_that_fails_or_hangs_is_bounded_and_never_the_callers_error() {
         let failing = Arc::new(MemoryQueue::default());
         failing.failing.store(true, std::sync::atomic::Ordering::SeqCst);
-        let handoff = HandOff::new(Some(failing.clone()));
+        let handoff = HandOff::new(Some(failing.clone()), Arc::new(Background::tracked()));
         handoff.chain_broke(&container(), "the chain broke".into());
         handoff.settle().await;
         assert!(failing.sent.lock().unwrap().is_empty());
         // A queue that never answers: settle gives up after the send timeout (5 s, real time).
         let hanging = Arc::new(MemoryQueue::default());
-        let handoff = HandOff::new(Some(Arc::new(SlowQueue(hanging.clone(), Duration::from_secs(3600)))));
+        let handoff = HandOff::new(
+            Some(Arc::new(SlowQueue(hanging.clone(), Duration::from_secs(3600)))),
+            Arc::new(Background::tracked()),
+        );
         handoff.chain_broke(&container(), "the chain broke".into());
         let settled = tokio::time::timeout(SEND_TIMEOUT + Duration::from_secs(1), handoff.settle()).await;
         assert!(settled.is_ok(), "settle is bounded by the send timeout");

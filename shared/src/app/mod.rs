@@ -27,6 +27,7 @@
 pub mod api_tokens;
 pub mod audit;
 pub mod authorization;
+pub mod background;
 pub mod backup;
 pub mod containers;
 pub mod events;
@@ -64,6 +65,8 @@ pub struct Ports {
     pub config: Arc<Config>,
     /// The one HTTP client of the process (redirects off).
     pub http: reqwest::Client,
+    /// Where work nobody waits for runs (webhook deliveries, recovery hand-offs).
+    pub background: Arc<background::Background>,
 }
 
 /// The application: every use case, built once per process over the ports the wiring chose.
@@ -85,6 +88,8 @@ pub struct App {
     /// How a recovery starts (in-process, or the recovery queue); [`handoff::HandOff::settle`] before a Lambda
     /// function answers.
     pub handoff: Arc<handoff::HandOff>,
+    /// Work nobody waits for; [`background::Background::settle`] before a Lambda function answers.
+    pub background: Arc<background::Background>,
     pub sweep: sweep::Sweep,
     pub backup: backup::Backup,
 }
@@ -99,11 +104,11 @@ impl App {
         clock: Arc<dyn Clock>,
         config: Config,
     ) -> Arc<Self> {
-        Self::with_recovery_queue(store, keys, secrets, clock, config, None)
+        Self::with_recovery_queue(store, keys, secrets, clock, config, None, background::Background::detached())
     }
 
     /// [`App::new`] whose broken chains are handed to `queue` (the Lambda functions in AWS) instead of being
-    /// recovered in-process.
+    /// recovered in-process, and whose background work runs in `background` (tracked in a Lambda function).
     pub fn with_recovery_queue(
         store: Arc<dyn Store>,
         keys: Arc<dyn Keys>,
@@ -111,13 +116,15 @@ impl App {
         clock: Arc<dyn Clock>,
         config: Config,
         queue: Option<Arc<dyn RecoveryQueue>>,
+        background: background::Background,
     ) -> Arc<Self> {
         let vault = Arc::new(Vault::new(keys, clock.clone(), CacheLimits::default()));
         let http = crate::provider::oauth::http_client();
-        let p = Ports { store, vault, secrets, clock, config: Arc::new(config), http };
+        let background = Arc::new(background);
+        let p = Ports { store, vault, secrets, clock, config: Arc::new(config), http, background };
         let audit = audit::AuditLog::new(&p);
         let webhooks = webhooks::Webhooks::new(&p, audit.clone());
-        let handoff = Arc::new(handoff::HandOff::new(queue));
+        let handoff = Arc::new(handoff::HandOff::new(queue, p.background.clone()));
         let on_event = Arc::new(events::OnChainEvent::new(webhooks.clone(), handoff.clone()));
         let engine = Arc::new(ChainEngine::new(
             p.store.clone(),
@@ -145,6 +152,7 @@ impl App {
             query: query::QueryProxy::new(&p, engine.clone()),
             sweep: sweep::Sweep::new(&p, engine.clone()),
             backup: backup::Backup::new(&p, audit.clone()),
+            background: p.background.clone(),
             config: p.config,
             clock: p.clock,
             store: p.store,

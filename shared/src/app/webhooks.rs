@@ -85,6 +85,8 @@ pub struct Webhooks {
     audit: AuditLog,
     /// `[webhooks]`: the hosts allowed plain http or private addresses.
     allow: Arc<WebhookConfig>,
+    /// Where deliveries run (settled before a Lambda function answers).
+    background: Arc<super::background::Background>,
 }
 
 impl Webhooks {
@@ -95,6 +97,7 @@ impl Webhooks {
             clock: p.clock.clone(),
             audit,
             allow: Arc::new(p.config.webhooks.clone()),
+            background: p.background.clone(),
         }
     }
 
@@ -156,7 +159,7 @@ impl Webhooks {
 
     fn send(&self, event: Event, c: ContainerRef) {
         let me = self.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             match me.deliver(&c.org, &event).await {
                 Ok(false) => {}
                 Ok(true) => {

@@ -98,7 +98,9 @@ impl Deployment {
 
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("chainkeeper.toml");
-        std::fs::write(&config, format!("{}min_token_interval_s = 0\n", sim_profile_toml(&sim))).unwrap();
+        // Webhooks may reach this test's receiver on loopback (`webhook_events_are_delivered_before_…`).
+        let webhooks = "[webhooks]\nallow_http_hosts = [\"127.0.0.1\"]\nallow_private_hosts = [\"127.0.0.1\"]\n";
+        std::fs::write(&config, format!("{}min_token_interval_s = 0\n{webhooks}", sim_profile_toml(&sim))).unwrap();
         let mut env = vec![
             ("CHAINKEEPER_TABLE", table.clone()),
             ("CHAINKEEPER_APPS_SECRET_PREFIX", "chainkeeper/test/apps/".to_string()),
@@ -450,4 +452,45 @@ async fn a_queue_that_does_not_take_the_request_never_fails_the_caller_and_the_s
     let r = d.recover.invoke(scheduled_event()).await.expect("the scheduled run");
     assert_eq!(r["recovered"], 1, "{r}");
     assert_eq!(d.view("eol").await["status"], "healthy");
+}
+
+/// A webhook receiver on loopback that takes `delay` to answer; the kinds of the events it has received.
+async fn slow_receiver(delay: Duration) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook/PLANTED-receiver-key",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                let event: Value = serde_json::from_slice(&body).unwrap_or_default();
+                sink.lock().unwrap().push(event["type"].as_str().unwrap_or("?").to_string());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}/hook/PLANTED-receiver-key", listener.local_addr().unwrap().port());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+/// A Lambda sandbox may be frozen as soon as its function answers: the webhook events a function causes are
+/// delivered before it answers — `chain.needs_repair` before `query`'s, `chain.recovered` before `recover`'s —
+/// even from a receiver that takes its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_events_are_delivered_before_the_function_answers() {
+    let d = Deployment::start(30).await;
+    let (url, got) = slow_receiver(Duration::from_millis(700)).await;
+    d.call(&d.manage, "PUT", "/v1/orgs/acme/webhook", Some(json!({"url": url})), 200).await;
+    let user = sim_user(1);
+    d.container("w0", &user, &user.password, "JBSWY3DPEHPK3PXP").await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    d.sim.revoke(CLIENT_ID, &user.user_id);
+    d.call(&d.query, "POST", &format!("{}/token", path("w0")), None, 409).await;
+    assert_eq!(*got.lock().unwrap(), ["chain.needs_repair"], "delivered before query answered");
+    let messages = d.receive().await;
+    assert!(d.deliver(&messages).await.is_empty());
+    assert_eq!(*got.lock().unwrap(), ["chain.needs_repair", "chain.recovered"], "delivered before recover returned");
 }
