@@ -54,7 +54,7 @@ pub async fn require_token(State(gate): State<Gate>, mut req: Request, next: Nex
     match check(app, token, req.method(), req.uri().path(), route).await {
         Ok((claims, revocation)) => {
             if let Some(limiter) = &gate.limiter
-                && let Err(too_many) = per_token(limiter, &claims)
+                && let Some(too_many) = per_token(limiter, &claims)
             {
                 return too_many;
             }

@@ -44,11 +44,10 @@ pub struct Admission {
 }
 
 /// Per-token rate limits, on the caller's verified token id (`jti`): checked by the auth middleware once the
-/// token is verified.
-pub fn per_token(limiter: &RateLimiter, claims: &Claims) -> Result<(), Response> {
-    limiter
-        .check(&claims.jti, Instant::now())
-        .map_err(|wait| errors::rate_limited(wait.as_secs_f64().ceil() as u64).into_response())
+/// token is verified: the `429` answer when the token is over its rate.
+pub fn per_token(limiter: &RateLimiter, claims: &Claims) -> Option<Response> {
+    let wait = limiter.check(&claims.jti, Instant::now()).err()?;
+    Some(errors::rate_limited(wait.as_secs_f64().ceil() as u64).into_response())
 }
 
 /// Token buckets keyed by API token id, in this process: `rate` tokens a second up to `burst`.
