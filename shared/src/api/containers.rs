@@ -71,6 +71,9 @@ fn container_view(d: &ContainerDetails) -> Value {
         "created_at": rfc3339(rec.created_at_ms),
         "updated_at": rfc3339(rec.updated_at_ms),
     });
+    if !d.missing.is_empty() {
+        v["missing"] = json!(d.missing);
+    }
     if let Some(ch) = &d.chain {
         v["chain"] = json!({
             "access_token_expires_at": ch.access_expires_at_ms.map(rfc3339),

@@ -522,6 +522,14 @@ impl From<QueryError> for Problem {
             }
             QueryError::BodyTooLarge(limit) => body_too_large(limit),
             QueryError::Chain { c, source } => chain_problem(&c, source),
+            QueryError::Credential(e) => e.into(),
+            QueryError::NoCredentialUse { c, provider } => Problem::conflict(
+                "no_credential_use",
+                format!(
+                    "{c} uses provider '{provider}', whose profile does not say how its secret goes on a request (credential_use)."
+                ),
+            ),
+            QueryError::Keys(e) => e.into(),
             QueryError::Platform { c, failure } => Problem::new(
                 StatusCode::BAD_GATEWAY,
                 "platform_unavailable",

@@ -151,12 +151,15 @@ types! {
     "credentials_empty" => "No credentials given",
         "The request set no credential field.",
         "Give at least one of the fields the detail lists.";
+    "no_credential_use" => "The profile does not say how the secret is used",
+        "The container's provider profile has no `credential_use`: the query proxy does not know where its password or API token goes on a request.",
+        "Give the profile a `credential_use` (header, bearer, basic, query or session_login; see README \"Provider profiles\"), or fetch the secret with GET …/credentials/reveal.";
     "credentials_missing" => "Credentials missing",
         "The container has no complete credentials yet, so no token can be had.",
         "Set them with PUT …/credentials.";
     "no_access_token" => "No access token for this kind",
         "Password and API-token containers have no access token to hand out.",
-        "Read the credential from your own configuration; only OAuth2 containers hand out tokens.";
+        "Call the platform through the query proxy, which applies the credential as the profile says; a tool that needs the raw secret uses GET …/credentials/reveal where the organisation allows it.";
     "invalid_webhook_url" => "Webhook URL not valid",
         "The webhook URL is not an absolute http(s) URL without credentials, or points at a private address this deployment refuses.",
         "Give a public https URL.";
