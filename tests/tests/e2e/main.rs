@@ -9,6 +9,7 @@ mod aws;
 mod aws_iam;
 mod bi;
 mod cli;
+mod credentials;
 mod exact_engine;
 mod lambda_functions;
 mod limits;
