@@ -143,6 +143,23 @@ pub async fn set_credentials(
     Ok(Json(container_view(&details)))
 }
 
+/// The stored secret itself (`credentials.reveal` scope, where the organisation allows it): the one response
+/// that holds a secret, never cached.
+pub async fn reveal(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], Json<Value>), Problem> {
+    use secrecy::ExposeSecret;
+    let r = app.containers.reveal(&who.sub, &names.container()?).await?;
+    let body = json!({
+        "username": r.username,
+        "password": r.password.as_ref().map(|p| p.expose_secret()),
+        "api_token": r.api_token.as_ref().map(|t| t.expose_secret()),
+    });
+    Ok(([(axum::http::header::CACHE_CONTROL, "no-store")], Json(body)))
+}
+
 pub async fn repairs(State(app): State<AppState>, names: Names) -> Result<Json<Value>, Problem> {
     let base = app.config.server.public_url.clone().unwrap_or_default();
     let org = &names.org;

@@ -13,6 +13,7 @@ use crate::app::audit::AuditError;
 use crate::app::authorization::AuthorizationError;
 use crate::app::containers::ContainerError;
 use crate::app::handout::HandOutError;
+use crate::app::identifiers::IdentifierError;
 use crate::app::lookup::LookupError;
 use crate::app::orgs::OrgError;
 use crate::app::query::{DailyLimitReached, PlatformFailure, QueryError};
@@ -389,6 +390,19 @@ impl From<ContainerError> for Problem {
             ContainerError::CredentialsEmpty { allowed } => {
                 Problem::bad_request("credentials_empty", format!("Give at least one of: {}.", allowed.join(", ")))
             }
+            ContainerError::RevealNotAllowed(org) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "credential_reveal_disabled",
+                format!(
+                    "Organisation '{org}' does not allow revealing stored credentials. An administrator turns it on with PATCH /v1/orgs/{org}/settings {{\"allow_credential_reveal\": true}}."
+                ),
+            ),
+            ContainerError::NothingToReveal { kind } => Problem::bad_request(
+                "nothing_to_reveal",
+                format!(
+                    "A {kind:?} container has no stored password or API token to reveal; only password and api_token containers do."
+                ),
+            ),
             ContainerError::Chain(e) => general_chain_problem(e),
             ContainerError::Store(e) => e.into(),
             ContainerError::Keys(e) => e.into(),
@@ -502,6 +516,26 @@ impl From<HandOutError> for Problem {
                 "no_access_token",
                 format!("{c} uses {kind:?} credentials, which have no access token."),
             ),
+        }
+    }
+}
+
+impl From<IdentifierError> for Problem {
+    fn from(e: IdentifierError) -> Self {
+        match e {
+            IdentifierError::InvalidIdentifier => Problem::bad_request(
+                "invalid_identifier",
+                "A single-instance identifier is `client_id#user_id` (1-300 characters; `#` percent-encoded as %23 in the path).",
+            ),
+            IdentifierError::NotFound => {
+                Problem::not_found("identifier_not_found", "No container holds this single-instance identifier.")
+            }
+            IdentifierError::ReasonRequired => Problem::bad_request(
+                "release_reason_required",
+                "Give the release a `reason` (1-500 characters): it goes into the audit logs.",
+            ),
+            IdentifierError::Lookup(e) => e.into(),
+            IdentifierError::Store(e) => e.into(),
         }
     }
 }

@@ -154,6 +154,21 @@ types! {
     "no_credential_use" => "The profile does not say how the secret is used",
         "The container's provider profile has no `credential_use`: the query proxy does not know where its password or API token goes on a request.",
         "Give the profile a `credential_use` (header, bearer, basic, query or session_login; see README \"Provider profiles\"), or fetch the secret with GET …/credentials/reveal.";
+    "credential_reveal_disabled" => "Revealing credentials is off",
+        "The organisation has not allowed tokens with the credentials.reveal scope to read stored passwords and API tokens.",
+        "An administrator of the organisation turns it on with PATCH /v1/orgs/{org}/settings {\"allow_credential_reveal\": true}.";
+    "nothing_to_reveal" => "Nothing to reveal",
+        "Only password and api_token containers hold a secret that can be revealed; OAuth2 containers hand out access tokens.",
+        "Use POST …/token for an OAuth2 container's access token.";
+    "invalid_identifier" => "Identifier not valid",
+        "A single-instance identifier is `client_id#user_id`, 1-300 characters without control characters.",
+        "Give the identifier as the error that named it shows it, with `#` percent-encoded (%23).";
+    "identifier_not_found" => "Identifier not held",
+        "No container in any organisation holds this single-instance identifier.",
+        "Nothing to release: a new authorization with it can go ahead.";
+    "release_reason_required" => "A release needs a reason",
+        "Releasing an identifier is recorded in the audit logs with its reason.",
+        "Give `reason` (1-500 characters), and `asked_by_org` when another organisation asked for it.";
     "credentials_missing" => "Credentials missing",
         "The container has no complete credentials yet, so no token can be had.",
         "Set them with PUT …/credentials.";

@@ -34,6 +34,12 @@ pub enum ContainerError {
     FieldNotAllowed { kind: CredentialKind, field: &'static str, allowed: &'static [&'static str] },
     #[error("no credential field given")]
     CredentialsEmpty { allowed: &'static [&'static str] },
+    /// The organisation has not turned on `allow_credential_reveal`.
+    #[error("organisation {0} does not allow revealing credentials")]
+    RevealNotAllowed(OrgId),
+    /// Only stored passwords and API tokens are revealed.
+    #[error("a {kind:?} container has no password or API token to reveal")]
+    NothingToReveal { kind: CredentialKind },
     #[error(transparent)]
     Chain(#[from] ChainError),
     #[error(transparent)]
@@ -131,6 +137,13 @@ pub struct ContainerDetails {
     pub missing: Vec<&'static str>,
     /// `None` when the kind has no auto-recovery; `Some(None)` when none is stored.
     pub recovery: Option<Option<RecoveryRecord>>,
+}
+
+/// A container's stored secret, for the organisation's own tools (`…/credentials/reveal`).
+pub struct Revealed {
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub api_token: Option<SecretString>,
 }
 
 /// One container that needs a person.
@@ -365,6 +378,37 @@ impl Containers {
         }
         self.audit.record(&c.org, actor, "credentials.set", Some(c), "ok", Some(named.join(","))).await;
         Ok(self.without_chain(rec))
+    }
+
+    /// The stored password and API token of a `password` or `api_token` container, where the organisation allows
+    /// it; every reveal is in the audit log with the caller (and so is every refusal).
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn reveal(&self, actor: &str, c: &ContainerRef) -> Result<Revealed, ContainerError> {
+        let (org, _) = lookup::org(&*self.store, &c.org).await?;
+        if !org.allow_credential_reveal {
+            self.audit
+                .record(&c.org, actor, "credentials.reveal", Some(c), "refused", Some("not allowed".into()))
+                .await;
+            return Err(ContainerError::RevealNotAllowed(c.org.clone()));
+        }
+        let (rec, _) = lookup::container(&*self.store, c).await?;
+        if !matches!(rec.kind, CredentialKind::Password | CredentialKind::ApiToken) {
+            return Err(ContainerError::NothingToReveal { kind: rec.kind });
+        }
+        let fields = ContainerFields::of(c);
+        let mut out = Revealed { username: rec.username.clone(), password: None, api_token: None };
+        if let Some(sealed) = rec.sealed_password.as_deref() {
+            out.password = Some(self.vault.open_string(&fields.context(Field::Password), sealed).await?);
+        }
+        if let Some(sealed) = rec.sealed_api_token.as_deref() {
+            out.api_token = Some(self.vault.open_string(&fields.context(Field::ApiToken), sealed).await?);
+        }
+        let which: Vec<&str> = [("password", out.password.is_some()), ("api_token", out.api_token.is_some())]
+            .into_iter()
+            .filter_map(|(n, present)| present.then_some(n))
+            .collect();
+        self.audit.record(&c.org, actor, "credentials.reveal", Some(c), "ok", Some(which.join(","))).await;
+        Ok(out)
     }
 
     /// The organisation's containers that need a person.

@@ -11,6 +11,7 @@
 //! | [`containers`] | containers, their credentials, their status, the repairs list |
 //! | [`authorization`] | start, complete (code exchange, identity, single-instance identifier), hand-over |
 //! | [`handout`] | an access token for the caller's own use |
+//! | [`identifiers`] | the platform's single-instance identifier registry: find a holder, release |
 //! | [`query`] | the query proxy's core (path checks, forwarding, one retry, cache), the OData feed |
 //! | [`governor`] | the rate-limit governor: the platform's call budget per app and company, in the store |
 //! | [`recovery`] | auto-recovery credentials, runs on break, on request and on schedule |
@@ -31,6 +32,7 @@ pub mod containers;
 pub mod events;
 pub mod governor;
 pub mod handout;
+pub mod identifiers;
 pub mod lookup;
 pub mod orgs;
 pub mod query;
@@ -77,6 +79,7 @@ pub struct App {
     pub containers: containers::Containers,
     pub authorization: authorization::Authorization,
     pub handout: handout::HandOut,
+    pub identifiers: identifiers::Identifiers,
     pub query: query::QueryProxy,
     pub recovery: Arc<recovery::Recovery>,
     pub sweep: sweep::Sweep,
@@ -122,6 +125,7 @@ impl App {
         Arc::new(Self {
             orgs: orgs::Orgs::new(&p, audit.clone(), api_tokens.clone()),
             handout: handout::HandOut::new(&p, engine.clone()),
+            identifiers: identifiers::Identifiers::new(&p, audit.clone()),
             query: query::QueryProxy::new(&p, engine.clone()),
             sweep: sweep::Sweep::new(&p, engine.clone()),
             backup: backup::Backup::new(&p, audit.clone()),

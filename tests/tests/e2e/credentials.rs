@@ -166,3 +166,52 @@ async fn wrong_combinations_are_refused_and_incomplete_containers_are_not_health
     r.assert_problem(400, "unknown_provider");
     drop(s.serve);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reveal_needs_its_own_scope_and_the_organisations_consent_and_is_audited() {
+    let s = setup().await;
+    let api = &s.api;
+    container(api, "sql", "password", "peer-basic", json!({"username": "sa", "password": PASSWORD})).await;
+    container(api, "yuki", "api_token", "peer-header", json!({"api_token": KEY})).await;
+    let dir = s._dir.path();
+    let reveal = |alias: &str| format!("{}/credentials/reveal", c(alias));
+    let etl = api.with_token(&issue_token(dir, &["--org", "acme", "--subject", "etl-job"], &["credentials.reveal"]));
+    let admin = api.with_token(&issue_token(dir, &["--org", "acme"], &["admin"]));
+
+    // Off until the organisation turns it on: refused, and the refusal is audited.
+    etl.get(&reveal("sql")).await.assert_problem(403, "credential_reveal_disabled");
+    assert_eq!(api.get("/v1/orgs/acme").await.body["allow_credential_reveal"], false);
+    let r = admin.call("PATCH", "/v1/orgs/acme/settings", Some(json!({"allow_credential_reveal": true}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["allow_credential_reveal"], true);
+
+    // admin does not cover the reveal scope, nor may it issue a token with it.
+    admin.get(&reveal("sql")).await.assert_problem(403, "insufficient_scope");
+    let r = admin.post("/v1/orgs/acme/api-tokens", json!({"subject": "x", "scopes": ["credentials.reveal"]})).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Another organisation's reveal token never reaches this one.
+    let stranger = api.with_token(&issue_token(dir, &["--org", "other"], &["credentials.reveal"]));
+    stranger.get(&reveal("sql")).await.assert_problem(403, "wrong_organisation");
+
+    let r = etl.get(&reveal("sql")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["username"], "sa");
+    assert_eq!(r.body["password"], PASSWORD);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let r = etl.get(&reveal("yuki")).await;
+    assert_eq!(r.body["api_token"], KEY);
+    // Reveal is for stored passwords and API tokens only.
+    api.create_container("acme", "main", "cc", "oauth2_client_credentials", Some("peer-cc")).await;
+    etl.get(&reveal("cc")).await.assert_problem(400, "nothing_to_reveal");
+    // The reveal token reaches nothing else.
+    etl.get(&c("sql")).await.assert_problem(403, "insufficient_scope");
+
+    let audit = api.get("/v1/orgs/acme/audit").await.body;
+    let entries = audit["entries"].as_array().unwrap();
+    let reveals: Vec<_> = entries.iter().filter(|e| e["action"] == "credentials.reveal").collect();
+    assert_eq!(reveals.len(), 3, "{audit}");
+    assert!(reveals.iter().all(|e| e["actor"] == "etl-job"), "{audit}");
+    assert!(reveals.iter().any(|e| e["outcome"] == "refused"), "{audit}");
+    assert!(entries.iter().any(|e| e["action"] == "org.settings"), "{audit}");
+    drop(s.serve);
+}
