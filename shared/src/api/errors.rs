@@ -154,19 +154,21 @@ pub fn platform_scope_required() -> Problem {
     Problem::new(
         StatusCode::FORBIDDEN,
         "platform_scope_required",
-        "Creating or deleting organisations needs a platform token (`chainkeeper token issue --platform`).",
+        "This route needs a platform token (`chainkeeper token issue --platform`): creating or deleting organisations, the platform's tokens, the identifier registry.",
     )
 }
 
 pub fn insufficient_scope(needed: &[String], held: &[String]) -> Problem {
+    // `admin` covers every scope but the reveal scope (auth::REVEAL_SCOPE).
+    let or_admin = if needed.iter().any(|n| n == crate::auth::REVEAL_SCOPE) {
+        "; `admin` does not cover it"
+    } else {
+        " (or `admin`)"
+    };
     Problem::new(
         StatusCode::FORBIDDEN,
         "insufficient_scope",
-        format!(
-            "This call needs scope `{}` (or `admin`); the API token has: {}.",
-            needed.join("` or `"),
-            held.join(", ")
-        ),
+        format!("This call needs scope `{}`{or_admin}; the API token has: {}.", needed.join("` or `"), held.join(", ")),
     )
 }
 

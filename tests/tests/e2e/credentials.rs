@@ -45,6 +45,10 @@ credential_use = {{ kind = "query", name = "api_key" }}
 [providers.peer-session]
 api_base_url = "{base}/session"
 credential_use = {{ kind = "session_login", url = "/login", body = '{{"user":"{{username}}","password":"{{password}}"}}', token = {{ json_pointer = "/result/sessionId" }}, lifetime_s = 3600, apply = {{ kind = "header", name = "X-Session" }} }}
+# The engine renews 60 s before the end (refresh_margin_s): this session is good for 3 s.
+[providers.peer-session-short]
+api_base_url = "{base}/session"
+credential_use = {{ kind = "session_login", url = "/login", body = '{{"user":"{{username}}","password":"{{password}}"}}', token = {{ json_pointer = "/result/sessionId" }}, lifetime_s = 63, apply = {{ kind = "header", name = "X-Session" }} }}
 [providers.peer-cc]
 authorize_url = "{base}/cc/authorize"
 token_url = "{base}/cc/token"
@@ -213,5 +217,26 @@ async fn reveal_needs_its_own_scope_and_the_organisations_consent_and_is_audited
     assert!(reveals.iter().all(|e| e["actor"] == "etl-job"), "{audit}");
     assert!(reveals.iter().any(|e| e["outcome"] == "refused"), "{audit}");
     assert!(entries.iter().any(|e| e["action"] == "org.settings"), "{audit}");
+    drop(s.serve);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_renewed_when_its_lifetime_ends_without_waiting_for_a_401() {
+    let s = setup().await;
+    let api = &s.api;
+    container(api, "ses", "password", "peer-session-short", json!({"username": "ann", "password": PASSWORD})).await;
+    let data = format!("{}/query/data", c("ses"));
+    assert_eq!(api.get(&data).await.status, 200);
+    assert_eq!(api.get(&data).await.status, 200);
+    assert_eq!(s.peer.logins(), 1, "reused while it lasts");
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let refused = s.peer.counts.refused.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(api.get(&data).await.status, 200);
+    assert_eq!(s.peer.logins(), 2, "a new login once the lifetime ended");
+    assert_eq!(
+        s.peer.counts.refused.load(std::sync::atomic::Ordering::SeqCst),
+        refused,
+        "no call with the old session"
+    );
     drop(s.serve);
 }
