@@ -374,6 +374,12 @@ impl From<ContainerError> for Problem {
             ContainerError::UnknownProvider { given, known } => {
                 Problem::bad_request("unknown_provider", format!("Provider '{given}' is not known. Known: {known}."))
             }
+            ContainerError::ProviderNotForKind { kind, provider } => Problem::bad_request(
+                "provider_not_for_kind",
+                format!(
+                    "Provider '{provider}' cannot serve a {kind:?} container: password and api_token containers need a profile with `credential_use`, OAuth2 containers one with a `token_url`."
+                ),
+            ),
             ContainerError::Exists(c) => Problem::conflict(
                 "container_exists",
                 format!("Database '{}' already has a container '{}'.", c.db, c.alias),

@@ -151,6 +151,9 @@ types! {
     "credentials_empty" => "No credentials given",
         "The request set no credential field.",
         "Give at least one of the fields the detail lists.";
+    "provider_not_for_kind" => "Provider does not fit the kind",
+        "Password and API-token containers need a profile that says how the secret is used (`credential_use`); OAuth2 containers need a profile with a token endpoint.",
+        "Choose a profile for the kind (README \"Passwords and API tokens through the proxy\"), or create the container without `provider` to keep the secret only.";
     "no_credential_use" => "The profile does not say how the secret is used",
         "The container's provider profile has no `credential_use`: the query proxy does not know where its password or API token goes on a request.",
         "Give the profile a `credential_use` (header, bearer, basic, query or session_login; see README \"Provider profiles\"), or fetch the secret with GET …/credentials/reveal.";

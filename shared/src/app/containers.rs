@@ -26,6 +26,10 @@ pub enum ContainerError {
     ProviderRequired { kind: CredentialKind, known: String },
     #[error("provider '{given}' is not known")]
     UnknownProvider { given: String, known: String },
+    /// A profile that cannot serve the kind: a password or API-token container needs a `credential_use`, an
+    /// OAuth2 container a `token_url`.
+    #[error("provider '{provider}' cannot serve a {kind:?} container")]
+    ProviderNotForKind { kind: CredentialKind, provider: String },
     #[error("{0} already exists")]
     Exists(ContainerRef),
     #[error("{0} uses an OAuth2 authorization, not stored credentials")]
@@ -183,7 +187,12 @@ impl Containers {
             (true, None) => return Err(ContainerError::ProviderRequired { kind: new.kind, known: self.known() }),
             (false, None) => None,
             // A password or API-token container may name a profile: its `credential_use` lets the proxy use it.
-            (_, Some(p)) => match self.config.provider(&p) {
+            (oauth, Some(p)) => match self.config.provider(&p) {
+                Some(profile)
+                    if (oauth && profile.token_url.is_empty()) || (!oauth && profile.credential_use.is_none()) =>
+                {
+                    return Err(ContainerError::ProviderNotForKind { kind: new.kind, provider: profile.name.clone() });
+                }
                 Some(profile) => Some(profile.name.clone()),
                 None => {
                     let given = p.chars().take(60).collect();

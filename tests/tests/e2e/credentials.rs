@@ -168,6 +168,13 @@ async fn wrong_combinations_are_refused_and_incomplete_containers_are_not_health
         .post("/v1/orgs/acme/databases/main/containers", json!({"alias": "x", "kind": "api_token", "provider": "nope"}))
         .await;
     r.assert_problem(400, "unknown_provider");
+    // A profile that cannot serve the kind is refused: an OAuth2 profile for a password, a login for OAuth2.
+    let containers = "/v1/orgs/acme/databases/main/containers";
+    let r = api.post(containers, json!({"alias": "y", "kind": "password", "provider": "peer-cc"})).await;
+    r.assert_problem(400, "provider_not_for_kind");
+    let r =
+        api.post(containers, json!({"alias": "z", "kind": "oauth2_client_credentials", "provider": "roller"})).await;
+    r.assert_problem(400, "provider_not_for_kind");
     drop(s.serve);
 }
 
