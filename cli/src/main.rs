@@ -48,6 +48,10 @@ enum Command {
     /// The API-token signing key of a data directory.
     #[command(subcommand)]
     SigningKey(SigningKeyCommand),
+    /// Single-instance identifiers (`client_id#user_id`): which organisation, database and container hold one;
+    /// release one whose holder cannot be reached.
+    #[command(subcommand)]
+    Identifier(IdentifierCommand),
     /// Print the route table: method, path, Lambda function, public, resource (what the SAM template must serve).
     Routes {
         /// One JSON array of objects instead of tab-separated lines.
@@ -162,6 +166,36 @@ struct ImportArgs {
 }
 
 #[derive(Subcommand)]
+enum IdentifierCommand {
+    /// Print the holder of an identifier as JSON (organisation, database, alias, since).
+    Show(IdentifierArgs),
+    /// Release an identifier, with a reason recorded in the holder's audit log (and the asking organisation's).
+    Release(ReleaseArgs),
+}
+
+#[derive(Args)]
+struct IdentifierArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    #[command(flatten)]
+    on: OnAws,
+    /// The identifier, `client_id#user_id`.
+    identifier: String,
+}
+
+#[derive(Args)]
+struct ReleaseArgs {
+    #[command(flatten)]
+    id: IdentifierArgs,
+    /// Why (goes into the audit logs).
+    #[arg(long)]
+    reason: String,
+    /// The organisation that asked for the release.
+    #[arg(long)]
+    asked_by_org: Option<String>,
+}
+
+#[derive(Subcommand)]
 enum SigningKeyCommand {
     /// New tokens are signed with a new key; tokens of the old key stay valid for `--window`, or until the
     /// next rotation, whichever comes first. Running `serve` processes on the directory pick it up within a
@@ -222,7 +256,28 @@ fn main() -> anyhow::Result<()> {
         Command::SigningKey(SigningKeyCommand::Rotate(a)) => rotate_signing_key(a),
         Command::Org(OrgCommand::Export(a)) => runtime()?.block_on(export_org(a)),
         Command::Org(OrgCommand::Import(a)) => runtime()?.block_on(import_org(a)),
+        Command::Identifier(c) => runtime()?.block_on(identifier(c)),
     }
+}
+
+async fn identifier(c: IdentifierCommand) -> anyhow::Result<()> {
+    let (args, release) = match c {
+        IdentifierCommand::Show(a) => (a, None),
+        IdentifierCommand::Release(r) => (r.id, Some((r.reason, r.asked_by_org))),
+    };
+    let app = app_for(&args.storage, args.on.aws).await?;
+    let holder = match release {
+        None => app.identifiers.find(&args.identifier).await?,
+        Some((reason, asked_by)) => {
+            let asked_by = asked_by.as_deref().map(OrgId::parse).transpose()?;
+            app.identifiers.release("operator", &args.identifier, &reason, asked_by.as_ref()).await?
+        }
+    };
+    let c = &holder.container;
+    let view = serde_json::json!({"identifier": holder.identifier, "org": c.org, "database": c.db, "alias": c.alias,
+        "since": chainkeeper::clock::rfc3339(holder.since_ms)});
+    println!("{view}");
+    Ok(())
 }
 
 async fn export_org(a: ExportArgs) -> anyhow::Result<()> {

@@ -87,8 +87,17 @@ fn verify_one(key: &[u8], token: &str, now_ms: Millis) -> Result<Claims, TokenRe
     Ok(data.claims)
 }
 
+/// The scope that reveals a stored password or API token (`GET …/credentials/reveal`). It stands apart: `admin`
+/// does not cover it, and a token holds it only when it was issued with it by name (directly or in a group).
+pub const REVEAL_SCOPE: &str = "credentials.reveal";
+/// The route resource that [`REVEAL_SCOPE`] alone allows.
+pub const REVEAL_RESOURCE: &str = "credentials";
+
 /// The scopes that allow `method` on `resource`.
 pub fn accepted_scopes(method: &Method, resource: &str) -> Vec<String> {
+    if resource == REVEAL_RESOURCE {
+        return vec![REVEAL_SCOPE.to_string()];
+    }
     let mut s = vec![format!("{resource}.readwrite")];
     if method == Method::GET || method == Method::HEAD {
         s.insert(0, format!("{resource}.read"));
@@ -99,6 +108,11 @@ pub fn accepted_scopes(method: &Method, resource: &str) -> Vec<String> {
 /// Does a token with `scopes` allow `method` on `resource`? Group scopes expand first.
 pub fn allows(scopes: &[String], groups: &BTreeMap<String, Vec<String>>, method: &Method, resource: &str) -> bool {
     let accepted = accepted_scopes(method, resource);
+    if resource == REVEAL_RESOURCE {
+        return scopes
+            .iter()
+            .any(|s| s == REVEAL_SCOPE || groups.get(s).is_some_and(|m| m.iter().any(|m| m == REVEAL_SCOPE)));
+    }
     scopes.iter().any(|s| {
         s == "admin"
             || accepted.contains(s)
@@ -118,6 +132,10 @@ fn covers_at(held: &[String], groups: &BTreeMap<String, Vec<String>>, wanted: &s
         held.iter()
             .flat_map(|h| std::iter::once(h.as_str()).chain(groups.get(h).into_iter().flatten().map(String::as_str)))
     };
+    if wanted == REVEAL_SCOPE {
+        // Only by name: `admin` does not reach it.
+        return expanded().any(|h| h == REVEAL_SCOPE);
+    }
     if expanded().any(|h| h == "admin" || h == wanted) {
         return true;
     }
@@ -172,6 +190,11 @@ mod tests {
         assert!(covers(&held(&["containers.readwrite"]), &groups, "containers.read"));
         assert!(!covers(&held(&["containers.read"]), &groups, "containers.readwrite"));
         assert!(!covers(&held(&["containers.readwrite"]), &groups, "admin"));
+        assert!(!covers(&held(&["admin"]), &groups, REVEAL_SCOPE), "admin does not reach the reveal scope");
+        assert!(covers(&held(&["credentials.reveal"]), &groups, REVEAL_SCOPE));
+        assert!(!allows(&held(&["admin"]), &groups, &Method::GET, REVEAL_RESOURCE));
+        assert!(allows(&held(&["credentials.reveal"]), &groups, &Method::GET, REVEAL_RESOURCE));
+        assert!(!allows(&held(&["credentials.reveal"]), &groups, &Method::GET, "containers"));
         assert!(covers(&held(&["bi"]), &groups, "tokens.read"));
         assert!(covers(&held(&["bi"]), &groups, "bi"));
         assert!(covers(&held(&["tokens.readwrite", "query.readwrite"]), &groups, "bi"));

@@ -187,6 +187,10 @@ pub struct OrgRecord {
     /// The HMAC key that signs webhook events, sealed with the organisation's key.
     #[serde(default)]
     pub sealed_webhook_secret: Option<String>,
+    /// Whether tokens with the `credentials.reveal` scope may read stored passwords and API tokens
+    /// (`GET …/credentials/reveal`). Off unless the organisation turns it on.
+    #[serde(default)]
+    pub allow_credential_reveal: bool,
     /// Set when the organisation was deleted. The record stays as a tombstone so that its name is never given
     /// to another organisation: tokens issued for the old one, and its audit trail, can never reach a newcomer.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -71,6 +71,9 @@ fn container_view(d: &ContainerDetails) -> Value {
         "created_at": rfc3339(rec.created_at_ms),
         "updated_at": rfc3339(rec.updated_at_ms),
     });
+    if !d.missing.is_empty() {
+        v["missing"] = json!(d.missing);
+    }
     if let Some(ch) = &d.chain {
         v["chain"] = json!({
             "access_token_expires_at": ch.access_expires_at_ms.map(rfc3339),
@@ -138,6 +141,23 @@ pub async fn set_credentials(
     };
     let details = app.containers.set_credentials(&who.sub, &names.container()?, given).await?;
     Ok(Json(container_view(&details)))
+}
+
+/// The stored secret itself (`credentials.reveal` scope, where the organisation allows it): the one response
+/// that holds a secret, never cached.
+pub async fn reveal(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+) -> Result<([(axum::http::HeaderName, &'static str); 1], Json<Value>), Problem> {
+    use secrecy::ExposeSecret;
+    let r = app.containers.reveal(&who.sub, &names.container()?).await?;
+    let body = json!({
+        "username": r.username,
+        "password": r.password.as_ref().map(|p| p.expose_secret()),
+        "api_token": r.api_token.as_ref().map(|t| t.expose_secret()),
+    });
+    Ok(([(axum::http::header::CACHE_CONTROL, "no-store")], Json(body)))
 }
 
 pub async fn repairs(State(app): State<AppState>, names: Names) -> Result<Json<Value>, Problem> {

@@ -13,6 +13,7 @@ use crate::app::audit::AuditError;
 use crate::app::authorization::AuthorizationError;
 use crate::app::containers::ContainerError;
 use crate::app::handout::HandOutError;
+use crate::app::identifiers::IdentifierError;
 use crate::app::lookup::LookupError;
 use crate::app::orgs::OrgError;
 use crate::app::query::{DailyLimitReached, PlatformFailure, QueryError};
@@ -153,19 +154,21 @@ pub fn platform_scope_required() -> Problem {
     Problem::new(
         StatusCode::FORBIDDEN,
         "platform_scope_required",
-        "Creating or deleting organisations needs a platform token (`chainkeeper token issue --platform`).",
+        "This route needs a platform token (`chainkeeper token issue --platform`): creating or deleting organisations, the platform's tokens, the identifier registry.",
     )
 }
 
 pub fn insufficient_scope(needed: &[String], held: &[String]) -> Problem {
+    // `admin` covers every scope but the reveal scope (auth::REVEAL_SCOPE).
+    let or_admin = if needed.iter().any(|n| n == crate::auth::REVEAL_SCOPE) {
+        "; `admin` does not cover it"
+    } else {
+        " (or `admin`)"
+    };
     Problem::new(
         StatusCode::FORBIDDEN,
         "insufficient_scope",
-        format!(
-            "This call needs scope `{}` (or `admin`); the API token has: {}.",
-            needed.join("` or `"),
-            held.join(", ")
-        ),
+        format!("This call needs scope `{}`{or_admin}; the API token has: {}.", needed.join("` or `"), held.join(", ")),
     )
 }
 
@@ -371,6 +374,12 @@ impl From<ContainerError> for Problem {
             ContainerError::UnknownProvider { given, known } => {
                 Problem::bad_request("unknown_provider", format!("Provider '{given}' is not known. Known: {known}."))
             }
+            ContainerError::ProviderNotForKind { kind, provider } => Problem::bad_request(
+                "provider_not_for_kind",
+                format!(
+                    "Provider '{provider}' cannot serve a {kind:?} container: password and api_token containers need a profile with `credential_use`, OAuth2 containers one with a `token_url`."
+                ),
+            ),
             ContainerError::Exists(c) => Problem::conflict(
                 "container_exists",
                 format!("Database '{}' already has a container '{}'.", c.db, c.alias),
@@ -389,6 +398,19 @@ impl From<ContainerError> for Problem {
             ContainerError::CredentialsEmpty { allowed } => {
                 Problem::bad_request("credentials_empty", format!("Give at least one of: {}.", allowed.join(", ")))
             }
+            ContainerError::RevealNotAllowed(org) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "credential_reveal_disabled",
+                format!(
+                    "Organisation '{org}' does not allow revealing stored credentials. An administrator turns it on with PATCH /v1/orgs/{org}/settings {{\"allow_credential_reveal\": true}}."
+                ),
+            ),
+            ContainerError::NothingToReveal { kind } => Problem::bad_request(
+                "nothing_to_reveal",
+                format!(
+                    "A {kind:?} container has no stored password or API token to reveal; only password and api_token containers do."
+                ),
+            ),
             ContainerError::Chain(e) => general_chain_problem(e),
             ContainerError::Store(e) => e.into(),
             ContainerError::Keys(e) => e.into(),
@@ -506,6 +528,26 @@ impl From<HandOutError> for Problem {
     }
 }
 
+impl From<IdentifierError> for Problem {
+    fn from(e: IdentifierError) -> Self {
+        match e {
+            IdentifierError::InvalidIdentifier => Problem::bad_request(
+                "invalid_identifier",
+                "A single-instance identifier is `client_id#user_id` (1-300 characters; `#` percent-encoded as %23 in the path).",
+            ),
+            IdentifierError::NotFound => {
+                Problem::not_found("identifier_not_found", "No container holds this single-instance identifier.")
+            }
+            IdentifierError::ReasonRequired => Problem::bad_request(
+                "release_reason_required",
+                "Give the release a `reason` (1-500 characters): it goes into the audit logs.",
+            ),
+            IdentifierError::Lookup(e) => e.into(),
+            IdentifierError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<QueryError> for Problem {
     fn from(e: QueryError) -> Self {
         match e {
@@ -522,6 +564,14 @@ impl From<QueryError> for Problem {
             }
             QueryError::BodyTooLarge(limit) => body_too_large(limit),
             QueryError::Chain { c, source } => chain_problem(&c, source),
+            QueryError::Credential(e) => e.into(),
+            QueryError::NoCredentialUse { c, provider } => Problem::conflict(
+                "no_credential_use",
+                format!(
+                    "{c} uses provider '{provider}', whose profile does not say how its secret goes on a request (credential_use)."
+                ),
+            ),
+            QueryError::Keys(e) => e.into(),
             QueryError::Platform { c, failure } => Problem::new(
                 StatusCode::BAD_GATEWAY,
                 "platform_unavailable",

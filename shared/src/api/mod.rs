@@ -23,6 +23,7 @@ pub mod containers;
 pub mod errors;
 pub mod extract;
 pub mod handout;
+pub mod identifiers;
 pub mod limits;
 pub mod openapi;
 pub mod orgs;
@@ -87,6 +88,10 @@ fn endpoint(spec: &RouteSpec) -> MethodRouter<AppState> {
         Handler::RevokeApiToken => on(filter, api_tokens::revoke),
         Handler::ListPlatformApiTokens => on(filter, api_tokens::list_platform),
         Handler::RevokePlatformApiToken => on(filter, api_tokens::revoke_platform),
+        Handler::SetOrgSettings => on(filter, orgs::set_settings),
+        Handler::RevealCredentials => on(filter, containers::reveal),
+        Handler::FindIdentifier => on(filter, identifiers::find),
+        Handler::ReleaseIdentifier => on(filter, identifiers::release),
     }
 }
 

@@ -70,11 +70,23 @@ pub fn document() -> Value {
             for s in &scopes {
                 all_scopes.insert(
                     s.clone(),
-                    format!("{} on {}", if s.ends_with(".read") { "Read" } else { "Read and write" }, r.resource),
+                    match s.as_str() {
+                        crate::auth::REVEAL_SCOPE => {
+                            "Read stored passwords and API tokens (not covered by admin)".into()
+                        }
+                        _ => format!(
+                            "{} on {}",
+                            if s.ends_with(".read") { "Read" } else { "Read and write" },
+                            r.resource
+                        ),
+                    },
                 );
             }
             let mut alternatives: Vec<Value> = scopes.iter().map(|s| json!({"apiToken": [s]})).collect();
-            alternatives.push(json!({"apiToken": ["admin"]}));
+            // The reveal scope stands apart: `admin` does not cover it (auth::REVEAL_SCOPE).
+            if r.resource != crate::auth::REVEAL_RESOURCE {
+                alternatives.push(json!({"apiToken": ["admin"]}));
+            }
             op["security"] = Value::Array(alternatives);
             op["x-chainkeeper-resource"] = json!(r.resource);
             if r.platform_only() {
@@ -171,6 +183,8 @@ fn request_schema(method: &str, path: &str) -> Option<Value> {
             &["username", "password"],
         ),
         ("POST", "recover") => object(json!({}), &[]),
+        ("PATCH", "settings") => object(json!({"allow_credential_reveal": {"type": "boolean"}}), &[]),
+        ("POST", "release") => object(json!({"reason": text, "asked_by_org": name}), &["reason"]),
         ("PUT", "webhook") => object(json!({"url": {"type": "string", "format": "uri"}}), &["url"]),
         _ => return None,
     })

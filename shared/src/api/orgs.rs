@@ -30,8 +30,24 @@ pub struct NewDb {
     description: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    allow_credential_reveal: Option<bool>,
+}
+
 fn org_view(o: &OrgRecord) -> Value {
-    json!({"name": o.name, "display_name": o.display_name, "created_at": rfc3339(o.created_at_ms), "webhook_url": o.webhook_url.as_deref().map(masked)})
+    json!({"name": o.name, "display_name": o.display_name, "created_at": rfc3339(o.created_at_ms), "webhook_url": o.webhook_url.as_deref().map(masked), "allow_credential_reveal": o.allow_credential_reveal})
+}
+
+pub async fn set_settings(
+    State(app): State<AppState>,
+    Caller(who): Caller,
+    names: Names,
+    Body(b): Body<Settings>,
+) -> Result<Json<Value>, Problem> {
+    Ok(Json(org_view(&app.orgs.set_settings(&who.sub, &names.org, b.allow_credential_reveal).await?)))
 }
 
 fn db_view(d: &DbRecord) -> Value {

@@ -151,12 +151,33 @@ types! {
     "credentials_empty" => "No credentials given",
         "The request set no credential field.",
         "Give at least one of the fields the detail lists.";
+    "provider_not_for_kind" => "Provider does not fit the kind",
+        "Password and API-token containers need a profile that says how the secret is used (`credential_use`); OAuth2 containers need a profile with a token endpoint.",
+        "Choose a profile for the kind (README \"Passwords and API tokens through the proxy\"), or create the container without `provider` to keep the secret only.";
+    "no_credential_use" => "The profile does not say how the secret is used",
+        "The container's provider profile has no `credential_use`: the query proxy does not know where its password or API token goes on a request.",
+        "Give the profile a `credential_use` (header, bearer, basic, query or session_login; see README \"Provider profiles\"), or fetch the secret with GET …/credentials/reveal.";
+    "credential_reveal_disabled" => "Revealing credentials is off",
+        "The organisation has not allowed tokens with the credentials.reveal scope to read stored passwords and API tokens.",
+        "An administrator of the organisation turns it on with PATCH /v1/orgs/{org}/settings {\"allow_credential_reveal\": true}.";
+    "nothing_to_reveal" => "Nothing to reveal",
+        "Only password and api_token containers hold a secret that can be revealed; OAuth2 containers hand out access tokens.",
+        "Use POST …/token for an OAuth2 container's access token.";
+    "invalid_identifier" => "Identifier not valid",
+        "A single-instance identifier is `client_id#user_id`, 1-300 characters without control characters.",
+        "Give the identifier as the error that named it shows it, with `#` percent-encoded (%23).";
+    "identifier_not_found" => "Identifier not held",
+        "No container in any organisation holds this single-instance identifier.",
+        "Nothing to release: a new authorization with it can go ahead.";
+    "release_reason_required" => "A release needs a reason",
+        "Releasing an identifier is recorded in the audit logs with its reason.",
+        "Give `reason` (1-500 characters), and `asked_by_org` when another organisation asked for it.";
     "credentials_missing" => "Credentials missing",
         "The container has no complete credentials yet, so no token can be had.",
         "Set them with PUT …/credentials.";
     "no_access_token" => "No access token for this kind",
         "Password and API-token containers have no access token to hand out.",
-        "Read the credential from your own configuration; only OAuth2 containers hand out tokens.";
+        "Call the platform through the query proxy, which applies the credential as the profile says; a tool that needs the raw secret uses GET …/credentials/reveal where the organisation allows it.";
     "invalid_webhook_url" => "Webhook URL not valid",
         "The webhook URL is not an absolute http(s) URL without credentials, or points at a private address this deployment refuses.",
         "Give a public https URL.";

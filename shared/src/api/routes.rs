@@ -52,6 +52,10 @@ pub enum Handler {
     RevokeApiToken,
     ListPlatformApiTokens,
     RevokePlatformApiToken,
+    SetOrgSettings,
+    RevealCredentials,
+    FindIdentifier,
+    ReleaseIdentifier,
 }
 
 impl RouteSpec {
@@ -59,7 +63,9 @@ impl RouteSpec {
     /// (`/v1/platform/…`) need a platform token: an organisation's own token, even with `admin`, cannot reach
     /// them. Published as `x-chainkeeper-platform-only` in `/openapi.json`.
     pub fn platform_only(&self) -> bool {
-        (self.resource == "orgs" && self.method != "GET") || self.path.starts_with("/v1/platform/")
+        (self.resource == "orgs" && self.method != "GET")
+            || self.path.starts_with("/v1/platform/")
+            || self.path.starts_with("/v1/identifiers/")
     }
 }
 
@@ -129,6 +135,14 @@ pub const ROUTES: &[RouteSpec] = &[
     ),
     r!("GET", "/v1/orgs/{org}", "orgs", "manage", GetOrg, "An organisation."),
     r!(
+        "PATCH",
+        "/v1/orgs/{org}/settings",
+        "settings",
+        "manage",
+        SetOrgSettings,
+        "Change the organisation's settings: allow_credential_reveal (off until turned on)."
+    ),
+    r!(
         "DELETE",
         "/v1/orgs/{org}",
         "orgs",
@@ -164,6 +178,14 @@ pub const ROUTES: &[RouteSpec] = &[
         "manage",
         SetCredentials,
         "Set username/password, API token, or client id/secret."
+    ),
+    r!(
+        "GET",
+        "/v1/orgs/{org}/databases/{db}/containers/{alias}/credentials/reveal",
+        "credentials",
+        "manage",
+        RevealCredentials,
+        "The stored password or API token itself, for the organisation's own tools: scope credentials.reveal only (admin does not cover it), where the organisation allows it; every reveal audited."
     ),
     r!(
         "PUT",
@@ -310,6 +332,22 @@ pub const ROUTES: &[RouteSpec] = &[
         "manage",
         RevokePlatformApiToken,
         "Revoke a platform token, and every token issued through it (platform token)."
+    ),
+    r!(
+        "GET",
+        "/v1/identifiers/{identifier}",
+        "identifiers",
+        "manage",
+        FindIdentifier,
+        "Which organisation, database and container hold a single-instance identifier `client_id#user_id` (platform token)."
+    ),
+    r!(
+        "POST",
+        "/v1/identifiers/{identifier}/release",
+        "identifiers",
+        "manage",
+        ReleaseIdentifier,
+        "Release a single-instance identifier, with a reason, in the holder's audit log and the asking organisation's (platform token)."
     ),
 ];
 

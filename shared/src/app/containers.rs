@@ -10,6 +10,7 @@ use crate::clock::{Clock, Millis};
 use crate::config::Config;
 use crate::ids::{Alias, ContainerRef, DbName, OrgId};
 use crate::keys::{ContainerFields, Field, KeyError, Vault};
+use crate::provider::CredentialUse;
 use crate::records::*;
 use crate::store::{Condition, Index, Put, Store, StoreError, Version, WriteOp};
 
@@ -25,6 +26,10 @@ pub enum ContainerError {
     ProviderRequired { kind: CredentialKind, known: String },
     #[error("provider '{given}' is not known")]
     UnknownProvider { given: String, known: String },
+    /// A profile that cannot serve the kind: a password or API-token container needs a `credential_use`, an
+    /// OAuth2 container a `token_url`.
+    #[error("provider '{provider}' cannot serve a {kind:?} container")]
+    ProviderNotForKind { kind: CredentialKind, provider: String },
     #[error("{0} already exists")]
     Exists(ContainerRef),
     #[error("{0} uses an OAuth2 authorization, not stored credentials")]
@@ -33,6 +38,12 @@ pub enum ContainerError {
     FieldNotAllowed { kind: CredentialKind, field: &'static str, allowed: &'static [&'static str] },
     #[error("no credential field given")]
     CredentialsEmpty { allowed: &'static [&'static str] },
+    /// The organisation has not turned on `allow_credential_reveal`.
+    #[error("organisation {0} does not allow revealing credentials")]
+    RevealNotAllowed(OrgId),
+    /// Only stored passwords and API tokens are revealed.
+    #[error("a {kind:?} container has no password or API token to reveal")]
+    NothingToReveal { kind: CredentialKind },
     #[error(transparent)]
     Chain(#[from] ChainError),
     #[error(transparent)]
@@ -58,6 +69,28 @@ pub struct Credentials {
     pub client_secret: Option<SecretString>,
 }
 
+/// The credential fields a container still needs before it can produce a credential (empty: complete). An
+/// authorization (`oauth2_code`) is not a stored field: it is never missing here.
+pub fn missing_credentials(rec: &ContainerRecord, credential_use: Option<&CredentialUse>) -> Vec<&'static str> {
+    let needs_username = credential_use.is_some_and(CredentialUse::uses_username);
+    let wanted: Vec<(&'static str, bool)> = match rec.kind {
+        CredentialKind::Oauth2Code => vec![],
+        CredentialKind::Oauth2ClientCredentials => {
+            vec![("client_id", rec.client_id.is_some()), ("client_secret", rec.sealed_client_secret.is_some())]
+        }
+        CredentialKind::Oauth2Password => {
+            vec![("username", rec.username.is_some()), ("password", rec.sealed_password.is_some())]
+        }
+        CredentialKind::Password => {
+            vec![("username", rec.username.is_some() || !needs_username), ("password", rec.sealed_password.is_some())]
+        }
+        CredentialKind::ApiToken => {
+            vec![("username", rec.username.is_some() || !needs_username), ("api_token", rec.sealed_api_token.is_some())]
+        }
+    };
+    wanted.into_iter().filter(|(_, present)| !present).map(|(name, _)| name).collect()
+}
+
 /// What a container is doing, as people see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContainerStatus {
@@ -65,6 +98,8 @@ pub enum ContainerStatus {
     NotAuthorized,
     /// No credential stored yet.
     NotConfigured,
+    /// Some credentials are stored, but not all the kind (and its profile) needs: see `missing`.
+    CredentialsIncomplete,
     Healthy,
     /// Someone holds the chain's lease right now.
     Refreshing,
@@ -72,11 +107,14 @@ pub enum ContainerStatus {
 }
 
 impl ContainerStatus {
-    pub fn of(rec: &ContainerRecord, chain: Option<&ChainRecord>, now: Millis) -> Self {
+    /// `missing`: [`missing_credentials`] of the container.
+    pub fn of(rec: &ContainerRecord, chain: Option<&ChainRecord>, now: Millis, missing: &[&str]) -> Self {
+        let nothing_stored = !rec.has_credentials() && rec.username.is_none() && rec.client_id.is_none();
         match chain {
             None if rec.kind == CredentialKind::Oauth2Code => Self::NotAuthorized,
-            None if rec.has_credentials() => Self::Healthy,
-            None => Self::NotConfigured,
+            None if nothing_stored => Self::NotConfigured,
+            None if !missing.is_empty() => Self::CredentialsIncomplete,
+            None => Self::Healthy,
             Some(ch) if ch.status == ChainStatus::NeedsRepair => Self::NeedsRepair,
             Some(ch) if ch.lease.as_ref().is_some_and(|l| l.until_ms > now) => Self::Refreshing,
             Some(_) => Self::Healthy,
@@ -86,6 +124,7 @@ impl ContainerStatus {
         match self {
             Self::NotAuthorized => "not_authorized",
             Self::NotConfigured => "not_configured",
+            Self::CredentialsIncomplete => "credentials_incomplete",
             Self::Healthy => "healthy",
             Self::Refreshing => "refreshing",
             Self::NeedsRepair => "needs_repair",
@@ -98,8 +137,17 @@ pub struct ContainerDetails {
     pub record: ContainerRecord,
     pub chain: Option<ChainRecord>,
     pub status: ContainerStatus,
+    /// The credential fields still needed ([`missing_credentials`]).
+    pub missing: Vec<&'static str>,
     /// `None` when the kind has no auto-recovery; `Some(None)` when none is stored.
     pub recovery: Option<Option<RecoveryRecord>>,
+}
+
+/// A container's stored secret, for the organisation's own tools (`…/credentials/reveal`).
+pub struct Revealed {
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub api_token: Option<SecretString>,
 }
 
 /// One container that needs a person.
@@ -137,14 +185,20 @@ impl Containers {
         lookup::database(&*self.store, &c.org, &c.db).await?;
         let provider = match (new.kind.uses_provider(), new.provider) {
             (true, None) => return Err(ContainerError::ProviderRequired { kind: new.kind, known: self.known() }),
-            (true, Some(p)) => match self.config.provider(&p) {
+            (false, None) => None,
+            // A password or API-token container may name a profile: its `credential_use` lets the proxy use it.
+            (oauth, Some(p)) => match self.config.provider(&p) {
+                Some(profile)
+                    if (oauth && profile.token_url.is_empty()) || (!oauth && profile.credential_use.is_none()) =>
+                {
+                    return Err(ContainerError::ProviderNotForKind { kind: new.kind, provider: profile.name.clone() });
+                }
                 Some(profile) => Some(profile.name.clone()),
                 None => {
                     let given = p.chars().take(60).collect();
                     return Err(ContainerError::UnknownProvider { given, known: self.known() });
                 }
             },
-            (false, p) => p,
         };
         let scopes = new.scopes.unwrap_or_else(|| {
             provider.as_deref().and_then(|p| self.config.provider(p)).map(|p| p.scopes.clone()).unwrap_or_default()
@@ -177,9 +231,19 @@ impl Containers {
         self.config.providers.keys().cloned().collect::<Vec<_>>().join(", ")
     }
 
+    /// The profile's `credential_use`, for a container whose provider has one.
+    fn credential_use(&self, rec: &ContainerRecord) -> Option<&CredentialUse> {
+        rec.provider.as_deref().and_then(|p| self.config.provider(p)).and_then(|p| p.credential_use.as_ref())
+    }
+
+    fn missing(&self, rec: &ContainerRecord) -> Vec<&'static str> {
+        missing_credentials(rec, self.credential_use(rec))
+    }
+
     fn without_chain(&self, record: ContainerRecord) -> ContainerDetails {
-        let status = ContainerStatus::of(&record, None, self.clock.now_ms());
-        ContainerDetails { record, chain: None, status, recovery: None }
+        let missing = self.missing(&record);
+        let status = ContainerStatus::of(&record, None, self.clock.now_ms(), &missing);
+        ContainerDetails { record, chain: None, status, missing, recovery: None }
     }
 
     /// A container with its chain and auto-recovery state.
@@ -197,8 +261,9 @@ impl Containers {
             }
             _ => None,
         };
-        let status = ContainerStatus::of(&record, chain.as_ref(), self.clock.now_ms());
-        Ok(ContainerDetails { record, chain, status, recovery })
+        let missing = self.missing(&record);
+        let status = ContainerStatus::of(&record, chain.as_ref(), self.clock.now_ms(), &missing);
+        Ok(ContainerDetails { record, chain, status, missing, recovery })
     }
 
     /// Every container of a database.
@@ -260,8 +325,14 @@ impl Containers {
         let (mut rec, version) = lookup::container(&*self.store, c).await?;
         let allowed: &'static [&'static str] = match rec.kind {
             CredentialKind::Password => &["username", "password"],
+            // The username only where the profile uses it (HTTP Basic, a login that names it).
+            CredentialKind::ApiToken if self.credential_use(&rec).is_some_and(CredentialUse::uses_username) => {
+                &["api_token", "password", "username"]
+            }
             CredentialKind::ApiToken => &["api_token", "password"],
-            CredentialKind::Oauth2ClientCredentials => &["client_id", "client_secret", "username", "password"],
+            // A client-credentials grant takes the client's id and secret only: a username and password would be
+            // stored and never used (a platform whose login takes them is a `password` container, ROLLER's too).
+            CredentialKind::Oauth2ClientCredentials => &["client_id", "client_secret"],
             CredentialKind::Oauth2Password => &["username", "password"],
             CredentialKind::Oauth2Code => &[],
         };
@@ -310,12 +381,43 @@ impl Containers {
         }
         rec.updated_at_ms = self.clock.now_ms();
         self.store.put(Put::new(container_key(c), encode(&rec), Condition::Version(version))).await?;
-        if matches!(rec.kind, CredentialKind::Oauth2ClientCredentials | CredentialKind::Oauth2Password) {
-            // Tokens of the old credentials (and a `credentials_rejected` state) go; the next call uses the new ones.
+        if rec.kind != CredentialKind::Oauth2Code {
+            // Tokens (and sessions) of the old credentials (and a `credentials_rejected` state) go; the next call uses the new ones.
             self.engine.remove(c).await?;
         }
         self.audit.record(&c.org, actor, "credentials.set", Some(c), "ok", Some(named.join(","))).await;
         Ok(self.without_chain(rec))
+    }
+
+    /// The stored password and API token of a `password` or `api_token` container, where the organisation allows
+    /// it; every reveal is in the audit log with the caller (and so is every refusal).
+    #[tracing::instrument(skip_all, fields(org = %c.org, container = %c.local_name()))]
+    pub async fn reveal(&self, actor: &str, c: &ContainerRef) -> Result<Revealed, ContainerError> {
+        let (org, _) = lookup::org(&*self.store, &c.org).await?;
+        if !org.allow_credential_reveal {
+            self.audit
+                .record(&c.org, actor, "credentials.reveal", Some(c), "refused", Some("not allowed".into()))
+                .await;
+            return Err(ContainerError::RevealNotAllowed(c.org.clone()));
+        }
+        let (rec, _) = lookup::container(&*self.store, c).await?;
+        if !matches!(rec.kind, CredentialKind::Password | CredentialKind::ApiToken) {
+            return Err(ContainerError::NothingToReveal { kind: rec.kind });
+        }
+        let fields = ContainerFields::of(c);
+        let mut out = Revealed { username: rec.username.clone(), password: None, api_token: None };
+        if let Some(sealed) = rec.sealed_password.as_deref() {
+            out.password = Some(self.vault.open_string(&fields.context(Field::Password), sealed).await?);
+        }
+        if let Some(sealed) = rec.sealed_api_token.as_deref() {
+            out.api_token = Some(self.vault.open_string(&fields.context(Field::ApiToken), sealed).await?);
+        }
+        let which: Vec<&str> = [("password", out.password.is_some()), ("api_token", out.api_token.is_some())]
+            .into_iter()
+            .filter_map(|(n, present)| present.then_some(n))
+            .collect();
+        self.audit.record(&c.org, actor, "credentials.reveal", Some(c), "ok", Some(which.join(","))).await;
+        Ok(out)
     }
 
     /// The organisation's containers that need a person.

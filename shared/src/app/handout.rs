@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use crate::chain::{AccessToken, ChainEngine, ChainError};
+use crate::config::Config;
 use crate::ids::ContainerRef;
+use crate::provider::CredentialUse;
 use crate::records::{CredentialKind, chain_key};
 use crate::store::Store;
 
@@ -32,12 +34,13 @@ pub enum HandOutError {
 #[derive(Clone)]
 pub struct HandOut {
     store: Arc<dyn Store>,
+    config: Arc<Config>,
     engine: Arc<ChainEngine>,
 }
 
 impl HandOut {
     pub fn new(p: &Ports, engine: Arc<ChainEngine>) -> Self {
-        Self { store: p.store.clone(), engine }
+        Self { store: p.store.clone(), config: p.config.clone(), engine }
     }
 
     /// A valid access token for `c`. The warm path is one chain read; only a container without a chain is looked
@@ -77,19 +80,19 @@ impl HandOut {
             Ok(t) => Ok(t),
             Err(ChainError::NotAuthorized) => {
                 let (rec, _) = lookup::container(&*self.store, c).await?;
-                let needs = match rec.kind {
-                    CredentialKind::Oauth2Code => return Err(HandOutError::NotAuthorized(c.clone())),
-                    CredentialKind::Oauth2ClientCredentials => "client_id and client_secret",
-                    CredentialKind::Oauth2Password => "username and password",
-                    kind => return Err(HandOutError::NoAccessToken { c: c.clone(), kind }),
-                };
-                let complete = match rec.kind {
-                    CredentialKind::Oauth2ClientCredentials => {
-                        rec.client_id.is_some() && rec.sealed_client_secret.is_some()
+                let profile = rec.provider.as_deref().and_then(|p| self.config.provider(p));
+                let credential_use = profile.and_then(|p| p.credential_use.as_ref());
+                let needs = match (rec.kind, credential_use) {
+                    (CredentialKind::Oauth2Code, _) => return Err(HandOutError::NotAuthorized(c.clone())),
+                    (CredentialKind::Oauth2ClientCredentials, _) => "client_id and client_secret",
+                    (CredentialKind::Oauth2Password, _) => "username and password",
+                    // A session login's token is handed out like an access token.
+                    (CredentialKind::Password | CredentialKind::ApiToken, Some(CredentialUse::SessionLogin(_))) => {
+                        "the credentials its login takes"
                     }
-                    _ => rec.username.is_some() && rec.sealed_password.is_some(),
+                    (kind, _) => return Err(HandOutError::NoAccessToken { c: c.clone(), kind }),
                 };
-                if !complete {
+                if !super::containers::missing_credentials(&rec, credential_use).is_empty() {
                     return Err(HandOutError::CredentialsMissing { c: c.clone(), needs });
                 }
                 let provider = rec.provider.clone().unwrap_or_default();

@@ -11,6 +11,7 @@
 //! | [`containers`] | containers, their credentials, their status, the repairs list |
 //! | [`authorization`] | start, complete (code exchange, identity, single-instance identifier), hand-over |
 //! | [`handout`] | an access token for the caller's own use |
+//! | [`identifiers`] | the platform's single-instance identifier registry: find a holder, release |
 //! | [`query`] | the query proxy's core (path checks, forwarding, one retry, cache), the OData feed |
 //! | [`governor`] | the rate-limit governor: the platform's call budget per app and company, in the store |
 //! | [`recovery`] | auto-recovery credentials, runs on break, on request and on schedule |
@@ -34,6 +35,7 @@ pub mod events;
 pub mod governor;
 pub mod handoff;
 pub mod handout;
+pub mod identifiers;
 pub mod lookup;
 pub mod orgs;
 pub mod query;
@@ -83,6 +85,7 @@ pub struct App {
     pub containers: containers::Containers,
     pub authorization: authorization::Authorization,
     pub handout: handout::HandOut,
+    pub identifiers: identifiers::Identifiers,
     pub query: query::QueryProxy,
     pub recovery: Arc<recovery::Recovery>,
     /// How a recovery starts (in-process, or the recovery queue); [`handoff::HandOff::settle`] before a Lambda
@@ -149,6 +152,7 @@ impl App {
         Arc::new(Self {
             orgs: orgs::Orgs::new(&p, audit.clone(), api_tokens.clone()),
             handout: handout::HandOut::new(&p, engine.clone()),
+            identifiers: identifiers::Identifiers::new(&p, audit.clone()),
             query: query::QueryProxy::new(&p, engine.clone()),
             sweep: sweep::Sweep::new(&p, engine.clone()),
             backup: backup::Backup::new(&p, audit.clone()),

@@ -47,6 +47,24 @@ impl Orgs {
         Self { store: p.store.clone(), vault: p.vault.clone(), clock: p.clock.clone(), audit, api_tokens }
     }
 
+    /// Changes the organisation's settings (`allow_credential_reveal`); audited with the old and new value.
+    #[tracing::instrument(skip_all, fields(org = %org))]
+    pub async fn set_settings(
+        &self,
+        actor: &str,
+        org: &OrgId,
+        allow_credential_reveal: Option<bool>,
+    ) -> Result<OrgRecord, OrgError> {
+        let (mut rec, version) = lookup::org(&*self.store, org).await?;
+        if let Some(allow) = allow_credential_reveal {
+            let detail = format!("allow_credential_reveal: {} -> {allow}", rec.allow_credential_reveal);
+            rec.allow_credential_reveal = allow;
+            self.store.put(Put::new(org_key(org), encode(&rec), Condition::Version(version))).await?;
+            self.audit.record(org, actor, "org.settings", None, "ok", Some(detail)).await;
+        }
+        Ok(rec)
+    }
+
     /// Creates an organisation and its encryption key.
     #[tracing::instrument(skip_all, fields(org = %org))]
     pub async fn create(&self, actor: &str, org: &OrgId, display_name: Option<String>) -> Result<OrgRecord, OrgError> {
@@ -66,6 +84,7 @@ impl Orgs {
             webhook_url: None,
             sealed_webhook_url: None,
             sealed_webhook_secret: None,
+            allow_credential_reveal: false,
             deleted_at_ms: None,
         };
         let ops = vec![

@@ -15,14 +15,18 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 
-use crate::chain::{ChainEngine, ChainError};
+use crate::chain::{AccessToken, ChainEngine, ChainError};
 use crate::clock::{Clock, Millis};
 use crate::config::Config;
 use crate::ids::ContainerRef;
+use crate::keys::{ContainerFields, Field, Vault};
+use crate::provider::{CredentialUse, ProviderProfile};
+use crate::records::{ContainerRecord, CredentialKind};
 use crate::store::{Store, StoreError};
 
 use super::Ports;
 use super::governor::{Governor, Refusal};
+use super::handout::{HandOut, HandOutError};
 use super::lookup::{self, LookupError};
 
 /// Request headers passed on to the platform (content negotiation and conditional requests).
@@ -77,6 +81,14 @@ pub enum QueryError {
     BodyTooLarge(usize),
     #[error("{c}: {source}")]
     Chain { c: ContainerRef, source: ChainError },
+    /// The container's credential could not be had (first token, missing fields).
+    #[error(transparent)]
+    Credential(#[from] HandOutError),
+    /// A password or API-token container whose profile does not say how its secret is used.
+    #[error("{c}: provider '{provider}' has no credential_use")]
+    NoCredentialUse { c: ContainerRef, provider: String },
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
     #[error("the platform API of {c} failed: {failure:?}")]
     Platform { c: ContainerRef, failure: PlatformFailure },
     /// The platform's rate limit is used up; its rate-limit headers are passed on.
@@ -350,6 +362,8 @@ pub struct QueryProxy {
     config: Arc<Config>,
     http: reqwest::Client,
     engine: Arc<ChainEngine>,
+    handout: HandOut,
+    vault: Arc<Vault>,
     cache: Arc<ResponseCache>,
     /// Current division per container (`org#db/alias`), with when it was read.
     divisions: Arc<Mutex<HashMap<String, (String, Millis)>>>,
@@ -369,6 +383,8 @@ impl QueryProxy {
             clock,
             config,
             http,
+            handout: HandOut::new(p, engine.clone()),
+            vault: p.vault.clone(),
             engine,
             cache,
             divisions: Arc::default(),
@@ -517,7 +533,7 @@ impl QueryProxy {
         }
 
         let chain_error = |source| QueryError::Chain { c: c.clone(), source };
-        let mut token = self.engine.access_token(c).await.map_err(chain_error)?;
+        let mut credential = self.credential(&rec, profile).await?;
         let mut refreshed = false;
         let mut waited = false;
         crate::metrics::proxy_call(&provider);
@@ -549,11 +565,8 @@ impl QueryProxy {
                     Refusal::Store(e) => QueryError::Store(e),
                 })?;
             }
-            let mut out = self
-                .http
-                .request(req.method.clone(), url.clone())
-                .bearer_auth(token.token.expose_secret())
-                .timeout(Duration::from_secs(60));
+            let mut out = credential.apply(self.http.request(req.method.clone(), url.clone()), profile);
+            out = out.timeout(Duration::from_secs(60));
             for name in FORWARD_REQUEST {
                 if let Some(v) = req.headers.get(*name) {
                     out = out.header(*name, v.clone());
@@ -572,10 +585,14 @@ impl QueryProxy {
                     tracing::warn!(error = %e, "the call budget could not take the platform's count");
                 }
             }
-            if res.status() == StatusCode::UNAUTHORIZED && !refreshed {
-                // The platform refused a token we thought valid: refresh once (through the engine) and retry.
+            if res.status() == StatusCode::UNAUTHORIZED
+                && !refreshed
+                && let Credential::Token(token) = &credential
+            {
+                // The platform refused a token (or session) we thought valid: renew it once (through the engine)
+                // and retry. A stored secret is sent as it is: a second try would be refused the same way.
                 refreshed = true;
-                token = self.engine.replace_rejected(c, &token).await.map_err(chain_error)?;
+                credential = Credential::Token(self.engine.replace_rejected(c, token).await.map_err(chain_error)?);
                 continue;
             }
             if res.status() == StatusCode::TOO_MANY_REQUESTS
@@ -622,6 +639,59 @@ impl QueryProxy {
             return Ok((cached.answer(&req.headers, cache), base));
         }
         Ok((Forwarded { status, headers, body: ForwardedBody::Stream(res), cache }, base))
+    }
+}
+
+/// What goes on a proxied request: a token of the chain engine (an OAuth2 access token, or a session login's
+/// token), or a stored password or API token as the profile's `credential_use` says.
+enum Credential {
+    Token(AccessToken),
+    Stored { username: Option<String>, secret: secrecy::SecretString },
+}
+
+impl Credential {
+    fn apply(&self, req: reqwest::RequestBuilder, profile: &ProviderProfile) -> reqwest::RequestBuilder {
+        match (self, &profile.credential_use) {
+            // A session login's token goes as the login's `apply` says (CredentialUse::apply delegates).
+            (Self::Token(t), Some(u @ CredentialUse::SessionLogin(_))) => u.apply(req, None, &t.token),
+            (Self::Token(t), _) => req.bearer_auth(t.token.expose_secret()),
+            (Self::Stored { username, secret }, Some(u)) => u.apply(req, username.as_deref(), secret),
+            (Self::Stored { .. }, None) => req,
+        }
+    }
+}
+
+impl QueryProxy {
+    /// The credential of `rec` for its platform: OAuth2 containers' access token (the first one obtained here for
+    /// client-credentials and password grants), a session login's token, or the stored secret itself.
+    async fn credential(&self, rec: &ContainerRecord, profile: &ProviderProfile) -> Result<Credential, QueryError> {
+        let c = &rec.container;
+        let stored = match (rec.kind, &profile.credential_use) {
+            (CredentialKind::Password | CredentialKind::ApiToken, None) => {
+                return Err(QueryError::NoCredentialUse { c: c.clone(), provider: profile.name.clone() });
+            }
+            (CredentialKind::Password | CredentialKind::ApiToken, Some(u)) => {
+                !matches!(u, CredentialUse::SessionLogin(_))
+            }
+            _ => false,
+        };
+        if !stored {
+            return Ok(Credential::Token(self.handout.access_token(c).await?));
+        }
+        let missing = super::containers::missing_credentials(rec, profile.credential_use.as_ref());
+        let (field, sealed) = match rec.kind {
+            CredentialKind::ApiToken => (Field::ApiToken, rec.sealed_api_token.as_deref()),
+            _ => (Field::Password, rec.sealed_password.as_deref()),
+        };
+        let (Some(sealed), true) = (sealed, missing.is_empty()) else {
+            let needs = match rec.kind {
+                CredentialKind::ApiToken => "API token",
+                _ => "password",
+            };
+            return Err(HandOutError::CredentialsMissing { c: c.clone(), needs }.into());
+        };
+        let secret = self.vault.open_string(&ContainerFields::of(c).context(field), sealed).await?;
+        Ok(Credential::Stored { username: rec.username.clone(), secret })
     }
 }
 

@@ -115,7 +115,9 @@ impl ChainEngine {
         // The refresh and password grants use the provider's app registration; the client-credentials grant uses
         // the container's own client id and secret.
         let app = match chain.grant {
-            Some(CredentialKind::Oauth2ClientCredentials) => None,
+            // Client credentials use the container's own client; session logins (password and API-token
+            // containers) need no app at all.
+            Some(CredentialKind::Oauth2ClientCredentials | CredentialKind::Password | CredentialKind::ApiToken) => None,
             _ => match self.secrets.app(&profile.name).await? {
                 Some(app) => Some(app),
                 None => {
@@ -547,6 +549,32 @@ impl ChainEngine {
                     timeout,
                 )
                 .await
+            }
+            CredentialKind::Password | CredentialKind::ApiToken => {
+                let Some(crate::provider::CredentialUse::SessionLogin(login)) = &profile.credential_use else {
+                    return Ok(Err(TokenError::Refused("the profile has no session login".into())));
+                };
+                let mut password = None;
+                if let Some(sealed) = rec.sealed_password.as_deref() {
+                    password = Some(self.vault.open_string(&fields.context(Field::Password), sealed).await?);
+                }
+                let mut api_token = None;
+                if let Some(sealed) = rec.sealed_api_token.as_deref() {
+                    api_token = Some(self.vault.open_string(&fields.context(Field::ApiToken), sealed).await?);
+                }
+                if password.is_none() && api_token.is_none() {
+                    return Ok(Err(missing()));
+                }
+                let values = crate::provider::credential_use::LoginValues {
+                    username: rec.username.as_deref(),
+                    password: password.as_ref(),
+                    api_token: api_token.as_ref(),
+                };
+                let url = match profile.endpoint(&login.url) {
+                    Ok(u) => u,
+                    Err(e) => return Ok(Err(TokenError::Refused(e.to_string()))),
+                };
+                login.login(&self.http, &url, &values, timeout).await
             }
             _ => {
                 let (Some(username), Some(sealed), Some(app)) =

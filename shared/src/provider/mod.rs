@@ -1,8 +1,11 @@
 //! A provider: its profile (everything chainkeeper needs to know about one OAuth2 platform, as data), its token
 //! endpoint ([`oauth`]) and its sign-in pages ([`login`], the auto-recovery drivers).
 
+pub mod credential_use;
 pub mod login;
 pub mod oauth;
+
+pub use credential_use::CredentialUse;
 
 use std::collections::BTreeMap;
 
@@ -90,8 +93,15 @@ pub struct ProviderProfile {
     pub display_name: Option<String>,
     #[serde(default, rename = "abstract")]
     pub is_abstract: bool,
+    /// The OAuth2 endpoints (not needed by a profile for passwords and API tokens only: `credential_use`).
+    #[serde(default)]
     pub authorize_url: String,
+    #[serde(default)]
     pub token_url: String,
+    /// For `password` and `api_token` containers: where the secret goes on a proxied request (see
+    /// [`CredentialUse`]). Without it, those containers have no platform API to query.
+    #[serde(default)]
+    pub credential_use: Option<CredentialUse>,
     #[serde(default)]
     pub api_base_url: Option<String>,
     #[serde(default)]
@@ -184,12 +194,19 @@ fn one_hour() -> f64 {
 impl ProviderProfile {
     pub fn validate(&self) -> anyhow::Result<()> {
         for (what, u) in [("authorize_url", &self.authorize_url), ("token_url", &self.token_url)] {
+            // A profile for passwords and API tokens only may leave the OAuth2 endpoints out.
+            if u.is_empty() && self.credential_use.is_some() {
+                continue;
+            }
             if url::Url::parse(u).is_err() {
                 bail!("{what} {u:?} is not an absolute URL");
             }
         }
         if self.min_token_interval_s < 0.0 || self.access_token_lifetime_s <= 0.0 {
             bail!("token times must be positive");
+        }
+        if let Some(u) = &self.credential_use {
+            u.validate().map_err(|e| anyhow::anyhow!("provider {}: {e}", self.name))?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ fn concrete(path: &str) -> String {
         .replace("{alias}", "eol")
         .replace("{id}", "nope")
         .replace("{path}", "v1/current/Me")
+        .replace("{identifier}", "app%23user")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,6 +18,9 @@ async fn every_route_enforces_the_scopes_the_spec_publishes() {
     let serve = Serve::start(dir.path(), None).await.unwrap();
     let platform = Api::new(&serve.base, &issue_token(dir.path(), &["--platform"], &["admin"]));
     platform.create_container("acme", "main", "eol", "password", None).await;
+    // The reveal route answers (rather than refusing by the organisation's setting) only where it is allowed.
+    let on = json!({"allow_credential_reveal": true});
+    assert_eq!(platform.call("PATCH", "/v1/orgs/acme/settings", Some(on)).await.status, 200);
     let spec = platform.with_token("").get("/openapi.json").await.body;
     let paths = spec["paths"].as_object().unwrap();
     let mut checked = 0;

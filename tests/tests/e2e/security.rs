@@ -106,7 +106,10 @@ async fn a_read_only_token_reads_and_never_writes_through_any_method() {
             }
             let reader = Api::new(&h.api.base, &token(&h, Some("acme"), &[&format!("{}.read", route.resource)]));
             let r = reader.call(method, &url, None).await;
-            if route.method == "GET" && !route.platform_only() {
+            if route.resource == chainkeeper::auth::REVEAL_RESOURCE {
+                // No read scope reveals a stored secret: only `credentials.reveal` by name does.
+                assert_eq!(r.status, 403, "{method} {path} with {}.read", route.resource);
+            } else if route.method == "GET" && !route.platform_only() {
                 assert!(
                     r.status != 401 && r.status != 403,
                     "{method} {path} with {}.read: {} {}",

@@ -100,3 +100,52 @@ async fn names_are_case_insensitive_everywhere() {
         .await
         .assert_problem(409, "container_exists");
 }
+
+/// Seed 001's escalation: the organisation that holds an identifier cannot be reached. The platform finds the
+/// holder (API and CLI) and releases it with a reason; both organisations' audit logs say so, neither names the
+/// other; an organisation's token never reaches the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platform_finds_and_releases_an_identifier_whose_holder_cannot_be_reached() {
+    let h = ExactHarness::start(|_| {}).await;
+    let sid = format!("{CLIENT_ID}#{}", h.user.user_id);
+    let path = format!("/v1/identifiers/{}", sid.replace('#', "%23"));
+    h.api.create_container("beta", "books", "eol", "oauth2_code", Some("exact-online-nl")).await;
+    let user = h.user.clone();
+    h.authorize("beta", "books", "eol", &user).await.assert_problem(409, "single_instance_conflict");
+
+    let r = h.api.get(&path).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (&r.body["org"], &r.body["database"], &r.body["alias"]),
+        (&json!("acme"), &json!("finance"), &json!("eol"))
+    );
+    let out =
+        chainkeeper_e2e::cli(&["identifier", "show", &sid, "--data-dir", h.dir.path().to_str().unwrap()]).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(shown["org"], "acme", "{out}");
+
+    // An organisation's token, even its admin, never reaches the registry.
+    let dir = h.dir.path();
+    let beta_admin = h.api.with_token(&chainkeeper_e2e::issue_token(dir, &["--org", "beta"], &["admin"]));
+    beta_admin.get(&path).await.assert_problem(403, "platform_scope_required");
+    let body = json!({"reason": "holder unreachable"});
+    beta_admin.post(&format!("{path}/release"), body).await.assert_problem(403, "platform_scope_required");
+
+    h.api.post(&format!("{path}/release"), json!({})).await.assert_problem(400, "invalid_body");
+    let body = json!({"reason": "holder unreachable, ticket 4711", "asked_by_org": "beta"});
+    let r = h.api.post(&format!("{path}/release"), body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["released"], true);
+    h.api.get(&path).await.assert_problem(404, "identifier_not_found");
+
+    let acme = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
+    assert!(acme.contains("identifier.release") && acme.contains("ticket 4711"), "{acme}");
+    assert!(!acme.contains("beta"), "the holder's log does not name the asker: {acme}");
+    let beta = h.api.get("/v1/orgs/beta/audit").await.body.to_string();
+    assert!(beta.contains("identifier.release") && beta.contains(&sid), "{beta}");
+    assert!(!beta.contains("finance") && !beta.contains("\"acme"), "the asker's log does not name the holder: {beta}");
+
+    // Now the asking organisation may register the identifier.
+    h.api.create_container("beta", "books", "eol", "oauth2_code", Some("exact-online-nl")).await;
+    assert_eq!(h.authorize("beta", "books", "eol", &user).await.status, 200);
+}
