@@ -12,6 +12,7 @@
 //! | [`authorization`] | start, complete (code exchange, identity, single-instance identifier), hand-over |
 //! | [`handout`] | an access token for the caller's own use |
 //! | [`query`] | the query proxy's core (path checks, forwarding, one retry, cache), the OData feed |
+//! | [`stored_answers`] | the query proxy's cache kept in the store (profiles with `cache_in_store`), sealed |
 //! | [`governor`] | the rate-limit governor: the platform's call budget per app and company, in the store |
 //! | [`recovery`] | auto-recovery credentials, runs on break, on request and on schedule |
 //! | [`api_tokens`] | authenticate a caller, issue, list, revoke |
@@ -35,6 +36,7 @@ pub mod lookup;
 pub mod orgs;
 pub mod query;
 pub mod recovery;
+pub mod stored_answers;
 pub mod sweep;
 pub mod verified_tokens;
 pub mod webhook_target;
