@@ -20,6 +20,7 @@
 //! | revoked API token | `revoked#{id}` | `revoked` (expires with the token) |
 //! | audit entry | `audit#{org}` | `{time}#{id}` (expires after the retention) |
 //! | provider call budget (rate-limit governor) | `budget#{provider}#{company}` | `budget` (expires after its day) |
+//! | cached provider answer (profiles with `cache_in_store`), sealed | `answer#{org}#{db}#{alias}` | sha256 of its cache key (expires after the cache time) |
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -118,6 +119,11 @@ pub fn budget_key(provider: &str, company: &str) -> Key {
 }
 pub fn recovery_key(c: &ContainerRef) -> Key {
     Key::new(chain_pk(c), "recovery")
+}
+/// A provider answer kept in the store for the profile's cache time (`cache_in_store`), by the SHA-256 (hex) of
+/// its cache key: in a partition of its own, so cached answers never weigh on the chain's.
+pub fn stored_answer_key(c: &ContainerRef, cache_key_sha256: &str) -> Key {
+    Key::new(format!("answer#{}#{}#{}", c.org, c.db, c.alias), cache_key_sha256)
 }
 
 // --- the two indexes ---
@@ -372,6 +378,14 @@ pub struct BudgetRecord {
     pub day_calls: u32,
     #[serde(default)]
     pub blocked_until_ms: Millis,
+}
+
+/// A provider answer of the query proxy's cache, sealed with the organisation's key (the provider's data is the
+/// organisation's): its cache key, status and headers, then its body (`app::stored_answers`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredAnswerRecord {
+    pub stored_at_ms: Millis,
+    pub sealed_answer: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! Helpers for chainkeeper's end-to-end tests: start the real peers and chainkeeper itself on free loopback
 //! ports, and talk to the API. Every process started here is killed when its handle drops.
 
+pub mod bi;
 pub mod campaign;
 pub mod cred_peer;
 pub mod exact;

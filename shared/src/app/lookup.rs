@@ -39,11 +39,17 @@ pub async fn database(store: &dyn Store, org_id: &OrgId, db: &DbName) -> Result<
     Ok(decode(&item)?)
 }
 
-/// The container and its item version, once its database exists.
+/// The container and its item version. One read when it exists: a database with containers, and an organisation
+/// with databases, cannot be deleted (`app::orgs`), so its parents exist too. When it does not, its parents are
+/// read to say which name is missing.
 pub async fn container(store: &dyn Store, c: &ContainerRef) -> Result<(ContainerRecord, Version), LookupError> {
-    database(store, &c.org, &c.db).await?;
-    let item = store.get(&container_key(c)).await?.ok_or_else(|| LookupError::ContainerNotFound(c.clone()))?;
-    Ok((decode(&item)?, item.version))
+    match store.get(&container_key(c)).await? {
+        Some(item) => Ok((decode(&item)?, item.version)),
+        None => {
+            database(store, &c.org, &c.db).await?;
+            Err(LookupError::ContainerNotFound(c.clone()))
+        }
+    }
 }
 
 /// The container's auto-recovery credentials (sealed), if stored and not expired.

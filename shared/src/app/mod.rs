@@ -13,6 +13,7 @@
 //! | [`handout`] | an access token for the caller's own use |
 //! | [`identifiers`] | the platform's single-instance identifier registry: find a holder, release |
 //! | [`query`] | the query proxy's core (path checks, forwarding, one retry, cache), the OData feed |
+//! | [`stored_answers`] | the query proxy's cache kept in the store (profiles with `cache_in_store`), sealed |
 //! | [`governor`] | the rate-limit governor: the platform's call budget per app and company, in the store |
 //! | [`recovery`] | auto-recovery credentials, runs on break, on request and on schedule |
 //! | [`api_tokens`] | authenticate a caller, issue, list, revoke |
@@ -40,6 +41,7 @@ pub mod lookup;
 pub mod orgs;
 pub mod query;
 pub mod recovery;
+pub mod stored_answers;
 pub mod sweep;
 pub mod verified_tokens;
 pub mod webhook_target;

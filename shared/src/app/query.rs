@@ -4,7 +4,9 @@
 //! waited out once; GET answers are cached for the profile's `cache_ttl_s` (`odata_cache_ttl_s` through the
 //! OData feed), per container and URL: identical GETs at the same time make one platform call, an `ETag` comes
 //! with every cached answer (`If-None-Match` gets `304`), and `Cache-Control: no-cache` from the caller (or
-//! `no-store` / `no-cache` from the platform) goes around the cache.
+//! `no-store` / `no-cache` from the platform) goes around the cache. The cache is per process, and also in the
+//! store (sealed) for profiles with `cache_in_store` (`app::stored_answers`). The feed's answers are cached with
+//! their links already rewritten, so a hit is a copy of bytes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,7 @@ use super::Ports;
 use super::governor::{Governor, Refusal};
 use super::handout::{HandOut, HandOutError};
 use super::lookup::{self, LookupError};
+use super::stored_answers::{StoredAnswer, StoredAnswers};
 
 /// Request headers passed on to the platform (content negotiation and conditional requests).
 const FORWARD_REQUEST: &[&str] = &[
@@ -371,6 +374,8 @@ pub struct QueryProxy {
     division_lookup: Arc<tokio::sync::Mutex<()>>,
     governor: Governor,
     gates: Arc<Gates>,
+    /// The cache's tier in the store, for profiles with `cache_in_store`.
+    stored: StoredAnswers,
 }
 
 impl QueryProxy {
@@ -378,6 +383,7 @@ impl QueryProxy {
         let (store, clock, config, http) = (p.store.clone(), p.clock.clone(), p.config.clone(), p.http.clone());
         let cache = Arc::new(ResponseCache::new(config.limits.proxy_cache_bytes));
         let governor = Governor::new(store.clone(), clock.clone());
+        let stored = StoredAnswers::new(store.clone(), p.vault.clone(), clock.clone());
         Self {
             store,
             clock,
@@ -391,6 +397,7 @@ impl QueryProxy {
             division_lookup: Arc::default(),
             governor,
             gates: Arc::default(),
+            stored,
         }
     }
 
@@ -398,7 +405,7 @@ impl QueryProxy {
     // A debug span: this is the warm path, where an info-level span would cost every request an allocation.
     #[tracing::instrument(level = "debug", skip_all, fields(org = %c.org, container = %c.local_name()))]
     pub async fn forward(&self, c: &ContainerRef, req: QueryRequest) -> Result<Forwarded, QueryError> {
-        Ok(self.forward_to_base(c, req, false).await?.0)
+        self.forward_to(c, req, None).await
     }
 
     /// `GET` through the container's OData feed at `feed_base` (the URL of `…/odata` as the caller reaches it):
@@ -407,33 +414,7 @@ impl QueryProxy {
     /// `feed_base`. The caller's credential is never in a link: a BI tool sends its own with every request.
     #[tracing::instrument(level = "debug", skip_all, fields(org = %c.org, container = %c.local_name()))]
     pub async fn odata(&self, c: &ContainerRef, req: QueryRequest, feed_base: &str) -> Result<Forwarded, QueryError> {
-        let (mut fwd, base) = self.forward_to_base(c, req, true).await?;
-        let textual = fwd.headers.iter().any(|(k, v)| {
-            *k == reqwest::header::CONTENT_TYPE && v.to_str().is_ok_and(|t| t.contains("json") || t.contains("xml"))
-        });
-        if !textual {
-            return Ok(fwd);
-        }
-        let bytes = match fwd.body {
-            ForwardedBody::Bytes(b) => b,
-            ForwardedBody::Stream(mut res) => {
-                let mut buf = Vec::new();
-                while let Some(chunk) = res
-                    .chunk()
-                    .await
-                    .map_err(|_| QueryError::Platform { c: c.clone(), failure: PlatformFailure::BrokeOff })?
-                {
-                    if buf.len() + chunk.len() > ODATA_REWRITE_MAX_BYTES {
-                        return Err(QueryError::AnswerTooLarge { c: c.clone() });
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                Bytes::from(buf)
-            }
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        fwd.body = ForwardedBody::Bytes(Bytes::from(rewrite_links(&text, &base, feed_base)));
-        Ok(fwd)
+        self.forward_to(c, req, Some(feed_base)).await
     }
 
     /// The signed-in user's current division in `c` (the profile's `identity.division`), remembered for
@@ -490,13 +471,13 @@ impl QueryProxy {
         Ok(division)
     }
 
-    /// [`Self::forward`] (with the OData feed's cache time when `feed`), also returning the platform API's base URL.
-    async fn forward_to_base(
+    /// [`Self::forward`]; through the OData feed at `feed` (its cache time, links rewritten) when given.
+    async fn forward_to(
         &self,
         c: &ContainerRef,
         req: QueryRequest,
-        feed: bool,
-    ) -> Result<(Forwarded, String), QueryError> {
+        feed: Option<&str>,
+    ) -> Result<Forwarded, QueryError> {
         let mut path = check_path(&req.path)?;
         let (rec, _) = lookup::container(&*self.store, c).await?;
         let provider = rec.provider.clone().unwrap_or_default();
@@ -514,14 +495,19 @@ impl QueryProxy {
             return Err(QueryError::BodyTooLarge(max_body));
         }
         let now = self.clock.now_ms();
-        let ttl_s = if feed { profile.odata_cache_ttl_s.unwrap_or(profile.cache_ttl_s) } else { profile.cache_ttl_s };
+        let ttl_s = match feed {
+            Some(_) => profile.odata_cache_ttl_s.unwrap_or(profile.cache_ttl_s),
+            None => profile.cache_ttl_s,
+        };
         let ttl_ms = (ttl_s * 1000.0) as Millis;
-        let cache_key = format!("{}#{}#{}", c.org, c.local_name(), url);
+        // Per container (a container made again under the same name is another) and URL; the feed's answers,
+        // whose links point at `feed`, apart from the proxy's.
+        let cache_key = format!("{}#{}#{}#{}#{url}", c.org, c.local_name(), rec.created_at_ms, feed.unwrap_or("proxy"));
         let cacheable = req.method == Method::GET && ttl_ms > 0;
         // The caller's `Cache-Control: no-cache` goes to the platform (and refreshes the cached answer).
         let look = cacheable && !says_no_cache(&req.headers);
         if look && let Some(hit) = self.cache.get(&cache_key, now, ttl_ms) {
-            return Ok((hit.answer(&req.headers, CacheUse::Hit), base));
+            return Ok(hit.answer(&req.headers, CacheUse::Hit));
         }
         // Identical GETs at the same time: the first calls the platform, the others wait for its answer.
         let _gate = match look {
@@ -529,7 +515,16 @@ impl QueryProxy {
             false => None,
         };
         if look && let Some(hit) = self.cache.get(&cache_key, self.clock.now_ms(), ttl_ms) {
-            return Ok((hit.answer(&req.headers, CacheUse::Hit), base));
+            return Ok(hit.answer(&req.headers, CacheUse::Hit));
+        }
+        let in_store = cacheable && profile.cache_in_store;
+        if look
+            && in_store
+            && let Some(s) = self.stored.get(c, &cache_key, ttl_ms).await
+        {
+            let hit = Cached { at_ms: s.at_ms, status: s.status, headers: s.headers, body: s.body };
+            self.cache.put(cache_key, hit.clone());
+            return Ok(hit.answer(&req.headers, CacheUse::Hit));
         }
 
         let chain_error = |source| QueryError::Chain { c: c.clone(), source };
@@ -630,15 +625,41 @@ impl QueryProxy {
                 .bytes()
                 .await
                 .map_err(|_| QueryError::Platform { c: c.clone(), failure: PlatformFailure::BrokeOff })?;
+            let bytes = match feed {
+                Some(feed) if is_textual(&headers) => rewrite_body(&bytes, &base, feed),
+                _ => bytes,
+            };
             let mut headers = headers;
             if !headers.iter().any(|(k, _)| *k == reqwest::header::ETAG) {
                 headers.push((reqwest::header::ETAG, etag_of(&bytes)));
             }
             let cached = Cached { at_ms: self.clock.now_ms(), status, headers, body: bytes };
+            if in_store {
+                let Cached { at_ms, status, headers, body } = cached.clone();
+                self.stored.put(c, &cache_key, ttl_ms, &StoredAnswer { at_ms, status, headers, body }).await;
+            }
             self.cache.put(cache_key, cached.clone());
-            return Ok((cached.answer(&req.headers, cache), base));
+            return Ok(cached.answer(&req.headers, cache));
         }
-        Ok((Forwarded { status, headers, body: ForwardedBody::Stream(res), cache }, base))
+        let body = match feed {
+            Some(feed) if is_textual(&headers) => {
+                let mut res = res;
+                let mut buf = Vec::new();
+                while let Some(chunk) = res
+                    .chunk()
+                    .await
+                    .map_err(|_| QueryError::Platform { c: c.clone(), failure: PlatformFailure::BrokeOff })?
+                {
+                    if buf.len() + chunk.len() > ODATA_REWRITE_MAX_BYTES {
+                        return Err(QueryError::AnswerTooLarge { c: c.clone() });
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                ForwardedBody::Bytes(rewrite_body(&buf, &base, feed))
+            }
+            _ => ForwardedBody::Stream(res),
+        };
+        Ok(Forwarded { status, headers, body, cache })
     }
 }
 
@@ -693,6 +714,18 @@ impl QueryProxy {
         let secret = self.vault.open_string(&ContainerFields::of(c).context(field), sealed).await?;
         Ok(Credential::Stored { username: rec.username.clone(), secret })
     }
+}
+
+/// Whether an answer is JSON or XML (whose links the feed rewrites).
+fn is_textual(headers: &[(HeaderName, HeaderValue)]) -> bool {
+    headers.iter().any(|(k, v)| {
+        *k == reqwest::header::CONTENT_TYPE && v.to_str().is_ok_and(|t| t.contains("json") || t.contains("xml"))
+    })
+}
+
+/// An answer's body with its links to the platform's API (`api_base`) pointing at the feed.
+fn rewrite_body(body: &[u8], api_base: &str, feed_base: &str) -> Bytes {
+    Bytes::from(rewrite_links(&String::from_utf8_lossy(body), api_base, feed_base))
 }
 
 /// Every link to the platform's API (`api_base`) in an answer's text, as written or with JSON's escaped

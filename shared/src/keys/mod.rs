@@ -57,6 +57,8 @@ pub enum Field {
     WebhookUrl,
     /// The sealed body of an organisation export (`app::backup`).
     OrgExport,
+    /// A provider answer the query proxy's cache keeps in the store (`app::stored_answers`).
+    CachedAnswer,
 }
 
 impl Field {
@@ -74,6 +76,7 @@ impl Field {
             Self::WebhookSecret => "webhook_secret",
             Self::WebhookUrl => "webhook_url",
             Self::OrgExport => "org_export",
+            Self::CachedAnswer => "cached_answer",
         }
     }
 }

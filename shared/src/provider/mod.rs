@@ -145,6 +145,10 @@ pub struct ProviderProfile {
     /// Seconds a GET through the OData feed may be served from cache (BI reads; default: `cache_ttl_s`).
     #[serde(default)]
     pub odata_cache_ttl_s: Option<f64>,
+    /// Cached GET answers (of the feed and the proxy) are also kept in the store, sealed with the organisation's
+    /// key, so every process and Lambda instance shares them (otherwise each keeps its own, in memory).
+    #[serde(default)]
+    pub cache_in_store: bool,
     /// The platform API's call limits per app and company, kept by the rate-limit governor (`app::governor`).
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,

@@ -1,12 +1,14 @@
 //! chainkeeper's benchmarks. They print figures; nothing here passes or fails on speed.
 //!
 //!     cargo build --release -p chainkeeper-cli -p chainkeeper-e2e
-//!     target/release/chainkeeper-bench [amplification|warm|waiters|sweep|faults|all]
+//!     target/release/chainkeeper-bench [amplification|warm|odata|waiters|sweep|faults|all]
 //!     target/release/chainkeeper-bench faults [chains] [rounds] [run]   (default 1000 100: 100,000 refreshes;
 //!                                          run: one of grace-on, grace-on-4, grace-off, needs-repair; default all)
 //!     target/release/chainkeeper-bench lambda-init [target/lambda]
 //!
-//! `warm` needs `wrk` (Debian package) and the release `chainkeeper` binary. `lambda-init` times the init phase of
+//! `warm` and `odata` need `wrk` (Debian package) and the release `chainkeeper` binary; for their ratio, the limit
+//! server (`cargo build --release --manifest-path ../shared/bench/limit-server/Cargo.toml`, or its `tokbench`
+//! binary named by `CHAINKEEPER_LIMIT_SERVER`). `lambda-init` times the init phase of
 //! the Lambda artifacts that `infra/build.sh` (`sam build`) builds (each `<dir>/<function>/bootstrap` or `bootstrap.zip`).
 
 use std::sync::atomic::Ordering;
@@ -42,6 +44,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if what == "warm" || what == "all" {
         warm().await?;
+    }
+    if what == "odata" || what == "all" {
+        odata().await?;
     }
     if what == "faults" || what == "all" {
         let arg = |n: usize, default: usize| std::env::args().nth(n).and_then(|a| a.parse().ok()).unwrap_or(default);
@@ -365,16 +370,17 @@ impl Drop for LimitServer {
     }
 }
 
-/// Warm token hand-out through `serve` over HTTP, auth middleware included, loaded by wrk, beside the bare limit
-/// server.
-async fn warm() -> anyhow::Result<()> {
-    println!(
-        "\n## warm token hand-out over HTTP beside the bare limit server (wrk, 2 threads, 64 connections, 8 s a round)"
-    );
-    if std::process::Command::new("wrk").arg("--version").output().is_err() {
-        println!("wrk is not installed: apt-get install wrk");
-        return Ok(());
-    }
+/// `serve` as deployed (release binary, system clock) beside the simulator, with one container `acme/finance/eol`
+/// signed in, and an organisation token (admin) to load it with.
+struct Deployed {
+    serve: Serve,
+    sim: ExactSim,
+    token: String,
+    dir: tempfile::TempDir,
+}
+
+/// [`Deployed`]; `extra_profile`: more keys for the `exact-online-nl` profile.
+async fn deployed(extra_profile: &str) -> anyhow::Result<Deployed> {
     let port = free_port();
     let redirect = format!("http://127.0.0.1:{port}/v1/callback");
     let user = sim_user(1);
@@ -396,7 +402,8 @@ async fn warm() -> anyhow::Result<()> {
     // wrk drives one API token from 64 connections: the per-token limit is raised (still checked on every
     // request, so its cost is in the figure) and the cap on concurrent requests stays at its default.
     let limits = "[limits]\ntoken_requests_per_s = 1000000.0\ntoken_burst = 1000000\n";
-    std::fs::write(&config, format!("{}{}{limits}", sim_profile_toml(&sim), sim_app_toml(&redirect)))?;
+    let toml = format!("{}{extra_profile}\n{}{limits}", sim_profile_toml(&sim), sim_app_toml(&redirect));
+    std::fs::write(&config, toml)?;
     let serve = Serve::start_as_deployed(dir.path(), Some(&config), port).await?;
     let token = issue_token(dir.path(), &["--org", "acme"], &["admin"]);
     let admin = Api::new(&serve.base, &issue_token(dir.path(), &["--platform"], &["admin"]));
@@ -410,43 +417,148 @@ async fn warm() -> anyhow::Result<()> {
     )
     .await?;
     anyhow::ensure!(admin.with_token("").get(&back).await.status == 200);
-    let script = dir.path().join("post.lua");
-    std::fs::write(&script, format!("wrk.method = \"POST\"\nwrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"))?;
-    let url = format!("{}{}/token", serve.base, container_path("acme", "finance", "eol"));
+    Ok(Deployed { serve, sim, token, dir })
+}
+
+/// wrk rounds side by side: each round runs every `(name, script, url)` in turn, then the limit server when it
+/// runs (three rounds then, one without it). Returns the median requests/s of each, the limit server's last.
+async fn side_by_side(
+    runs: &[(&str, &std::path::Path, &str)],
+    limit: Option<&LimitServer>,
+) -> anyhow::Result<Vec<f64>> {
+    let rounds = if limit.is_some() { 3 } else { 1 };
+    let mut figures = vec![Vec::new(); runs.len() + 1];
+    for round in 1..=rounds {
+        let limit_run = limit.map(|l| ("limit server", l.script.as_path(), l.url.as_str()));
+        for (i, (name, script, url)) in runs.iter().copied().chain(limit_run).enumerate() {
+            let w = wrk(script, url).await?;
+            println!("round {round} {name}: {:.0}/s; latency p50 {} p99 {} {}", w.rps, w.p50, w.p99, w.non2xx);
+            figures[i].push(w.rps);
+        }
+    }
+    Ok(figures
+        .into_iter()
+        .filter(|f| !f.is_empty())
+        .map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect())
+}
+
+const NO_LIMIT_SERVER: &str = "no ratio: build ../shared/bench/limit-server with `cargo build --release \
+    --manifest-path ../shared/bench/limit-server/Cargo.toml`, or set CHAINKEEPER_LIMIT_SERVER to its tokbench binary";
+
+/// Warm token hand-out through `serve` over HTTP, auth middleware included, loaded by wrk, beside the bare limit
+/// server.
+async fn warm() -> anyhow::Result<()> {
+    println!(
+        "\n## warm token hand-out over HTTP beside the bare limit server (wrk, 2 threads, 64 connections, 8 s a round)"
+    );
+    if std::process::Command::new("wrk").arg("--version").output().is_err() {
+        println!("wrk is not installed: apt-get install wrk");
+        return Ok(());
+    }
+    let d = deployed("").await?;
+    let script = d.dir.path().join("post.lua");
+    std::fs::write(
+        &script,
+        format!("wrk.method = \"POST\"\nwrk.headers[\"Authorization\"] = \"Bearer {}\"\n", d.token),
+    )?;
+    let url = format!("{}{}/token", d.serve.base, container_path("acme", "finance", "eol"));
     // The bare limit server (../shared/bench/limit-server: axum + one SQLite read + one AES-GCM open, no auth),
     // measured side by side: rounds alternate, and the ratio is of the medians.
-    let limit = LimitServer::start(dir.path()).await;
-    let rounds = if limit.is_some() { 3 } else { 1 };
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        let w = wrk(&script, &url).await?;
-        println!("round {round} chainkeeper: {:.0}/s; latency p50 {} p99 {} {}", w.rps, w.p50, w.p99, w.non2xx);
-        ours.push(w.rps);
-        if let Some(l) = &limit {
-            let w = wrk(&l.script, &l.url).await?;
-            println!("round {round} limit server: {:.0}/s; latency p50 {} p99 {} {}", w.rps, w.p50, w.p99, w.non2xx);
-            theirs.push(w.rps);
+    let limit = LimitServer::start(d.dir.path()).await;
+    let medians = side_by_side(&[("chainkeeper", &script, &url)], limit.as_ref()).await?;
+    let ours = medians[0];
+    match medians.get(1) {
+        Some(theirs) => println!(
+            "warm hand-out: chainkeeper {ours:.0}/s, limit server {theirs:.0}/s: {:.2}x (target >= 0.7x, p99 <= 5 ms)",
+            ours / theirs
+        ),
+        None => println!("warm hand-out: chainkeeper {ours:.0}/s ({NO_LIMIT_SERVER})"),
+    }
+    println!("token requests to the provider during the run: {}", d.sim.stats().refresh_requests);
+    Ok(())
+}
+
+/// Cache hits of one OData page through `serve` (auth middleware, `{division}`-free path, the feed's cache with
+/// its links already rewritten), with a Bearer token and with `?api_key=`, beside the bare limit server; then the
+/// 64 readers of `chainkeeper_e2e::bi` (the e2e test's run) against the simulator's 60 calls a minute.
+async fn odata() -> anyhow::Result<()> {
+    println!(
+        "\n## OData feed cache hits over HTTP beside the bare limit server (wrk, 2 threads, 64 connections, 8 s a round)"
+    );
+    if std::process::Command::new("wrk").arg("--version").output().is_err() {
+        println!("wrk is not installed: apt-get install wrk");
+        return Ok(());
+    }
+    // A cache time longer than the run: every request is a hit.
+    let d = deployed("odata_cache_ttl_s = 3600").await?;
+    let division = sim_user(1).division;
+    let page = format!(
+        "{}{}/odata/v1/{division}/crm/Accounts?$select=ID,Name,City",
+        d.serve.base,
+        container_path("acme", "finance", "eol")
+    );
+    let keyed = format!("{page}&api_key={}", d.token);
+    // The same page cut to 5 rows, to tell the cost of the body's size from the cost of the request.
+    let small = format!("{page}&$top=5");
+    let http = reqwest::Client::new();
+    let (mut size, mut small_size) = (0, 0);
+    let reads = [(&page, true), (&page, true), (&keyed, false), (&small, true), (&small, true)];
+    for (i, (url, bearer)) in reads.into_iter().enumerate() {
+        let mut req = http.get(url.as_str()).header("accept", "application/json");
+        if bearer {
+            req = req.bearer_auth(&d.token);
+        }
+        let res = req.send().await?;
+        let cache = res.headers().get("x-chainkeeper-cache").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        anyhow::ensure!(res.status() == 200 && (i % 3 == 0 || cache == "hit"), "{}: {cache}", res.status());
+        match url == &small {
+            true => small_size = res.bytes().await?.len(),
+            false => size = res.bytes().await?.len(),
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let ours = median(&mut ours);
-    match limit {
-        Some(_) => {
-            let theirs = median(&mut theirs);
-            println!(
-                "warm hand-out: chainkeeper {ours:.0}/s, limit server {theirs:.0}/s: {:.2}x (target >= 0.7x, p99 <= 5 ms)",
-                ours / theirs
-            );
-        }
+    let calls = d.sim.stats().api_calls;
+    let bearer = d.dir.path().join("bearer.lua");
+    let accept = "wrk.headers[\"Accept\"] = \"application/json\"\n";
+    std::fs::write(&bearer, format!("{accept}wrk.headers[\"Authorization\"] = \"Bearer {}\"\n", d.token))?;
+    let key = d.dir.path().join("key.lua");
+    std::fs::write(&key, accept)?;
+    println!("one page of 60 accounts, {size} bytes of JSON; cut to 5 rows ($top=5), {small_size} bytes");
+    let limit = LimitServer::start(d.dir.path()).await;
+    let runs = [
+        ("chainkeeper (Bearer)", bearer.as_path(), page.as_str()),
+        ("chainkeeper (?api_key=)", &key, &keyed),
+        ("chainkeeper (Bearer, 5 rows)", &bearer, &small),
+    ];
+    let medians = side_by_side(&runs, limit.as_ref()).await?;
+    let provider_calls = d.sim.stats().api_calls - calls;
+    match medians.get(3) {
+        Some(theirs) => println!(
+            "OData cache hits: chainkeeper {:.0}/s with Bearer ({:.2}x), {:.0}/s with ?api_key= ({:.2}x), {:.0}/s for 5 \
+             rows ({:.2}x), limit server {theirs:.0}/s (target >= 0.5x); provider calls during the run: {provider_calls}",
+            medians[0],
+            medians[0] / theirs,
+            medians[1],
+            medians[1] / theirs,
+            medians[2],
+            medians[2] / theirs
+        ),
         None => println!(
-            "warm hand-out: chainkeeper {ours:.0}/s (no ratio: build ../shared/bench/limit-server with \
-             `cargo build --release --manifest-path ../shared/bench/limit-server/Cargo.toml`, or set \
-             CHAINKEEPER_LIMIT_SERVER to its tokbench binary)"
+            "OData cache hits: chainkeeper {:.0}/s with Bearer, {:.0}/s with ?api_key= ({NO_LIMIT_SERVER}); provider \
+             calls during the run: {provider_calls}",
+            medians[0], medians[1]
         ),
     }
-    println!("token requests to the provider during the run: {}", sim.stats().refresh_requests);
+    drop((limit, d));
+
+    println!(
+        "\n## 64 readers page through 10,000 rows through the feed at 60 provider calls a minute (simulated minutes)"
+    );
+    let h = chainkeeper_e2e::bi::readers_harness().await;
+    let run = chainkeeper_e2e::bi::page_through(&h, 64).await?;
+    println!("{run}");
     Ok(())
 }

@@ -293,92 +293,158 @@ async fn two_hundred_callers_cause_one_refresh_on_dynamodb_and_kms() {
     assert_eq!(sim.stats().invalid_grant, 0);
 }
 
-/// The five function binaries, started the way Lambda starts them (`AWS_LAMBDA_RUNTIME_API`), on DynamoDB, KMS
-/// and Secrets Manager served by moto: an organisation gets its own KMS key, a person signs in at the Exact
-/// simulator through `callback`, `query` hands out the token, and what DynamoDB holds is sealed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
-    use chainkeeper_e2e::lambda_runtime::{LocalLambda, http_event, scheduled_event};
-    use serde_json::Value;
+/// What `sam deploy` and the operator set up, on moto: the table, the signing-key secret, the app registration in
+/// Secrets Manager, a config file pointing the Exact profile at the simulator (plus `extra_profile` keys), the
+/// functions' environment, and the first platform token.
+struct Deployment {
+    _moto: Moto,
+    sdk: aws_config::SdkConfig,
+    sim: ExactSim,
+    table: String,
+    env: Vec<(&'static str, String)>,
+    token: String,
+    _dir: tempfile::TempDir,
+}
 
-    let moto = Moto::start().await.unwrap();
-    let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
-    let redirect = "https://ck.example/v1/callback";
-    let sim_config = SimConfig {
-        apps: vec![SimApp {
-            client_id: CLIENT_ID.into(),
-            client_secret: CLIENT_SECRET.into(),
-            redirect_uris: vec![redirect.into()],
-        }],
-        ..SimConfig::default()
-    };
-    let sim = ExactSim::start(sim_config, SimClock::system()).await.unwrap();
+impl Deployment {
+    async fn start(extra_profile: &str) -> Deployment {
+        let moto = Moto::start().await.unwrap();
+        let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
+        let redirect = "https://ck.example/v1/callback";
+        let sim_config = SimConfig {
+            apps: vec![SimApp {
+                client_id: CLIENT_ID.into(),
+                client_secret: CLIENT_SECRET.into(),
+                redirect_uris: vec![redirect.into()],
+            }],
+            ..SimConfig::default()
+        };
+        let sim = ExactSim::start(sim_config, SimClock::system()).await.unwrap();
 
-    // What `sam deploy` creates: the table, the signing-key secret, and the operator's app registration.
-    let table = format!("ck{}", chainkeeper::ids::random_id().to_lowercase().replace(['-', '_'], "x"));
-    DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone(), Arc::new(chainkeeper::clock::SystemClock))
-        .create_table()
-        .await
-        .unwrap();
-    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
-    let signing = "s".repeat(40) + "PLANTED-signing-key";
-    sm.create_secret().name("chainkeeper/test/api-token-signing-key").secret_string(&signing).send().await.unwrap();
-    sm.create_secret()
-        .name("chainkeeper/test/apps/exact-online-nl")
-        .secret_string(
-            serde_json::json!({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": redirect})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    // The operator's config file points the Exact profile at the simulator (no app in it: that is in Secrets Manager).
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("chainkeeper.toml");
-    std::fs::write(&config, sim_profile_toml(&sim)).unwrap();
-    let env = [
-        ("CHAINKEEPER_TABLE", table.clone()),
-        ("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/test/api-token-signing-key".to_string()),
-        ("CHAINKEEPER_APPS_SECRET_PREFIX", "chainkeeper/test/apps/".to_string()),
-        ("CHAINKEEPER_KMS_ALIAS_PREFIX", "alias/chainkeeper/test/".to_string()),
-        ("CHAINKEEPER_STAGE", "test".to_string()),
-        ("CHAINKEEPER_PUBLIC_URL", "https://ck.example".to_string()),
-        ("CHAINKEEPER_CONFIG", config.display().to_string()),
-        ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
-        ("AWS_ACCESS_KEY_ID", "test".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-    ];
-    let function = |name: &str| {
+        // What `sam deploy` creates: the table, the signing-key secret, and the operator's app registration.
+        let table = format!("ck{}", chainkeeper::ids::random_id().to_lowercase().replace(['-', '_'], "x"));
+        DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone(), Arc::new(chainkeeper::clock::SystemClock))
+            .create_table()
+            .await
+            .unwrap();
+        let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+        let signing = "s".repeat(40) + "PLANTED-signing-key";
+        sm.create_secret().name("chainkeeper/test/api-token-signing-key").secret_string(&signing).send().await.unwrap();
+        sm.create_secret()
+            .name("chainkeeper/test/apps/exact-online-nl")
+            .secret_string(
+                serde_json::json!({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": redirect})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        // The operator's config file points the Exact profile at the simulator (no app in it: that is in Secrets
+        // Manager).
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("chainkeeper.toml");
+        std::fs::write(&config, format!("{}{extra_profile}\n", sim_profile_toml(&sim))).unwrap();
+        let env = vec![
+            ("CHAINKEEPER_TABLE", table.clone()),
+            ("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/test/api-token-signing-key".to_string()),
+            ("CHAINKEEPER_APPS_SECRET_PREFIX", "chainkeeper/test/apps/".to_string()),
+            ("CHAINKEEPER_KMS_ALIAS_PREFIX", "alias/chainkeeper/test/".to_string()),
+            ("CHAINKEEPER_STAGE", "test".to_string()),
+            ("CHAINKEEPER_PUBLIC_URL", "https://ck.example".to_string()),
+            ("CHAINKEEPER_CONFIG", config.display().to_string()),
+            ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+        ];
+        // The first platform token, as the README says: the secret's text piped into `chainkeeper token issue`.
+        let token = {
+            use std::io::Write;
+            let mut child = std::process::Command::new(chainkeeper_e2e::cli_bin())
+                .args(["token", "issue", "--signing-key-stdin", "--platform", "--scope", "admin", "--subject", "ops"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            writeln!(child.stdin.take().unwrap(), "{signing}").unwrap(); // `--output text` ends with a newline
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "token issue --signing-key-stdin");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        Deployment { _moto: moto, sdk, sim, table, env, token, _dir: dir }
+    }
+
+    /// One of the function binaries, started as Lambda starts it (`AWS_LAMBDA_RUNTIME_API`).
+    async fn function(&self, name: &str) -> chainkeeper_e2e::lambda_runtime::LocalLambda {
         let bin = chainkeeper_e2e::cli_bin().with_file_name(name);
         assert!(
             bin.exists(),
             "{} is missing: cargo build --workspace --features chainkeeper-e2e/aws,chainkeeper-cli/aws",
             bin.display()
         );
-        bin
-    };
-    let body =
-        |v: &Value| -> Value { serde_json::from_str(v["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null) };
-    // The first platform token, as the README says: the secret's text piped into `chainkeeper token issue`.
-    let token = {
-        use std::io::Write;
-        let mut child = std::process::Command::new(chainkeeper_e2e::cli_bin())
-            .args(["token", "issue", "--signing-key-stdin", "--platform", "--scope", "admin", "--subject", "ops"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{signing}").unwrap(); // `--output text` ends with a newline
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "token issue --signing-key-stdin");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+        chainkeeper_e2e::lambda_runtime::LocalLambda::start(&bin, &self.env).await.unwrap()
+    }
 
-    let manage = LocalLambda::start(&function("manage"), &env).await.unwrap();
-    let r = manage.invoke(http_event("POST", "/v1/orgs", Some(&token), Some(r#"{"name":"acme"}"#))).await.unwrap();
-    assert_eq!(r["statusCode"], 201, "{r}");
+    /// `manage` creates `acme/finance/eol` (Exact); the default simulator user signs in through `callback`.
+    async fn sign_in(&self, manage: &chainkeeper_e2e::lambda_runtime::LocalLambda) {
+        use chainkeeper_e2e::lambda_runtime::http_event;
+        let token = Some(self.token.as_str());
+        for (path, body) in [
+            ("/v1/orgs", r#"{"name":"acme"}"#),
+            ("/v1/orgs/acme/databases", r#"{"name":"finance"}"#),
+            (
+                "/v1/orgs/acme/databases/finance/containers",
+                r#"{"alias":"eol","kind":"oauth2_code","provider":"exact-online-nl"}"#,
+            ),
+        ] {
+            let r = manage.invoke(http_event("POST", path, token, Some(body))).await.unwrap();
+            assert_eq!(r["statusCode"], 201, "{path}: {r}");
+        }
+        // A person signs in: `callback` starts the authorization and takes the redirect.
+        let callback = self.function("callback").await;
+        let r = callback
+            .invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/authorize", token, None))
+            .await
+            .unwrap();
+        assert_eq!(r["statusCode"], 200, "{r}");
+        let authorize_url = lambda_body(&r)["authorize_url"].as_str().unwrap().to_string();
+        let totp = self.sim.totp_now(exact_sim::DEFAULT_USERNAME);
+        let back = exact_sim::browser::login(
+            &authorize_url,
+            exact_sim::DEFAULT_USERNAME,
+            exact_sim::DEFAULT_PASSWORD,
+            totp.as_deref(),
+        )
+        .await
+        .expect("sign in at the simulator");
+        let back = url::Url::parse(&back).unwrap();
+        assert_eq!(back.path(), "/v1/callback");
+        let r = callback
+            .invoke(http_event("GET", &format!("/v1/callback?{}", back.query().unwrap()), None, None))
+            .await
+            .unwrap();
+        assert_eq!(r["statusCode"], 200, "{r}");
+    }
+}
+
+/// The JSON body of a function's API Gateway answer.
+fn lambda_body(v: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_str(v["body"].as_str().unwrap_or("null")).unwrap_or(serde_json::Value::Null)
+}
+
+/// The five function binaries, started the way Lambda starts them (`AWS_LAMBDA_RUNTIME_API`), on DynamoDB, KMS
+/// and Secrets Manager served by moto: an organisation gets its own KMS key, a person signs in at the Exact
+/// simulator through `callback`, `query` hands out the token, and what DynamoDB holds is sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
+    use chainkeeper_e2e::lambda_runtime::{LocalLambda, http_event, scheduled_event};
+
+    let d = Deployment::start("").await;
+    let (sim, sdk, table, token) = (&d.sim, &d.sdk, &d.table, &d.token);
+    let body = lambda_body;
+    let manage = d.function("manage").await;
+    d.sign_in(&manage).await;
     // The organisation's key is a KMS key under the stage's alias, tagged for this stage.
-    let kms = aws_sdk_kms::Client::new(&sdk);
+    let kms = aws_sdk_kms::Client::new(sdk);
     let key = kms
         .describe_key()
         .key_id("alias/chainkeeper/test/acme")
@@ -392,51 +458,11 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
         "the key carries the stage tag the IAM policies require: {:?}",
         tags.tags()
     );
-    let r = manage
-        .invoke(http_event("POST", "/v1/orgs/acme/databases", Some(&token), Some(r#"{"name":"finance"}"#)))
-        .await
-        .unwrap();
-    assert_eq!(r["statusCode"], 201, "{r}");
-    let r = manage
-        .invoke(http_event(
-            "POST",
-            "/v1/orgs/acme/databases/finance/containers",
-            Some(&token),
-            Some(r#"{"alias":"eol","kind":"oauth2_code","provider":"exact-online-nl"}"#),
-        ))
-        .await
-        .unwrap();
-    assert_eq!(r["statusCode"], 201, "{r}");
-
-    // A person signs in: `callback` starts the authorization and takes the redirect.
-    let callback = LocalLambda::start(&function("callback"), &env).await.unwrap();
-    let r = callback
-        .invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/authorize", Some(&token), None))
-        .await
-        .unwrap();
-    assert_eq!(r["statusCode"], 200, "{r}");
-    let authorize_url = body(&r)["authorize_url"].as_str().unwrap().to_string();
-    let totp = sim.totp_now(exact_sim::DEFAULT_USERNAME);
-    let back = exact_sim::browser::login(
-        &authorize_url,
-        exact_sim::DEFAULT_USERNAME,
-        exact_sim::DEFAULT_PASSWORD,
-        totp.as_deref(),
-    )
-    .await
-    .expect("sign in at the simulator");
-    let back = url::Url::parse(&back).unwrap();
-    assert_eq!(back.path(), "/v1/callback");
-    let r = callback
-        .invoke(http_event("GET", &format!("/v1/callback?{}", back.query().unwrap()), None, None))
-        .await
-        .unwrap();
-    assert_eq!(r["statusCode"], 200, "{r}");
 
     // `query` hands out the access token the simulator issued.
-    let query = LocalLambda::start(&function("query"), &env).await.unwrap();
+    let query = d.function("query").await;
     let r = query
-        .invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/token", Some(&token), None))
+        .invoke(http_event("POST", "/v1/orgs/acme/databases/finance/containers/eol/token", Some(token), None))
         .await
         .unwrap();
     assert_eq!(r["statusCode"], 200, "{r}");
@@ -444,8 +470,8 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     assert_eq!(sim.stats().code_requests, 1, "one code exchange reached Exact");
 
     // DynamoDB holds the chain, sealed: neither token appears in any item.
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let items = ddb.scan().table_name(&table).send().await.unwrap();
+    let ddb = aws_sdk_dynamodb::Client::new(sdk);
+    let items = ddb.scan().table_name(table).send().await.unwrap();
     let dump = format!("{:?}", items.items());
     assert!(items.items().len() >= 4, "organisation, database, container and chain are in DynamoDB: {dump}");
     assert!(!dump.contains(&access), "the access token is stored sealed");
@@ -453,7 +479,7 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
 
     // The manage function sees the container as healthy with the signed-in user (masked view).
     let r = manage
-        .invoke(http_event("GET", "/v1/orgs/acme/databases/finance/containers/eol", Some(&token), None))
+        .invoke(http_event("GET", "/v1/orgs/acme/databases/finance/containers/eol", Some(token), None))
         .await
         .unwrap();
     assert_eq!(r["statusCode"], 200, "{r}");
@@ -464,7 +490,8 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     // The scheduled functions take EventBridge events, twice without harm.
     // As in the template, the scheduled functions get no signing-key secret.
     let scheduled_env: Vec<(&str, String)> =
-        env.iter().filter(|(k, _)| *k != "CHAINKEEPER_SIGNING_KEY_SECRET").cloned().collect();
+        d.env.iter().filter(|(k, _)| *k != "CHAINKEEPER_SIGNING_KEY_SECRET").cloned().collect();
+    let function = |name: &str| chainkeeper_e2e::cli_bin().with_file_name(name);
     let refresh = LocalLambda::start(&function("refresh"), &scheduled_env).await.unwrap();
     let recover = LocalLambda::start(&function("recover"), &scheduled_env).await.unwrap();
     for _ in 0..2 {
@@ -478,21 +505,78 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     // Deleting the container, the database and the organisation: the chain's items go, the identifier is
     // released, and the organisation's KMS key is scheduled for deletion (crypto-shredding).
     for path in ["/v1/orgs/acme/databases/finance/containers/eol", "/v1/orgs/acme/databases/finance", "/v1/orgs/acme"] {
-        let r = manage.invoke(http_event("DELETE", path, Some(&token), None)).await.unwrap();
+        let r = manage.invoke(http_event("DELETE", path, Some(token), None)).await.unwrap();
         assert_eq!(r["statusCode"], 204, "DELETE {path}: {r}");
     }
     let state = kms.describe_key().key_id(&key_id).send().await.unwrap().key_metadata.unwrap().key_state;
     assert_eq!(state, Some(aws_sdk_kms::types::KeyState::PendingDeletion), "the organisation's key is shredded");
     assert!(kms.describe_key().key_id("alias/chainkeeper/test/acme").send().await.is_err(), "its alias is gone");
-    let left = format!("{:?}", ddb.scan().table_name(&table).send().await.unwrap().items());
+    let left = format!("{:?}", ddb.scan().table_name(table).send().await.unwrap().items());
     assert!(!left.contains("chain#acme#finance#eol"), "the chain's items are removed: {left}");
     assert!(!left.contains("ident#"), "the single-instance identifier is released: {left}");
 
-    for (name, f) in
-        [("manage", &manage), ("callback", &callback), ("query", &query), ("refresh", &refresh), ("recover", &recover)]
-    {
+    for (name, f) in [("manage", &manage), ("query", &query), ("refresh", &refresh), ("recover", &recover)] {
         eprintln!("{name}: init {:?} on DynamoDB/KMS/Secrets Manager (debug build)", f.init_duration().unwrap());
     }
+}
+
+/// "In AWS the cache is per warm Lambda instance unless the profile opts into the store": two instances of the
+/// `query` function with `cache_in_store`; the second serves the page the first fetched from DynamoDB without a
+/// provider call, the item holds none of the rows' text (sealed under the organisation's KMS key), and after the
+/// cache time the provider is called again. (Without the opt-in: `bi::with_cache_in_store…`, second half.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lambda_query_instances_share_feed_answers_through_dynamodb_sealed_with_cache_in_store() {
+    use chainkeeper_e2e::lambda_runtime::http_event;
+
+    let d = Deployment::start("cache_in_store = true\nodata_cache_ttl_s = 3").await;
+    d.sign_in(&d.function("manage").await).await;
+    let instances = [d.function("query").await, d.function("query").await];
+    let page = format!(
+        "/v1/orgs/acme/databases/finance/containers/eol/odata/v1/{}/crm/Accounts?$select=ID,Name&$top=5",
+        exact_sim::DEFAULT_DIVISION
+    );
+    let read = |i: usize| {
+        let event = http_event("GET", &page, Some(&d.token), None);
+        let instance = &instances[i];
+        async move {
+            let r = instance.invoke(event).await.unwrap();
+            assert_eq!(r["statusCode"], 200, "{r}");
+            (r["headers"]["x-chainkeeper-cache"].as_str().unwrap_or("").to_string(), lambda_body(&r))
+        }
+    };
+    let calls = d.sim.stats().api_calls;
+    let (first, second) = (read(0).await, read(1).await);
+    assert_eq!((first.0.as_str(), second.0.as_str()), ("miss", "hit"));
+    assert_eq!(d.sim.stats().api_calls, calls + 1, "the second instance read the page from DynamoDB");
+    assert_eq!(first.1, second.1);
+    let rows = first.1["d"]["results"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 5);
+    assert!(first.1.to_string().contains("https://ck.example/v1/orgs/acme/"), "links through the feed: {}", first.1);
+
+    // The raw DynamoDB item: one per page, with DynamoDB's TTL attribute, none of the rows' text.
+    let ddb = aws_sdk_dynamodb::Client::new(&d.sdk);
+    let items = ddb.scan().table_name(&d.table).send().await.unwrap();
+    let answers: Vec<_> = items
+        .items()
+        .iter()
+        .filter(|i| i.get("pk").and_then(|v| v.as_s().ok()).is_some_and(|pk| pk == "answer#acme#finance#eol"))
+        .collect();
+    assert_eq!(answers.len(), 1, "{:?}", items.items());
+    assert!(answers[0].contains_key("expires_at"), "expires through DynamoDB's TTL: {:?}", answers[0]);
+    let body = answers[0]["body"].as_b().unwrap().as_ref();
+    let raw = format!("{:?} {}", answers[0], String::from_utf8_lossy(body));
+    assert!(raw.contains("sealed_answer"), "{raw}");
+    for row in &rows {
+        for text in [row["ID"].as_str().unwrap(), row["Name"].as_str().unwrap()] {
+            assert!(!raw.contains(text), "{text} is in DynamoDB in plaintext");
+        }
+    }
+
+    // After the cache time (3 s here): a provider call again, then a hit in the other instance.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let (first, second) = (read(1).await, read(0).await);
+    assert_eq!((first.0.as_str(), second.0.as_str()), ("miss", "hit"));
+    assert_eq!(d.sim.stats().api_calls, calls + 2, "stale after the cache time, fetched once more");
 }
 
 /// The real `chainkeeper` binary with `--aws`, configured like the Lambda functions: `token issue` signs with the

@@ -314,75 +314,91 @@ async fn feed_reads_are_cached_coalesced_and_answer_if_none_match_with_304() {
     assert!(!direct.headers.contains_key("x-chainkeeper-cache"));
 }
 
-/// The proof at test scale: 64 readers page through 10,000 rows of Exact's `TransactionLines` (60 a page)
-/// through the feed against the simulator's 60 calls a minute. The minute turns (both clocks) whenever no call
-/// has reached the provider for a moment, that is when every reader is queued or done.
+/// The proof at test scale (`chainkeeper_e2e::bi`): 64 readers page through 10,000 rows of Exact's
+/// `TransactionLines` through the feed against the simulator's 60 calls a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_readers_page_through_ten_thousand_rows_and_the_provider_never_answers_429() {
-    let h = ExactHarness::start_all(
-        |c| c.dataset.transaction_lines = 10_000,
-        "[limits]\ntoken_requests_per_s = 0.0",
-        "",
-        "rate_limit = { per_minute = 60, per_day = 5000, company_segment = 1, max_wait_s = 600 }",
-    )
-    .await;
-    let division = h.user.division;
-    let expected = h.sim.dataset_ids(division, "financialtransaction/TransactionLines");
-    assert_eq!(expected.len(), 10_000);
-    let before = h.sim.stats();
-    let started = std::time::Instant::now();
-    let first = format!("{}{}", h.api.base, feed("v1/{division}/financialtransaction/TransactionLines?$select=ID"));
-    let readers: Vec<_> = (0..64)
-        .map(|_| {
-            let (http, token, first) = (h.api.http.clone(), h.api.token.clone(), first.clone());
-            tokio::spawn(async move {
-                let (mut ids, mut url) = (Vec::new(), first);
-                loop {
-                    let res = http.get(&url).bearer_auth(&token).header("accept", "application/json").send().await;
-                    let res = res.unwrap();
-                    assert_eq!(res.status(), 200, "{url}");
-                    let page: Value = res.json().await.unwrap();
-                    ids.extend(
-                        page["d"]["results"].as_array().unwrap().iter().map(|r| r["ID"].as_str().unwrap().to_string()),
-                    );
-                    match page["d"]["__next"].as_str() {
-                        Some(next) => url = next.to_string(),
-                        None => return ids,
-                    }
-                }
-            })
-        })
-        .collect();
-    let (mut last, mut minute_start) = (h.sim.stats().api_pages_served, h.sim.stats().api_pages_served);
-    let mut per_minute = Vec::new();
-    while !readers.iter().all(|r| r.is_finished()) {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let now = h.sim.stats().api_pages_served;
-        if now == last && !readers.iter().all(|r| r.is_finished()) {
-            per_minute.push(now - minute_start);
-            minute_start = now;
-            h.advance(std::time::Duration::from_secs(60));
-            assert!(per_minute.len() < 30, "the readers never finished: {per_minute:?}");
-        }
-        last = now;
-    }
-    per_minute.push(h.sim.stats().api_pages_served - minute_start);
-    for r in readers {
-        assert_eq!(r.await.unwrap(), expected, "every reader got every row once, in order");
-    }
-    let after = h.sim.stats();
-    let calls = after.api_pages_served - before.api_pages_served;
-    let identity_calls = (after.api_calls - before.api_calls) - calls;
-    println!(
-        "64 readers x 10,000 rows: {calls} provider page calls over {} minutes ({per_minute:?} a minute), {} provider 429s, {:.1} s",
-        per_minute.len(),
-        after.api_rate_limited - before.api_rate_limited,
-        started.elapsed().as_secs_f64()
-    );
-    assert_eq!(after.api_rate_limited - before.api_rate_limited, 0, "the provider never answered 429");
-    assert!(per_minute.iter().all(|n| *n <= 60), "at most 60 calls a minute: {per_minute:?}");
+    let h = chainkeeper_e2e::bi::readers_harness().await;
+    let run = chainkeeper_e2e::bi::page_through(&h, 64).await.unwrap();
+    println!("{run}");
+    assert_eq!(run.complete, 64, "every reader got every row once, in order");
+    assert_eq!(run.provider_429s, 0, "the provider never answered 429");
+    assert!(run.per_minute.iter().all(|n| *n <= 60), "at most 60 calls a minute: {:?}", run.per_minute);
     // Identical reads share one call; a reader that falls a minute behind reads its page again (the cache
     // keeps a page for Exact's 60 s).
-    assert!(calls < 2 * 167, "about one call per page for all 64 readers (167 pages): {calls}");
-    assert_eq!(identity_calls, 1, "the current division is read once for all readers");
+    assert!(run.page_calls < 2 * 167, "about one call per page for all 64 readers (167 pages): {run}");
+    assert_eq!(run.identity_calls, 1, "the current division is read once for all readers");
+}
+
+/// Reads `path` through two processes (`first`, then `second`); returns the two answers' cache uses and bodies.
+async fn read_in(h: &ExactHarness, bases: [&str; 2], path: &str, auth: &str) -> [(u16, String, String); 2] {
+    let mut out = Vec::new();
+    for base in bases {
+        let (status, headers, body) = get(h, &format!("{base}{path}"), Some(auth)).await;
+        let cache = headers.get("x-chainkeeper-cache").map_or("", |v| v.to_str().unwrap()).to_string();
+        out.push((status, cache, body));
+    }
+    out.try_into().unwrap()
+}
+
+/// "In AWS the cache is per warm Lambda instance unless the profile opts into the store": with `cache_in_store`,
+/// a page one process fetched is served by another for the rest of the cache time without a provider call, from
+/// an item sealed under the organisation's key; without it, each process calls the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cache_in_store_another_process_serves_a_fetched_page_from_the_store_sealed() {
+    use chainkeeper::clock::Clock;
+    use chainkeeper::store::Store;
+    let h = ExactHarness::start_with(|_| {}, "cache_in_store = true").await;
+    let (other, _server) = h.another_process().await;
+    let bases = [h.api.base.as_str(), other.base.as_str()];
+    let bearer = format!("Bearer {}", h.api.token);
+    let division = h.user.division;
+    let page = feed(&format!("v1/{division}/crm/Accounts?$select=ID,Name&$top=5"));
+    let calls = h.sim.stats().api_calls;
+
+    let [first, second] = read_in(&h, bases, &page, &bearer).await;
+    assert_eq!((first.0, first.1.as_str(), second.0, second.1.as_str()), (200, "miss", 200, "hit"), "{}", second.2);
+    assert_eq!(h.sim.stats().api_calls, calls + 1, "the second process read the page from the store");
+    assert_eq!(first.2, second.2, "the same answer, its links already pointing at the feed");
+    assert!(second.2.contains(&format!("{}/v1/orgs/acme", h.api.base)) && !second.2.contains(&h.sim.base_url));
+    // The API key is not part of the cache key: a key in the URL finds the same entry.
+    let token = org_token(&h, &["query.read"]).await;
+    let (status, headers, body) = get(&h, &format!("{}{page}&api_key={token}", other.base), None).await;
+    assert_eq!((status, headers["x-chainkeeper-cache"].to_str().unwrap(), body), (200, "hit", first.2.clone()));
+
+    // What the store holds: one item per page, expiring with the cache time, the rows' text sealed.
+    let items = h.store.query("answer#acme#finance#eol", "", 10).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].expires_at_ms, Some(h.clock.now_ms() + 60_000), "Exact's odata_cache_ttl_s");
+    let raw = String::from_utf8_lossy(&items[0].body).to_string();
+    let rows: Value = serde_json::from_str(&first.2).unwrap();
+    for row in rows["d"]["results"].as_array().unwrap() {
+        for text in [row["ID"].as_str().unwrap(), row["Name"].as_str().unwrap()] {
+            assert!(!raw.contains(text), "{text} is in the stored item in plaintext: {raw}");
+        }
+    }
+    assert!(!raw.contains("Accounts") && raw.contains("sealed_answer"), "{raw}");
+
+    // After the cache time: a provider call again, whose answer the other process then reads from the store.
+    h.advance(std::time::Duration::from_secs(61));
+    let [first, second] = read_in(&h, [bases[1], bases[0]], &page, &bearer).await;
+    assert_eq!((first.0, first.1.as_str(), second.0, second.1.as_str()), (200, "miss", 200, "hit"));
+    assert_eq!(h.sim.stats().api_calls, calls + 2, "stale after 60 s, fetched once more");
+    // Expired items go for good (the recovery run's purge, in `serve`; DynamoDB's TTL in AWS).
+    h.advance(std::time::Duration::from_secs(61));
+    assert!(h.store.purge_expired().await.unwrap() >= 1);
+    assert!(h.store.query("answer#acme#finance#eol", "", 10).await.unwrap().is_empty());
+
+    // Without the opt-in: each process keeps its own cache and calls the provider once; nothing is stored.
+    let h = ExactHarness::start(|_| {}).await;
+    let (other, _server) = h.another_process().await;
+    let calls = h.sim.stats().api_calls;
+    let [first, second] = read_in(&h, [h.api.base.as_str(), other.base.as_str()], &page, &bearer_of(&h)).await;
+    assert_eq!((first.1.as_str(), second.1.as_str()), ("miss", "miss"));
+    assert_eq!(h.sim.stats().api_calls, calls + 2, "one provider call per process");
+    assert!(h.store.query("answer#acme#finance#eol", "", 10).await.unwrap().is_empty());
+}
+
+fn bearer_of(h: &ExactHarness) -> String {
+    format!("Bearer {}", h.api.token)
 }
