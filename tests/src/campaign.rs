@@ -77,7 +77,11 @@ pub struct Report {
     /// Auto-recovery on: broken chains healthy again with a new authorization, and those still broken at the end.
     pub recovery: bool,
     pub recovered: u64,
-    pub not_recovered: u64,
+    /// Of them, recovered by a later scheduled run (the attempt when the chain broke failed, e.g. a fault at the
+    /// code exchange: `recovery_provider_unreachable`, tried again after its backoff).
+    pub recovered_by_schedule: u64,
+    /// Broken chains still not recovered after the rounds and up to six more scheduled runs, by repair code.
+    pub not_recovered: BTreeMap<String, u64>,
     /// Audit entries during the rounds by anyone but chainkeeper itself (a person's sign-in, recovery run, …).
     pub person_actions: u64,
     /// Worker processes' log lines holding a planted secret (must be 0).
@@ -109,6 +113,10 @@ impl Report {
 
     pub fn broken_total(&self) -> u64 {
         self.broken.values().sum()
+    }
+
+    pub fn not_recovered_total(&self) -> u64 {
+        self.not_recovered.values().sum()
     }
 
     pub fn share(&self, n: u64) -> f64 {
@@ -147,11 +155,13 @@ impl Report {
         );
         if self.recovery {
             println!(
-                "  auto-recovery: lost answers {}, chains broken {}, recovered without a person {}, not recovered {}, person actions {}",
+                "  auto-recovery: lost answers {}, chains broken {}, recovered without a person {} ({} of them by a later scheduled run), not recovered {} {:?}, person actions {}",
                 self.faults_by_kind.get("lose").copied().unwrap_or(0)
                     + self.faults_by_kind.get("reset_after_processing").copied().unwrap_or(0),
                 self.broken_total(),
                 self.recovered,
+                self.recovered_by_schedule,
+                self.not_recovered_total(),
                 self.not_recovered,
                 self.person_actions
             );
@@ -439,6 +449,27 @@ async fn await_recoveries(
     Ok(())
 }
 
+/// The scheduled recovery run (`serve`'s ticker, the `recover` function), which tries again what failed when the
+/// chain broke; moves the recovered chains out of `pending`.
+async fn scheduled_recovery(
+    h: &ExactHarness,
+    pending: &mut BTreeSet<usize>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    h.services.recovery.run_once().await?;
+    for i in pending.clone() {
+        if recovered(h, i).await? == Some(true) {
+            pending.remove(&i);
+            report.recovered += 1;
+            report.recovered_by_schedule += 1;
+        }
+    }
+    Ok(())
+}
+
 /// Audit entries of the campaign's organisation after `since_ms` whose actor is not chainkeeper itself.
 async fn person_actions(h: &ExactHarness, since_ms: i64) -> anyhow::Result<u64> {
     let org = OrgId::parse("camp")?;
@@ -489,15 +520,8 @@ pub async fn run(cfg: &Campaign) -> anyhow::Result<Report> {
             eprintln!("  round {round} of {} ({:.0} s)", cfg.rounds, started.elapsed().as_secs_f64());
         }
         h.advance(Duration::from_secs(601));
-        if cfg.recovery && !pending.is_empty() {
-            // The scheduled recovery run (`serve`'s ticker, the `recover` function) retries what failed.
-            h.services.recovery.run_once().await?;
-            for i in pending.clone() {
-                if recovered(&h, i).await? == Some(true) {
-                    pending.remove(&i);
-                    report.recovered += 1;
-                }
-            }
+        if cfg.recovery {
+            scheduled_recovery(&h, &mut pending, &mut report).await?;
         }
         let asked: Vec<usize> = (0..chains).filter(|i| live[*i] && !pending.contains(i)).collect();
         let crash_at =
@@ -558,6 +582,14 @@ pub async fn run(cfg: &Campaign) -> anyhow::Result<Report> {
             }
         }
     }
+    // Production keeps running the scheduled recovery after the last round: so does the campaign, a few times.
+    for _ in 0..6 {
+        if pending.is_empty() {
+            break;
+        }
+        h.advance(Duration::from_secs(601));
+        scheduled_recovery(&h, &mut pending, &mut report).await?;
+    }
     report.elapsed = started.elapsed();
     let stats = h.sim.stats();
     report.token_calls = stats.refresh_requests;
@@ -565,7 +597,13 @@ pub async fn run(cfg: &Campaign) -> anyhow::Result<Report> {
     report.faults_by_kind = stats.faults_by_kind;
     report.old_refresh_token_used = stats.old_refresh_token_used;
     report.grace_refreshes = stats.grace_refreshes;
-    report.not_recovered = pending.len() as u64;
+    for i in &pending {
+        let code = match h.services.engine.chain(&container(*i)).await? {
+            Some((chain, _)) => chain.last_error.map_or_else(|| "none".to_string(), |e| e.code),
+            None => "no_chain".to_string(),
+        };
+        *report.not_recovered.entry(code).or_default() += 1;
+    }
     if cfg.recovery {
         report.person_actions = person_actions(&h, since_ms).await?;
     }

@@ -143,7 +143,7 @@ async fn faults(chains: usize, rounds: usize, only: &str) -> anyhow::Result<()> 
         seed: 13,
     };
     let runs = [
-        ("grace-on", "grace on, 1 engine, lost_response = retry_previous (Exact's profile)", base.clone()),
+        ("grace-on", "grace on, 1 process, lost_response = retry_previous (Exact's profile)", base.clone()),
         (
             "grace-on-4",
             "grace on, 4 processes on one SQLite file (each chain asked by all four every round)",

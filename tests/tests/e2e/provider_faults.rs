@@ -270,7 +270,7 @@ async fn a_short_fault_campaign_without_the_grace_ends_every_break_in_auto_recov
     assert!(lost >= 2, "answers were lost: {r:?}");
     assert!(r.broken_total() >= 2, "lost answers broke chains without the grace: {r:?}");
     assert_eq!(r.recovered, r.broken_total(), "every broken chain recovered without a person: {r:?}");
-    assert_eq!((r.not_recovered, r.person_actions), (0, 0), "{r:?}");
+    assert_eq!((r.not_recovered_total(), r.person_actions), (0, 0), "{r:?}");
     assert!(r.share(r.failed_transient()) <= 0.1, "transient faults absorbed: {:?}", r.failed);
     assert_eq!(r.failed_broken, r.broken_total(), "one failed request per break: the chain was back next round");
     // After each recovery the chain goes on: every round asked every chain that was not waiting for one.
