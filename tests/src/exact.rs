@@ -187,6 +187,8 @@ pub struct ExactHarness {
     pub container: ContainerRef,
     pub user: SimUser,
     pub dir: tempfile::TempDir,
+    /// The configuration the harness's chainkeeper runs with, as TOML (for other processes on its data dir).
+    pub config_toml: String,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -312,7 +314,7 @@ impl ExactHarness {
         if !extra_provider.contains("login.hosts") {
             extra_provider.push_str(&format!("\nlogin.hosts = [\"{start_host}\", \"{b2c_host}\"]\n"));
         }
-        let config = Config::from_toml(&format!(
+        let config_toml = format!(
             r#"
 [server]
 public_url = "http://127.0.0.1:{port}"
@@ -332,8 +334,8 @@ client_secret = "{CLIENT_SECRET}"
 redirect_uri = "{redirect}"
 "#,
             base = sim.base_url
-        ))
-        .unwrap();
+        );
+        let config = Config::from_toml(&config_toml).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::open(dir.path()).unwrap();
         let clock = ManualClock::new(T0);
@@ -367,7 +369,7 @@ redirect_uri = "{redirect}"
             db: DbName::parse("finance").unwrap(),
             alias: Alias::parse("eol").unwrap(),
         };
-        let h = ExactHarness { sim, clock, services, store, keys, api, container, user, dir, server };
+        let h = ExactHarness { sim, clock, services, store, keys, api, container, user, dir, config_toml, server };
         h.api.create_container("acme", "finance", "eol", "oauth2_code", Some("exact-online-nl")).await;
         let done = h.authorize("acme", "finance", "eol", &h.user.clone()).await;
         assert_eq!(done.status, 200, "authorization: {}", done.body);

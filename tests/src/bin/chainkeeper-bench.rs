@@ -3,7 +3,8 @@
 //!     cargo build --release -p chainkeeper-cli -p chainkeeper-e2e
 //!     target/release/chainkeeper-bench [amplification|warm|odata|waiters|sweep|faults|all]
 //!     target/release/chainkeeper-bench faults [chains] [rounds] [run]   (default 1000 100: 100,000 refreshes;
-//!                                          run: one of grace-on, grace-on-4, grace-off, needs-repair; default all)
+//!                                          run: one of grace-on, grace-on-4 (four worker processes), grace-off,
+//!                                          needs-repair (both with auto-recovery); default all)
 //!     target/release/chainkeeper-bench lambda-init [target/lambda]
 //!
 //! `warm` and `odata` need `wrk` (Debian package) and the release `chainkeeper` binary; for their ratio, the limit
@@ -24,6 +25,11 @@ use serde_json::json;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if what == "faults-worker" {
+        // Hidden: one worker process of the multi-process fault campaign (driven over stdin/stdout).
+        let dir = std::env::args().nth(2).ok_or_else(|| anyhow::anyhow!("faults-worker DIR"))?;
+        return chainkeeper_e2e::campaign::worker(std::path::Path::new(&dir)).await;
+    }
     let build = if what == "lambda-init" {
         "figures are the artifacts' own; this harness's build does not matter"
     } else if cfg!(debug_assertions) {
@@ -123,8 +129,8 @@ async fn lambda_init(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Issue 13's fault campaign: `chains` chains refreshed `rounds` times on the simulator's clock, with 5 % transient
-/// faults, 2 % lost answers and crash points, grace on and off, one engine and four (four processes' engines over
-/// one SQLite file, in this process).
+/// faults, 2 % lost answers and crash points, grace on and off (then with auto-recovery), in this process and in
+/// four worker processes over one SQLite file.
 async fn faults(chains: usize, rounds: usize, only: &str) -> anyhow::Result<()> {
     use chainkeeper_e2e::campaign::{Campaign, run};
     println!("\n## provider fault campaign: {chains} chains x {rounds} rounds, 5 % transient faults, 2 % lost answers");
@@ -136,22 +142,27 @@ async fn faults(chains: usize, rounds: usize, only: &str) -> anyhow::Result<()> 
         crash: 0.5,
         grace: true,
         lost_response: "retry_previous",
-        engines: 1,
+        processes: 1,
+        recovery: false,
         concurrency: 64,
         seed: 13,
     };
     let runs = [
-        ("grace-on", "grace on, 1 engine, lost_response = retry_previous (Exact's profile)", base.clone()),
+        ("grace-on", "grace on, 1 process, lost_response = retry_previous (Exact's profile)", base.clone()),
         (
             "grace-on-4",
-            "grace on, 4 engines on one SQLite file (each chain asked by all four every round)",
-            Campaign { engines: 4, rounds: rounds.div_ceil(4), ..base.clone() },
+            "grace on, 4 processes on one SQLite file (each chain asked by all four every round)",
+            Campaign { processes: 4, rounds: rounds.div_ceil(4), ..base.clone() },
         ),
-        ("grace-off", "grace off, 1 engine, lost_response = retry_previous", Campaign { grace: false, ..base.clone() }),
+        (
+            "grace-off",
+            "grace off, 1 process, lost_response = retry_previous, auto-recovery",
+            Campaign { grace: false, recovery: true, ..base.clone() },
+        ),
         (
             "needs-repair",
-            "grace off, 1 engine, lost_response = needs_repair",
-            Campaign { grace: false, lost_response: "needs_repair", ..base.clone() },
+            "grace off, 1 process, lost_response = needs_repair, auto-recovery",
+            Campaign { grace: false, recovery: true, lost_response: "needs_repair", ..base.clone() },
         ),
     ];
     for (name, title, cfg) in runs {

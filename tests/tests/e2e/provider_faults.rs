@@ -186,7 +186,8 @@ async fn a_short_fault_campaign_breaks_no_chain() {
         crash: 0.5,
         grace: true,
         lost_response: "retry_previous",
-        engines: 1,
+        processes: 1,
+        recovery: false,
         concurrency: 32,
         seed: 13,
     };
@@ -204,4 +205,74 @@ async fn a_short_fault_campaign_breaks_no_chain() {
     assert!(r.failed_total() - r.failed_transient() <= lost, "{r:?}");
     assert!(r.token_calls <= r.refreshes_needed + r.faults_injected + r.crashed, "{r:?}");
     assert!(r.grace_refreshes >= 1, "lost answers were healed by the grace: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_fault_campaign_in_two_processes_breaks_no_chain() {
+    use chainkeeper_e2e::campaign::{Campaign, run};
+    // Two `chainkeeper-bench faults-worker` processes on one SQLite file, each asking every chain every round.
+    let cfg = Campaign {
+        chains: 30,
+        rounds: 4,
+        transient: 0.05,
+        lost: 0.02,
+        crash: 0.5,
+        grace: true,
+        lost_response: "retry_previous",
+        processes: 2,
+        recovery: false,
+        concurrency: 16,
+        seed: 13,
+    };
+    let r = run(&cfg).await.unwrap();
+    r.print("short fault campaign, two processes");
+    assert_eq!((r.refreshes_needed, r.caller_requests), (120, 240), "each process asked every chain: {r:?}");
+    assert!(r.faults_injected >= 5 && r.crashed >= 1, "faults and crash points were hit: {r:?}");
+    assert_eq!(r.broken_total(), 0, "no chain broken: {r:?}");
+    assert_eq!(r.old_refresh_token_used, 0, "the provider never saw an old refresh token");
+    // One refresh per chain and round across both processes, plus the faults and the crashed refreshes.
+    assert!(r.token_calls <= r.refreshes_needed + r.faults_injected + r.crashed, "{r:?}");
+    // Besides the waits after a lost answer, only the other process's callers of a refresh whose process died
+    // holding the lease are refused (`refresh_in_progress`), at most one per crash.
+    let others: u64 = r
+        .failed
+        .iter()
+        .filter(|(code, _)| code.as_str() != "refresh_response_lost_retrying" && code.as_str() != "refresh_in_progress")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(others, 0, "transient faults absorbed: {:?}", r.failed);
+    assert!(r.failed.get("refresh_in_progress").copied().unwrap_or(0) <= r.crashed, "{r:?}");
+    assert_eq!(r.leaked_log_lines, 0, "no planted secret in the workers' logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_fault_campaign_without_the_grace_ends_every_break_in_auto_recovery() {
+    use chainkeeper_e2e::campaign::{Campaign, run};
+    // Grace off: every lost answer breaks its chain (`refresh_response_lost`); each chain has auto-recovery
+    // credentials (a real sign-in at the simulator's B2C flow), and the campaign goes on with the new chains.
+    let cfg = Campaign {
+        chains: 30,
+        rounds: 12,
+        transient: 0.05,
+        lost: 0.02,
+        crash: 0.5,
+        grace: false,
+        lost_response: "retry_previous",
+        processes: 1,
+        recovery: true,
+        concurrency: 16,
+        seed: 13,
+    };
+    let r = run(&cfg).await.unwrap();
+    r.print("short fault campaign, grace off, auto-recovery");
+    let lost = r.faults_by_kind.get("lose").copied().unwrap_or(0)
+        + r.faults_by_kind.get("reset_after_processing").copied().unwrap_or(0);
+    assert!(lost >= 2, "answers were lost: {r:?}");
+    assert!(r.broken_total() >= 2, "lost answers broke chains without the grace: {r:?}");
+    assert_eq!(r.recovered, r.broken_total(), "every broken chain recovered without a person: {r:?}");
+    assert_eq!((r.not_recovered_total(), r.person_actions), (0, 0), "{r:?}");
+    assert!(r.share(r.failed_transient()) <= 0.1, "transient faults absorbed: {:?}", r.failed);
+    assert_eq!(r.failed_broken, r.broken_total(), "one failed request per break: the chain was back next round");
+    // After each recovery the chain goes on: every round asked every chain that was not waiting for one.
+    assert!(r.refreshes_needed >= 12 * 30 - r.broken_total(), "{r:?}");
 }
