@@ -69,11 +69,12 @@ pub async fn require_token(State(gate): State<Gate>, mut req: Request, next: Nex
     }
 }
 
-/// Whether the route's use case looks up the caller's revocation itself, in the store read it makes anyway:
-/// only the token hand-out (the warm path every tool calls), whose handler takes the [`RevocationCheck`]. Every
-/// other route has it looked up here, before its handler runs.
+/// Whether the route's use case looks up the caller's revocation itself, in the store read it makes anyway: the
+/// token hand-out (with the chain), the query proxy and the OData feed (with the container) — the warm paths tools
+/// call — whose handlers take the [`RevocationCheck`]. Every other route has it looked up here, before its
+/// handler runs.
 fn settles_revocation(route: &RouteSpec) -> bool {
-    route.handler == Handler::HandOut
+    matches!(route.handler, Handler::HandOut | Handler::Query | Handler::OData)
 }
 
 /// A `405` for a path of the table whose method is not: never passed to a handler. `Allow` lists what the table has.

@@ -551,6 +551,7 @@ impl From<IdentifierError> for Problem {
 impl From<QueryError> for Problem {
     fn from(e: QueryError) -> Self {
         match e {
+            QueryError::Caller(e) => e.into(),
             QueryError::PathRefused(why) => Problem::bad_request(
                 "query_path_refused",
                 format!("{why} The query path is relative to the platform's API, e.g. `v1/current/Me`."),

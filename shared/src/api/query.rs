@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::body::Body as AxumBody;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method};
@@ -12,11 +13,13 @@ use axum::response::Response;
 use super::AppState;
 use super::extract::{Names, RawBody};
 use super::problem::Problem;
+use crate::app::api_tokens::RevocationCheck;
 use crate::app::query::{CacheUse, Forwarded, ForwardedBody, QueryRequest};
 use crate::ids::ContainerRef;
 
 pub async fn proxy(
     State(app): State<AppState>,
+    Extension(caller): Extension<RevocationCheck>,
     names: Names,
     method: Method,
     Path(params): Path<HashMap<String, String>>,
@@ -26,7 +29,7 @@ pub async fn proxy(
 ) -> Result<Response, Problem> {
     let c = names.container()?;
     let path = params.get("path").cloned().unwrap_or_default();
-    let forwarded = app.query.forward(&c, QueryRequest { method, path, query, headers, body }).await?;
+    let forwarded = app.query.forward(&c, &caller, QueryRequest { method, path, query, headers, body }).await?;
     Ok(render(forwarded))
 }
 
@@ -34,6 +37,7 @@ pub async fn proxy(
 /// entity sets, with every link to the platform rewritten to this route.
 pub async fn odata(
     State(app): State<AppState>,
+    Extension(caller): Extension<RevocationCheck>,
     names: Names,
     method: Method,
     Path(params): Path<HashMap<String, String>>,
@@ -44,7 +48,7 @@ pub async fn odata(
     let path = params.get("path").cloned().unwrap_or_default();
     let feed = feed_base(&app, &c, &headers);
     let req = QueryRequest { method, path, query, headers, body: Default::default() };
-    let forwarded = app.query.odata(&c, req, &feed).await?;
+    let forwarded = app.query.odata(&c, &caller, req, &feed).await?;
     Ok(render(forwarded))
 }
 

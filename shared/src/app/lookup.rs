@@ -43,7 +43,17 @@ pub async fn database(store: &dyn Store, org_id: &OrgId, db: &DbName) -> Result<
 /// with databases, cannot be deleted (`app::orgs`), so its parents exist too. When it does not, its parents are
 /// read to say which name is missing.
 pub async fn container(store: &dyn Store, c: &ContainerRef) -> Result<(ContainerRecord, Version), LookupError> {
-    match store.get(&container_key(c)).await? {
+    let read = store.get(&container_key(c)).await?;
+    container_read(store, c, read).await
+}
+
+/// [`container`], given what the caller has just read at its key (with something else, in one read).
+pub async fn container_read(
+    store: &dyn Store,
+    c: &ContainerRef,
+    read: Option<crate::store::Item>,
+) -> Result<(ContainerRecord, Version), LookupError> {
+    match read {
         Some(item) => Ok((decode(&item)?, item.version)),
         None => {
             database(store, &c.org, &c.db).await?;

@@ -27,6 +27,7 @@ use crate::records::{ContainerRecord, CredentialKind};
 use crate::store::{Store, StoreError};
 
 use super::Ports;
+use super::api_tokens::{AuthError, RevocationCheck};
 use super::governor::{Governor, Refusal};
 use super::handout::{HandOut, HandOutError};
 use super::lookup::{self, LookupError};
@@ -71,6 +72,9 @@ pub enum PlatformFailure {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
+    /// The caller's API token, whose revocation was read with the container.
+    #[error(transparent)]
+    Caller(#[from] AuthError),
     #[error("query path refused: {0}")]
     PathRefused(PathRefusal),
     #[error(transparent)]
@@ -404,8 +408,13 @@ impl QueryProxy {
     /// Forwards one request to the platform API of `c`.
     // A debug span: this is the warm path, where an info-level span would cost every request an allocation.
     #[tracing::instrument(level = "debug", skip_all, fields(org = %c.org, container = %c.local_name()))]
-    pub async fn forward(&self, c: &ContainerRef, req: QueryRequest) -> Result<Forwarded, QueryError> {
-        self.forward_to(c, req, None).await
+    pub async fn forward(
+        &self,
+        c: &ContainerRef,
+        caller: &RevocationCheck,
+        req: QueryRequest,
+    ) -> Result<Forwarded, QueryError> {
+        self.forward_to(c, caller, req, None).await
     }
 
     /// `GET` through the container's OData feed at `feed_base` (the URL of `…/odata` as the caller reaches it):
@@ -413,8 +422,14 @@ impl QueryProxy {
     /// `__next`, v4 `@odata.nextLink`, `__metadata.uri`, the service document's `xml:base`) points back at
     /// `feed_base`. The caller's credential is never in a link: a BI tool sends its own with every request.
     #[tracing::instrument(level = "debug", skip_all, fields(org = %c.org, container = %c.local_name()))]
-    pub async fn odata(&self, c: &ContainerRef, req: QueryRequest, feed_base: &str) -> Result<Forwarded, QueryError> {
-        self.forward_to(c, req, Some(feed_base)).await
+    pub async fn odata(
+        &self,
+        c: &ContainerRef,
+        caller: &RevocationCheck,
+        req: QueryRequest,
+        feed_base: &str,
+    ) -> Result<Forwarded, QueryError> {
+        self.forward_to(c, caller, req, Some(feed_base)).await
     }
 
     /// The signed-in user's current division in `c` (the profile's `identity.division`), remembered for
@@ -471,15 +486,21 @@ impl QueryProxy {
         Ok(division)
     }
 
-    /// [`Self::forward`]; through the OData feed at `feed` (its cache time, links rewritten) when given.
+    /// [`Self::forward`]; through the OData feed at `feed` (its cache time, links rewritten) when given. The
+    /// caller's revocation and the container come from one store read; a revoked caller gets nothing.
     async fn forward_to(
         &self,
         c: &ContainerRef,
+        caller: &RevocationCheck,
         req: QueryRequest,
         feed: Option<&str>,
     ) -> Result<Forwarded, QueryError> {
+        let container_key = crate::records::container_key(c);
+        let mut read = self.store.get_many(&[caller.key(), &container_key]).await.map_err(AuthError::Store)?;
+        let container = read.pop().flatten();
+        caller.settle(read.pop().flatten())?;
         let mut path = check_path(&req.path)?;
-        let (rec, _) = lookup::container(&*self.store, c).await?;
+        let (rec, _) = lookup::container_read(&*self.store, c, container).await?;
         let provider = rec.provider.clone().unwrap_or_default();
         let profile = self.config.provider(&provider).ok_or_else(|| QueryError::NoPlatform(c.clone()))?;
         let base = profile.api_base_url.clone().ok_or_else(|| QueryError::NoApiBaseUrl(provider.clone()))?;

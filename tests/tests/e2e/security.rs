@@ -188,14 +188,18 @@ async fn another_organisations_token_cannot_tell_not_yours_from_not_there() {
     assert_eq!(h.sim.stats().api_requests_received, received_before, "nothing reached the provider");
 }
 
-/// The token hand-out reads the caller's revocation in the same store read as the chain (one snapshot): a
-/// revoked token gets nothing from it, warm or due for a refresh, and the provider is not asked for one.
+/// The token hand-out, the query proxy and the OData feed read the caller's revocation in the same store read as
+/// the chain or the container (one snapshot): a revoked token gets nothing from them, warm or due for a refresh,
+/// and the provider is asked for nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_token_gets_no_access_token_and_causes_no_refresh() {
+async fn a_revoked_token_gets_nothing_from_the_hand_out_the_proxy_or_the_feed() {
     let h = ExactHarness::start(|_| {}).await;
     let r = h
         .api
-        .post("/v1/orgs/acme/api-tokens", serde_json::json!({"subject": "etl", "scopes": ["tokens.readwrite"]}))
+        .post(
+            "/v1/orgs/acme/api-tokens",
+            serde_json::json!({"subject": "etl", "scopes": ["tokens.readwrite", "query.read"]}),
+        )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let etl = Api::new(&h.api.base, r.body["token"].as_str().unwrap());
@@ -203,8 +207,18 @@ async fn a_revoked_token_gets_no_access_token_and_causes_no_refresh() {
     let hand_out = format!("{}/token", chainkeeper_e2e::container_path("acme", "finance", "eol"));
     let got = etl.post(&hand_out, serde_json::json!({})).await;
     assert_eq!(got.status, 200, "{}", got.body);
+    let container = chainkeeper_e2e::container_path("acme", "finance", "eol");
+    let reads = [format!("{container}/query/v1/current/Me"), format!("{container}/odata/v1/current/Me")];
+    for read in &reads {
+        assert_eq!(etl.get(read).await.status, 200, "{read} before the revocation");
+    }
     assert_eq!(h.api.delete(&format!("/v1/orgs/acme/api-tokens/{id}")).await.status, 204);
     etl.post(&hand_out, serde_json::json!({})).await.assert_problem(401, "unauthorized");
+    let received = h.sim.stats().api_requests_received;
+    for read in &reads {
+        etl.get(read).await.assert_problem(401, "unauthorized");
+    }
+    assert_eq!(h.sim.stats().api_requests_received, received, "nothing forwarded for a revoked caller");
     // Past the access token's life: a hand-out would refresh, but not for a revoked caller.
     let refreshes = h.sim.stats().refresh_requests;
     h.advance(std::time::Duration::from_secs(3_600));
