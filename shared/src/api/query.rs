@@ -19,8 +19,7 @@ use crate::ids::ContainerRef;
 
 pub async fn proxy(
     State(app): State<AppState>,
-    Extension(caller): Extension<RevocationCheck>,
-    names: Names,
+    (names, Extension(caller)): (Names, Extension<RevocationCheck>),
     method: Method,
     Path(params): Path<HashMap<String, String>>,
     RawQuery(query): RawQuery,
