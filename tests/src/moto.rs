@@ -59,3 +59,57 @@ impl Moto {
         bail!("moto (tests/peers/moto/serve.py) did not answer on {endpoint}")
     }
 }
+
+/// What `sam deploy` creates before the functions run, on moto: the table (a fresh name), the API-token signing
+/// key's secret (its text holds a planted secret) and the operator's Exact app registration (`redirect`).
+pub struct DeployedBasics {
+    pub table: String,
+    pub signing: String,
+    pub signing_arn: String,
+    pub app_secret_arn: String,
+}
+
+pub const SIGNING_KEY_SECRET: &str = "chainkeeper/test/api-token-signing-key";
+pub const APPS_SECRET_PREFIX: &str = "chainkeeper/test/apps/";
+
+pub async fn deploy_basics(sdk: &aws_config::SdkConfig, redirect: &str) -> DeployedBasics {
+    let table = format!("ck{}", chainkeeper::ids::random_id().to_lowercase().replace(['-', '_'], "x"));
+    chainkeeper::aws::dynamo::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(sdk),
+        table.clone(),
+        std::sync::Arc::new(chainkeeper::clock::SystemClock),
+    )
+    .create_table()
+    .await
+    .expect("the table");
+    let sm = aws_sdk_secretsmanager::Client::new(sdk);
+    let signing = "s".repeat(40) + "PLANTED-signing-key";
+    let created = sm.create_secret().name(SIGNING_KEY_SECRET).secret_string(&signing).send().await;
+    let signing_arn = created.expect("the signing key's secret").arn.unwrap_or_default();
+    let app = serde_json::json!({
+        "client_id": crate::exact::CLIENT_ID, "client_secret": crate::exact::CLIENT_SECRET, "redirect_uri": redirect
+    });
+    let created = sm
+        .create_secret()
+        .name(format!("{APPS_SECRET_PREFIX}exact-online-nl"))
+        .secret_string(app.to_string())
+        .send()
+        .await;
+    let app_secret_arn = created.expect("the app registration's secret").arn.unwrap_or_default();
+    DeployedBasics { table, signing, signing_arn, app_secret_arn }
+}
+
+/// The first platform token, as the README says: the signing key secret's text piped into `chainkeeper token issue`.
+pub fn platform_token_from_secret(signing: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(crate::cli_bin())
+        .args(["token", "issue", "--signing-key-stdin", "--platform", "--scope", "admin", "--subject", "ops"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("chainkeeper token issue");
+    writeln!(child.stdin.take().expect("stdin"), "{signing}").expect("the key on stdin"); // as `--output text` ends
+    let out = child.wait_with_output().expect("token issue ends");
+    assert!(out.status.success(), "token issue --signing-key-stdin");
+    String::from_utf8(out.stdout).expect("a token is text").trim().to_string()
+}

@@ -322,23 +322,8 @@ impl Deployment {
         let sim = ExactSim::start(sim_config, SimClock::system()).await.unwrap();
 
         // What `sam deploy` creates: the table, the signing-key secret, and the operator's app registration.
-        let table = format!("ck{}", chainkeeper::ids::random_id().to_lowercase().replace(['-', '_'], "x"));
-        DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone(), Arc::new(chainkeeper::clock::SystemClock))
-            .create_table()
-            .await
-            .unwrap();
-        let sm = aws_sdk_secretsmanager::Client::new(&sdk);
-        let signing = "s".repeat(40) + "PLANTED-signing-key";
-        sm.create_secret().name("chainkeeper/test/api-token-signing-key").secret_string(&signing).send().await.unwrap();
-        sm.create_secret()
-            .name("chainkeeper/test/apps/exact-online-nl")
-            .secret_string(
-                serde_json::json!({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": redirect})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .unwrap();
+        let chainkeeper_e2e::moto::DeployedBasics { table, signing, .. } =
+            chainkeeper_e2e::moto::deploy_basics(&sdk, redirect).await;
         // The operator's config file points the Exact profile at the simulator (no app in it: that is in Secrets
         // Manager).
         let dir = tempfile::tempdir().unwrap();
@@ -356,20 +341,7 @@ impl Deployment {
             ("AWS_ACCESS_KEY_ID", "test".to_string()),
             ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
         ];
-        // The first platform token, as the README says: the secret's text piped into `chainkeeper token issue`.
-        let token = {
-            use std::io::Write;
-            let mut child = std::process::Command::new(chainkeeper_e2e::cli_bin())
-                .args(["token", "issue", "--signing-key-stdin", "--platform", "--scope", "admin", "--subject", "ops"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            writeln!(child.stdin.take().unwrap(), "{signing}").unwrap(); // `--output text` ends with a newline
-            let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "token issue --signing-key-stdin");
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
-        };
+        let token = chainkeeper_e2e::moto::platform_token_from_secret(&signing);
         Deployment { _moto: moto, sdk, sim, table, env, token, _dir: dir }
     }
 

@@ -23,7 +23,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -429,32 +428,9 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
         ..SimConfig::default()
     };
     let sim = ExactSim::start(sim_config, SimClock::system()).await.unwrap();
-    let table = format!("ck{}", chainkeeper::ids::random_id().to_lowercase().replace(['-', '_'], "x"));
-    DynamoStore::new(aws_sdk_dynamodb::Client::new(&setup), table.clone(), Arc::new(chainkeeper::clock::SystemClock))
-        .create_table()
-        .await
-        .unwrap();
+    let chainkeeper_e2e::moto::DeployedBasics { table, signing, signing_arn, app_secret_arn } =
+        chainkeeper_e2e::moto::deploy_basics(&setup, redirect).await;
     let table_arn = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{table}");
-    let sm = aws_sdk_secretsmanager::Client::new(&setup);
-    let signing = "s".repeat(40) + "PLANTED-signing-key";
-    let signing_arn = sm
-        .create_secret()
-        .name("chainkeeper/test/api-token-signing-key")
-        .secret_string(&signing)
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
-    let app_secret = sm
-        .create_secret()
-        .name(format!("{APPS_PREFIX}exact-online-nl"))
-        .secret_string(
-            json!({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": redirect}).to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
 
     // The recovery queue and its dead-letter queue, named as the template names them for this stage.
     let setup_sqs = aws_sdk_sqs::Client::new(&setup);
@@ -551,19 +527,7 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
             LocalLambda::start(&bin, &env).await.unwrap()
         }
     };
-    let token = {
-        use std::io::Write;
-        let mut child = std::process::Command::new(chainkeeper_e2e::cli_bin())
-            .args(["token", "issue", "--signing-key-stdin", "--platform", "--scope", "admin", "--subject", "ops"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{signing}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "token issue --signing-key-stdin");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let token = chainkeeper_e2e::moto::platform_token_from_secret(&signing);
     let body =
         |v: &Value| -> Value { serde_json::from_str(v["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null) };
     let c = "/v1/orgs/acme/databases/finance/containers/eol";
@@ -745,7 +709,7 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
         account.key_tags.insert(id, tags);
     }
     account.secret_arns.insert("chainkeeper/test/api-token-signing-key".into(), signing_arn.clone());
-    account.secret_arns.insert(format!("{APPS_PREFIX}exact-online-nl"), app_secret.arn.unwrap());
+    account.secret_arns.insert(format!("{APPS_PREFIX}exact-online-nl"), app_secret_arn);
     let by_key: HashMap<String, &str> = FUNCTIONS.iter().map(|f| (keys[f].0.clone(), *f)).collect();
     let mut requests = Vec::new();
     let mut calls: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();

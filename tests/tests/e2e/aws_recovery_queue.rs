@@ -60,25 +60,8 @@ impl Deployment {
             ..SimConfig::default()
         };
         let sim = ExactSim::start(sim_config, SimClock::system()).await.unwrap();
-        let table = format!("ck{}", chainkeeper::ids::random_id().to_lowercase().replace(['-', '_'], "x"));
-        chainkeeper::aws::dynamo::DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
-            table.clone(),
-            std::sync::Arc::new(chainkeeper::clock::SystemClock),
-        )
-        .create_table()
-        .await
-        .unwrap();
-        let sm = aws_sdk_secretsmanager::Client::new(&sdk);
-        let signing = "s".repeat(40) + "PLANTED-signing-key";
-        sm.create_secret().name("chainkeeper/test/api-token-signing-key").secret_string(&signing).send().await.unwrap();
-        let app = json!({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": redirect});
-        sm.create_secret()
-            .name("chainkeeper/test/apps/exact-online-nl")
-            .secret_string(app.to_string())
-            .send()
-            .await
-            .unwrap();
+        let chainkeeper_e2e::moto::DeployedBasics { table, signing, .. } =
+            chainkeeper_e2e::moto::deploy_basics(&sdk, redirect).await;
         // The queues as the template makes them: a dead-letter queue, the recovery queue redriving to it.
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let dlq_url = sqs.create_queue().queue_name("ck-recovery-dlq").send().await.unwrap().queue_url.unwrap();
@@ -122,19 +105,7 @@ impl Deployment {
         let refresh = start("refresh", &env).await;
         env.push(("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/test/api-token-signing-key".to_string()));
         let (manage, query) = (start("manage", &env).await, start("query", &env).await);
-        let token = {
-            use std::io::Write;
-            let mut child = std::process::Command::new(chainkeeper_e2e::cli_bin())
-                .args(["token", "issue", "--signing-key-stdin", "--platform", "--scope", "admin", "--subject", "ops"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            writeln!(child.stdin.take().unwrap(), "{signing}").unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "token issue --signing-key-stdin");
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
-        };
+        let token = chainkeeper_e2e::moto::platform_token_from_secret(&signing);
         let d = Deployment {
             sim,
             sqs,
