@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::app::App;
+#[cfg(feature = "aws")]
 use crate::app::background::Background;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
