@@ -4,7 +4,7 @@
 //!     target/release/chainkeeper-bench [amplification|warm|odata|waiters|sweep|faults|all]
 //!     target/release/chainkeeper-bench faults [chains] [rounds] [run]   (default 1000 100: 100,000 refreshes;
 //!                                          run: one of grace-on, grace-on-4 (four worker processes), grace-off,
-//!                                          needs-repair (both with auto-recovery); default all)
+//!                                          needs-repair, needs-repair-4 (with auto-recovery); default all)
 //!     target/release/chainkeeper-bench lambda-init [target/lambda]
 //!
 //! `warm` and `odata` need `wrk` (Debian package) and the release `chainkeeper` binary; for their ratio, the limit
@@ -163,6 +163,18 @@ async fn faults(chains: usize, rounds: usize, only: &str) -> anyhow::Result<()> 
             "needs-repair",
             "grace off, 1 process, lost_response = needs_repair, auto-recovery",
             Campaign { grace: false, recovery: true, lost_response: "needs_repair", ..base.clone() },
+        ),
+        (
+            "needs-repair-4",
+            "grace off, 4 processes on one SQLite file, lost_response = needs_repair, auto-recovery",
+            Campaign {
+                grace: false,
+                recovery: true,
+                lost_response: "needs_repair",
+                processes: 4,
+                rounds: rounds.div_ceil(4),
+                ..base.clone()
+            },
         ),
     ];
     for (name, title, cfg) in runs {
