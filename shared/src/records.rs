@@ -193,6 +193,9 @@ pub struct OrgRecord {
     /// The HMAC key that signs webhook events, sealed with the organisation's key.
     #[serde(default)]
     pub sealed_webhook_secret: Option<String>,
+    /// The event types the webhook receives ([`crate::app::webhooks::EVENT_TYPES`]); `None`: every one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_events: Option<Vec<String>>,
     /// Whether tokens with the `credentials.reveal` scope may read stored passwords and API tokens
     /// (`GET …/credentials/reveal`). Off unless the organisation turns it on.
     #[serde(default)]

@@ -2,6 +2,7 @@
 //! ports, and talk to the API. Every process started here is killed when its handle drops.
 
 pub mod bi;
+pub mod browser;
 pub mod campaign;
 pub mod cred_peer;
 pub mod exact;

@@ -357,6 +357,10 @@ impl From<WebhookError> for Problem {
                     ),
                 },
             ),
+            WebhookError::UnknownEvent(kind) => Problem::bad_request(
+                "invalid_body",
+                format!("{kind:?} is not a webhook event type: chain.needs_repair, chain.recovered or auto_recovery.expiring."),
+            ),
             WebhookError::Store(e) => e.into(),
             WebhookError::Keys(e) => e.into(),
         }

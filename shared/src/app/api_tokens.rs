@@ -190,6 +190,33 @@ impl ApiTokens {
         Ok(issued)
     }
 
+    /// A token issued by a person signed in to the web console, who holds `held` (the session's scopes): bounded by
+    /// them as a token issued with another token is ("nobody hands out more than they hold"), but not by the
+    /// session's lifetime (a session lasts hours, the token is for a tool); default 90 days, at most 2 years. Its
+    /// record names the person; revoking it is by id, as for an operator's token.
+    #[tracing::instrument(skip_all, fields(org = %org))]
+    pub async fn issue_for_person(
+        &self,
+        org: &OrgId,
+        person: &str,
+        held: &[String],
+        new: NewApiToken,
+    ) -> Result<Issued, ApiTokenError> {
+        lookup::org(&*self.store, org).await?;
+        if !valid_scopes(&new.scopes) {
+            return Err(ApiTokenError::InvalidScopes);
+        }
+        if let Some(extra) = new.scopes.iter().find(|sc| !covers(held, &self.scope_groups, sc)) {
+            return Err(ApiTokenError::ScopeEscalation(extra.clone()));
+        }
+        let ttl = new.expires_in_s.unwrap_or(DEFAULT_TTL_S).clamp(60, MAX_TTL_S) as i64;
+        let exp = self.clock.now_ms() / 1000 + ttl;
+        let issued = self.sign_and_record(Some(org), &new, exp, person, None).await?;
+        let detail = format!("id {} for {} (console)", issued.record.id, issued.record.subject);
+        self.audit.record(org, person, "api_token.issue", None, "ok", Some(detail)).await;
+        Ok(issued)
+    }
+
     /// A token issued by the operator with the signing key (`chainkeeper token issue`): for `org`, or a platform
     /// token (`None`). Recorded like any other, so it can be listed and revoked by id.
     #[tracing::instrument(skip_all)]

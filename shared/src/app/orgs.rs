@@ -84,6 +84,7 @@ impl Orgs {
             webhook_url: None,
             sealed_webhook_url: None,
             sealed_webhook_secret: None,
+            webhook_events: None,
             allow_credential_reveal: false,
             deleted_at_ms: None,
         };

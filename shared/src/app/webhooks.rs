@@ -39,10 +39,33 @@ pub enum WebhookError {
     Lookup(#[from] LookupError),
     #[error("the webhook URL is refused: {0:?}")]
     InvalidUrl(UrlRefusal),
+    #[error("unknown webhook event type {0:?}")]
+    UnknownEvent(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] KeyError),
+}
+
+/// Every event type a webhook can receive, with what it means (a person chooses among them in the console).
+pub const EVENT_TYPES: &[(&str, &str)] = &[
+    ("chain.needs_repair", "A container's chain broke and needs a person (or auto-recovery)."),
+    ("chain.recovered", "A broken chain works again."),
+    ("auto_recovery.expiring", "A container's auto-recovery credentials expire soon."),
+];
+
+/// The type of the event [`Webhooks::send_test`] delivers.
+pub const TEST_EVENT: &str = "webhook.test";
+
+/// What became of a test event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TestDelivery {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// The organisation has no webhook.
+    NoWebhook,
+    /// Not delivered, and why (the text names no part of the URL).
+    Failed(String),
 }
 
 /// A registered webhook: its URL (masked), and the signing secret (shown once).
@@ -59,7 +82,9 @@ pub struct Event {
     pub kind: &'static str,
     pub occurred_at: String,
     pub organisation: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub database: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub container: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -104,6 +129,21 @@ impl Webhooks {
     /// Registers (or replaces) the organisation's webhook; the signing secret is returned once.
     #[tracing::instrument(skip_all, fields(org = %org))]
     pub async fn register(&self, org: &OrgId, actor: &str, url: &str) -> Result<Registered, WebhookError> {
+        self.register_for(org, actor, url, None).await
+    }
+
+    /// [`Webhooks::register`] for some event types only (`None`: every one, as the API registers it).
+    #[tracing::instrument(skip_all, fields(org = %org))]
+    pub async fn register_for(
+        &self,
+        org: &OrgId,
+        actor: &str,
+        url: &str,
+        events: Option<Vec<String>>,
+    ) -> Result<Registered, WebhookError> {
+        if let Some(bad) = events.iter().flatten().find(|e| !EVENT_TYPES.iter().any(|(t, _)| t == e)) {
+            return Err(WebhookError::UnknownEvent(bad.chars().take(60).collect()));
+        }
         let url = webhook_target::check_url(url, &self.allow).map_err(WebhookError::InvalidUrl)?;
         let masked_url = webhook_target::masked(url.as_str());
         let (mut rec, version) = lookup::org(&*self.store, org).await?;
@@ -114,6 +154,7 @@ impl Webhooks {
         rec.sealed_webhook_url =
             Some(self.vault.seal(&org_context(org, Field::WebhookUrl), url.as_str().as_bytes()).await?);
         rec.webhook_url = Some(masked_url.clone());
+        rec.webhook_events = events;
         self.store.put(Put::new(org_key(org), encode(&rec), Condition::Version(version))).await?;
         self.audit.record(org, actor, "webhook.set", None, "ok", Some(masked_url.clone())).await;
         Ok(Registered { masked_url, secret: secret.into() })
@@ -125,9 +166,38 @@ impl Webhooks {
         rec.webhook_url = None;
         rec.sealed_webhook_url = None;
         rec.sealed_webhook_secret = None;
+        rec.webhook_events = None;
         self.store.put(Put::new(org_key(org), encode(&rec), Condition::Version(version))).await?;
         self.audit.record(org, actor, "webhook.delete", None, "ok", None).await;
         Ok(())
+    }
+
+    /// Delivers a test event (`webhook.test`) now and says what became of it: for a person checking that their
+    /// receiver gets and verifies events. Audited like any delivery.
+    #[tracing::instrument(skip_all, fields(org = %org))]
+    pub async fn send_test(&self, org: &OrgId, actor: &str) -> Result<TestDelivery, WebhookError> {
+        lookup::org(&*self.store, org).await?;
+        let event = Event {
+            id: random_id(),
+            kind: TEST_EVENT,
+            occurred_at: rfc3339(self.clock.now_ms()),
+            organisation: org.to_string(),
+            database: String::new(),
+            container: String::new(),
+            code: None,
+            remediation: Some("A test event sent from the console: nothing needs doing.".into()),
+        };
+        let outcome = match self.deliver(org, &event).await {
+            Ok(true) => TestDelivery::Delivered,
+            Ok(false) => return Ok(TestDelivery::NoWebhook),
+            Err(e) => TestDelivery::Failed(e.to_string()),
+        };
+        let (result, detail) = match &outcome {
+            TestDelivery::Failed(why) => ("failed", format!("{TEST_EVENT}: {why}")),
+            _ => ("ok", TEST_EVENT.to_string()),
+        };
+        self.audit.record(org, actor, "webhook.test", None, result, Some(detail)).await;
+        Ok(outcome)
     }
 
     /// A chain event (`chain.needs_repair` with its code, `chain.recovered`), delivered in the background.
@@ -181,6 +251,12 @@ impl Webhooks {
         let Some(item) = self.store.get(&org_key(org)).await? else { return Ok(false) };
         let rec: OrgRecord = decode(&item)?;
         let (Some(url), Some(sealed)) = (rec.webhook_url, rec.sealed_webhook_secret) else { return Ok(false) };
+        // A webhook for some event types only (the test event always goes).
+        if event.kind != TEST_EVENT
+            && rec.webhook_events.as_ref().is_some_and(|evs| !evs.iter().any(|e| e == event.kind))
+        {
+            return Ok(false);
+        }
         let secret = self.vault.open_string(&org_context(org, Field::WebhookSecret), &sealed).await?;
         // Sealed since the URL counts as a secret; a record from before holds the URL itself.
         let url = match &rec.sealed_webhook_url {
