@@ -101,6 +101,22 @@ impl Orgs {
         Ok(rec)
     }
 
+    /// Every organisation that exists (not the deleted ones), by name: for platform operators.
+    #[tracing::instrument(skip_all)]
+    pub async fn list(&self) -> Result<Vec<OrgRecord>, OrgError> {
+        let mut out = Vec::new();
+        for item in self.store.query(ORG_LIST_PK, "", 100_000).await? {
+            let Ok(org) = OrgId::parse(&item.key.sk) else { continue };
+            match lookup::org(&*self.store, &org).await {
+                Ok((rec, _)) => out.push(rec),
+                Err(LookupError::OrgNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        Ok(out)
+    }
+
     #[tracing::instrument(skip_all, fields(org = %org))]
     pub async fn get(&self, org: &OrgId) -> Result<OrgRecord, OrgError> {
         Ok(lookup::org(&*self.store, org).await?.0)
