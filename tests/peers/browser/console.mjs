@@ -18,7 +18,8 @@
 //   {"oidc_login": {"login": "alice+ck-admins"}} the oidc-provider peer's devInteractions login and consent pages
 //   {"exact_signin": {"username","password","totp_secret"}}  the Exact simulator's sign-in pages (exact-pages.mjs),
 //                                                until the browser is back on --base
-//   {"wait_text": {"text": "Needs repair", "timeout_ms": 20000}}  reloads every 300 ms until the main text has it
+//   {"wait_text": {"text": "Healthy", "timeout_ms": 20000}}  reloads every 300 ms until the main text has it
+//                                                ({"any": ["Needs repair", "Recovering"]}: one of them, in values.seen)
 //   {"read": {"key": "token", "selector": "#new-token"}}  text (or input value) into "values"
 //   {"read_clipboard": {"key": "copied"}}        what a copy button put on the clipboard
 //   {"viewport": {"width": 390, "height": 844}}  a phone's width
@@ -127,11 +128,15 @@ async function run(action, values) {
       return settle();
     }
     case 'wait_text': {
-      const until = Date.now() + (v.timeout_ms || timeoutMs);
+      // `text`, or any of `any`: the first one seen is kept in values.seen.
+      const wanted = v.any || [v.text];
+      const limit = v.timeout_ms || timeoutMs;
+      const until = Date.now() + limit;
       for (;;) {
         const text = await page.locator('main').first().innerText().catch(() => page.locator('body').innerText());
-        if (text.includes(v.text)) return;
-        if (Date.now() > until) throw new Error(`"${v.text}" did not appear within ${v.timeout_ms || timeoutMs} ms`);
+        const seen = wanted.find((w) => text.includes(w));
+        if (seen) { values.seen = seen; return; }
+        if (Date.now() > until) throw new Error(`none of ${JSON.stringify(wanted)} appeared within ${limit} ms`);
         await page.waitForTimeout(300);
         await page.reload({ waitUntil: 'load' });
       }
