@@ -89,6 +89,7 @@ impl ConsoleBrowser {
     /// Runs one step; returns its answer whatever happened (see [`ConsoleBrowser::step`] for the checked kind).
     pub async fn try_step(&mut self, name: &str, actions: Value) -> Value {
         let line = json!({"step": name, "actions": actions}).to_string();
+        let started = std::time::Instant::now();
         let stdin = self.stdin.as_mut().expect("browser open");
         stdin.write_all(format!("{line}\n").as_bytes()).await.expect("console.mjs reads its steps");
         stdin.flush().await.unwrap();
@@ -101,7 +102,8 @@ impl ConsoleBrowser {
         crate::assert_no_planted_secret(&format!("the page of step {name}"), &v["text"].to_string());
         crate::assert_no_planted_secret(&format!("the fields of step {name}"), &v["fields"].to_string());
         eprintln!(
-            "[browser] {name}: {} {} — {} (screenshot {})",
+            "[browser] {name} ({:.1} s): {} {} — {} (screenshot {})",
+            started.elapsed().as_secs_f64(),
             v["status"],
             v["url"].as_str().unwrap_or(""),
             v["h1"].as_str().unwrap_or(""),
@@ -111,13 +113,21 @@ impl ConsoleBrowser {
         v
     }
 
-    /// Runs one step and asserts it went through: no action failed, nothing left loopback, and on a console page
-    /// axe-core found no serious or critical violation (all of them printed otherwise).
+    /// Runs one step and asserts it went through: no action failed, nothing left loopback, on a console page
+    /// axe-core found no serious or critical violation (all of them printed otherwise), and the page's console
+    /// reported no Content-Security-Policy refusal.
     pub async fn step(&mut self, name: &str, actions: Value) -> Value {
         let v = self.try_step(name, actions).await;
         assert_eq!(v["ok"], true, "step {name} failed: {}\n{}", v["error"], page_summary(&v));
         assert_eq!(v["blocked"], json!([]), "step {name}: nothing may leave loopback");
         assert_accessible(name, &v);
+        let csp: Vec<&Value> = v["console"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m.as_str().is_some_and(|m| m.contains("Content Security Policy")))
+            .collect();
+        assert!(csp.is_empty(), "step {name}: the page broke its Content-Security-Policy: {csp:?}");
         v
     }
 
@@ -131,12 +141,13 @@ impl ConsoleBrowser {
 /// A step's page in a few lines, for failure messages.
 pub fn page_summary(v: &Value) -> String {
     format!(
-        "at {} (status {}), h1 {:?}\ntext: {}\nfields: {}",
+        "at {} (status {}), h1 {:?}\ntext: {}\nfields: {}\nthe page's console: {}",
         v["url"].as_str().unwrap_or(""),
         v["status"],
         v["h1"].as_str().unwrap_or(""),
         v["text"].as_str().unwrap_or(""),
-        v["fields"]
+        v["fields"],
+        v["console"]
     )
 }
 

@@ -152,7 +152,14 @@ impl Authorization {
         let state = random_id();
         let now = self.clock.now_ms();
         let verifier = profile.pkce.then(|| oauth::pkce_pair().0);
-        let authorize_url = oauth::authorize_url(&profile, &app, &state, &rec.scopes, verifier.as_deref())?;
+        let mut authorize_url = oauth::authorize_url(&profile, &app, &state, &rec.scopes, verifier.as_deref())?;
+        if replace_user
+            && !profile.switch_user_params.is_empty()
+            && let Ok(mut u) = url::Url::parse(&authorize_url)
+        {
+            u.query_pairs_mut().extend_pairs(&profile.switch_user_params);
+            authorize_url = u.into();
+        }
         let sealed_pkce_verifier = match &verifier {
             Some(v) => Some(self.vault.seal(&ContainerFields::of(c).context(Field::PkceVerifier), v.as_bytes()).await?),
             None => None,

@@ -136,6 +136,11 @@ pub struct ProviderProfile {
     pub activation_url: Option<String>,
     #[serde(default)]
     pub extra_authorize_params: BTreeMap<String, String>,
+    /// More authorize parameters when a person explicitly signs in as another user ("Sign in as another user",
+    /// `replace_user`): without them the provider's single sign-on signs the browser's current user in again
+    /// without asking (Exact: `force_login = "1"`; OpenID Connect providers: `prompt = "login"`).
+    #[serde(default)]
+    pub switch_user_params: BTreeMap<String, String>,
     /// Response headers of the platform's API passed on by the query proxy.
     #[serde(default)]
     pub rate_limit_headers: Vec<String>,

@@ -325,6 +325,11 @@ pub(crate) fn authorize(g: &mut Inner, req: AuthorizeRequest, now: i64) -> Respo
         }
         _ => None,
     };
+    if session_user.is_none() && req.force_login {
+        // `force_login=1` ("sign in as another user"): the browser's earlier sign-in no longer counts, so the start
+        // page asks for an e-mail address again instead of sending the browser straight back here (a loop).
+        g.sign_in.sessions.remove(&session_id);
+    }
     let Some(user_id) = session_user.filter(|u| g.user_by_id(u).is_some()) else {
         let path_and_query = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or(AUTH_PATH);
         return redirect(&format!("/?ReturnUrl={}", enc(path_and_query)));

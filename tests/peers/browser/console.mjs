@@ -65,11 +65,26 @@ page.on('response', (r) => {
   if (r.request().isNavigationRequest() && r.frame() === page.mainFrame()) status = r.status();
 });
 
+// CONSOLE_TRACE=1: every main-frame navigation on stderr, with the time since start.
+const t0 = Date.now();
+if (process.env.CONSOLE_TRACE) {
+  page.on('framenavigated', (f) => {
+    if (f === page.mainFrame()) process.stderr.write(`[console.mjs +${Date.now() - t0} ms] ${f.url().slice(0, 120)}\n`);
+  });
+}
+
+// What the page's console said that was an error (a CSP refusal shows here), per step.
+let consoleErrors = [];
+page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text().slice(0, 300)); });
+page.on('pageerror', (e) => consoleErrors.push(`script error: ${e.message}`.slice(0, 300)));
+
 const onBase = () => page.url().startsWith(`${base}/`);
 const settle = async () => {
   await page.waitForLoadState('load', { timeout: timeoutMs }).catch(() => {});
   await page.waitForLoadState('networkidle', { timeout: 3000 }).catch(() => {});
 };
+/** The text of the page's `main` (of its body when it has none). */
+const mainText = () => page.evaluate(() => (document.querySelector('main') || document.body).innerText);
 const url = (u) => (/^https?:/.test(u) ? u : `${base}${u}`);
 const byLabel = (label) => page.getByLabel(label, { exact: true }).first();
 
@@ -133,7 +148,7 @@ async function run(action, values) {
       const limit = v.timeout_ms || timeoutMs;
       const until = Date.now() + limit;
       for (;;) {
-        const text = await page.locator('main').first().innerText().catch(() => page.locator('body').innerText());
+        const text = await mainText();
         const seen = wanted.find((w) => text.includes(w));
         if (seen) { values.seen = seen; return; }
         if (Date.now() > until) throw new Error(`none of ${JSON.stringify(wanted)} appeared within ${limit} ms`);
@@ -207,6 +222,7 @@ async function step(req) {
   n += 1;
   const values = {};
   let error = null;
+  consoleErrors = [];
   for (const action of req.actions || []) {
     try {
       await run(action, values);
@@ -215,11 +231,14 @@ async function step(req) {
       break;
     }
   }
-  const report = { step: req.step, ok: error === null, error, url: page.url(), status, values, blocked: [...blocked] };
+  const report = {
+    step: req.step, ok: error === null, error, url: page.url(), status, values, blocked: [...blocked], console: consoleErrors,
+  };
+  consoleErrors = [];
   try {
     report.title = await page.title();
     report.h1 = (await page.locator('h1').allInnerTexts()).join(' | ');
-    report.text = (await page.locator('main').first().innerText().catch(() => page.locator('body').innerText())).slice(0, 6000);
+    report.text = (await mainText()).slice(0, 6000);
     report.fields = await fields();
     report.axe = req.axe === false ? null : await axe();
     const name = `${String(n).padStart(2, '0')}-${req.step.replace(/[^a-z0-9-]+/gi, '-')}.png`;

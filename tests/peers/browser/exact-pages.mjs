@@ -52,11 +52,13 @@ async function visible(page, selector) {
  */
 export async function walkExactSignIn(page, creds, done, timeoutMs = 30000) {
   const deadline = Date.now() + timeoutMs;
+  const trace = (what) => { if (process.env.CONSOLE_TRACE) process.stderr.write(`[exact-pages +${Date.now() - deadline + timeoutMs} ms] ${what}\n`); };
   let lastStep = '';
   const settle = async () => { await page.waitForLoadState('networkidle', { timeout: 5000 }).catch(() => {}); };
   // Click, then wait until the page moves on or shows an error (B2C answers by XHR, then navigates).
   const submit = async (button, step) => {
     lastStep = step;
+    trace(`submit ${step}`);
     const before = page.url();
     const errorShown = page.locator('.error').filter({ hasText: /\S/ }).first();
     await Promise.all([
@@ -67,6 +69,7 @@ export async function walkExactSignIn(page, creds, done, timeoutMs = 30000) {
       button.click(),
     ]);
     await settle();
+    trace(`after ${step}: ${page.url().slice(0, 80)}`);
     if (done()) return;
     const err = await visible(page, '.error');
     if (err && page.url() === before) {
@@ -77,7 +80,9 @@ export async function walkExactSignIn(page, creds, done, timeoutMs = 30000) {
   };
 
   await settle();
+  trace('start');
   for (let i = 0; i < 15 && !done(); i++) {
+    trace(`loop ${i} at ${page.url().slice(0, 80)}`);
     if (Date.now() > deadline) throw new Stop('timeout', `no redirect to the app within ${timeoutMs} ms`);
     const body = await page.content();
     if (await page.locator(CAPTCHA).count() || /Just a moment|verify you are human|checking your browser/i.test(body)) {
@@ -111,7 +116,8 @@ export async function walkExactSignIn(page, creds, done, timeoutMs = 30000) {
       await submit(allow, 'consent');
     } else {
       // A page that posts itself (the form_post back to the start host) is still on its way.
-      await page.waitForURL((u) => u.href !== page.url(), { timeout: 3000 }).catch(() => {});
+      const here = page.url();
+      await page.waitForURL((u) => u.href !== here, { timeout: 3000 }).catch(() => {});
       await settle();
       if (!done() && i > 12) throw new Stop('unknown_page', `${await page.title()} at ${page.url()} (after ${lastStep})`);
     }

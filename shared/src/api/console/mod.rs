@@ -27,10 +27,14 @@
 //! caching, no referrer). Static files: `/console/static/console.css` and `/console/static/console.js` (a copy
 //! button: `button type="button" data-copy="ID"` copies the text of the element with id `ID`).
 
+pub mod audit;
 pub mod container;
 pub mod org;
+pub mod platform;
 pub mod session;
 pub mod signin;
+pub mod tokens;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 
@@ -53,11 +57,35 @@ pub use session::Signed;
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// [`CSP`] with `form-action` widened to where the console's forms lead on: the origin of each provider's
+/// authorize URL and of the OIDC issuer. Chromium applies `form-action` to every redirect that follows a form post
+/// (a 303 to another origin is refused, and reported as the form's own URL), so "Authorize", "Renew
+/// authorization", "Sign in as another user" and the OIDC sign-in button need those origins listed.
+pub fn csp(config: &crate::config::Config) -> String {
+    let mut origins: Vec<String> = Vec::new();
+    let urls = config.providers.values().map(|p| p.authorize_url.as_str()).chain(config.console.issuer.as_deref());
+    for u in urls {
+        if let Ok(u) = url::Url::parse(u)
+            && matches!(u.scheme(), "https" | "http")
+        {
+            let origin = u.origin().ascii_serialization();
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+    }
+    if origins.is_empty() {
+        return CSP.to_string();
+    }
+    CSP.replace("form-action 'self'", &format!("form-action 'self' {}", origins.join(" ")))
+}
+
 /// What a console handler returns: a page, or an error page / redirect.
 pub type PageResult = Result<Response, Response>;
 
 /// Every console route. Merged into `serve`'s router and the `manage` function's.
-pub fn router() -> Router<AppState> {
+pub fn router(app: &AppState) -> Router<AppState> {
+    let csp = HeaderValue::from_str(&csp(&app.config)).expect("origins are ASCII");
     Router::new()
         .route("/console", get(org::home))
         .route("/console/", get(org::home))
@@ -79,8 +107,15 @@ pub fn router() -> Router<AppState> {
             "/console/orgs/{org}/databases/{db}/containers/{alias}/auto-recovery/delete",
             post(container::recovery_delete),
         )
+        .route("/console/orgs/{org}/api-tokens", get(tokens::show).post(tokens::create))
+        .route("/console/orgs/{org}/api-tokens/{id}/revoke", post(tokens::revoke))
+        .route("/console/orgs/{org}/webhook", get(webhook::show).post(webhook::set))
+        .route("/console/orgs/{org}/webhook/test", post(webhook::test))
+        .route("/console/orgs/{org}/webhook/delete", post(webhook::delete))
+        .route("/console/orgs/{org}/audit", get(audit::show))
+        .route("/console/platform", get(platform::show))
         .fallback(console_not_found)
-        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(csp, security_headers))
 }
 
 /// What a person can do in the console. Each stands for one API route: its scopes are that route's.
@@ -342,10 +377,14 @@ async fn console_not_found() -> Response {
 }
 
 /// The security headers of every console response.
-pub async fn security_headers(req: Request, next: Next) -> Response {
+pub async fn security_headers(
+    axum::extract::State(csp): axum::extract::State<HeaderValue>,
+    req: Request,
+    next: Next,
+) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
