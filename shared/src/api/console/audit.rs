@@ -108,9 +108,9 @@ pub async fn show(
         @if let Some(e) = errors.get("cursor") { p class="error" role="alert" { (e) } }
         @if shown.is_empty() && errors.is_empty() { p { "No entries" @if start.is_some() { " on this page" } "." } }
         @if !shown.is_empty() {
-            div class="table-wrap" {
+            div class="table-wrap" tabindex="0" role="region" aria-labelledby="table-caption" {
                 table {
-                    caption { "Audit entries of " (org_id) ", newest first" }
+                    caption id="table-caption" { "Audit entries of " (org_id) ", newest first" }
                     thead { tr {
                         th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "Action" }
                         th scope="col" { "Container" } th scope="col" { "Outcome" } th scope="col" { "Detail" }

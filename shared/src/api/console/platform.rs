@@ -22,9 +22,9 @@ pub async fn show(State(app): State<AppState>, s: Signed) -> PageResult {
     let body = html! {
         h1 { "All organisations" }
         @if orgs.is_empty() { p { "No organisations yet." } } @else {
-            div class="table-wrap" {
+            div class="table-wrap" tabindex="0" role="region" aria-labelledby="table-caption" {
                 table {
-                    caption { (orgs.len()) " organisations" }
+                    caption id="table-caption" { (orgs.len()) " organisations" }
                     thead { tr {
                         th scope="col" { "Organisation" } th scope="col" { "Name" } th scope="col" { "Created" }
                         th scope="col" { "Containers needing repair" }

@@ -95,9 +95,9 @@ async fn render(app: &AppState, s: &Signed, org: &str, form: &Form, status: Stat
         @if can_create { (new_form(s, &org_id, form)) }
         h2 { "Tokens" }
         @if tokens.is_empty() { p { "No API tokens yet." } } @else {
-            div class="table-wrap" {
+            div class="table-wrap" tabindex="0" role="region" aria-labelledby="table-caption" {
                 table {
-                    caption { "API tokens of " (org_id) ", newest first" }
+                    caption id="table-caption" { "API tokens of " (org_id) ", newest first" }
                     thead { tr {
                         th scope="col" { "Name" } th scope="col" { "Scopes" } th scope="col" { "Issued by" }
                         th scope="col" { "Issued" } th scope="col" { "Expires" } th scope="col" { "Status" }
