@@ -95,8 +95,9 @@ impl ConsoleOidc {
         res.json().await.map_err(|e| OidcError::Provider(format!("{url}: {e}")))
     }
 
-    /// Starts a sign-in: the IdP's authorization URL (PKCE S256, state, nonce) to send the browser to.
-    pub async fn start(&self) -> Result<String, OidcError> {
+    /// Starts a sign-in: the IdP's authorization URL (PKCE S256, state, nonce) to send the browser to, and the
+    /// state (the console binds it to the browser with a cookie).
+    pub async fn start(&self) -> Result<(String, String), OidcError> {
         let d = self.discover().await?;
         let client = self.client().await?;
         let (state, nonce, verifier) = (random_id(), random_id(), format!("{}{}", random_id(), random_id()));
@@ -119,7 +120,7 @@ impl ConsoleOidc {
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
-        Ok(url.into())
+        Ok((url.into(), state))
     }
 
     /// Completes a sign-in from the IdP's redirect: the state once, the code exchanged, the ID token verified,

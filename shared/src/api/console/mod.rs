@@ -79,7 +79,8 @@ pub fn router() -> Router<AppState> {
             "/console/orgs/{org}/databases/{db}/containers/{alias}/auto-recovery/delete",
             post(container::recovery_delete),
         )
-        .fallback(console_not_found)
+        // Its own 404 page for anything else under /console (a merged router's fallback would not be kept).
+        .route("/console/{*rest}", get(console_not_found).post(console_not_found))
         .layer(axum::middleware::from_fn(security_headers))
 }
 

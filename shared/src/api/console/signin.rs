@@ -117,7 +117,11 @@ pub async fn oidc_start(State(app): State<AppState>) -> Response {
         );
     }
     match app.console_oidc.start().await {
-        Ok(url) => see_other(&url),
+        Ok((url, state)) => {
+            let mut res = see_other(&url);
+            res.headers_mut().insert(header::SET_COOKIE, state_cookie(&app, Some(&state)));
+            res
+        }
         Err(e) => oidc_error(e),
     }
 }
@@ -129,8 +133,42 @@ pub struct CallbackQuery {
     error: Option<String>,
 }
 
+/// The cookie that binds an OIDC sign-in's `state` to the browser that started it (so that nobody can hand
+/// someone else a callback URL of their own sign-in).
+fn state_cookie_name(app: &AppState) -> &'static str {
+    if super::session::is_https(&app.config) { "__Secure-chainkeeper_oidc" } else { "chainkeeper_oidc" }
+}
+
+fn state_cookie(app: &AppState, state: Option<&str>) -> axum::http::HeaderValue {
+    let secure = if super::session::is_https(&app.config) { "; Secure" } else { "" };
+    let (value, age) = match state {
+        Some(s) => (s, 600),
+        None => ("", 0),
+    };
+    let text = format!(
+        "{}={value}; Path=/console/signin; HttpOnly; SameSite=Lax; Max-Age={age}{secure}",
+        state_cookie_name(app)
+    );
+    axum::http::HeaderValue::from_str(&text).expect("states are url-safe base64")
+}
+
 /// `GET /console/signin/callback`: the IdP's redirect.
-pub async fn oidc_callback(State(app): State<AppState>, Query(q): Query<CallbackQuery>) -> Response {
+pub async fn oidc_callback(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let name = state_cookie_name(&app);
+    let bound = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .any(|(k, v)| k == name && !v.is_empty() && Some(v) == q.state.as_deref());
+    if !bound {
+        return oidc_error(crate::app::console_oidc::OidcError::StateInvalid);
+    }
     if q.error.is_some() {
         return message_page(
             None,
@@ -139,10 +177,13 @@ pub async fn oidc_callback(State(app): State<AppState>, Query(q): Query<Callback
             "Your identity provider did not sign you in. Try again, or ask your administrator.",
         );
     }
-    match app.console_oidc.complete(q.code.as_deref().unwrap_or(""), q.state.as_deref().unwrap_or("")).await {
-        Ok(new) => signed_in(&app, new),
-        Err(e) => oidc_error(e),
-    }
+    let mut res =
+        match app.console_oidc.complete(q.code.as_deref().unwrap_or(""), q.state.as_deref().unwrap_or("")).await {
+            Ok(new) => signed_in(&app, new),
+            Err(e) => oidc_error(e),
+        };
+    res.headers_mut().append(header::SET_COOKIE, state_cookie(&app, None));
+    res
 }
 
 fn oidc_error(e: crate::app::console_oidc::OidcError) -> Response {
