@@ -90,6 +90,8 @@ struct ServeArgs {
 struct ConsoleLinkArgs {
     #[command(flatten)]
     storage: StorageArgs,
+    #[command(flatten)]
+    on: OnAws,
     /// A link for the platform's operators (every organisation).
     #[arg(long, conflicts_with = "org", required_unless_present = "org")]
     platform: bool,
@@ -106,7 +108,7 @@ struct ConsoleLinkArgs {
     #[arg(long, default_value = "operator")]
     subject: String,
     /// The address people open the console at; default: `[server] public_url`, else http://127.0.0.1:8080.
-    #[arg(long)]
+    #[arg(long, env = "CHAINKEEPER_PUBLIC_URL")]
     base_url: Option<String>,
 }
 
@@ -309,7 +311,7 @@ async fn identifier(c: IdentifierCommand) -> anyhow::Result<()> {
 }
 
 async fn console_link(a: ConsoleLinkArgs) -> anyhow::Result<()> {
-    let (_, app) = load(&a.storage)?;
+    let app = app_for(&a.storage, a.on.aws).await?;
     let org = a.org.as_deref().map(OrgId::parse).transpose()?;
     if let Some(org) = &org {
         app.orgs.get(org).await?;
@@ -356,7 +358,13 @@ fn rotate_signing_key(a: RotateArgs) -> anyhow::Result<()> {
 }
 
 fn print_routes(json: bool) -> anyhow::Result<()> {
-    let rows = chainkeeper::api::routes::ROUTES.iter().map(|r| (r.method, r.path, r.function, r.public, r.resource));
+    // The route table, then the console's routes (served by the manage function, public: the console checks its
+    // own sessions).
+    let console = chainkeeper::api::console::GATEWAY_ROUTES.iter().map(|(m, p)| (*m, *p, "manage", true, "console"));
+    let rows = chainkeeper::api::routes::ROUTES
+        .iter()
+        .map(|r| (r.method, r.path, r.function, r.public, r.resource))
+        .chain(console);
     if json {
         let rows: Vec<_> = rows
             .map(|(method, path, function, public, resource)| {

@@ -53,6 +53,12 @@ pub use session::Signed;
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// The console's routes as API Gateway serves them (all by the `manage` function): `chainkeeper routes` prints
+/// them after the route table, and the SAM template has one HttpApi event each (`infra/validate.sh` checks).
+/// `{*proxy}` is API Gateway's greedy `{proxy+}`. The console's own router ([`router`]) decides the rest.
+pub const GATEWAY_ROUTES: &[(&str, &str)] =
+    &[("GET", "/console"), ("GET", "/console/{*proxy}"), ("POST", "/console/{*proxy}")];
+
 /// What a console handler returns: a page, or an error page / redirect.
 pub type PageResult = Result<Response, Response>;
 
