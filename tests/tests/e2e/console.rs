@@ -360,6 +360,20 @@ value = "ck-readers"
 org = "acme"
 scopes = ["orgs.read", "databases.read", "containers.read"]
 
+[providers.oidc-test]
+extends = "generic-oidc"
+display_name = "Test IdP"
+authorize_url = "{issuer}/auth"
+token_url = "{issuer}/token"
+api_base_url = "{issuer}"
+revocation_url = "{issuer}/token/revocation"
+scopes = ["openid", "profile", "email"]
+
+[apps.oidc-test]
+client_id = "ck-app"
+client_secret = "ck-client-secret-PLANTED"
+redirect_uri = "http://127.0.0.1:{port}/v1/callback"
+
 [apps.console]
 client_id = "ck-app-console"
 client_secret = "ck-client-secret-PLANTED-console"
@@ -402,6 +416,57 @@ redirect_uri = "{redirect}"
     let page = alice.get("/console/orgs/acme").await;
     assert_page(&page, 200, "alice's organisation page");
     assert!(page.body.contains("alice · acme") && page.body.contains("Create database"), "{}", page.body);
+
+    // Alice creates a database and a container, authorizes it, then moves it to another user (seed 000): each
+    // time the browser goes to the provider and comes back to a page that says who is connected.
+    let org = "/console/orgs/acme";
+    assert_eq!(alice.post(org, "/console/orgs/acme/databases", &[("name", "main")]).await.status, 303);
+    let made = alice
+        .post(
+            org,
+            "/console/orgs/acme/databases/-/containers",
+            &[("database", "main"), ("alias", "crm"), ("kind", "oauth2_code"), ("provider", "oidc-test")],
+        )
+        .await;
+    assert_eq!(made.status, 303, "{}", made.body);
+    let ctr = "/console/orgs/acme/databases/main/containers/crm";
+    let authorize = |replace: &'static str, login: &'static str| {
+        let alice = &alice;
+        async move {
+            let go = alice.post(ctr, &format!("{ctr}/authorize"), &[("replace_user", replace)]).await;
+            assert_eq!(go.status, 303, "{}", go.body);
+            let back = sign_in(go.location(), login, "pw").await.expect("the provider's forms");
+            alice.get(back.as_str()).await
+        }
+    };
+    let page = alice.get(ctr).await;
+    assert!(page.body.contains("not authorized yet") && page.body.contains(">Authorize<"), "{}", page.body);
+    let done = authorize("false", "dave").await;
+    assert_page(&done, 200, "the callback page");
+    assert!(
+        done.body.contains("Test IdP connected as dave") && done.body.contains(&format!("href=\"{ctr}\"")),
+        "{}",
+        done.body
+    );
+    let page = alice.get(ctr).await;
+    assert!(page.body.contains("<dd>dave</dd>") && page.body.contains("Renew authorization"), "{}", page.body);
+    assert!(
+        page.body.contains("Sign in as another user") && page.body.contains("authorization.start"),
+        "{}",
+        page.body
+    );
+    let moved = authorize("true", "erin").await;
+    assert_page(&moved, 200, "another user");
+    assert!(moved.body.contains("connected as erin"), "{}", moved.body);
+    // Renewing (not replacing) as someone else: refused, in words.
+    let wrong = authorize("false", "frank").await;
+    assert!(wrong.status >= 400, "{}", wrong.body);
+    assert!(
+        wrong.body.contains("The authorization did not complete") && wrong.body.contains("What to do"),
+        "{}",
+        wrong.body
+    );
+    assert!(alice.get(ctr).await.body.contains("<dd>erin</dd>"));
 
     let (reader, done) = sign_in_as("carol+ck-readers").await;
     assert_eq!(done.status, 303);
