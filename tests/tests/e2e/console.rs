@@ -237,7 +237,8 @@ async fn bad_input_shows_the_problem_next_to_the_field_and_loses_nothing() {
     let before = stored().await;
     assert_eq!(before["retention_days"], 30, "{before}");
     let long = "p".repeat(2000);
-    let bad: [(&[(&str, &str)], &str, &str); 6] = [
+    type Form<'a> = &'a [(&'a str, &'a str)];
+    let bad: [(Form, &str, &str); 6] = [
         (&[("username", ""), ("password", "x"), ("retention_days", "30")], "rec-username-error", "Fill this in."),
         (&[("username", "u"), ("password", ""), ("retention_days", "30")], "rec-password-error", "Fill this in."),
         (&[("username", "u"), ("password", &long), ("retention_days", "30")], "rec-password-error", "At most 1024"),

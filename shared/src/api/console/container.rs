@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use secrecy::SecretString;
 
 use super::org::{broken_reason, container_url, kind_name, org_url, status_text};
-use super::{Action, FieldErrors, PageResult, Signed, input, page_with, problem_page, see_other, when};
+use super::{Action, FieldErrors, PageResult, Refused, Signed, input, page_with, problem_page, see_other, when};
 use crate::api::AppState;
 use crate::app::containers::{ContainerDetails, Credentials};
 use crate::app::recovery::{DEFAULT_RETENTION_DAYS, RecoveryCredentials, RecoveryError};
@@ -24,11 +24,11 @@ const AUDIT_SHOWN: usize = 20;
 
 type Names = (String, String, String);
 
-fn container_ref(s: &Signed, (org, db, alias): &Names) -> Result<ContainerRef, axum::response::Response> {
+fn container_ref(s: &Signed, (org, db, alias): &Names) -> Result<ContainerRef, Refused> {
     let parse = || -> Result<ContainerRef, crate::ids::InvalidName> {
         Ok(ContainerRef { org: OrgId::parse(org)?, db: DbName::parse(db)?, alias: Alias::parse(alias)? })
     };
-    parse().map_err(|e| problem_page(s, e))
+    parse().map_err(|e| problem_page(s, e).into())
 }
 
 /// The values (never a secret) and errors of the page's forms, when one is shown again.
@@ -314,7 +314,7 @@ pub async fn recovery(State(app): State<AppState>, s: Signed, Path(names): Path<
             forms.recovery_errors.add("retention_days", "Give a number of days from 1 to 90.");
             render(&app, &s, &names, &forms, StatusCode::UNPROCESSABLE_ENTITY).await
         }
-        Err(e) => Err(problem_page(&s, e)),
+        Err(e) => Err(problem_page(&s, e).into()),
     }
 }
 
@@ -377,6 +377,6 @@ pub async fn credentials(State(app): State<AppState>, s: Signed, Path(names): Pa
             forms.cred_errors.add(name, "This container does not take this field.");
             render(&app, &s, &names, &forms, StatusCode::UNPROCESSABLE_ENTITY).await
         }
-        Err(e) => Err(problem_page(&s, e)),
+        Err(e) => Err(problem_page(&s, e).into()),
     }
 }

@@ -7,8 +7,8 @@
 //!
 //! 1. A module `console/<area>.rs` with handlers; one line per route in [`router`] (`.route("/console/…", get(…))`).
 //! 2. A handler takes `s: Signed` (the session; a request without one is sent to the sign-in page, so a handler
-//!    that has `Signed` is signed in) and returns [`PageResult`] (`Result<Response, Response>`: `?` works on every
-//!    helper here).
+//!    that has `Signed` is signed in) and returns [`PageResult`] (`Result<Response, Refused>`: `?` works on every
+//!    helper here, and on any `Response` error: `.map_err(|e| problem_page(&s, e))?`).
 //! 3. Check the scope first: `s.require(&app, Action::X, Some(&org))?` (`org`: the organisation in the path,
 //!    `None` for platform pages). Add the action to [`Action`] and [`ACTIONS`], naming the API route (`Handler`)
 //!    whose scope it needs; a session without it gets the 403 page.
@@ -59,8 +59,24 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 pub const GATEWAY_ROUTES: &[(&str, &str)] =
     &[("GET", "/console"), ("GET", "/console/{*proxy}"), ("POST", "/console/{*proxy}")];
 
-/// What a console handler returns: a page, or an error page / redirect.
-pub type PageResult = Result<Response, Response>;
+/// What a console handler returns: a page, or an error page / redirect ([`Refused`]).
+pub type PageResult = Result<Response, Refused>;
+
+/// A page that ends a handler early (403, a problem page, a redirect to sign in): `?` turns any `Response` into
+/// one. Boxed, so that every `Result` stays small.
+pub struct Refused(Box<Response>);
+
+impl From<Response> for Refused {
+    fn from(r: Response) -> Self {
+        Self(Box::new(r))
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
 
 /// Every console route. Merged into `serve`'s router and the `manage` function's.
 pub fn router() -> Router<AppState> {
@@ -143,7 +159,7 @@ impl Signed {
     }
 
     /// [`Signed::allowed`], or the 403 page.
-    pub fn require(&self, app: &AppState, action: Action, org: Option<&str>) -> Result<(), Response> {
+    pub fn require(&self, app: &AppState, action: Action, org: Option<&str>) -> Result<(), Refused> {
         if self.allowed(app, action, org) {
             return Ok(());
         }
@@ -154,7 +170,8 @@ impl Signed {
             StatusCode::FORBIDDEN,
             "Not allowed",
             &format!("Your session does not allow this: it needs the scope {needed} for this organisation."),
-        ))
+        )
+        .into())
     }
 
     /// The hidden CSRF field every form carries.
@@ -163,7 +180,7 @@ impl Signed {
     }
 
     /// The form's fields, once its CSRF token matched this session's; otherwise the 403 page.
-    pub fn form(&self, body: &[u8]) -> Result<Fields, Response> {
+    pub fn form(&self, body: &[u8]) -> Result<Fields, Refused> {
         let fields = Fields::parse(body);
         let given = fields.get("csrf");
         if !constant_time_eq(given.as_bytes(), self.session.csrf.as_bytes()) || given.is_empty() {
@@ -172,7 +189,8 @@ impl Signed {
                 StatusCode::FORBIDDEN,
                 "Form expired",
                 "This form was not sent from your current console session. Go back, reload the page and try again.",
-            ));
+            )
+            .into());
         }
         Ok(fields)
     }

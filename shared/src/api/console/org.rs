@@ -261,7 +261,7 @@ pub async fn create_db(State(app): State<AppState>, s: Signed, Path(org): Path<S
             forms.db_errors.add("name", "A database with this name exists already.");
             render(&app, &s, &org, &forms, StatusCode::CONFLICT).await
         }
-        Err(e) => Err(problem_page(&s, e)),
+        Err(e) => Err(problem_page(&s, e).into()),
     }
 }
 
@@ -317,6 +317,6 @@ pub async fn create_container(
             forms.ctr_errors.add("provider", "This provider cannot serve this kind of container.");
             render(&app, &s, &org, &forms, StatusCode::UNPROCESSABLE_ENTITY).await
         }
-        Err(e) => Err(problem_page(&s, e)),
+        Err(e) => Err(problem_page(&s, e).into()),
     }
 }

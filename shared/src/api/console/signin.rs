@@ -95,7 +95,7 @@ pub(super) fn signed_in(app: &AppState, new: NewSession) -> Response {
 /// `POST /console/signout`: ends the session (CSRF-checked), removes the cookie.
 pub async fn sign_out(State(app): State<AppState>, s: Signed, body: Bytes) -> Response {
     if let Err(refused) = s.form(&body) {
-        return refused;
+        return refused.into_response();
     }
     if let Err(e) = app.console.sign_out(s.id()).await {
         tracing::warn!(error = %e, "console sign-out failed");
