@@ -480,3 +480,50 @@ redirect_uri = "{redirect}"
     assert!(refused.set_cookies().iter().all(|c| !c.starts_with("chainkeeper_console=")), "no session");
     drop(peer);
 }
+
+/// A chain that breaks shows on the organisation page: the repair counter (seed 002) with a link to the
+/// container, its status and reason with since when; the container page says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chain_shows_in_the_repair_counter_with_its_reason() {
+    let super::oidc_flow::Setup { peer, serve, api, _dir: dir } = super::oidc_flow::setup(2, "basic").await;
+    api.create_container("acme", "main", "crm", "oauth2_code", Some("oidc-test")).await;
+    assert_eq!(super::oidc_flow::authorize(&api, "acme", "main", "crm", "gina").await.status, 200);
+    let b = Browser::new(&serve.base);
+    let signed = b
+        .sign_in_with_link(dir.path(), Some(&dir.path().join("chainkeeper.toml")), &["--org", "acme"], &["admin"])
+        .await;
+    assert_eq!(signed.status, 303);
+    let org = b.get("/console/orgs/acme").await;
+    assert!(org.body.contains(r#"<span class="counter ok">0</span> containers need repair"#), "{}", org.body);
+    assert!(org.body.contains(r#"<span class="status ok">Healthy</span>"#), "{}", org.body);
+
+    // The provider forgets every grant: the next refresh finds the refresh token dead.
+    let port = peer.port;
+    peer.stop().await.unwrap();
+    let _peer = OidcPeer::start(OidcPeerOptions {
+        client_id: "ck-app".into(),
+        client_secret: "ck-client-secret-PLANTED".into(),
+        redirect_uris: vec![format!("{}/v1/callback", serve.base)],
+        access_ttl_s: 60,
+        port,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let broken = api.post(&format!("{}/token", container_path("acme", "main", "crm")), json!({})).await;
+    assert_eq!(broken.status, 409, "{}", broken.body);
+
+    let org = b.get("/console/orgs/acme").await;
+    assert_page(&org, 200, "organisation with a broken chain");
+    assert!(org.body.contains(r#"<span class="counter bad">1</span> container needs repair"#), "{}", org.body);
+    let ctr = "/console/orgs/acme/databases/main/containers/crm";
+    assert!(org.body.contains(&format!(r#"<a href="{ctr}">main / crm</a>"#)), "one click to the repair: {}", org.body);
+    assert!(
+        org.body.contains(r#"<span class="status bad">Needs repair</span>"#) && org.body.contains(" — since "),
+        "{}",
+        org.body
+    );
+    let page = b.get(ctr).await;
+    assert!(page.body.contains("<dt>Reason</dt>") && page.body.contains("Renew authorization"), "{}", page.body);
+}
