@@ -107,6 +107,14 @@ async fn a_sign_in_link_works_once_and_sets_a_safe_cookie() {
     for bytes in [&db, &wal] {
         assert!(!bytes.windows(id.len()).any(|w| w == id.as_bytes()), "the raw session id is not stored");
     }
+    // A link that has expired.
+    let brief =
+        console_link(s.data(), Some(&s.config), &["--org", "acme", "--seconds", "1"], &["admin"], &s.serve.base);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let late =
+        Browser::new(&s.serve.base).post_raw("/console/signin/link", &[("t", brief.split("t=").nth(1).unwrap())]).await;
+    assert_page(&late, 410, "an expired link");
+    assert!(late.body.contains("has expired"), "{}", late.body);
     // A link for an organisation that does not exist is refused by the CLI.
     let out = std::process::Command::new(chainkeeper_e2e::cli_bin())
         .args(["console-link", "--data-dir", s.data().to_str().unwrap(), "--org", "nobody", "--scope", "admin"])
