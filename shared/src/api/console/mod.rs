@@ -9,9 +9,11 @@
 //! 2. A handler takes `s: Signed` (the session; a request without one is sent to the sign-in page, so a handler
 //!    that has `Signed` is signed in) and returns [`PageResult`] (`Result<Response, Refused>`: `?` works on every
 //!    helper here, and on any `Response` error: `.map_err(|e| problem_page(&s, e))?`).
-//! 3. Check the scope first: `s.require(&app, Action::X, Some(&org))?` (`org`: the organisation in the path,
-//!    `None` for platform pages). Add the action to [`Action`] and [`ACTIONS`], naming the API route (`Handler`)
-//!    whose scope it needs; a session without it gets the 403 page.
+//! 3. Check the scope first, as the API route the page or action stands for:
+//!    `s.require_route(&app, Handler::CreateApiToken, Some(&org))?` (`org`: the organisation in the path, `None`
+//!    for platform pages; `Handler` from `api::routes`). A session without the route's scope, or of another
+//!    organisation, gets the 403 page. `s.allowed_route(…)` (a bool) decides whether to show a form at all. (This
+//!    module's own pages name theirs in [`ACTIONS`] and call `s.require(&app, Action::X, …)`.)
 //! 4. Render with the layout: `Ok(page(&s, "Title", html! { h1 { "Title" } … }))` ([`page`]; [`page_with`] for
 //!    another status). One `h1` per page, then `h2`, `h3` in order; every control has a `label`.
 //! 5. Forms: `form method="post" action="…" { (s.csrf_field()) … }`. A POST handler takes `body: Bytes` and calls
@@ -141,14 +143,26 @@ pub const ACTIONS: &[(Action, Handler)] = &[
 /// The API route an action stands for: (method, resource, platform only).
 pub fn scope_of(action: Action) -> (Method, &'static str, bool) {
     let handler = ACTIONS.iter().find(|(a, _)| *a == action).map(|(_, h)| *h).expect("every action is in ACTIONS");
-    let route = ROUTES.iter().find(|r| r.handler == handler).expect("every action's handler is in the route table");
+    route_scope(handler)
+}
+
+/// The scope of an API route: (method, resource, platform only).
+pub fn route_scope(handler: Handler) -> (Method, &'static str, bool) {
+    let route = ROUTES.iter().find(|r| r.handler == handler).expect("every console handler is in the route table");
     (route.method.parse().expect("route table methods are valid"), route.resource, route.platform_only())
 }
 
 impl Signed {
-    /// May this session do `action` on `org` (`None`: a platform page)? Otherwise the 403 page.
+    /// May this session do `action` on `org` (`None`: a platform page)?
     pub fn allowed(&self, app: &AppState, action: Action, org: Option<&str>) -> bool {
-        let (method, resource, platform_only) = scope_of(action);
+        self.allowed_route(app, ACTIONS.iter().find(|(a, _)| *a == action).map(|(_, h)| *h).expect("in ACTIONS"), org)
+    }
+
+    /// May this session do what the API route `handler` does, on `org` (`None`: a platform page)? The same rules
+    /// as `api::auth` applies to a token: its organisation (a platform session reaches every one; an
+    /// organisation's never a platform-only route) and `auth::allows` on the route's resource and method.
+    pub fn allowed_route(&self, app: &AppState, handler: Handler, org: Option<&str>) -> bool {
+        let (method, resource, platform_only) = route_scope(handler);
         let s = &self.session;
         let org_ok = match (&s.org, org) {
             (None, _) => true,
@@ -160,10 +174,15 @@ impl Signed {
 
     /// [`Signed::allowed`], or the 403 page.
     pub fn require(&self, app: &AppState, action: Action, org: Option<&str>) -> Result<(), Refused> {
-        if self.allowed(app, action, org) {
+        self.require_route(app, ACTIONS.iter().find(|(a, _)| *a == action).map(|(_, h)| *h).expect("in ACTIONS"), org)
+    }
+
+    /// [`Signed::allowed_route`], or the 403 page naming the scope it needs.
+    pub fn require_route(&self, app: &AppState, handler: Handler, org: Option<&str>) -> Result<(), Refused> {
+        if self.allowed_route(app, handler, org) {
             return Ok(());
         }
-        let (method, resource, _) = scope_of(action);
+        let (method, resource, _) = route_scope(handler);
         let needed = crate::auth::accepted_scopes(&method, resource).join(" or ");
         Err(message_page(
             Some(self),

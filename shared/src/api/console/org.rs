@@ -140,8 +140,8 @@ async fn render(app: &AppState, s: &Signed, org: &str, forms: &Forms, status: St
         h2 { "Databases" }
         @if dbs.is_empty() { p { "No databases yet." } }
         @for (db, containers) in &listed {
-            section aria-labelledby=(format!("db-{}", db.name)) {
-                h3 id=(format!("db-{}", db.name)) { "Database " (db.name) }
+            section aria-labelledby=(format!("database-{}", db.name)) {
+                h3 id=(format!("database-{}", db.name)) { "Database " (db.name) }
                 @if let Some(d) = &db.description { p { (d) } }
                 @if containers.is_empty() { p { "No containers." } } @else {
                     div class="table-wrap" {
