@@ -162,8 +162,19 @@ async fn forms_need_the_session_csrf_token_and_the_api_scope() {
     let other_csrf = other.get("/console/orgs/acme").await.csrf().unwrap();
     let wrong = admin.post_raw("/console/orgs/acme/databases", &[("csrf", &other_csrf), ("name", "wrongcsrf")]).await;
     assert_page(&wrong, 403, "another session's CSRF token");
+    // A form another site posts (the browser says so) is refused even with the token; so is a link sign-in.
+    let csrf = admin.get("/console/orgs/acme").await.csrf().unwrap();
+    let res = admin
+        .http
+        .post(format!("{}/console/orgs/acme/databases", s.serve.base))
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("csrf", csrf.as_str()), ("name", "crosssite")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
     let dbs = s.api.get("/v1/orgs/acme/databases").await.body.to_string();
-    assert!(!dbs.contains("nocsrf") && !dbs.contains("wrongcsrf"), "{dbs}");
+    assert!(!dbs.contains("nocsrf") && !dbs.contains("wrongcsrf") && !dbs.contains("crosssite"), "{dbs}");
     // With it: created.
     let ok = admin.post("/console/orgs/acme", "/console/orgs/acme/databases", &[("name", "sales")]).await;
     assert_page(&ok, 303, "create database");

@@ -385,9 +385,17 @@ async fn console_not_found() -> Response {
     message_page(None, StatusCode::NOT_FOUND, "Page not found", "There is no console page at this address.")
 }
 
-/// The security headers of every console response.
+/// The security headers of every console response. A form posted from another site (`Sec-Fetch-Site:
+/// cross-site`, which browsers send) is refused before any handler: besides the CSRF token, this keeps another
+/// site from signing a browser in with a link or an IdP sign-in of its own (login CSRF).
 pub async fn security_headers(req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
+    let cross_site = req.method() == Method::POST
+        && req.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    let mut res = if cross_site {
+        message_page(None, StatusCode::FORBIDDEN, "Form refused", "This form was sent from another site.")
+    } else {
+        next.run(req).await
+    };
     let h = res.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
