@@ -25,6 +25,20 @@ impl Page {
     pub fn csp(&self) -> &str {
         self.headers.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("")
     }
+    /// Where a hand-over page (to a provider's sign-in) sends the browser: its `#continue` link.
+    pub fn continue_link(&self) -> Option<String> {
+        let marker = r#"id="continue" href=""#;
+        let at = self.body.find(marker)? + marker.len();
+        let raw = self.body[at..].split('"').next()?;
+        Some(
+            raw.replace("&quot;", "\"")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&#39;", "'")
+                .replace("&amp;", "&"),
+        )
+    }
+
     /// The value of the first hidden CSRF field.
     pub fn csrf(&self) -> Option<String> {
         csrf_of(&self.body)

@@ -412,8 +412,8 @@ redirect_uri = "{redirect}"
         async move {
             let b = Browser::new(&base);
             let signin = b.get("/console/signin").await;
-            assert!(signin.body.contains("/console/signin/oidc"), "{}", signin.body);
-            let start = b.post_raw("/console/signin/oidc", &[]).await;
+            assert!(signin.body.contains(r#"href="/console/signin/oidc""#), "{}", signin.body);
+            let start = b.get("/console/signin/oidc").await;
             assert_page(&start, 303, "to the IdP");
             let to_idp = url::Url::parse(start.location()).unwrap();
             let q: std::collections::HashMap<_, _> = to_idp.query_pairs().into_owned().collect();
@@ -454,8 +454,11 @@ redirect_uri = "{redirect}"
         let alice = &alice;
         async move {
             let go = alice.post(ctr, &format!("{ctr}/authorize"), &[("replace_user", replace)]).await;
-            assert_eq!(go.status, 303, "{}", go.body);
-            let back = sign_in(go.location(), login, "pw").await.expect("the provider's forms");
+            // A hand-over page, not a redirect (form-action): its link goes to the provider.
+            assert_page(&go, 200, "hand-over to the provider");
+            assert!(go.body.contains("Continue to Test IdP") && go.body.contains("data-autofollow"), "{}", go.body);
+            let to = go.continue_link().expect("the link to the provider");
+            let back = sign_in(&to, login, "pw").await.expect("the provider's forms");
             alice.get(back.as_str()).await
         }
     };

@@ -257,14 +257,40 @@ fn credential_form(s: &Signed, c: &ContainerRef, d: &ContainerDetails, f: &Forms
     }
 }
 
-/// `POST …/authorize`: starts the authorization and sends the browser to the provider.
+/// `POST …/authorize`: starts the authorization, then a page that sends the browser on to the provider. Not a 303:
+/// Chromium applies the CSP's `form-action 'self'` to a form's redirects too, so the provider is reached by a link
+/// (followed at once by `console.js`, or by a click without script).
 pub async fn authorize(State(app): State<AppState>, s: Signed, Path(names): Path<Names>, body: Bytes) -> PageResult {
     let f = s.form(&body)?;
     s.require(&app, Action::Authorize, Some(&names.0))?;
     let c = container_ref(&s, &names)?;
     let replace_user = f.get("replace_user") == "true";
+    let d = app.containers.details(&c).await.map_err(|e| problem_page(&s, e))?;
     let started = app.authorization.start(&c, &s.session.sub, replace_user).await.map_err(|e| problem_page(&s, e))?;
-    Ok(see_other(&started.authorize_url))
+    let provider = d
+        .record
+        .provider
+        .as_deref()
+        .map(|p| {
+            app.config.provider(p).and_then(|profile| profile.display_name.clone()).unwrap_or_else(|| p.to_string())
+        })
+        .unwrap_or_else(|| "the provider".to_string());
+    Ok(leave_for(&s, &provider, &started.authorize_url, replace_user))
+}
+
+/// The page that hands the browser over to the provider's sign-in.
+fn leave_for(s: &Signed, provider: &str, url: &str, replace_user: bool) -> axum::response::Response {
+    let title = format!("Sign in at {provider}");
+    let body = html! {
+        h1 { (title) }
+        p {
+            @if replace_user { "Sign in as the user who should take over this container. " }
+            @else { "Sign in as the container's user to renew its authorization. " }
+            "You come back here when you are done."
+        }
+        p { a id="continue" href=(url) data-autofollow="true" { "Continue to " (provider) } }
+    };
+    super::page(s, &title, body)
 }
 
 /// `POST …/auto-recovery`.

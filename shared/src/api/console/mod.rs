@@ -51,7 +51,9 @@ use crate::auth::allows;
 pub use session::Signed;
 
 /// The Content-Security-Policy of every console response: our own script and style only, forms post only to
-/// us (the OIDC and provider redirects leave with a 303, which `form-action` does not block), no framing.
+/// us, no framing. Chromium applies `form-action` to a form's redirects as well, so nothing leaves for another
+/// site from a form: the OIDC sign-in starts from a link, and a provider's authorization from a hand-over page
+/// whose link `console.js` follows.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
@@ -89,7 +91,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/static/console.js", get(js))
         .route("/console/signin", get(signin::page))
         .route("/console/signin/link", get(signin::link_page).post(signin::link))
-        .route("/console/signin/oidc", post(signin::oidc_start))
+        .route("/console/signin/oidc", get(signin::oidc_start))
         .route("/console/signin/callback", get(signin::oidc_callback))
         .route("/console/signout", post(signin::sign_out))
         .route("/console/orgs/{org}", get(org::show))

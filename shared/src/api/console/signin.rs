@@ -18,9 +18,7 @@ pub async fn page(State(app): State<AppState>) -> Response {
     let body = html! {
         h1 { "Sign in to chainkeeper" }
         @if oidc {
-            form method="post" action="/console/signin/oidc" {
-                button type="submit" { "Sign in with your organisation's account" }
-            }
+            p { a class="button" href="/console/signin/oidc" { "Sign in with your organisation's account" } }
         }
         h2 { "With a sign-in link" }
         p {
@@ -106,7 +104,8 @@ pub async fn sign_out(State(app): State<AppState>, s: Signed, body: Bytes) -> Re
     res
 }
 
-/// `POST /console/signin/oidc`: off the IdP with PKCE, state and nonce.
+/// `GET /console/signin/oidc` (a link, not a form: the CSP's `form-action` would stop a form's redirect to the
+/// IdP in Chromium): off to the IdP with PKCE, state and nonce; the state is bound to this browser by a cookie.
 pub async fn oidc_start(State(app): State<AppState>) -> Response {
     if app.config.console.issuer.is_none() {
         return message_page(
