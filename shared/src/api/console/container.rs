@@ -95,7 +95,7 @@ async fn render(app: &AppState, s: &Signed, names: &Names, forms: &Forms, status
             section aria-labelledby="audit-h" {
                 h2 id="audit-h" { "Audit log of this container" }
                 @if entries.is_empty() { p { "No entries yet." } } @else {
-                    div class="table-wrap" {
+                    div class="table-wrap" tabindex="0" role="region" aria-label="Audit entries, newest first" {
                         table {
                             caption { "Newest first" }
                             thead { tr { th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "What" } th scope="col" { "Outcome" } } }

@@ -26,7 +26,8 @@
 //!    what to do (never JSON, never a secret). After a successful POST, redirect: `Ok(see_other(url))`.
 //!
 //! Every response under `/console` gets the security headers ([`security_headers`]: the CSP, no framing, no
-//! caching, no referrer). Static files: `/console/static/console.css` and `/console/static/console.js` (a copy
+//! caching, no referrer). A table goes in `div class="table-wrap" tabindex="0" role="region" aria-label="…"` (it
+//! scrolls sideways at phone width, so the keyboard must reach it). Static files: `/console/static/console.css` and `/console/static/console.js` (a copy
 //! button: `button type="button" data-copy="ID"` copies the text of the element with id `ID`).
 
 pub mod container;
@@ -327,6 +328,7 @@ pub fn layout(s: Option<&Signed>, title: &str, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · chainkeeper" }
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href="/console/static/console.css";
                 script src="/console/static/console.js" defer {}
             }

@@ -144,7 +144,7 @@ async fn render(app: &AppState, s: &Signed, org: &str, forms: &Forms, status: St
                 h3 id=(format!("database-{}", db.name)) { "Database " (db.name) }
                 @if let Some(d) = &db.description { p { (d) } }
                 @if containers.is_empty() { p { "No containers." } } @else {
-                    div class="table-wrap" {
+                    div class="table-wrap" tabindex="0" role="region" aria-label=(format!("Containers of {}", db.name)) {
                         table {
                             caption { "Containers of " (db.name) }
                             thead { tr { th scope="col" { "Container" } th scope="col" { "Kind" } th scope="col" { "Status" } th scope="col" { "Last successful refresh" } } }
