@@ -124,6 +124,9 @@ fn failure_page(p: Problem) -> Response {
         h2 { (p.title) }
         p { (p.detail) }
         @if !remedy.is_empty() { p { strong { "What to do: " } (remedy) } }
+        @if p.code == "different_provider_user" {
+            p { "In the console, " strong { "Sign in as another user" } " on the container's page moves it to the user you sign in as." }
+        }
         p { a href="/console" { "Back to the console" } }
     };
     with_console_headers((p.status, console::layout(None, p.title, body)).into_response())
