@@ -25,10 +25,15 @@
 //! 7. A use-case error: `.map_err(|e| problem_page(&s, e))?` renders the problem registry's title, the detail and
 //!    what to do (never JSON, never a secret). After a successful POST, redirect: `Ok(see_other(url))`.
 //!
+//! 8. Nothing may leave for another site from a form: Chromium applies the CSP's `form-action 'self'` to a form's
+//!    redirects too. Send the browser on with a link instead (`a id="continue" href=… data-autofollow="true"`,
+//!    which `console.js` follows at once; see `container::authorize`).
+//!
 //! Every response under `/console` gets the security headers ([`security_headers`]: the CSP, no framing, no
-//! caching, no referrer). A table goes in `div class="table-wrap" tabindex="0" role="region" aria-label="…"` (it
-//! scrolls sideways at phone width, so the keyboard must reach it). Static files: `/console/static/console.css` and `/console/static/console.js` (a copy
-//! button: `button type="button" data-copy="ID"` copies the text of the element with id `ID`).
+//! caching, no referrer), and a POST another site sends is refused. A table goes in
+//! `div class="table-wrap" tabindex="0" role="region" aria-label="…"` (it scrolls sideways at phone width, so the
+//! keyboard must reach it). Static files: `/console/static/console.css` and `/console/static/console.js` (a copy
+//! button: `button type="button" data-copy="ID"` copies the text of the element with id `ID`; a hand-over link).
 
 pub mod container;
 pub mod org;
