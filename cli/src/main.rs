@@ -52,6 +52,9 @@ enum Command {
     /// release one whose holder cannot be reached.
     #[command(subcommand)]
     Identifier(IdentifierCommand),
+    /// Print a single-use sign-in link to the web console (valid for `--minutes`), for an organisation's people
+    /// (`--org`) or the platform's operators (`--platform`), with the given scopes.
+    ConsoleLink(ConsoleLinkArgs),
     /// Print the route table: method, path, Lambda function, public, resource (what the SAM template must serve).
     Routes {
         /// One JSON array of objects instead of tab-separated lines.
@@ -81,6 +84,35 @@ struct ServeArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     storage: StorageArgs,
+}
+
+#[derive(Args)]
+struct ConsoleLinkArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    #[command(flatten)]
+    on: OnAws,
+    /// A link for the platform's operators (every organisation).
+    #[arg(long, conflicts_with = "org", required_unless_present = "org")]
+    platform: bool,
+    /// A link for this organisation's people.
+    #[arg(long)]
+    org: Option<String>,
+    /// A scope the session grants; repeat for more (`admin`, `containers.read`, a scope group, …).
+    #[arg(long = "scope", required = true, num_args = 1..)]
+    scopes: Vec<String>,
+    /// How long the link stays valid (1-60 minutes).
+    #[arg(long, default_value_t = 10)]
+    minutes: u32,
+    /// The link's lifetime in seconds instead (tests).
+    #[arg(long, hide = true, conflicts_with = "minutes")]
+    seconds: Option<u32>,
+    /// Who the link is for (shown in the audit log and the console).
+    #[arg(long, default_value = "operator")]
+    subject: String,
+    /// The address people open the console at; default: `[server] public_url`, else http://127.0.0.1:8080.
+    #[arg(long, env = "CHAINKEEPER_PUBLIC_URL")]
+    base_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -253,6 +285,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Sweep(a) => runtime()?.block_on(sweep(a)),
         Command::Routes { json } => print_routes(json),
+        Command::ConsoleLink(a) => runtime()?.block_on(console_link(a)),
         Command::SigningKey(SigningKeyCommand::Rotate(a)) => rotate_signing_key(a),
         Command::Org(OrgCommand::Export(a)) => runtime()?.block_on(export_org(a)),
         Command::Org(OrgCommand::Import(a)) => runtime()?.block_on(import_org(a)),
@@ -277,6 +310,23 @@ async fn identifier(c: IdentifierCommand) -> anyhow::Result<()> {
     let view = serde_json::json!({"identifier": holder.identifier, "org": c.org, "database": c.db, "alias": c.alias,
         "since": chainkeeper::clock::rfc3339(holder.since_ms)});
     println!("{view}");
+    Ok(())
+}
+
+async fn console_link(a: ConsoleLinkArgs) -> anyhow::Result<()> {
+    let app = app_for(&a.storage, a.on.aws).await?;
+    let org = a.org.as_deref().map(OrgId::parse).transpose()?;
+    if let Some(org) = &org {
+        app.orgs.get(org).await?;
+    }
+    let (token, expires_at_ms) = app
+        .console
+        .create_link(&a.subject, org.as_ref(), a.scopes, a.seconds.unwrap_or(a.minutes.saturating_mul(60)))
+        .await?;
+    let base = a.base_url.or_else(|| app.config.server.public_url.clone());
+    let base = base.as_deref().unwrap_or("http://127.0.0.1:8080").trim_end_matches('/');
+    println!("{base}/console/signin/link?t={token}");
+    eprintln!("single use, valid until {}", chainkeeper::clock::rfc3339(expires_at_ms));
     Ok(())
 }
 
@@ -314,7 +364,13 @@ fn rotate_signing_key(a: RotateArgs) -> anyhow::Result<()> {
 }
 
 fn print_routes(json: bool) -> anyhow::Result<()> {
-    let rows = chainkeeper::api::routes::ROUTES.iter().map(|r| (r.method, r.path, r.function, r.public, r.resource));
+    // The route table, then the console's routes (served by the manage function, public: the console checks its
+    // own sessions).
+    let console = chainkeeper::api::console::GATEWAY_ROUTES.iter().map(|(m, p)| (*m, *p, "manage", true, "console"));
+    let rows = chainkeeper::api::routes::ROUTES
+        .iter()
+        .map(|r| (r.method, r.path, r.function, r.public, r.resource))
+        .chain(console);
     if json {
         let rows: Vec<_> = rows
             .map(|(method, path, function, public, resource)| {

@@ -143,6 +143,55 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The web console (`[console]`): session lifetimes, and the OpenID Connect sign-in of a deployment. The OIDC
+/// client's id and secret are an app registration named [`CONSOLE_APP`] (`[apps.console]` in the config file's
+/// secrets, a Secrets Manager secret in AWS), like every other client secret.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// A session ends after this long without a request.
+    pub session_idle_s: u64,
+    /// A session ends this long after sign-in, however busy.
+    pub session_absolute_s: u64,
+    /// The OpenID Connect issuer (its `/.well-known/openid-configuration` is read); no OIDC sign-in without it.
+    pub issuer: Option<String>,
+    /// The ID-token claim that lists the person's groups or roles (`groups`, `roles`, …).
+    pub groups_claim: String,
+    /// Scopes asked for besides `openid`.
+    pub scopes: Vec<String>,
+    /// Which group (a value of `groups_claim`) gives which organisation (or the platform) which scopes.
+    pub groups: Vec<ConsoleGroup>,
+}
+
+/// One `[[console.groups]]` row: people in group `value` get `scopes` (scopes or scope groups) on `org`, or on the
+/// platform with `platform = true`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleGroup {
+    pub value: String,
+    #[serde(default)]
+    pub org: Option<String>,
+    #[serde(default)]
+    pub platform: bool,
+    pub scopes: Vec<String>,
+}
+
+/// The app registration that holds the console's OIDC client (id, secret, redirect URI).
+pub const CONSOLE_APP: &str = "console";
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            session_idle_s: 8 * 3600,
+            session_absolute_s: 12 * 3600,
+            issuer: None,
+            groups_claim: "groups".into(),
+            scopes: vec!["profile".into(), "email".into()],
+            groups: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub providers: BTreeMap<String, ProviderProfile>,
@@ -151,6 +200,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub limits: LimitsConfig,
     pub webhooks: WebhookConfig,
+    pub console: ConsoleConfig,
     /// Group scopes defined by the operator: name → the scopes it grants.
     pub scope_groups: BTreeMap<String, Vec<String>>,
 }
@@ -170,6 +220,8 @@ struct RawConfig {
     limits: LimitsConfig,
     #[serde(default)]
     webhooks: WebhookConfig,
+    #[serde(default)]
+    console: ConsoleConfig,
     #[serde(default)]
     scope_groups: BTreeMap<String, Vec<String>>,
 }
@@ -222,7 +274,7 @@ impl Config {
             providers.insert(name.clone(), profile);
         }
         for app in raw.apps.keys() {
-            if !providers.contains_key(app) {
+            if !providers.contains_key(app) && app != CONSOLE_APP {
                 bail!(
                     "[apps.{app}] names no provider profile; known: {}",
                     providers.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -235,6 +287,15 @@ impl Config {
         }
         if engine.retry_budget_s + engine.token_timeout_s >= engine.lease_s {
             bail!("engine: retry_budget_s + token_timeout_s must stay below lease_s (the lease covers the retries)");
+        }
+        let console = &raw.console;
+        if console.session_idle_s == 0 || console.session_absolute_s < console.session_idle_s {
+            bail!("console: session_idle_s must be above 0 and session_absolute_s at least session_idle_s");
+        }
+        for g in &console.groups {
+            if g.platform == g.org.is_some() || g.scopes.is_empty() {
+                bail!("console.groups {:?}: give either org or platform = true, and at least one scope", g.value);
+            }
         }
         let limits = raw.limits;
         if !(limits.header_read_timeout_s > 0.0 && limits.request_timeout_s > 0.0) {
@@ -250,6 +311,7 @@ impl Config {
             server: raw.server,
             limits,
             webhooks: raw.webhooks,
+            console: raw.console,
             scope_groups: raw.scope_groups,
         })
     }

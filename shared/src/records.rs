@@ -20,6 +20,9 @@
 //! | revoked API token | `revoked#{id}` | `revoked` (expires with the token) |
 //! | audit entry | `audit#{org}` | `{time}#{id}` (expires after the retention) |
 //! | provider call budget (rate-limit governor) | `budget#{provider}#{company}` | `budget` (expires after its day) |
+//! | console session (sha256 of its cookie's id, never the id) | `console-session#{sha256}` | `session` (expires: idle or absolute, whichever is first) |
+//! | console sign-in link (sha256 of its token) | `console-link#{sha256}` | `link` (expires; kept once used, marked used) |
+//! | console OIDC sign-in in progress | `console-oidc#{state}` | `oidc` (expires) |
 //! | cached provider answer (profiles with `cache_in_store`), sealed | `answer#{org}#{db}#{alias}` | sha256 of its cache key (expires after the cache time) |
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -396,6 +399,54 @@ pub struct StoredAnswerRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UsageRecord {
     pub last_used_at_ms: Millis,
+}
+
+// --- the web console ---
+
+pub fn console_session_key(id_sha256: &str) -> Key {
+    Key::new(format!("console-session#{id_sha256}"), "session")
+}
+pub fn console_link_key(token_sha256: &str) -> Key {
+    Key::new(format!("console-link#{token_sha256}"), "link")
+}
+pub fn console_oidc_key(state: &str) -> Key {
+    Key::new(format!("console-oidc#{state}"), "oidc")
+}
+
+/// A signed-in person's console session: what it may do (like an API token's claims) and its CSRF token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConsoleSessionRecord {
+    /// Who signed in (`link:{subject}` or the IdP's `iss`-scoped subject and name).
+    pub sub: String,
+    /// A name to show.
+    pub name: String,
+    /// `None`: a platform session.
+    pub org: Option<String>,
+    pub scopes: Vec<String>,
+    pub csrf: String,
+    pub created_at_ms: Millis,
+    pub last_seen_ms: Millis,
+}
+
+/// A single-use console sign-in link.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConsoleLinkRecord {
+    pub sub: String,
+    pub org: Option<String>,
+    pub scopes: Vec<String>,
+    pub expires_at_ms: Millis,
+    #[serde(default)]
+    pub used_at_ms: Option<Millis>,
+}
+
+/// An OIDC sign-in between the redirect to the IdP and its callback (keyed by `state`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConsoleOidcRecord {
+    pub nonce: String,
+    /// The PKCE verifier. Kept plain: it expires in minutes and is of no use without the code the IdP gives the
+    /// browser and the client secret.
+    pub pkce_verifier: String,
+    pub expires_at_ms: Millis,
 }
 
 /// A pending authorization (`state`), single use, expiring.

@@ -13,12 +13,14 @@
 //! | [`problem`], [`errors`] | problem documents and their registry; every error → problem mapping |
 //! | [`openapi`] | `/openapi.json`, generated from the table |
 //! | [`limits`], [`server`] | concurrency cap, request timeout, per-token rate limits, body limits; `serve`'s connection loop with the header read timeout |
+//! | [`console`] | the web console for people: sign-in, sessions, HTML pages under `/console` |
 //! | [`orgs`], [`webhooks`], [`containers`], [`authorization`], [`handout`], [`query`], [`recovery`], [`api_tokens`], [`audit`] | the handlers, one module per use-case area |
 
 pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod authorization;
+pub mod console;
 pub mod containers;
 pub mod errors;
 pub mod extract;
@@ -132,7 +134,12 @@ fn with_common(function: Option<&str>, state: AppState) -> Router {
         timeout: Duration::from_secs_f64(cfg.request_timeout_s),
     };
     let mut router = routes_of(function, &cfg)
-        .route_layer(from_fn_with_state(auth::Gate { app: state.clone(), limiter }, auth::require_token))
+        .route_layer(from_fn_with_state(auth::Gate { app: state.clone(), limiter }, auth::require_token));
+    // The console (its own sessions, not API tokens) is served where the management API is.
+    if function.is_none_or(|f| f == "manage") {
+        router = router.merge(console::router());
+    }
+    let mut router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn_with_state(admission, limits::admit));

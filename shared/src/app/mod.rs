@@ -18,6 +18,7 @@
 //! | [`recovery`] | auto-recovery credentials, runs on break, on request and on schedule |
 //! | [`api_tokens`] | authenticate a caller, issue, list, revoke |
 //! | [`audit`] | the audit log |
+//! | [`console`] | the web console's sign-in links, OIDC sign-in and sessions (hashed ids, expiry, CSRF token) |
 //! | [`webhooks`] | register, remove, deliver signed events |
 //! | [`webhook_target`] | where a webhook may go: the address classifier, the check at registration and delivery |
 //! | [`sweep`] | the scheduled keep-alive and ahead-of-expiry refreshes |
@@ -31,6 +32,8 @@ pub mod audit;
 pub mod authorization;
 pub mod background;
 pub mod backup;
+pub mod console;
+pub mod console_oidc;
 pub mod containers;
 pub mod events;
 pub mod governor;
@@ -82,6 +85,8 @@ pub struct App {
     pub engine: Arc<ChainEngine>,
     pub audit: audit::AuditLog,
     pub api_tokens: api_tokens::ApiTokens,
+    pub console: console::ConsoleSessions,
+    pub console_oidc: console_oidc::ConsoleOidc,
     pub orgs: orgs::Orgs,
     pub webhooks: webhooks::Webhooks,
     pub containers: containers::Containers,
@@ -151,6 +156,7 @@ impl App {
             webhooks.clone(),
         ));
         handoff.recover_with(Arc::downgrade(&recovery));
+        let console = console::ConsoleSessions::new(&p, audit.clone());
         Arc::new(Self {
             orgs: orgs::Orgs::new(&p, audit.clone(), api_tokens.clone()),
             handout: handout::HandOut::new(&p, engine.clone()),
@@ -158,6 +164,8 @@ impl App {
             query: query::QueryProxy::new(&p, engine.clone()),
             sweep: sweep::Sweep::new(&p, engine.clone()),
             backup: backup::Backup::new(&p, audit.clone()),
+            console: console.clone(),
+            console_oidc: console_oidc::ConsoleOidc::new(&p, console),
             background: p.background.clone(),
             config: p.config,
             clock: p.clock,
