@@ -50,6 +50,7 @@ pub fn status_text(d: &ContainerDetails) -> (&'static str, &'static str) {
         ContainerStatus::NotAuthorized => ("Not authorized yet", "todo"),
         ContainerStatus::NotConfigured => ("Not configured", "todo"),
         ContainerStatus::CredentialsIncomplete => ("Credentials incomplete", "todo"),
+        ContainerStatus::AppNotConfigured => ("No app registration (ask the operator)", "bad"),
     }
 }
 
