@@ -90,6 +90,8 @@ struct ServeArgs {
 struct ConsoleLinkArgs {
     #[command(flatten)]
     storage: StorageArgs,
+    #[command(flatten)]
+    on: OnAws,
     /// A link for the platform's operators (every organisation).
     #[arg(long, conflicts_with = "org", required_unless_present = "org")]
     platform: bool,
@@ -102,11 +104,14 @@ struct ConsoleLinkArgs {
     /// How long the link stays valid (1-60 minutes).
     #[arg(long, default_value_t = 10)]
     minutes: u32,
+    /// The link's lifetime in seconds instead (tests).
+    #[arg(long, hide = true, conflicts_with = "minutes")]
+    seconds: Option<u32>,
     /// Who the link is for (shown in the audit log and the console).
     #[arg(long, default_value = "operator")]
     subject: String,
     /// The address people open the console at; default: `[server] public_url`, else http://127.0.0.1:8080.
-    #[arg(long)]
+    #[arg(long, env = "CHAINKEEPER_PUBLIC_URL")]
     base_url: Option<String>,
 }
 
@@ -309,12 +314,15 @@ async fn identifier(c: IdentifierCommand) -> anyhow::Result<()> {
 }
 
 async fn console_link(a: ConsoleLinkArgs) -> anyhow::Result<()> {
-    let (_, app) = load(&a.storage)?;
+    let app = app_for(&a.storage, a.on.aws).await?;
     let org = a.org.as_deref().map(OrgId::parse).transpose()?;
     if let Some(org) = &org {
         app.orgs.get(org).await?;
     }
-    let (token, expires_at_ms) = app.console.create_link(&a.subject, org.as_ref(), a.scopes, a.minutes).await?;
+    let (token, expires_at_ms) = app
+        .console
+        .create_link(&a.subject, org.as_ref(), a.scopes, a.seconds.unwrap_or(a.minutes.saturating_mul(60)))
+        .await?;
     let base = a.base_url.or_else(|| app.config.server.public_url.clone());
     let base = base.as_deref().unwrap_or("http://127.0.0.1:8080").trim_end_matches('/');
     println!("{base}/console/signin/link?t={token}");
@@ -356,7 +364,13 @@ fn rotate_signing_key(a: RotateArgs) -> anyhow::Result<()> {
 }
 
 fn print_routes(json: bool) -> anyhow::Result<()> {
-    let rows = chainkeeper::api::routes::ROUTES.iter().map(|r| (r.method, r.path, r.function, r.public, r.resource));
+    // The route table, then the console's routes (served by the manage function, public: the console checks its
+    // own sessions).
+    let console = chainkeeper::api::console::GATEWAY_ROUTES.iter().map(|(m, p)| (*m, *p, "manage", true, "console"));
+    let rows = chainkeeper::api::routes::ROUTES
+        .iter()
+        .map(|r| (r.method, r.path, r.function, r.public, r.resource))
+        .chain(console);
     if json {
         let rows: Vec<_> = rows
             .map(|(method, path, function, public, resource)| {

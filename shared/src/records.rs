@@ -230,6 +230,11 @@ impl CredentialKind {
     pub fn uses_provider(self) -> bool {
         matches!(self, Self::Oauth2Code | Self::Oauth2ClientCredentials | Self::Oauth2Password)
     }
+    /// Whether its tokens come from the provider's app registration (`[apps.<provider>]`): the authorization code
+    /// and password grants. Client credentials use the container's own client.
+    pub fn uses_app_registration(self) -> bool {
+        matches!(self, Self::Oauth2Code | Self::Oauth2Password)
+    }
 }
 
 /// The identity an authorization signed in as.

@@ -119,7 +119,7 @@ impl ConsoleBrowser {
     pub async fn step(&mut self, name: &str, actions: Value) -> Value {
         let v = self.try_step(name, actions).await;
         assert_eq!(v["ok"], true, "step {name} failed: {}\n{}", v["error"], page_summary(&v));
-        assert_eq!(v["blocked"], json!([]), "step {name}: nothing may leave loopback");
+        assert_eq!(v["blocked_from_console"], json!([]), "step {name}: no console page asks for anything off loopback");
         assert_accessible(name, &v);
         let csp: Vec<&Value> = v["console"]
             .as_array()

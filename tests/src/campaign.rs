@@ -60,6 +60,26 @@ pub struct Campaign {
     pub seed: u64,
 }
 
+impl Campaign {
+    /// Issue 13's campaign: 5 % transient faults, 2 % lost answers, a crash point half the rounds, Exact's grace
+    /// and profile (`retry_previous`), one process, no auto-recovery, seed 13. Variants change fields from here.
+    pub fn issue_13(chains: usize, rounds: usize, concurrency: usize) -> Self {
+        Self {
+            chains,
+            rounds,
+            transient: 0.05,
+            lost: 0.02,
+            crash: 0.5,
+            grace: true,
+            lost_response: "retry_previous",
+            processes: 1,
+            recovery: false,
+            concurrency,
+            seed: 13,
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Default)]
 pub struct Report {

@@ -4,6 +4,7 @@
 pub mod bi;
 pub mod browser;
 pub mod campaign;
+pub mod console;
 pub mod cred_peer;
 pub mod exact;
 pub mod lambda_runtime;

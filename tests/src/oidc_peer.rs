@@ -40,6 +40,9 @@ pub struct OidcPeerOptions {
     pub refresh_ttl_s: u64,
     /// Listen on this port (0: a free one). A restarted peer on the same port has forgotten every grant.
     pub port: u16,
+    /// Redirect URIs of the console sign-in client (`<client_id>-console` / `<client_secret>-console`, code flow
+    /// with PKCE); none: not registered. Logins like `alice+ck-admins` carry `groups: ["ck-admins"]`.
+    pub console_redirect_uris: Vec<String>,
 }
 
 impl Default for OidcPeerOptions {
@@ -52,6 +55,7 @@ impl Default for OidcPeerOptions {
             access_ttl_s: 60,
             refresh_ttl_s: 24 * 60 * 60,
             port: 0,
+            console_redirect_uris: Vec::new(),
         }
     }
 }
@@ -138,6 +142,9 @@ impl OidcPeer {
             .args(["--refresh-ttl", &opts.refresh_ttl_s.to_string()]);
         for uri in &opts.redirect_uris {
             cmd.args(["--redirect-uri", uri]);
+        }
+        for uri in &opts.console_redirect_uris {
+            cmd.args(["--console-redirect-uri", uri]);
         }
         cmd.current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         let mut child = cmd

@@ -3,14 +3,15 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::console;
 use super::extract::{Body, Caller, Names};
-use super::problem::{Problem, html_escape};
+use super::problem::{Problem, problem_type};
 use crate::app::authorization::Callback;
 use crate::clock::rfc3339;
 
@@ -69,10 +70,10 @@ impl CallbackQuery {
 
 pub async fn callback(State(app): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let q = CallbackQuery::parse(raw.as_deref().unwrap_or(""));
-    let wants_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"));
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let wants_json = accept.contains("application/json") && !accept.contains("text/html");
+    // A browser (it asks for HTML) gets a page for a failure too; a client that does not ask gets the problem.
+    let is_browser = accept.contains("text/html");
     let callback = Callback {
         code: q.code,
         state: q.state,
@@ -80,6 +81,7 @@ pub async fn callback(State(app): State<AppState>, headers: HeaderMap, RawQuery(
     };
     let done = match app.authorization.complete(callback, None).await {
         Ok(done) => done,
+        Err(e) if is_browser => return failure_page(Problem::from(e)),
         Err(e) => return Problem::from(e).into_response(),
     };
     let c = &done.container;
@@ -90,13 +92,52 @@ pub async fn callback(State(app): State<AppState>, headers: HeaderMap, RawQuery(
         }))
         .into_response();
     }
-    Html(format!(
-        "<!doctype html><meta charset=utf-8><title>chainkeeper</title><h1>Authorization complete</h1><p>Container <b>{}</b> of database <b>{}</b> now signs in as <b>{}</b>. You can close this window.</p>",
-        html_escape(c.alias.as_str()),
-        html_escape(c.db.as_str()),
-        html_escape(done.user_name.as_deref().unwrap_or(&done.user_id)),
-    ))
-    .into_response()
+    let provider = match app.containers.details(c).await {
+        Ok(d) => d
+            .record
+            .provider
+            .map(|p| app.config.provider(&p).and_then(|profile| profile.display_name.clone()).unwrap_or(p)),
+        Err(_) => None,
+    };
+    let provider = provider.unwrap_or_else(|| "The provider".to_string());
+    let name = done.user_name.as_deref().unwrap_or(&done.user_id);
+    let title = format!("{provider} connected as {name}");
+    let back = console::org::container_url(c);
+    let body = maud::html! {
+        h1 { (title) }
+        p {
+            "Authorization complete. Container " strong { (c.alias) } " of database " strong { (c.db) }
+            " now signs in as " strong { (name) } "."
+        }
+        @if let Some(id) = &done.single_instance_id { p { "Identity: " code { (id) } } }
+        p { a href=(back) { "Back to the container in the console" } }
+    };
+    with_console_headers((StatusCode::OK, console::layout(None, &title, body)).into_response())
+}
+
+/// A failed authorization as a page a person understands: what went wrong (the problem's title and detail) and
+/// what to do (the registry's remedy), with a way back.
+fn failure_page(p: Problem) -> Response {
+    let remedy = problem_type(p.code).map(|t| t.remedy).unwrap_or("");
+    let body = maud::html! {
+        h1 { "The authorization did not complete" }
+        h2 { (p.title) }
+        p { (p.detail) }
+        @if !remedy.is_empty() { p { strong { "What to do: " } (remedy) } }
+        @if p.code == "different_provider_user" {
+            p { "In the console, " strong { "Sign in as another user" } " on the container's page moves it to the user you sign in as." }
+        }
+        p { a href="/console" { "Back to the console" } }
+    };
+    with_console_headers((p.status, console::layout(None, p.title, body)).into_response())
+}
+
+fn with_console_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(console::CSP));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 #[cfg(test)]

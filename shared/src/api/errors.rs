@@ -418,6 +418,7 @@ impl From<ContainerError> for Problem {
             ContainerError::Chain(e) => general_chain_problem(e),
             ContainerError::Store(e) => e.into(),
             ContainerError::Keys(e) => e.into(),
+            ContainerError::Unexpected(e) => e.into(),
         }
     }
 }

@@ -137,7 +137,7 @@ fn with_common(function: Option<&str>, state: AppState) -> Router {
         .route_layer(from_fn_with_state(auth::Gate { app: state.clone(), limiter }, auth::require_token));
     // The console (its own sessions, not API tokens) is served where the management API is.
     if function.is_none_or(|f| f == "manage") {
-        router = router.merge(console::router(&state));
+        router = router.merge(console::router());
     }
     let mut router = router
         .fallback(not_found)

@@ -18,6 +18,7 @@ use crate::store::{Condition, Put, Store, StoreError};
 
 /// The longest a sign-in link may live.
 pub const MAX_LINK_MINUTES: u32 = 60;
+const MAX_LINK_S: u32 = MAX_LINK_MINUTES * 60;
 /// A session's last-seen time is written at most this often (not on every page).
 const TOUCH_EVERY_MS: Millis = 60_000;
 
@@ -79,22 +80,23 @@ impl ConsoleSessions {
         Self { store: p.store.clone(), clock: p.clock.clone(), config: p.config.clone(), audit }
     }
 
-    /// A single-use sign-in link's token, valid for `minutes`; the operator prints the link.
+    /// A single-use sign-in link's token, valid for `ttl_s` seconds (at most an hour); the operator prints the
+    /// link.
     pub async fn create_link(
         &self,
         sub: &str,
         org: Option<&OrgId>,
         scopes: Vec<String>,
-        minutes: u32,
+        ttl_s: u32,
     ) -> Result<(String, Millis), ConsoleError> {
-        if !(1..=MAX_LINK_MINUTES).contains(&minutes) {
+        if !(1..=MAX_LINK_S).contains(&ttl_s) {
             return Err(ConsoleError::LinkMinutes);
         }
         if scopes.iter().all(|s| s.trim().is_empty()) {
             return Err(ConsoleError::NoScopes);
         }
         let token = format!("{}{}", random_id(), random_id());
-        let expires_at_ms = self.clock.now_ms() + i64::from(minutes) * 60_000;
+        let expires_at_ms = self.clock.now_ms() + i64::from(ttl_s) * 1000;
         let rec = ConsoleLinkRecord {
             sub: sub.to_string(),
             org: org.map(|o| o.to_string()),
@@ -229,7 +231,7 @@ mod tests {
         let clock = ManualClock::new(1_700_000_000_000);
         let app = app(&clock);
         let c = &app.console;
-        let (token, _) = c.create_link("ops", None, vec!["admin".into()], 10).await.unwrap();
+        let (token, _) = c.create_link("ops", None, vec!["admin".into()], 600).await.unwrap();
         let new = c.redeem_link(&token).await.unwrap();
         assert!(matches!(c.redeem_link(&token).await, Err(ConsoleError::LinkUsed)));
         let s = c.session(&new.id).await.unwrap().unwrap();
@@ -237,21 +239,35 @@ mod tests {
         assert!(c.session("other").await.unwrap().is_none());
         clock.advance(std::time::Duration::from_millis(8 * 3600 * 1000 + 1));
         assert!(c.session(&new.id).await.unwrap().is_none(), "idle for 8 h");
-        let (late, _) = c.create_link("ops", None, vec!["admin".into()], 1).await.unwrap();
+        let (late, _) = c.create_link("ops", None, vec!["admin".into()], 60).await.unwrap();
         clock.advance(std::time::Duration::from_secs(61));
         assert!(matches!(c.redeem_link(&late).await, Err(ConsoleError::LinkInvalid)));
-        assert!(matches!(c.create_link("ops", None, vec!["admin".into()], 61).await, Err(ConsoleError::LinkMinutes)));
+        assert!(matches!(c.create_link("ops", None, vec!["admin".into()], 3601).await, Err(ConsoleError::LinkMinutes)));
     }
 
     #[tokio::test]
     async fn sign_out_ends_the_session_and_the_store_never_holds_the_id() {
         let clock = ManualClock::new(1_700_000_000_000);
         let app = app(&clock);
-        let (token, _) = app.console.create_link("ops", None, vec!["admin".into()], 10).await.unwrap();
+        let (token, _) = app.console.create_link("ops", None, vec!["admin".into()], 600).await.unwrap();
         let new = app.console.redeem_link(&token).await.unwrap();
         assert!(app.store.get(&console_session_key(&new.id)).await.unwrap().is_none());
         assert!(app.store.get(&console_session_key(&digest(&new.id))).await.unwrap().is_some());
         app.console.sign_out(&new.id).await.unwrap();
         assert!(app.console.session(&new.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_busy_session_still_ends_twelve_hours_after_sign_in() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let app = app(&clock);
+        let (token, _) = app.console.create_link("ops", None, vec!["admin".into()], 600).await.unwrap();
+        let new = app.console.redeem_link(&token).await.unwrap();
+        for _ in 0..(12 * 60 - 1) {
+            clock.advance(std::time::Duration::from_secs(60));
+            assert!(app.console.session(&new.id).await.unwrap().is_some());
+        }
+        clock.advance(std::time::Duration::from_secs(61));
+        assert!(app.console.session(&new.id).await.unwrap().is_none(), "absolute expiry");
     }
 }

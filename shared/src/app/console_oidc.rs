@@ -95,8 +95,9 @@ impl ConsoleOidc {
         res.json().await.map_err(|e| OidcError::Provider(format!("{url}: {e}")))
     }
 
-    /// Starts a sign-in: the IdP's authorization URL (PKCE S256, state, nonce) to send the browser to.
-    pub async fn start(&self) -> Result<String, OidcError> {
+    /// Starts a sign-in: the IdP's authorization URL (PKCE S256, state, nonce) to send the browser to, and the
+    /// state (the console binds it to the browser with a cookie).
+    pub async fn start(&self) -> Result<(String, String), OidcError> {
         let d = self.discover().await?;
         let client = self.client().await?;
         let (state, nonce, verifier) = (random_id(), random_id(), format!("{}{}", random_id(), random_id()));
@@ -119,7 +120,7 @@ impl ConsoleOidc {
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
-        Ok(url.into())
+        Ok((url.into(), state))
     }
 
     /// Completes a sign-in from the IdP's redirect: the state once, the code exchanged, the ID token verified,
@@ -255,4 +256,89 @@ pub fn verify_id_token(
         return Err(bad("the nonce does not match"));
     }
     Ok(data.claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::keys::local::LocalKeys;
+    use crate::secrets::LocalSecrets;
+    use crate::store::memory::MemoryStore;
+
+    fn app(config: &str) -> Arc<super::super::App> {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let keys = Arc::new(LocalKeys::new(store.clone(), [7u8; 32]));
+        let secrets = Arc::new(LocalSecrets::new(Default::default(), [9u8; 32]));
+        super::super::App::new(store, keys, secrets, Arc::new(clock), Config::from_toml(config).unwrap())
+    }
+
+    const GROUPS: &str = r#"
+[console]
+groups_claim = "roles"
+[[console.groups]]
+value = "acme-read"
+org = "Acme"
+scopes = ["containers.read"]
+[[console.groups]]
+value = "acme-admin"
+org = "acme"
+scopes = ["admin"]
+[[console.groups]]
+value = "ops"
+platform = true
+scopes = ["admin"]
+"#;
+
+    #[test]
+    fn groups_map_to_one_organisation_with_every_matching_scope_and_a_platform_group_wins() {
+        let app = app(GROUPS);
+        let o = &app.console_oidc;
+        let g = o
+            .map_groups(&serde_json::json!({"sub": "s", "name": "Ann", "roles": ["acme-read", "acme-admin", "x"]}))
+            .unwrap();
+        assert_eq!(
+            (g.org.as_deref(), g.scopes.clone(), g.name.as_str()),
+            (Some("acme"), vec!["containers.read".to_string(), "admin".into()], "Ann")
+        );
+        let g = o.map_groups(&serde_json::json!({"sub": "s", "roles": ["acme-read", "ops"]})).unwrap();
+        assert_eq!((g.org, g.scopes), (None, vec!["admin".to_string()]));
+        let g = o.map_groups(&serde_json::json!({"sub": "s", "roles": "acme-read"})).unwrap();
+        assert_eq!(g.org.as_deref(), Some("acme"), "a claim given as one string");
+        for nothing in
+            [serde_json::json!({"sub": "s", "roles": ["other"]}), serde_json::json!({"sub": "s", "groups": ["ops"]})]
+        {
+            assert!(matches!(o.map_groups(&nothing), Err(OidcError::NotAllowed)), "{nothing}");
+        }
+    }
+
+    #[test]
+    fn an_id_token_signed_with_a_shared_secret_or_none_is_refused() {
+        let claims =
+            serde_json::json!({"iss": "https://idp", "aud": "ck", "sub": "s", "exp": 4_000_000_000u64, "nonce": "n"});
+        let hs = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        let jwks = JwkSet { keys: vec![] };
+        assert!(matches!(verify_id_token(&hs, &jwks, "https://idp", "ck", "n"), Err(OidcError::IdToken(_))));
+        let none =
+            format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        assert!(matches!(verify_id_token(&none, &jwks, "https://idp", "ck", "n"), Err(OidcError::IdToken(_))));
+    }
+
+    #[test]
+    fn a_group_row_names_an_organisation_or_the_platform() {
+        for bad in [
+            "[[console.groups]]\nvalue = \"g\"\nscopes = [\"admin\"]",
+            "[[console.groups]]\nvalue = \"g\"\norg = \"a\"\nplatform = true\nscopes = [\"admin\"]",
+            "[[console.groups]]\nvalue = \"g\"\norg = \"a\"\nscopes = []",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
+        assert!(Config::from_toml("[console]\nsession_idle_s = 100\nsession_absolute_s = 10").is_err());
+    }
 }

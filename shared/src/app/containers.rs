@@ -12,6 +12,7 @@ use crate::ids::{Alias, ContainerRef, DbName, OrgId};
 use crate::keys::{ContainerFields, Field, KeyError, Vault};
 use crate::provider::CredentialUse;
 use crate::records::*;
+use crate::secrets::Secrets;
 use crate::store::{Condition, Index, Put, Store, StoreError, Version, WriteOp};
 
 use super::Ports;
@@ -50,6 +51,9 @@ pub enum ContainerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// The secret store could not be read (an app registration).
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
 }
 
 /// A new container.
@@ -100,6 +104,9 @@ pub enum ContainerStatus {
     NotConfigured,
     /// Some credentials are stored, but not all the kind (and its profile) needs: see `missing`.
     CredentialsIncomplete,
+    /// The kind's tokens come from the provider's app registration, and this deployment has none for it: no token
+    /// can be obtained or refreshed until an operator adds `[apps.<provider>]` (in AWS: its secret).
+    AppNotConfigured,
     Healthy,
     /// Someone holds the chain's lease right now.
     Refreshing,
@@ -107,9 +114,30 @@ pub enum ContainerStatus {
 }
 
 impl ContainerStatus {
-    /// `missing`: [`missing_credentials`] of the container.
-    pub fn of(rec: &ContainerRecord, chain: Option<&ChainRecord>, now: Millis, missing: &[&str]) -> Self {
+    /// `missing`: [`missing_credentials`] of the container; `has_app`: whether the deployment has an app
+    /// registration for its provider (only asked of kinds that use one).
+    pub fn of(
+        rec: &ContainerRecord,
+        chain: Option<&ChainRecord>,
+        now: Millis,
+        missing: &[&str],
+        has_app: bool,
+    ) -> Self {
         let nothing_stored = !rec.has_credentials() && rec.username.is_none() && rec.client_id.is_none();
+        let status = Self::without_app_check(rec, chain, now, missing, nothing_stored);
+        // A container never shows healthy (or "authorize me") while no token can be had for it.
+        match status {
+            Self::Healthy | Self::Refreshing | Self::NotAuthorized if !has_app => Self::AppNotConfigured,
+            other => other,
+        }
+    }
+    fn without_app_check(
+        rec: &ContainerRecord,
+        chain: Option<&ChainRecord>,
+        now: Millis,
+        missing: &[&str],
+        nothing_stored: bool,
+    ) -> Self {
         match chain {
             None if rec.kind == CredentialKind::Oauth2Code => Self::NotAuthorized,
             None if nothing_stored => Self::NotConfigured,
@@ -125,6 +153,7 @@ impl ContainerStatus {
             Self::NotAuthorized => "not_authorized",
             Self::NotConfigured => "not_configured",
             Self::CredentialsIncomplete => "credentials_incomplete",
+            Self::AppNotConfigured => "app_not_configured",
             Self::Healthy => "healthy",
             Self::Refreshing => "refreshing",
             Self::NeedsRepair => "needs_repair",
@@ -164,6 +193,7 @@ pub struct Containers {
     vault: Arc<Vault>,
     clock: Arc<dyn Clock>,
     config: Arc<Config>,
+    secrets: Arc<dyn Secrets>,
     engine: Arc<ChainEngine>,
     audit: AuditLog,
 }
@@ -171,7 +201,7 @@ pub struct Containers {
 impl Containers {
     pub fn new(p: &Ports, engine: Arc<ChainEngine>, audit: AuditLog) -> Self {
         let (store, vault, clock, config) = (p.store.clone(), p.vault.clone(), p.clock.clone(), p.config.clone());
-        Self { store, vault, clock, config, engine, audit }
+        Self { store, vault, clock, config, secrets: p.secrets.clone(), engine, audit }
     }
 
     /// Creates a container in an existing database.
@@ -224,7 +254,7 @@ impl Containers {
             Err(e) => return Err(e.into()),
         }
         self.audit.record(&c.org, actor, "container.create", Some(c), "ok", None).await;
-        Ok(self.without_chain(rec))
+        self.without_chain(rec).await
     }
 
     fn known(&self) -> String {
@@ -240,10 +270,19 @@ impl Containers {
         missing_credentials(rec, self.credential_use(rec))
     }
 
-    fn without_chain(&self, record: ContainerRecord) -> ContainerDetails {
+    /// Whether the deployment has the app registration the container's kind needs (true when it needs none).
+    async fn has_app(&self, rec: &ContainerRecord) -> Result<bool, ContainerError> {
+        match (&rec.provider, rec.kind.uses_app_registration()) {
+            (Some(provider), true) => Ok(self.secrets.app(provider).await?.is_some()),
+            _ => Ok(true),
+        }
+    }
+
+    async fn without_chain(&self, record: ContainerRecord) -> Result<ContainerDetails, ContainerError> {
         let missing = self.missing(&record);
-        let status = ContainerStatus::of(&record, None, self.clock.now_ms(), &missing);
-        ContainerDetails { record, chain: None, status, missing, recovery: None }
+        let has_app = self.has_app(&record).await?;
+        let status = ContainerStatus::of(&record, None, self.clock.now_ms(), &missing, has_app);
+        Ok(ContainerDetails { record, chain: None, status, missing, recovery: None })
     }
 
     /// A container with its chain and auto-recovery state.
@@ -262,7 +301,8 @@ impl Containers {
             _ => None,
         };
         let missing = self.missing(&record);
-        let status = ContainerStatus::of(&record, chain.as_ref(), self.clock.now_ms(), &missing);
+        let has_app = self.has_app(&record).await?;
+        let status = ContainerStatus::of(&record, chain.as_ref(), self.clock.now_ms(), &missing, has_app);
         Ok(ContainerDetails { record, chain, status, missing, recovery })
     }
 
@@ -386,7 +426,7 @@ impl Containers {
             self.engine.remove(c).await?;
         }
         self.audit.record(&c.org, actor, "credentials.set", Some(c), "ok", Some(named.join(","))).await;
-        Ok(self.without_chain(rec))
+        self.without_chain(rec).await
     }
 
     /// The stored password and API token of a `password` or `api_token` container, where the organisation allows

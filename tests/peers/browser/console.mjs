@@ -34,7 +34,7 @@ import { readFile, mkdir } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { launchChromium } from './launch.mjs';
+import { isLoopback, launchChromium } from './launch.mjs';
 import { Stop, walkExactSignIn } from './exact-pages.mjs';
 
 function args(argv) {
@@ -77,6 +77,14 @@ if (process.env.CONSOLE_TRACE) {
 let consoleErrors = [];
 page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text().slice(0, 300)); });
 page.on('pageerror', (e) => consoleErrors.push(`script error: ${e.message}`.slice(0, 300)));
+
+// Requests to anything but loopback that a console page made (launch.mjs aborts them all; the IdP's own pages
+// may ask for web fonts, which is not ours to answer for).
+let blockedFromConsole = [];
+page.on('requestfailed', (r) => {
+  const from = (() => { try { return r.frame().url(); } catch { return ''; } })();
+  if (!isLoopback(r.url()) && from.startsWith(`${base}/`)) blockedFromConsole.push(r.url());
+});
 
 const onBase = () => page.url().startsWith(`${base}/`);
 const settle = async () => {
@@ -133,6 +141,8 @@ async function run(action, values) {
       return;
     }
     case 'exact_signin': {
+      // The console hands over with a page whose link its script follows at once: wait until the browser left.
+      if (onBase()) await page.waitForURL((u) => !u.href.startsWith(`${base}/`), { timeout: timeoutMs });
       const creds = { username: v.username, password: v.password, totpSecret: v.totp_secret, emailCode: v.email_code };
       try {
         await walkExactSignIn(page, creds, onBase, v.timeout_ms || 30000);
@@ -223,6 +233,7 @@ async function step(req) {
   const values = {};
   let error = null;
   consoleErrors = [];
+  blockedFromConsole = [];
   for (const action of req.actions || []) {
     try {
       await run(action, values);
@@ -233,8 +244,10 @@ async function step(req) {
   }
   const report = {
     step: req.step, ok: error === null, error, url: page.url(), status, values, blocked: [...blocked], console: consoleErrors,
+    blocked_from_console: blockedFromConsole,
   };
   consoleErrors = [];
+  blockedFromConsole = [];
   try {
     report.title = await page.title();
     report.h1 = (await page.locator('h1').allInnerTexts()).join(' | ');

@@ -35,6 +35,11 @@ try {
       'cc-client-id': { type: 'string' },
       'cc-client-secret': { type: 'string' },
       'ropc-password': { type: 'string' },
+      // A sign-in client for chainkeeper's web console (authorization code + PKCE), registered when a redirect
+      // URI is given.
+      'console-client-id': { type: 'string' },
+      'console-client-secret': { type: 'string' },
+      'console-redirect-uri': { type: 'string', multiple: true },
     },
     strict: true,
     allowPositionals: false,
@@ -74,6 +79,15 @@ const ccClientId = args['cc-client-id'] ?? `${clientId}-cc`;
 const ccClientSecret = args['cc-client-secret'] ?? `${clientSecret}-cc`;
 // The resource-owner password grant (not built into oidc-provider; registered below): every user's password.
 const ropcPassword = args['ropc-password'] ?? 'correct horse battery staple';
+const consoleClientId = args['console-client-id'] ?? `${clientId}-console`;
+const consoleClientSecret = args['console-client-secret'] ?? `${clientSecret}-console`;
+const consoleRedirectUris = (args['console-redirect-uri'] ?? []).flatMap((v) => v.split(',')).map((v) => v.trim()).filter(Boolean);
+
+// A login name may carry groups after `+`: `alice+ck-admins+ck-readers` signs in as `alice+ck-admins+ck-readers`
+// (the sub) named `alice`, in groups ["ck-admins", "ck-readers"] (the `groups` claim, with scope `profile`).
+function groupsOf(login) {
+  return login.split('+').slice(1).filter(Boolean);
+}
 
 const { default: Provider } = await import('oidc-provider');
 
@@ -117,23 +131,40 @@ const provider = new Provider(issuer, {
       grant_types: ['client_credentials'],
       token_endpoint_auth_method: tokenAuth,
     },
+    ...(consoleRedirectUris.length === 0
+      ? []
+      : [
+          {
+            client_id: consoleClientId,
+            client_secret: consoleClientSecret,
+            client_name: 'chainkeeper console (test)',
+            application_type: 'web',
+            redirect_uris: consoleRedirectUris,
+            response_types: ['code'],
+            grant_types: ['authorization_code'],
+            token_endpoint_auth_method: 'client_secret_basic',
+            scope: 'openid profile email',
+          },
+        ]),
   ],
   // Any login is accepted; the login name is the account id and `sub`.
   async findAccount(_ctx, id) {
     return {
       accountId: id,
       async claims() {
+        const name = id.split('+')[0];
         return {
           sub: id,
-          name: id,
-          email: id.includes('@') ? id : `${id}@example.test`,
+          name,
+          email: name.includes('@') ? name : `${name}@example.test`,
+          groups: groupsOf(id),
         };
       },
     };
   },
   claims: {
     openid: ['sub'],
-    profile: ['name'],
+    profile: ['name', 'groups'],
     email: ['email'],
   },
   scopes: ['openid', 'profile', 'email', 'offline_access'],
@@ -152,6 +183,9 @@ const provider = new Provider(issuer, {
   // Refresh tokens are not tied to the browser session (they survive it, like offline tokens).
   expiresWithSession: async () => false,
   rotateRefreshToken: true,
+  // The ID token carries the scopes' claims (name, email, groups) in the code flow too: the console reads the
+  // person's groups from it.
+  conformIdTokenClaims: false,
   clockTolerance: 0,
   ttl: {
     AccessToken: accessTtl,

@@ -134,19 +134,7 @@ async fn lambda_init(dir: &std::path::Path) -> anyhow::Result<()> {
 async fn faults(chains: usize, rounds: usize, only: &str) -> anyhow::Result<()> {
     use chainkeeper_e2e::campaign::{Campaign, run};
     println!("\n## provider fault campaign: {chains} chains x {rounds} rounds, 5 % transient faults, 2 % lost answers");
-    let base = Campaign {
-        chains,
-        rounds,
-        transient: 0.05,
-        lost: 0.02,
-        crash: 0.5,
-        grace: true,
-        lost_response: "retry_previous",
-        processes: 1,
-        recovery: false,
-        concurrency: 64,
-        seed: 13,
-    };
+    let base = Campaign::issue_13(chains, rounds, 64);
     let runs = [
         ("grace-on", "grace on, 1 process, lost_response = retry_previous (Exact's profile)", base.clone()),
         (

@@ -492,6 +492,54 @@ async fn functions_serve_lambda_events_on_dynamodb_kms_and_secrets_manager() {
     }
 }
 
+/// The web console through the `manage` function (as API Gateway's `/console/{proxy+}` events reach it): a
+/// sign-in link made with `chainkeeper console-link --aws`, used once, and the organisation's page rendered from
+/// DynamoDB with the session cookie (https: `__Host-`, `Secure`) and the CSP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_signs_in_and_renders_through_the_manage_function() {
+    use chainkeeper_e2e::lambda_runtime::http_event;
+    let d = Deployment::start("").await;
+    let manage = d.function("manage").await;
+    let r = manage.invoke(http_event("POST", "/v1/orgs", Some(&d.token), Some(r#"{"name":"acme"}"#))).await.unwrap();
+    assert_eq!(r["statusCode"], 201, "{r}");
+    let out = std::process::Command::new(chainkeeper_e2e::cli_bin())
+        .args(["console-link", "--aws", "--org", "acme", "--scope", "admin"])
+        .env_remove("CHAINKEEPER_DATA_DIR")
+        .envs(d.env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("AWS_REGION", "eu-west-1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "console-link --aws (built with --features chainkeeper-cli/aws?): {err}");
+    let link = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(link.starts_with("https://ck.example/console/signin/link?t="), "{link}");
+    let token = link.split("t=").nth(1).unwrap();
+
+    let html = |method: &str, path: &str, cookie: Option<&str>, body: Option<&str>| {
+        let mut e = http_event(method, path, None, body);
+        e["headers"]["accept"] = serde_json::json!("text/html");
+        e["headers"]["content-type"] = serde_json::json!("application/x-www-form-urlencoded");
+        if let Some(c) = cookie {
+            e["cookies"] = serde_json::json!([c]);
+        }
+        e
+    };
+    let r = manage.invoke(html("GET", &format!("/console/signin/link?t={token}"), None, None)).await.unwrap();
+    assert_eq!(r["statusCode"], 200, "{r}");
+    let r = manage.invoke(html("POST", "/console/signin/link", None, Some(&format!("t={token}")))).await.unwrap();
+    assert_eq!(r["statusCode"], 303, "{r}");
+    let set = r["cookies"].as_array().and_then(|c| c.first()).and_then(|c| c.as_str()).unwrap_or("").to_string();
+    assert!(set.starts_with("__Host-chainkeeper_console=") && set.contains("Secure"), "{r}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let r = manage.invoke(html("GET", "/console/orgs/acme", Some(&cookie), None)).await.unwrap();
+    assert_eq!(r["statusCode"], 200, "{r}");
+    assert!(r["body"].as_str().unwrap_or("").contains("Organisation acme"), "{r}");
+    assert!(r["headers"]["content-security-policy"].as_str().unwrap_or("").starts_with("default-src 'none'"), "{r}");
+    // Used once.
+    let r = manage.invoke(html("POST", "/console/signin/link", None, Some(&format!("t={token}")))).await.unwrap();
+    assert_eq!(r["statusCode"], 410, "{r}");
+}
+
 /// "In AWS the cache is per warm Lambda instance unless the profile opts into the store": two instances of the
 /// `query` function with `cache_in_store`; the second serves the page the first fetched from DynamoDB without a
 /// provider call, the item holds none of the rows' text (sealed under the organisation's KMS key), and after the

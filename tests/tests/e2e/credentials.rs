@@ -163,6 +163,19 @@ async fn wrong_combinations_are_refused_and_incomplete_containers_are_not_health
     api.put(&format!("{}/credentials", c("sql")), json!({"username": "sa", "password": PASSWORD})).await;
     assert_eq!(api.get(&c("sql")).await.body["status"], "healthy");
     api.get(&format!("{}/query/data", c("sql"))).await.assert_problem(409, "unknown_provider");
+    // Password grant and authorization code use the provider's app registration: without one (peer-cc has none),
+    // the container says so instead of showing healthy (or "authorize me") until its first token request fails.
+    api.create_container("acme", "main", "ropc", "oauth2_password", Some("peer-cc")).await;
+    api.put(&format!("{}/credentials", c("ropc")), json!({"username": "ann", "password": PASSWORD})).await;
+    assert_eq!(api.get(&c("ropc")).await.body["status"], "app_not_configured");
+    api.post(&format!("{}/token", c("ropc")), json!({})).await.assert_problem(409, "app_not_configured");
+    api.get(&format!("{}/query/data", c("ropc"))).await.assert_problem(409, "app_not_configured");
+    api.create_container("acme", "main", "code", "oauth2_code", Some("peer-cc")).await;
+    let listed = api.get("/v1/orgs/acme/databases/main/containers").await.body.to_string();
+    assert!(listed.contains("app_not_configured"), "{listed}");
+    assert_eq!(api.get(&c("code")).await.body["status"], "app_not_configured");
+    // Client credentials use the container's own client: no app registration needed.
+    assert_ne!(api.get(&c("cc")).await.body["status"], "app_not_configured");
     // An unknown profile is refused for every kind.
     let r = api
         .post("/v1/orgs/acme/databases/main/containers", json!({"alias": "x", "kind": "api_token", "provider": "nope"}))

@@ -11,6 +11,7 @@ mod aws_iam;
 mod aws_recovery_queue;
 mod bi;
 mod cli;
+mod console;
 mod console_browser;
 mod credentials;
 mod exact_engine;

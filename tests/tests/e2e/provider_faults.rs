@@ -146,51 +146,36 @@ async fn a_reset_before_the_request_was_read_is_healed_by_the_probe_at_once() {
     assert_eq!((stats.refresh_requests, stats.refreshes_succeeded, stats.invalid_grant), (2, 1, 0), "{stats:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_answer_without_the_grace_is_tried_once_then_recovered_without_a_person() {
-    let h = ExactHarness::start(|_| {}).await;
+/// Without Exact's grace a lost answer breaks the chain, and auto-recovery starts at once. `profile`: extra lines of
+/// the Exact profile; `old_token_uses`: how often the provider then saw the previous refresh token.
+async fn a_lost_answer_without_the_grace_is_recovered_without_a_person(profile: &str, old_token_uses: u64) {
+    let h = ExactHarness::start_with(|_| {}, profile).await;
     store_recovery(&h).await;
     h.advance(secs(601));
     h.sim.fail_next_token_requests(1, Fault::LoseResponse);
-    // Exact killed the previous token with the lost refresh: the one probe with it says so, and auto-recovery
-    // starts at once.
     h.api.post(&h.token_path(), json!({})).await.assert_problem(409, "refresh_response_lost");
     let view = wait_for_status(&h, "healthy").await;
     assert_eq!((view["status"].as_str(), view["chain"]["generation"].as_u64()), (Some("healthy"), Some(2)), "{view}");
     assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 200);
-    assert_eq!(h.sim.stats().old_refresh_token_used, 1, "the previous token was presented exactly once");
+    assert_eq!(h.sim.stats().old_refresh_token_used, old_token_uses);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_without_the_grace_is_tried_once_then_recovered_without_a_person() {
+    // Exact killed the previous token with the lost refresh: the one probe with it says so (one old-token use).
+    a_lost_answer_without_the_grace_is_recovered_without_a_person("", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_that_says_needs_repair_recovers_at_once_without_presenting_the_old_token() {
-    let h = ExactHarness::start_with(|_| {}, "lost_response = \"needs_repair\"").await;
-    store_recovery(&h).await;
-    h.advance(secs(601));
-    h.sim.fail_next_token_requests(1, Fault::LoseResponse);
-    h.api.post(&h.token_path(), json!({})).await.assert_problem(409, "refresh_response_lost");
-    let view = wait_for_status(&h, "healthy").await;
-    assert_eq!((view["status"].as_str(), view["chain"]["generation"].as_u64()), (Some("healthy"), Some(2)), "{view}");
-    assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 200);
-    assert_eq!(h.sim.stats().old_refresh_token_used, 0);
+    a_lost_answer_without_the_grace_is_recovered_without_a_person("lost_response = \"needs_repair\"", 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_fault_campaign_breaks_no_chain() {
     use chainkeeper_e2e::campaign::{Campaign, run};
     // 1,000 refreshes over 100 chains: 5 % transient faults, 2 % lost answers, crash points, Exact's grace on.
-    let cfg = Campaign {
-        chains: 100,
-        rounds: 10,
-        transient: 0.05,
-        lost: 0.02,
-        crash: 0.5,
-        grace: true,
-        lost_response: "retry_previous",
-        processes: 1,
-        recovery: false,
-        concurrency: 32,
-        seed: 13,
-    };
+    let cfg = Campaign::issue_13(100, 10, 32);
     let r = run(&cfg).await.unwrap();
     r.print("short fault campaign");
     assert_eq!(r.refreshes_needed, 1000);
@@ -211,19 +196,7 @@ async fn a_short_fault_campaign_breaks_no_chain() {
 async fn a_short_fault_campaign_in_two_processes_breaks_no_chain() {
     use chainkeeper_e2e::campaign::{Campaign, run};
     // Two `chainkeeper-bench faults-worker` processes on one SQLite file, each asking every chain every round.
-    let cfg = Campaign {
-        chains: 30,
-        rounds: 4,
-        transient: 0.05,
-        lost: 0.02,
-        crash: 0.5,
-        grace: true,
-        lost_response: "retry_previous",
-        processes: 2,
-        recovery: false,
-        concurrency: 16,
-        seed: 13,
-    };
+    let cfg = Campaign { processes: 2, ..Campaign::issue_13(30, 4, 16) };
     let r = run(&cfg).await.unwrap();
     r.print("short fault campaign, two processes");
     assert_eq!((r.refreshes_needed, r.caller_requests), (120, 240), "each process asked every chain: {r:?}");
@@ -250,19 +223,7 @@ async fn a_short_fault_campaign_without_the_grace_ends_every_break_in_auto_recov
     use chainkeeper_e2e::campaign::{Campaign, run};
     // Grace off: every lost answer breaks its chain (`refresh_response_lost`); each chain has auto-recovery
     // credentials (a real sign-in at the simulator's B2C flow), and the campaign goes on with the new chains.
-    let cfg = Campaign {
-        chains: 30,
-        rounds: 12,
-        transient: 0.05,
-        lost: 0.02,
-        crash: 0.5,
-        grace: false,
-        lost_response: "retry_previous",
-        processes: 1,
-        recovery: true,
-        concurrency: 16,
-        seed: 13,
-    };
+    let cfg = Campaign { grace: false, recovery: true, ..Campaign::issue_13(30, 12, 16) };
     let r = run(&cfg).await.unwrap();
     r.print("short fault campaign, grace off, auto-recovery");
     let lost = r.faults_by_kind.get("lose").copied().unwrap_or(0)

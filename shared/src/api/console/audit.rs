@@ -7,7 +7,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use maud::{Markup, html};
 
-use super::tokens::require_route;
 use super::{FieldErrors, PageResult, Signed, input, page_with, problem_page, when};
 use crate::api::AppState;
 use crate::api::routes::Handler;
@@ -67,7 +66,7 @@ pub async fn show(
     Path(org): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> PageResult {
-    require_route(&s, &app, Handler::Audit, Some(&org))?;
+    s.require_route(&app, Handler::Audit, Some(&org))?;
     let org_id = OrgId::parse(&org).map_err(|e| problem_page(&s, e))?;
     let get = |k: &str| q.get(k).map_or("", |v| v.trim());
     let keep = |v: &str| v.chars().take(MAX_FILTER + 20).collect::<String>();

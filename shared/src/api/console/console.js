@@ -8,3 +8,10 @@ document.addEventListener("click", function (event) {
     button.textContent = "Copied";
   });
 });
+
+// A hand-over page (to a provider's or identity provider's sign-in): follow its link at once. Script, not a
+// redirect after the form, because the CSP's form-action 'self' also covers a form's redirects in Chromium.
+document.addEventListener("DOMContentLoaded", function () {
+  var next = document.querySelector("a[data-autofollow]");
+  if (next) window.location.assign(next.href);
+});

@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use secrecy::SecretString;
 
 use super::org::{broken_reason, container_url, kind_name, org_url, status_text};
-use super::{Action, FieldErrors, PageResult, Signed, input, page_with, problem_page, see_other, when};
+use super::{Action, FieldErrors, PageResult, Refused, Signed, input, page_with, problem_page, see_other, when};
 use crate::api::AppState;
 use crate::app::containers::{ContainerDetails, Credentials};
 use crate::app::recovery::{DEFAULT_RETENTION_DAYS, RecoveryCredentials, RecoveryError};
@@ -24,11 +24,11 @@ const AUDIT_SHOWN: usize = 20;
 
 type Names = (String, String, String);
 
-fn container_ref(s: &Signed, (org, db, alias): &Names) -> Result<ContainerRef, axum::response::Response> {
+fn container_ref(s: &Signed, (org, db, alias): &Names) -> Result<ContainerRef, Refused> {
     let parse = || -> Result<ContainerRef, crate::ids::InvalidName> {
         Ok(ContainerRef { org: OrgId::parse(org)?, db: DbName::parse(db)?, alias: Alias::parse(alias)? })
     };
-    parse().map_err(|e| problem_page(s, e))
+    parse().map_err(|e| problem_page(s, e).into())
 }
 
 /// The values (never a secret) and errors of the page's forms, when one is shown again.
@@ -95,7 +95,7 @@ async fn render(app: &AppState, s: &Signed, names: &Names, forms: &Forms, status
             section aria-labelledby="audit-h" {
                 h2 id="audit-h" { "Audit log of this container" }
                 @if entries.is_empty() { p { "No entries yet." } } @else {
-                    div class="table-wrap" {
+                    div class="table-wrap" tabindex="0" role="region" aria-label="Audit entries, newest first" {
                         table {
                             caption { "Newest first" }
                             thead { tr { th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "What" } th scope="col" { "Outcome" } } }
@@ -257,14 +257,40 @@ fn credential_form(s: &Signed, c: &ContainerRef, d: &ContainerDetails, f: &Forms
     }
 }
 
-/// `POST …/authorize`: starts the authorization and sends the browser to the provider.
+/// `POST …/authorize`: starts the authorization, then a page that sends the browser on to the provider. Not a 303:
+/// Chromium applies the CSP's `form-action 'self'` to a form's redirects too, so the provider is reached by a link
+/// (followed at once by `console.js`, or by a click without script).
 pub async fn authorize(State(app): State<AppState>, s: Signed, Path(names): Path<Names>, body: Bytes) -> PageResult {
     let f = s.form(&body)?;
     s.require(&app, Action::Authorize, Some(&names.0))?;
     let c = container_ref(&s, &names)?;
     let replace_user = f.get("replace_user") == "true";
+    let d = app.containers.details(&c).await.map_err(|e| problem_page(&s, e))?;
     let started = app.authorization.start(&c, &s.session.sub, replace_user).await.map_err(|e| problem_page(&s, e))?;
-    Ok(see_other(&started.authorize_url))
+    let provider = d
+        .record
+        .provider
+        .as_deref()
+        .map(|p| {
+            app.config.provider(p).and_then(|profile| profile.display_name.clone()).unwrap_or_else(|| p.to_string())
+        })
+        .unwrap_or_else(|| "the provider".to_string());
+    Ok(leave_for(&s, &provider, &started.authorize_url, replace_user))
+}
+
+/// The page that hands the browser over to the provider's sign-in.
+fn leave_for(s: &Signed, provider: &str, url: &str, replace_user: bool) -> axum::response::Response {
+    let title = format!("Sign in at {provider}");
+    let body = html! {
+        h1 { (title) }
+        p {
+            @if replace_user { "Sign in as the user who should take over this container. " }
+            @else { "Sign in as the container's user to renew its authorization. " }
+            "You come back here when you are done."
+        }
+        p { a id="continue" href=(url) data-autofollow="true" { "Continue to " (provider) } }
+    };
+    super::page(s, &title, body)
 }
 
 /// `POST …/auto-recovery`.
@@ -314,7 +340,7 @@ pub async fn recovery(State(app): State<AppState>, s: Signed, Path(names): Path<
             forms.recovery_errors.add("retention_days", "Give a number of days from 1 to 90.");
             render(&app, &s, &names, &forms, StatusCode::UNPROCESSABLE_ENTITY).await
         }
-        Err(e) => Err(problem_page(&s, e)),
+        Err(e) => Err(problem_page(&s, e).into()),
     }
 }
 
@@ -377,6 +403,6 @@ pub async fn credentials(State(app): State<AppState>, s: Signed, Path(names): Pa
             forms.cred_errors.add(name, "This container does not take this field.");
             render(&app, &s, &names, &forms, StatusCode::UNPROCESSABLE_ENTITY).await
         }
-        Err(e) => Err(problem_page(&s, e)),
+        Err(e) => Err(problem_page(&s, e).into()),
     }
 }

@@ -7,11 +7,13 @@
 //!
 //! 1. A module `console/<area>.rs` with handlers; one line per route in [`router`] (`.route("/console/…", get(…))`).
 //! 2. A handler takes `s: Signed` (the session; a request without one is sent to the sign-in page, so a handler
-//!    that has `Signed` is signed in) and returns [`PageResult`] (`Result<Response, Response>`: `?` works on every
-//!    helper here).
-//! 3. Check the scope first: `s.require(&app, Action::X, Some(&org))?` (`org`: the organisation in the path,
-//!    `None` for platform pages). Add the action to [`Action`] and [`ACTIONS`], naming the API route (`Handler`)
-//!    whose scope it needs; a session without it gets the 403 page.
+//!    that has `Signed` is signed in) and returns [`PageResult`] (`Result<Response, Refused>`: `?` works on every
+//!    helper here, and on any `Response` error: `.map_err(|e| problem_page(&s, e))?`).
+//! 3. Check the scope first, as the API route the page or action stands for:
+//!    `s.require_route(&app, Handler::CreateApiToken, Some(&org))?` (`org`: the organisation in the path, `None`
+//!    for platform pages; `Handler` from `api::routes`). A session without the route's scope, or of another
+//!    organisation, gets the 403 page. `s.allowed_route(…)` (a bool) decides whether to show a form at all. (This
+//!    module's own pages name theirs in [`ACTIONS`] and call `s.require(&app, Action::X, …)`.)
 //! 4. Render with the layout: `Ok(page(&s, "Title", html! { h1 { "Title" } … }))` ([`page`]; [`page_with`] for
 //!    another status). One `h1` per page, then `h2`, `h3` in order; every control has a `label`.
 //! 5. Forms: `form method="post" action="…" { (s.csrf_field()) … }`. A POST handler takes `body: Bytes` and calls
@@ -23,9 +25,15 @@
 //! 7. A use-case error: `.map_err(|e| problem_page(&s, e))?` renders the problem registry's title, the detail and
 //!    what to do (never JSON, never a secret). After a successful POST, redirect: `Ok(see_other(url))`.
 //!
+//! 8. Nothing may leave for another site from a form: Chromium applies the CSP's `form-action 'self'` to a form's
+//!    redirects too. Send the browser on with a link instead (`a id="continue" href=… data-autofollow="true"`,
+//!    which `console.js` follows at once; see `container::authorize`).
+//!
 //! Every response under `/console` gets the security headers ([`security_headers`]: the CSP, no framing, no
-//! caching, no referrer). Static files: `/console/static/console.css` and `/console/static/console.js` (a copy
-//! button: `button type="button" data-copy="ID"` copies the text of the element with id `ID`).
+//! caching, no referrer), and a POST another site sends is refused. A table goes in
+//! `div class="table-wrap" tabindex="0" role="region" aria-label="…"` (it scrolls sideways at phone width, so the
+//! keyboard must reach it). Static files: `/console/static/console.css` and `/console/static/console.js` (a copy
+//! button: `button type="button" data-copy="ID"` copies the text of the element with id `ID`; a hand-over link).
 
 pub mod audit;
 pub mod container;
@@ -53,39 +61,39 @@ use crate::auth::allows;
 pub use session::Signed;
 
 /// The Content-Security-Policy of every console response: our own script and style only, forms post only to
-/// us (the OIDC and provider redirects leave with a 303, which `form-action` does not block), no framing.
+/// us, no framing. Chromium applies `form-action` to a form's redirects as well, so nothing leaves for another
+/// site from a form: the OIDC sign-in starts from a link, and a provider's authorization from a hand-over page
+/// whose link `console.js` follows.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// [`CSP`] with `form-action` widened to where the console's forms lead on: the origin of each provider's
-/// authorize URL and of the OIDC issuer. Chromium applies `form-action` to every redirect that follows a form post
-/// (a 303 to another origin is refused, and reported as the form's own URL), so "Authorize", "Renew
-/// authorization", "Sign in as another user" and the OIDC sign-in button need those origins listed.
-pub fn csp(config: &crate::config::Config) -> String {
-    let mut origins: Vec<String> = Vec::new();
-    let urls = config.providers.values().map(|p| p.authorize_url.as_str()).chain(config.console.issuer.as_deref());
-    for u in urls {
-        if let Ok(u) = url::Url::parse(u)
-            && matches!(u.scheme(), "https" | "http")
-        {
-            let origin = u.origin().ascii_serialization();
-            if !origins.contains(&origin) {
-                origins.push(origin);
-            }
-        }
+/// The console's routes as API Gateway serves them (all by the `manage` function): `chainkeeper routes` prints
+/// them after the route table, and the SAM template has one HttpApi event each (`infra/validate.sh` checks).
+/// `{*proxy}` is API Gateway's greedy `{proxy+}`. The console's own router ([`router`]) decides the rest.
+pub const GATEWAY_ROUTES: &[(&str, &str)] =
+    &[("GET", "/console"), ("GET", "/console/{*proxy}"), ("POST", "/console/{*proxy}")];
+
+/// What a console handler returns: a page, or an error page / redirect ([`Refused`]).
+pub type PageResult = Result<Response, Refused>;
+
+/// A page that ends a handler early (403, a problem page, a redirect to sign in): `?` turns any `Response` into
+/// one. Boxed, so that every `Result` stays small.
+pub struct Refused(Box<Response>);
+
+impl From<Response> for Refused {
+    fn from(r: Response) -> Self {
+        Self(Box::new(r))
     }
-    if origins.is_empty() {
-        return CSP.to_string();
-    }
-    CSP.replace("form-action 'self'", &format!("form-action 'self' {}", origins.join(" ")))
 }
 
-/// What a console handler returns: a page, or an error page / redirect.
-pub type PageResult = Result<Response, Response>;
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
 
 /// Every console route. Merged into `serve`'s router and the `manage` function's.
-pub fn router(app: &AppState) -> Router<AppState> {
-    let csp = HeaderValue::from_str(&csp(&app.config)).expect("origins are ASCII");
+pub fn router() -> Router<AppState> {
     Router::new()
         .route("/console", get(org::home))
         .route("/console/", get(org::home))
@@ -93,7 +101,7 @@ pub fn router(app: &AppState) -> Router<AppState> {
         .route("/console/static/console.js", get(js))
         .route("/console/signin", get(signin::page))
         .route("/console/signin/link", get(signin::link_page).post(signin::link))
-        .route("/console/signin/oidc", post(signin::oidc_start))
+        .route("/console/signin/oidc", get(signin::oidc_start))
         .route("/console/signin/callback", get(signin::oidc_callback))
         .route("/console/signout", post(signin::sign_out))
         .route("/console/orgs/{org}", get(org::show))
@@ -114,8 +122,9 @@ pub fn router(app: &AppState) -> Router<AppState> {
         .route("/console/orgs/{org}/webhook/delete", post(webhook::delete))
         .route("/console/orgs/{org}/audit", get(audit::show))
         .route("/console/platform", get(platform::show))
-        .fallback(console_not_found)
-        .layer(axum::middleware::from_fn_with_state(csp, security_headers))
+        // Its own 404 page for anything else under /console (a merged router's fallback would not be kept).
+        .route("/console/{*rest}", get(console_not_found).post(console_not_found))
+        .layer(axum::middleware::from_fn(security_headers))
 }
 
 /// What a person can do in the console. Each stands for one API route: its scopes are that route's.
@@ -153,14 +162,26 @@ pub const ACTIONS: &[(Action, Handler)] = &[
 /// The API route an action stands for: (method, resource, platform only).
 pub fn scope_of(action: Action) -> (Method, &'static str, bool) {
     let handler = ACTIONS.iter().find(|(a, _)| *a == action).map(|(_, h)| *h).expect("every action is in ACTIONS");
-    let route = ROUTES.iter().find(|r| r.handler == handler).expect("every action's handler is in the route table");
+    route_scope(handler)
+}
+
+/// The scope of an API route: (method, resource, platform only).
+pub fn route_scope(handler: Handler) -> (Method, &'static str, bool) {
+    let route = ROUTES.iter().find(|r| r.handler == handler).expect("every console handler is in the route table");
     (route.method.parse().expect("route table methods are valid"), route.resource, route.platform_only())
 }
 
 impl Signed {
-    /// May this session do `action` on `org` (`None`: a platform page)? Otherwise the 403 page.
+    /// May this session do `action` on `org` (`None`: a platform page)?
     pub fn allowed(&self, app: &AppState, action: Action, org: Option<&str>) -> bool {
-        let (method, resource, platform_only) = scope_of(action);
+        self.allowed_route(app, ACTIONS.iter().find(|(a, _)| *a == action).map(|(_, h)| *h).expect("in ACTIONS"), org)
+    }
+
+    /// May this session do what the API route `handler` does, on `org` (`None`: a platform page)? The same rules
+    /// as `api::auth` applies to a token: its organisation (a platform session reaches every one; an
+    /// organisation's never a platform-only route) and `auth::allows` on the route's resource and method.
+    pub fn allowed_route(&self, app: &AppState, handler: Handler, org: Option<&str>) -> bool {
+        let (method, resource, platform_only) = route_scope(handler);
         let s = &self.session;
         let org_ok = match (&s.org, org) {
             (None, _) => true,
@@ -171,18 +192,24 @@ impl Signed {
     }
 
     /// [`Signed::allowed`], or the 403 page.
-    pub fn require(&self, app: &AppState, action: Action, org: Option<&str>) -> Result<(), Response> {
-        if self.allowed(app, action, org) {
+    pub fn require(&self, app: &AppState, action: Action, org: Option<&str>) -> Result<(), Refused> {
+        self.require_route(app, ACTIONS.iter().find(|(a, _)| *a == action).map(|(_, h)| *h).expect("in ACTIONS"), org)
+    }
+
+    /// [`Signed::allowed_route`], or the 403 page naming the scope it needs.
+    pub fn require_route(&self, app: &AppState, handler: Handler, org: Option<&str>) -> Result<(), Refused> {
+        if self.allowed_route(app, handler, org) {
             return Ok(());
         }
-        let (method, resource, _) = scope_of(action);
+        let (method, resource, _) = route_scope(handler);
         let needed = crate::auth::accepted_scopes(&method, resource).join(" or ");
         Err(message_page(
             Some(self),
             StatusCode::FORBIDDEN,
             "Not allowed",
             &format!("Your session does not allow this: it needs the scope {needed} for this organisation."),
-        ))
+        )
+        .into())
     }
 
     /// The hidden CSRF field every form carries.
@@ -191,7 +218,7 @@ impl Signed {
     }
 
     /// The form's fields, once its CSRF token matched this session's; otherwise the 403 page.
-    pub fn form(&self, body: &[u8]) -> Result<Fields, Response> {
+    pub fn form(&self, body: &[u8]) -> Result<Fields, Refused> {
         let fields = Fields::parse(body);
         let given = fields.get("csrf");
         if !constant_time_eq(given.as_bytes(), self.session.csrf.as_bytes()) || given.is_empty() {
@@ -200,7 +227,8 @@ impl Signed {
                 StatusCode::FORBIDDEN,
                 "Form expired",
                 "This form was not sent from your current console session. Go back, reload the page and try again.",
-            ));
+            )
+            .into());
         }
         Ok(fields)
     }
@@ -316,6 +344,7 @@ pub fn layout(s: Option<&Signed>, title: &str, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · chainkeeper" }
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href="/console/static/console.css";
                 script src="/console/static/console.js" defer {}
             }
@@ -376,15 +405,19 @@ async fn console_not_found() -> Response {
     message_page(None, StatusCode::NOT_FOUND, "Page not found", "There is no console page at this address.")
 }
 
-/// The security headers of every console response.
-pub async fn security_headers(
-    axum::extract::State(csp): axum::extract::State<HeaderValue>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let mut res = next.run(req).await;
+/// The security headers of every console response. A form posted from another site (`Sec-Fetch-Site:
+/// cross-site`, which browsers send) is refused before any handler: besides the CSRF token, this keeps another
+/// site from signing a browser in with a link or an IdP sign-in of its own (login CSRF).
+pub async fn security_headers(req: Request, next: Next) -> Response {
+    let cross_site = req.method() == Method::POST
+        && req.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    let mut res = if cross_site {
+        message_page(None, StatusCode::FORBIDDEN, "Form refused", "This form was sent from another site.")
+    } else {
+        next.run(req).await
+    };
     let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, csp);
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));

@@ -50,6 +50,7 @@ pub fn status_text(d: &ContainerDetails) -> (&'static str, &'static str) {
         ContainerStatus::NotAuthorized => ("Not authorized yet", "todo"),
         ContainerStatus::NotConfigured => ("Not configured", "todo"),
         ContainerStatus::CredentialsIncomplete => ("Credentials incomplete", "todo"),
+        ContainerStatus::AppNotConfigured => ("No app registration (ask the operator)", "bad"),
     }
 }
 
@@ -140,11 +141,11 @@ async fn render(app: &AppState, s: &Signed, org: &str, forms: &Forms, status: St
         h2 { "Databases" }
         @if dbs.is_empty() { p { "No databases yet." } }
         @for (db, containers) in &listed {
-            section aria-labelledby=(format!("db-{}", db.name)) {
-                h3 id=(format!("db-{}", db.name)) { "Database " (db.name) }
+            section aria-labelledby=(format!("database-{}", db.name)) {
+                h3 id=(format!("database-{}", db.name)) { "Database " (db.name) }
                 @if let Some(d) = &db.description { p { (d) } }
                 @if containers.is_empty() { p { "No containers." } } @else {
-                    div class="table-wrap" {
+                    div class="table-wrap" tabindex="0" role="region" aria-label=(format!("Containers of {}", db.name)) {
                         table {
                             caption { "Containers of " (db.name) }
                             thead { tr { th scope="col" { "Container" } th scope="col" { "Kind" } th scope="col" { "Status" } th scope="col" { "Last successful refresh" } } }
@@ -261,7 +262,7 @@ pub async fn create_db(State(app): State<AppState>, s: Signed, Path(org): Path<S
             forms.db_errors.add("name", "A database with this name exists already.");
             render(&app, &s, &org, &forms, StatusCode::CONFLICT).await
         }
-        Err(e) => Err(problem_page(&s, e)),
+        Err(e) => Err(problem_page(&s, e).into()),
     }
 }
 
@@ -317,6 +318,6 @@ pub async fn create_container(
             forms.ctr_errors.add("provider", "This provider cannot serve this kind of container.");
             render(&app, &s, &org, &forms, StatusCode::UNPROCESSABLE_ENTITY).await
         }
-        Err(e) => Err(problem_page(&s, e)),
+        Err(e) => Err(problem_page(&s, e).into()),
     }
 }

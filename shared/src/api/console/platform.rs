@@ -5,14 +5,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use maud::html;
 
-use super::tokens::require_route;
 use super::{PageResult, Signed, page_with, problem_page, when};
 use crate::api::AppState;
 use crate::api::routes::Handler;
 
 /// `GET /console/platform`.
 pub async fn show(State(app): State<AppState>, s: Signed) -> PageResult {
-    require_route(&s, &app, Handler::CreateOrg, None)?;
+    s.require_route(&app, Handler::CreateOrg, None)?;
     let orgs = app.orgs.list().await.map_err(|e| problem_page(&s, e))?;
     let mut rows = Vec::new();
     for rec in &orgs {

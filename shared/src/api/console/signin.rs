@@ -18,9 +18,7 @@ pub async fn page(State(app): State<AppState>) -> Response {
     let body = html! {
         h1 { "Sign in to chainkeeper" }
         @if oidc {
-            form method="post" action="/console/signin/oidc" {
-                button type="submit" { "Sign in with your organisation's account" }
-            }
+            p { a class="button" href="/console/signin/oidc" { "Sign in with your organisation's account" } }
         }
         h2 { "With a sign-in link" }
         p {
@@ -95,7 +93,7 @@ pub(super) fn signed_in(app: &AppState, new: NewSession) -> Response {
 /// `POST /console/signout`: ends the session (CSRF-checked), removes the cookie.
 pub async fn sign_out(State(app): State<AppState>, s: Signed, body: Bytes) -> Response {
     if let Err(refused) = s.form(&body) {
-        return refused;
+        return refused.into_response();
     }
     if let Err(e) = app.console.sign_out(s.id()).await {
         tracing::warn!(error = %e, "console sign-out failed");
@@ -106,7 +104,8 @@ pub async fn sign_out(State(app): State<AppState>, s: Signed, body: Bytes) -> Re
     res
 }
 
-/// `POST /console/signin/oidc`: off the IdP with PKCE, state and nonce.
+/// `GET /console/signin/oidc` (a link, not a form: the CSP's `form-action` would stop a form's redirect to the
+/// IdP in Chromium): off to the IdP with PKCE, state and nonce; the state is bound to this browser by a cookie.
 pub async fn oidc_start(State(app): State<AppState>) -> Response {
     if app.config.console.issuer.is_none() {
         return message_page(
@@ -117,7 +116,11 @@ pub async fn oidc_start(State(app): State<AppState>) -> Response {
         );
     }
     match app.console_oidc.start().await {
-        Ok(url) => see_other(&url),
+        Ok((url, state)) => {
+            let mut res = see_other(&url);
+            res.headers_mut().insert(header::SET_COOKIE, state_cookie(&app, Some(&state)));
+            res
+        }
         Err(e) => oidc_error(e),
     }
 }
@@ -129,8 +132,42 @@ pub struct CallbackQuery {
     error: Option<String>,
 }
 
+/// The cookie that binds an OIDC sign-in's `state` to the browser that started it (so that nobody can hand
+/// someone else a callback URL of their own sign-in).
+fn state_cookie_name(app: &AppState) -> &'static str {
+    if super::session::is_https(&app.config) { "__Secure-chainkeeper_oidc" } else { "chainkeeper_oidc" }
+}
+
+fn state_cookie(app: &AppState, state: Option<&str>) -> axum::http::HeaderValue {
+    let secure = if super::session::is_https(&app.config) { "; Secure" } else { "" };
+    let (value, age) = match state {
+        Some(s) => (s, 600),
+        None => ("", 0),
+    };
+    let text = format!(
+        "{}={value}; Path=/console/signin; HttpOnly; SameSite=Lax; Max-Age={age}{secure}",
+        state_cookie_name(app)
+    );
+    axum::http::HeaderValue::from_str(&text).expect("states are url-safe base64")
+}
+
 /// `GET /console/signin/callback`: the IdP's redirect.
-pub async fn oidc_callback(State(app): State<AppState>, Query(q): Query<CallbackQuery>) -> Response {
+pub async fn oidc_callback(
+    State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let name = state_cookie_name(&app);
+    let bound = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .any(|(k, v)| k == name && !v.is_empty() && Some(v) == q.state.as_deref());
+    if !bound {
+        return oidc_error(crate::app::console_oidc::OidcError::StateInvalid);
+    }
     if q.error.is_some() {
         return message_page(
             None,
@@ -139,10 +176,13 @@ pub async fn oidc_callback(State(app): State<AppState>, Query(q): Query<Callback
             "Your identity provider did not sign you in. Try again, or ask your administrator.",
         );
     }
-    match app.console_oidc.complete(q.code.as_deref().unwrap_or(""), q.state.as_deref().unwrap_or("")).await {
-        Ok(new) => signed_in(&app, new),
-        Err(e) => oidc_error(e),
-    }
+    let mut res =
+        match app.console_oidc.complete(q.code.as_deref().unwrap_or(""), q.state.as_deref().unwrap_or("")).await {
+            Ok(new) => signed_in(&app, new),
+            Err(e) => oidc_error(e),
+        };
+    res.headers_mut().append(header::SET_COOKIE, state_cookie(&app, None));
+    res
 }
 
 fn oidc_error(e: crate::app::console_oidc::OidcError) -> Response {

@@ -4,16 +4,14 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
-use axum::response::Response;
+use axum::http::StatusCode;
 use maud::{Markup, html};
 use secrecy::ExposeSecret;
 
-use super::{FieldErrors, PageResult, Signed, input, message_page, page_with, problem_page, see_other, when};
+use super::{FieldErrors, PageResult, Signed, input, page_with, problem_page, see_other, when};
 use crate::api::AppState;
-use crate::api::routes::{Handler, ROUTES};
+use crate::api::routes::Handler;
 use crate::app::api_tokens::{ApiTokenError, NewApiToken};
-use crate::auth::allows;
 use crate::ids::OrgId;
 use crate::records::ApiTokenRecord;
 
@@ -23,36 +21,6 @@ const MAX_SCOPES: usize = 400;
 /// Days a new token is valid: 1 to 730 (the use case's 2 years), 90 by default.
 const DEFAULT_DAYS: u32 = 90;
 const MAX_DAYS: u32 = 730;
-
-/// May the session use the API route `handler` on `org` (`None`: the platform)? Otherwise the 403 page. The same
-/// rule as `Signed::require`, keyed by the route itself: the console's own pages for the API's token, webhook and
-/// audit routes stand for exactly one route each.
-pub(super) fn require_route(s: &Signed, app: &AppState, handler: Handler, org: Option<&str>) -> Result<(), Response> {
-    if allowed_route(s, app, handler, org) {
-        return Ok(());
-    }
-    let route = ROUTES.iter().find(|r| r.handler == handler).expect("the handler is in the route table");
-    let method: Method = route.method.parse().expect("route table methods are valid");
-    let needed = crate::auth::accepted_scopes(&method, route.resource).join(" or ");
-    Err(message_page(
-        Some(s),
-        StatusCode::FORBIDDEN,
-        "Not allowed",
-        &format!("Your session does not allow this: it needs the scope {needed} for this organisation."),
-    ))
-}
-
-/// [`require_route`]'s test without the page.
-pub(super) fn allowed_route(s: &Signed, app: &AppState, handler: Handler, org: Option<&str>) -> bool {
-    let route = ROUTES.iter().find(|r| r.handler == handler).expect("the handler is in the route table");
-    let method: Method = route.method.parse().expect("route table methods are valid");
-    let org_ok = match (&s.session.org, org) {
-        (None, _) => true,
-        (Some(mine), Some(org)) => mine.eq_ignore_ascii_case(org) && !route.platform_only(),
-        (Some(_), None) => false,
-    };
-    org_ok && allows(&s.session.scopes, &app.config.scope_groups, &method, route.resource)
-}
 
 fn tokens_url(org: &OrgId) -> String {
     format!("/console/orgs/{org}/api-tokens")
@@ -75,12 +43,12 @@ pub async fn show(State(app): State<AppState>, s: Signed, Path(org): Path<String
 }
 
 async fn render(app: &AppState, s: &Signed, org: &str, form: &Form, status: StatusCode) -> PageResult {
-    require_route(s, app, Handler::ListApiTokens, Some(org))?;
+    s.require_route(app, Handler::ListApiTokens, Some(org))?;
     let org_id = OrgId::parse(org).map_err(|e| problem_page(s, e))?;
     let mut tokens = app.api_tokens.list(&org_id).await.map_err(|e| problem_page(s, e))?;
     tokens.sort_by(|a, b| b.issued_at_ms.cmp(&a.issued_at_ms));
-    let can_create = allowed_route(s, app, Handler::CreateApiToken, Some(org));
-    let can_revoke = allowed_route(s, app, Handler::RevokeApiToken, Some(org));
+    let can_create = s.allowed_route(app, Handler::CreateApiToken, Some(org));
+    let can_revoke = s.allowed_route(app, Handler::RevokeApiToken, Some(org));
     let body = html! {
         p { a href=(format!("/console/orgs/{org_id}")) { "Organisation " (org_id) } }
         h1 { "API tokens" }
@@ -159,7 +127,7 @@ fn row(s: &Signed, org: &OrgId, t: &ApiTokenRecord, can_revoke: bool) -> Markup 
 /// `POST /console/orgs/{org}/api-tokens`: the token is shown on the page this answers (once, never again).
 pub async fn create(State(app): State<AppState>, s: Signed, Path(org): Path<String>, body: Bytes) -> PageResult {
     let f = s.form(&body)?;
-    require_route(&s, &app, Handler::CreateApiToken, Some(&org))?;
+    s.require_route(&app, Handler::CreateApiToken, Some(&org))?;
     let org_id = OrgId::parse(&org).map_err(|e| problem_page(&s, e))?;
     let (subject, scopes, days) = (f.get("subject"), f.get("scopes"), f.get("days"));
     let keep = |v: &str, n: usize| v.chars().take(n).collect::<String>();
@@ -201,7 +169,7 @@ pub async fn create(State(app): State<AppState>, s: Signed, Path(org): Path<Stri
             form.errors.add("scopes", format!("You do not hold {sc} yourself, so you cannot give it to a token."));
             render(&app, &s, &org, &form, StatusCode::FORBIDDEN).await
         }
-        Err(e) => Err(problem_page(&s, e)),
+        Err(e) => Err(problem_page(&s, e).into()),
     }
 }
 
@@ -213,7 +181,7 @@ pub async fn revoke(
     body: Bytes,
 ) -> PageResult {
     s.form(&body)?;
-    require_route(&s, &app, Handler::RevokeApiToken, Some(&org))?;
+    s.require_route(&app, Handler::RevokeApiToken, Some(&org))?;
     let org_id = OrgId::parse(&org).map_err(|e| problem_page(&s, e))?;
     app.api_tokens.revoke(&org_id, &s.session.sub, &id).await.map_err(|e| problem_page(&s, e))?;
     Ok(see_other(&tokens_url(&org_id)))

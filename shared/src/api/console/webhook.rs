@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use maud::{Markup, html};
 use secrecy::ExposeSecret;
 
-use super::tokens::{allowed_route, require_route};
 use super::{FieldErrors, PageResult, Signed, input, page_with, problem_page, see_other};
 use crate::api::AppState;
 use crate::api::routes::Handler;
@@ -39,7 +38,7 @@ pub async fn show(State(app): State<AppState>, s: Signed, Path(org): Path<String
 }
 
 async fn render(app: &AppState, s: &Signed, org: &str, mut form: Form, status: StatusCode) -> PageResult {
-    require_route(s, app, Handler::SetWebhook, Some(org))?;
+    s.require_route(app, Handler::SetWebhook, Some(org))?;
     let org_id = OrgId::parse(org).map_err(|e| problem_page(s, e))?;
     let rec = app.orgs.get(&org_id).await.map_err(|e| problem_page(s, e))?;
     if form.events.is_empty() && form.errors.is_empty() {
@@ -74,7 +73,7 @@ async fn render(app: &AppState, s: &Signed, org: &str, mut form: Form, status: S
                     (s.csrf_field())
                     button type="submit" { "Send a test event" }
                 }
-                @if allowed_route(s, app, Handler::DeleteWebhook, Some(org)) {
+                @if s.allowed_route(app, Handler::DeleteWebhook, Some(org)) {
                     form method="post" class="inline" action=(format!("{base}/delete")) {
                         (s.csrf_field())
                         button type="submit" { "Remove webhook" }
@@ -119,7 +118,7 @@ fn all(body: &[u8], name: &str) -> Vec<String> {
 /// `POST /console/orgs/{org}/webhook`.
 pub async fn set(State(app): State<AppState>, s: Signed, Path(org): Path<String>, body: Bytes) -> PageResult {
     let f = s.form(&body)?;
-    require_route(&s, &app, Handler::SetWebhook, Some(&org))?;
+    s.require_route(&app, Handler::SetWebhook, Some(&org))?;
     let org_id = OrgId::parse(&org).map_err(|e| problem_page(&s, e))?;
     let url = f.get("url");
     let events: Vec<String> = all(&body, "events").into_iter().take(10).map(|e| e.chars().take(60).collect()).collect();
@@ -151,7 +150,7 @@ pub async fn set(State(app): State<AppState>, s: Signed, Path(org): Path<String>
             form.errors.add("events", format!("{kind} is not an event type."));
             render(&app, &s, &org, form, StatusCode::UNPROCESSABLE_ENTITY).await
         }
-        Err(e) => Err(problem_page(&s, e)),
+        Err(e) => Err(problem_page(&s, e).into()),
     }
 }
 
@@ -169,7 +168,7 @@ fn refusal_text(why: &UrlRefusal) -> String {
 /// `POST /console/orgs/{org}/webhook/test`.
 pub async fn test(State(app): State<AppState>, s: Signed, Path(org): Path<String>, body: Bytes) -> PageResult {
     s.form(&body)?;
-    require_route(&s, &app, Handler::SetWebhook, Some(&org))?;
+    s.require_route(&app, Handler::SetWebhook, Some(&org))?;
     let org_id = OrgId::parse(&org).map_err(|e| problem_page(&s, e))?;
     let outcome = app.webhooks.send_test(&org_id, &s.session.sub).await.map_err(|e| problem_page(&s, e))?;
     let notice = match outcome {
@@ -186,7 +185,7 @@ pub async fn test(State(app): State<AppState>, s: Signed, Path(org): Path<String
 /// `POST /console/orgs/{org}/webhook/delete`.
 pub async fn delete(State(app): State<AppState>, s: Signed, Path(org): Path<String>, body: Bytes) -> PageResult {
     s.form(&body)?;
-    require_route(&s, &app, Handler::DeleteWebhook, Some(&org))?;
+    s.require_route(&app, Handler::DeleteWebhook, Some(&org))?;
     let org_id = OrgId::parse(&org).map_err(|e| problem_page(&s, e))?;
     app.webhooks.remove(&org_id, &s.session.sub).await.map_err(|e| problem_page(&s, e))?;
     Ok(see_other(&webhook_url(&org_id)))
