@@ -13,6 +13,7 @@ mod bi;
 mod cli;
 mod console;
 mod console_browser;
+mod console_pages;
 mod credentials;
 mod exact_engine;
 mod lambda_functions;

@@ -15,7 +15,7 @@ use crate::records::AuditRecord;
 
 /// Entries per page.
 const PAGE: usize = 50;
-/// Pages of the log read for one page of filtered entries, at most (the rest is behind "Older entries").
+/// Reads of the log for one page of filtered entries, at most (the rest is behind "Older entries").
 const MAX_SCAN: usize = 20;
 /// Longest filter value.
 const MAX_FILTER: usize = 100;
@@ -89,7 +89,10 @@ pub async fn show(
     if errors.is_empty() {
         let mut cursor = start.clone();
         for _ in 0..MAX_SCAN {
-            let page = app.audit.page(&org_id, PAGE, cursor.as_deref()).await.map_err(|e| problem_page(&s, e))?;
+            // At most as many entries as are still wanted: a page never holds more matches than it shows, so
+            // the log's own cursor after it is where the next page starts.
+            let want = PAGE - shown.len();
+            let page = app.audit.page(&org_id, want, cursor.as_deref()).await.map_err(|e| problem_page(&s, e))?;
             shown.extend(page.entries.into_iter().filter(|e| filter.matches(e)));
             next = page.next_cursor;
             if shown.len() >= PAGE || next.is_none() {

@@ -81,7 +81,7 @@ async fn render(app: &AppState, s: &Signed, org: &str, form: &Form, status: Stat
 fn new_form(s: &Signed, org: &OrgId, f: &Form) -> Markup {
     let held = s.session.scopes.join(" ");
     let scopes_hint = format!(
-        "Separated by spaces: scopes such as containers.read or tokens.readwrite, or groups such as admin. At most \
+        "Separated by spaces: scopes such as containers.read or api-tokens.readwrite, or groups such as admin. At most \
          what you hold yourself: {held}."
     );
     html! {
