@@ -46,7 +46,7 @@ async fn render(app: &AppState, s: &Signed, org: &str, form: &Form, status: Stat
     s.require_route(app, Handler::ListApiTokens, Some(org))?;
     let org_id = OrgId::parse(org).map_err(|e| problem_page(s, e))?;
     let mut tokens = app.api_tokens.list(&org_id).await.map_err(|e| problem_page(s, e))?;
-    tokens.sort_by(|a, b| b.issued_at_ms.cmp(&a.issued_at_ms));
+    tokens.sort_by_key(|t| std::cmp::Reverse(t.issued_at_ms));
     let can_create = s.allowed_route(app, Handler::CreateApiToken, Some(org));
     let can_revoke = s.allowed_route(app, Handler::RevokeApiToken, Some(org));
     let body = html! {
