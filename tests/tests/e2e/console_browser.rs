@@ -395,7 +395,8 @@ async fn console_in_chromium_sign_in_set_up_renew_recover_replace_and_tokens() {
         .step(
             "token-created",
             json!([
-                {"goto": "/console/orgs/acme/api-tokens"},
+                {"goto": "/console/orgs/acme"},
+                {"click": {"role": "link", "name": "API tokens"}},
                 {"fill": {"label": "Name", "value": "power-bi"}},
                 {"fill": {"label": "Scopes or groups", "value": "containers.read databases.read"}},
                 {"fill": {"label": "Valid for (days)", "value": "30"}},
@@ -429,7 +430,8 @@ async fn console_in_chromium_sign_in_set_up_renew_recover_replace_and_tokens() {
         .step(
             "webhook-bad-url",
             json!([
-                {"goto": "/console/orgs/acme/webhook"},
+                {"goto": "/console/orgs/acme"},
+                {"click": {"role": "link", "name": "Webhook"}},
                 {"fill": {"label": "Webhook URL", "value": "ftp://example.com/x"}},
                 {"click": {"name": "Save webhook"}}
             ]),
@@ -483,7 +485,8 @@ async fn console_in_chromium_sign_in_set_up_renew_recover_replace_and_tokens() {
         .step(
             "audit-filtered",
             json!([
-                {"goto": "/console/orgs/acme/audit"},
+                {"goto": "/console/orgs/acme"},
+                {"click": {"role": "link", "name": "Audit log"}},
                 {"fill": {"label": "Action", "value": "api_token"}},
                 {"click": {"name": "Filter"}}
             ]),

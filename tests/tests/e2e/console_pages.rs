@@ -57,10 +57,13 @@ async fn each_page_needs_the_scope_of_its_api_route() {
     let s = setup().await;
     let tokens = "/console/orgs/acme/api-tokens";
     // Tokens: listing needs tokens.read; creating and revoking tokens.readwrite.
-    let reader = s.browser(&["--org", "acme"], &["api-tokens.read"]).await;
+    let reader = s.browser(&["--org", "acme"], &["api-tokens.read", "orgs.read"]).await;
     let page = reader.get(tokens).await;
     assert_status(&page, 200, "api-tokens.read lists");
     assert!(!page.body.contains("Create token"), "no form it cannot use");
+    let org = reader.get("/console/orgs/acme").await;
+    assert!(org.body.contains("/console/orgs/acme/api-tokens"), "the organisation page links to what it may open");
+    assert!(!org.body.contains("/console/orgs/acme/webhook") && !org.body.contains("/console/orgs/acme/audit"));
     let refused = reader.post(tokens, tokens, &[("subject", "x"), ("scopes", "api-tokens.read"), ("days", "1")]).await;
     assert_status(&refused, 403, "api-tokens.read may not create");
     assert!(refused.body.contains("api-tokens.readwrite"), "{}", refused.body);

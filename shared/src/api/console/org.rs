@@ -118,6 +118,7 @@ async fn render(app: &AppState, s: &Signed, org: &str, forms: &Forms, status: St
     let title = rec.display_name.clone().unwrap_or_else(|| org_id.to_string());
     let body = html! {
         h1 { "Organisation " (title) }
+        (super::tokens::org_nav(app, s, &org_id))
         @if let Some(repairs) = &repairs {
             section aria-labelledby="repairs-h" class="repairs" {
                 h2 id="repairs-h" {

@@ -22,6 +22,26 @@ const MAX_SCOPES: usize = 400;
 const DEFAULT_DAYS: u32 = 90;
 const MAX_DAYS: u32 = 730;
 
+/// The organisation page's links to its API tokens, webhook and audit log (those the session may open).
+pub(super) fn org_nav(app: &AppState, s: &Signed, org: &OrgId) -> Markup {
+    let o = Some(org.as_str());
+    let links = [
+        (Handler::ListApiTokens, "api-tokens", "API tokens"),
+        (Handler::SetWebhook, "webhook", "Webhook"),
+        (Handler::Audit, "audit", "Audit log"),
+    ];
+    let shown: Vec<_> = links.iter().filter(|(h, _, _)| s.allowed_route(app, *h, o)).collect();
+    html! {
+        @if !shown.is_empty() {
+            nav aria-label="Organisation" {
+                ul class="links" {
+                    @for (_, path, label) in shown { li { a href=(format!("/console/orgs/{org}/{path}")) { (label) } } }
+                }
+            }
+        }
+    }
+}
+
 fn tokens_url(org: &OrgId) -> String {
     format!("/console/orgs/{org}/api-tokens")
 }
