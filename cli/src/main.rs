@@ -1,8 +1,8 @@
 //! `chainkeeper`: the one-machine entry point. `serve` runs every route and the refresh schedule on embedded
 //! storage (SQLite + a local key file); `token issue` prints an API token (recorded, so `token list` and
 //! `token revoke` find it); `routes` prints the route table. With the `aws` feature, `--aws` runs `org export`,
-//! `org import` and `token issue|list|revoke` on DynamoDB, KMS and Secrets Manager, configured from the same
-//! environment variables as the Lambda functions (`CHAINKEEPER_TABLE`, `CHAINKEEPER_SIGNING_KEY_SECRET`, …).
+//! `org import`, `migrate due-shards` and `token issue|list|revoke` on DynamoDB, KMS and Secrets Manager,
+//! configured from the same environment variables as the Lambda functions (`CHAINKEEPER_TABLE`, `CHAINKEEPER_SIGNING_KEY_SECRET`, …).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +52,9 @@ enum Command {
     /// release one whose holder cannot be reached.
     #[command(subcommand)]
     Identifier(IdentifierCommand),
+    /// Store migrations between versions.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
     /// Print the route table: method, path, Lambda function, public, resource (what the SAM template must serve).
     Routes {
         /// One JSON array of objects instead of tab-separated lines.
@@ -81,6 +84,23 @@ struct ServeArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     storage: StorageArgs,
+}
+
+#[derive(Subcommand)]
+enum MigrateCommand {
+    /// Move every chain of the unsharded `due` index partition (written by versions before the shards), and of
+    /// shards at or above a lowered `engine.due_shards`, into its shard; then sweeps read only the shards. Safe to
+    /// run twice and while chainkeeper runs; run it once every process runs this version. Prints a JSON report;
+    /// `"drained": false` (chains being refreshed right now were left) means: run it again.
+    DueShards(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    #[command(flatten)]
+    on: OnAws,
 }
 
 #[derive(Subcommand)]
@@ -252,6 +272,7 @@ fn main() -> anyhow::Result<()> {
         Command::Token(TokenCommand::Revoke(a)) => runtime()?.block_on(revoke_token(a)),
         Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Sweep(a) => runtime()?.block_on(sweep(a)),
+        Command::Migrate(MigrateCommand::DueShards(a)) => runtime()?.block_on(migrate_due_shards(a)),
         Command::Routes { json } => print_routes(json),
         Command::SigningKey(SigningKeyCommand::Rotate(a)) => rotate_signing_key(a),
         Command::Org(OrgCommand::Export(a)) => runtime()?.block_on(export_org(a)),
@@ -490,5 +511,15 @@ async fn sweep(a: StorageArgs) -> anyhow::Result<()> {
     let (_, app) = load(&a)?;
     let report = app.sweep.run_once(100_000).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+async fn migrate_due_shards(a: MigrateArgs) -> anyhow::Result<()> {
+    let app = app_for(&a.storage, a.on.aws).await?;
+    let report = app.sweep.due.migrate().await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !report.drained {
+        eprintln!("{} chains were being refreshed and stay where they are: run it again in a minute", report.busy);
+    }
     Ok(())
 }

@@ -210,7 +210,10 @@ impl ChainEngine {
     ) -> Result<u64, StoreError> {
         let profile = self.config.provider(&chain.provider);
         let mut put = Put::new(chain_key(c), encode(chain), condition);
-        put.due = profile.and_then(|p| next_due(chain, p, self.engine_config(), in_use)).map(due_index_key);
+        let shards = self.engine_config().due_shards;
+        put.due = profile
+            .and_then(|p| next_due(chain, p, self.engine_config(), in_use))
+            .map(|at| due_index_key(c, at, shards));
         if chain.status == ChainStatus::NeedsRepair {
             put.repair = Some(repair_index_key(c));
         }
