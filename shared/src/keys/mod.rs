@@ -162,6 +162,15 @@ pub struct Vault {
 
 const BLOB_PREFIX: &str = "ck1.";
 
+/// The open cache's key of a data key: sha256 of the context and the wrapped key.
+fn open_id(aad: &[u8], wrapped: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update((aad.len() as u64).to_be_bytes());
+    h.update(aad);
+    h.update(wrapped);
+    h.finalize().into()
+}
+
 impl Vault {
     pub fn new(keys: Arc<dyn Keys>, clock: Arc<dyn Clock>, limits: CacheLimits) -> Self {
         Self { keys, clock, limits, open_cache: RwLock::default(), seal_cache: RwLock::default() }
@@ -189,9 +198,19 @@ impl Vault {
             Some(kw) => kw,
             None => {
                 let (key, wrapped) = self.keys.generate_data_key(ctx).await?;
-                let mut cache = self.seal_cache.write().unwrap_or_else(|e| e.into_inner());
+                {
+                    let mut cache = self.seal_cache.write().unwrap_or_else(|e| e.into_inner());
+                    evict(&mut cache, now, self.limits);
+                    cache.insert(aad.clone(), Cached { key: key.clone(), wrapped: wrapped.clone(), at: now, uses: 1 });
+                }
+                // What this key seals is opened with it too: the first open in this process (the token just
+                // refreshed, handed out) needs no key-service call.
+                let mut cache = self.open_cache.write().unwrap_or_else(|e| e.into_inner());
                 evict(&mut cache, now, self.limits);
-                cache.insert(aad.clone(), Cached { key: key.clone(), wrapped: wrapped.clone(), at: now, uses: 1 });
+                cache.insert(
+                    open_id(&aad, &wrapped),
+                    Cached { key: key.clone(), wrapped: Vec::new(), at: now, uses: 0 },
+                );
                 (key, wrapped)
             }
         };
@@ -223,13 +242,7 @@ impl Vault {
         let nonce = &blob[2 + wlen..2 + wlen + 12];
         let ct = &blob[2 + wlen + 12..];
         let aad = ctx.aad();
-        let id: [u8; 32] = {
-            let mut h = Sha256::new();
-            h.update((aad.len() as u64).to_be_bytes());
-            h.update(&aad);
-            h.update(wrapped);
-            h.finalize().into()
-        };
+        let id = open_id(&aad, wrapped);
         let now = self.clock.now_ms();
         let cached = {
             let cache = self.open_cache.read().unwrap_or_else(|e| e.into_inner());

@@ -23,6 +23,7 @@ mod provider_faults;
 mod query_proxy;
 mod races;
 mod routes_cli;
+mod scale;
 mod scopes;
 mod security;
 mod signing_keys;
