@@ -810,3 +810,76 @@ pub fn per_chain_day(m: &Model, r: &ModelReport, c: &SliceCosts) -> PerChainDay 
         api_gateway: per(handouts),
     }
 }
+
+/// Public on-demand prices, us-east-1, as read on 2026-12-06 (AWS pricing pages and the guides quoting them; the
+/// README cites them). The region's prices elsewhere (eu-west-1) differ by a few per cent.
+#[derive(Debug, Clone)]
+pub struct Prices {
+    /// DynamoDB on-demand (since the November 2024 cut): per million write / read request units.
+    pub dynamo_wru_per_million: f64,
+    pub dynamo_rru_per_million: f64,
+    /// KMS: per 10,000 symmetric requests; per customer-managed key a month (one per organisation).
+    pub kms_per_10k: f64,
+    pub kms_key_month: f64,
+    /// Lambda (x86_64): per million requests, per GB-second.
+    pub lambda_per_million: f64,
+    pub lambda_gb_s: f64,
+    /// API Gateway HTTP API: per million requests (first 300 million a month).
+    pub http_api_per_million: f64,
+    /// Secrets Manager: per 10,000 API calls.
+    pub secrets_per_10k: f64,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Prices {
+            dynamo_wru_per_million: 0.625,
+            dynamo_rru_per_million: 0.125,
+            kms_per_10k: 0.03,
+            kms_key_month: 1.0,
+            lambda_per_million: 0.20,
+            lambda_gb_s: 0.000_016_666_7,
+            http_api_per_million: 1.00,
+            secrets_per_10k: 0.05,
+        }
+    }
+}
+
+/// Dollars per 1,000 chains a month (30 days), by service, from the per-chain-day counts.
+#[derive(Debug, Clone, Default)]
+pub struct MonthlyCost {
+    pub dynamodb: f64,
+    pub kms_requests: f64,
+    pub lambda: f64,
+    pub api_gateway: f64,
+    pub secrets_manager: f64,
+    /// Lambda GB-seconds assumed (256 MB functions, as the template sets).
+    pub lambda_gb_s: f64,
+}
+
+impl MonthlyCost {
+    pub fn total(&self) -> f64 {
+        self.dynamodb + self.kms_requests + self.lambda + self.api_gateway + self.secrets_manager
+    }
+}
+
+/// The month of 1,000 chains. Lambda time: a warm hand-out 10 ms; a caller's refresh adds the provider's
+/// latency; a worker spends `latency / concurrency` per refresh (its refreshes overlap); 256 MB.
+pub fn monthly_cost(m: &Model, r: &ModelReport, d: &PerChainDay, p: &Prices) -> MonthlyCost {
+    let chain_months = 1_000.0 * 30.0;
+    let caller_refreshes = r.caller_refreshes as f64 / m.chains as f64 * (86_400.0 / m.horizon_s as f64);
+    let sweep_refreshes = r.sweep_refreshes as f64 / m.chains as f64 * (86_400.0 / m.horizon_s as f64);
+    let latency_s = m.refresh_latency_ms as f64 / 1000.0;
+    let seconds_per_chain_day =
+        d.handouts * 0.010 + caller_refreshes * latency_s + sweep_refreshes * latency_s / m.concurrency.max(1) as f64;
+    let gb_s = seconds_per_chain_day * 0.25 * chain_months;
+    MonthlyCost {
+        dynamodb: (d.write_units * p.dynamo_wru_per_million + d.read_units * p.dynamo_rru_per_million) * chain_months
+            / 1e6,
+        kms_requests: d.kms * chain_months / 1e4 * p.kms_per_10k,
+        lambda: d.lambda * chain_months / 1e6 * p.lambda_per_million + gb_s * p.lambda_gb_s,
+        api_gateway: d.api_gateway * chain_months / 1e6 * p.http_api_per_million,
+        secrets_manager: d.secrets * chain_months / 1e4 * p.secrets_per_10k,
+        lambda_gb_s: gb_s,
+    }
+}

@@ -696,6 +696,19 @@ async fn scale(chains: u32, active_share: f64, shards: Option<u32>) -> anyhow::R
             d.lambda,
             d.api_gateway
         );
+        let prices = chainkeeper_e2e::scale::Prices::default();
+        let cost = chainkeeper_e2e::scale::monthly_cost(&m, &r, &d, &prices);
+        println!(
+            "per 1,000 chains a month (us-east-1 prices of 2026-12-06): DynamoDB ${:.2}, KMS requests ${:.2} (+ ${:.2} per organisation's key), Lambda ${:.2} ({:.0} GB-s), API Gateway ${:.2}, Secrets Manager ${:.3}: ${:.2} + the keys",
+            cost.dynamodb,
+            cost.kms_requests,
+            prices.kms_key_month,
+            cost.lambda,
+            cost.lambda_gb_s,
+            cost.api_gateway,
+            cost.secrets_manager,
+            cost.total()
+        );
     }
     Ok(())
 }
