@@ -176,7 +176,9 @@ impl ChainEngine {
                 }
                 return Err(ChainError::RateLimited { wait_s: secs_until(now, earliest) });
             }
-            // Take the lease: one conditional write on the version we read.
+            // Take the lease: one conditional write on the version we read. (No more waiting: this caller's
+            // subscription to the chain's poll goes.)
+            poll = None;
             let owner = random_id();
             let mut leased = ChainRecord::clone(&chain);
             leased.lease = Some(Lease { owner: owner.clone(), until_ms: now + ms(cfg.lease_s) });

@@ -388,6 +388,46 @@ mod tests {
         assert!(d.open(&ctx, &sealed).await.is_err());
     }
 
+    /// The key port, counting the calls that reach it (KMS in AWS).
+    struct Counted(Arc<dyn Keys>, std::sync::atomic::AtomicU32);
+
+    #[async_trait]
+    impl Keys for Counted {
+        async fn create_org_key(&self, org: &str) -> Result<(), KeyError> {
+            self.0.create_org_key(org).await
+        }
+        async fn delete_org_key(&self, org: &str) -> Result<(), KeyError> {
+            self.0.delete_org_key(org).await
+        }
+        async fn generate_data_key(&self, ctx: &Context<'_>) -> Result<(DataKey, Vec<u8>), KeyError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.generate_data_key(ctx).await
+        }
+        async fn decrypt_data_key(&self, ctx: &Context<'_>, wrapped: &[u8]) -> Result<DataKey, KeyError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.decrypt_data_key(ctx, wrapped).await
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_vault_sealed_it_opens_without_the_key_service() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let keys = Arc::new(Counted(Arc::new(local::LocalKeys::new(store, [3u8; 32])), Default::default()));
+        keys.create_org_key("acme").await.unwrap();
+        let v = Vault::new(keys.clone(), Arc::new(clock.clone()), CacheLimits::default());
+        let calls = || keys.1.load(std::sync::atomic::Ordering::SeqCst);
+        let ctx = Context { org: "acme", container: "db/eol", field: "access_token" };
+        let sealed = v.seal(&ctx, b"at-1").await.unwrap();
+        assert_eq!(calls(), 1, "one data key generated");
+        assert_eq!(&v.open(&ctx, &sealed).await.unwrap()[..], b"at-1");
+        assert_eq!(calls(), 1, "the token just sealed opens with the data key kept from sealing");
+        // Another process (no cache) asks the key service once.
+        let other = Vault::new(keys.clone(), Arc::new(clock.clone()), CacheLimits::default());
+        assert_eq!(&other.open(&ctx, &sealed).await.unwrap()[..], b"at-1");
+        assert_eq!(calls(), 2);
+    }
+
     #[tokio::test]
     async fn caches_are_bounded() {
         let (v, clock) = vault(CacheLimits { max_entries: 8, max_age_ms: 1_000, max_encryptions: 2 });
