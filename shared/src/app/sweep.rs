@@ -43,9 +43,6 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-/// Chains per message on the sweep queue: a worker refreshes them `engine.sweep_concurrency` at once, well within
-/// its timeout (each refresh is bounded by `token_timeout_s` plus the retry budget).
-pub const SWEEP_BATCH: usize = 50;
 /// At most this long for one send to the sweep queue (the SDK retries within it).
 const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -95,17 +92,19 @@ pub struct Sweep {
     concurrency: usize,
     /// Where the schedule hands its batches to workers (AWS); none: it refreshes them itself (`serve`).
     queue: Option<Arc<dyn SweepQueue>>,
+    /// `engine.sweep_batch`: chains per message on the sweep queue.
+    batch: usize,
 }
 
 impl Sweep {
     pub fn new(p: &Ports, engine: Arc<ChainEngine>, queue: Option<Arc<dyn SweepQueue>>) -> Self {
         let concurrency = p.config.engine.sweep_concurrency.max(1);
         let due = DueIndex::new(p.store.clone(), p.clock.clone(), p.config.engine.due_shards);
-        Self { due, engine, concurrency, queue }
+        Self { due, engine, concurrency, queue, batch: p.config.engine.sweep_batch.max(1) }
     }
 
     /// What the schedule runs: without a sweep queue [`Sweep::run_once`]; with one, the chains due (at most
-    /// `limit`, fairly from every shard) are handed to workers in batches of [`SWEEP_BATCH`], and the backlog
+    /// `limit`, fairly from every shard) are handed to workers in batches of `engine.sweep_batch`, and the backlog
     /// metrics say how many were due and how far past due the oldest is. Every batch is tried; if any could not
     /// be queued, the run fails (a Lambda error, which alarms) and their chains stay due for the next run.
     #[tracing::instrument(skip_all)]
@@ -115,7 +114,7 @@ impl Sweep {
         due.record_backlog();
         let batches: Vec<SweepBatch> = due
             .chains
-            .chunks(SWEEP_BATCH)
+            .chunks(self.batch)
             .map(|chunk| SweepBatch { chains: chunk.iter().map(ChainName::of).collect() })
             .collect();
         let mut sends = tokio::task::JoinSet::new();
