@@ -2,7 +2,8 @@
 //! shard of the due index (and the unsharded partition of older versions), prints the backlog metrics, and hands
 //! the chains due to the sweep queue (SQS) in batches; the test plays Lambda's SQS poller (receive, deliver the
 //! batch to `refresh` as an SQS event, delete what succeeded), and the workers refresh every chain. A message a
-//! worker cannot run is reported as a batch item failure and ends in the dead-letter queue.
+//! worker cannot run is reported as a batch item failure and ends in the dead-letter queue. And the migration from
+//! the unsharded index (and from a lowered shard count): `chainkeeper migrate due-shards --aws` on DynamoDB.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -266,4 +267,97 @@ async fn the_schedule_hands_every_due_chain_of_every_shard_to_refresh_workers_th
         }
     }
     panic!("the poisoned batches did not reach the dead-letter queue after {receives} receives");
+}
+
+/// A chain item as the engine writes it (no tokens needed here), leased until `lease_until`, in `due_pk`.
+async fn chain_item(store: &DynamoStore, c: &ContainerRef, due_pk: String, at_ms: i64, lease_until: Option<i64>) {
+    let lease = lease_until.map(|until| json!({"owner": "a refresh elsewhere", "until_ms": until}));
+    let body = json!({
+        "provider": "exact-online-nl", "status": "healthy", "generation": 1, "sealed_refresh_token": null,
+        "sealed_access_token": null, "access_expires_at_ms": null, "last_token_request_at_ms": null,
+        "refresh_token_issued_at_ms": null, "lease": lease,
+    });
+    let mut put = Put::new(chain_key(c), serde_json::to_vec(&body).unwrap(), Condition::None);
+    put.due = Some(IndexKey { pk: due_pk, sk: format!("{at_ms:015}") });
+    store.put(put).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_due_shards_on_dynamodb_moves_legacy_and_lowered_shard_entries_and_is_safe_twice() {
+    let moto = Moto::start().await.unwrap();
+    let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
+    let table = format!("ck{}", chainkeeper::ids::random_id().to_lowercase().replace(['-', '_'], "x"));
+    let store =
+        DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table.clone(), Arc::new(chainkeeper::clock::SystemClock));
+    store.create_table().await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    // Written before: five chains unsharded, five with 16 shards (recorded as the highest count), one leased.
+    let (old, wide): (Vec<ContainerRef>, Vec<ContainerRef>) = (
+        (0..5).map(|i| container(&format!("old{i}"))).collect(),
+        (0..5).map(|i| container(&format!("wide{i}"))).collect(),
+    );
+    for (i, c) in old.iter().enumerate() {
+        chain_item(&store, c, LEGACY_DUE_PK.into(), now + i as i64 * 60_000, None).await;
+    }
+    for c in &wide {
+        chain_item(&store, c, due_shard_pk(due_shard_of(c, 16)), now - 1_000, None).await;
+    }
+    let leased = container("busy");
+    chain_item(&store, &leased, LEGACY_DUE_PK.into(), now - 1_000, Some(now + 60_000)).await;
+    let layout = chainkeeper::records::DueShardsRecord { highest_shards: 16, legacy_drained: false };
+    store
+        .put(Put::new(chainkeeper::records::due_shards_key(), chainkeeper::records::encode(&layout), Condition::Absent))
+        .await
+        .unwrap();
+
+    // The operator lowers the count to 4 and migrates with the CLI, on the table, from the functions' environment.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("chainkeeper.toml");
+    std::fs::write(&config, "[engine]\ndue_shards = 4\n").unwrap();
+    let migrate = || {
+        let out = std::process::Command::new(chainkeeper_e2e::cli_bin())
+            .args(["migrate", "due-shards", "--aws", "--config", config.to_str().unwrap()])
+            .env_remove("CHAINKEEPER_DATA_DIR")
+            .env("CHAINKEEPER_TABLE", &table)
+            .env("CHAINKEEPER_STAGE", "test")
+            .env("AWS_ENDPOINT_URL", &moto.endpoint)
+            .env("AWS_REGION", "eu-west-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success(),
+            "chainkeeper migrate due-shards (built with --features chainkeeper-cli/aws?): {err}"
+        );
+        (serde_json::from_slice::<Value>(&out.stdout).unwrap(), err)
+    };
+    let (first, err) = migrate();
+    // A chain of shard 0-3 of sixteen is in the same shard of four (4 divides 16): only the others move.
+    let above = wide.iter().filter(|c| due_shard_of(c, 16) >= 4).count();
+    assert!(above > 0, "some chains sit in shards 4-15");
+    assert_eq!(first, json!({"shards": 4, "moved": 5 + above, "busy": 1, "drained": false}), "{err}");
+    assert!(err.contains("run it again"), "{err}");
+    for c in old.iter().chain(&wide) {
+        let due = store.get(&chain_key(c)).await.unwrap().unwrap().due.unwrap();
+        assert_eq!(due.pk, due_shard_pk(due_shard_of(c, 4)), "{c} in its shard of four, its due time kept");
+    }
+    let kept = store.get(&chain_key(&old[3])).await.unwrap().unwrap().due.unwrap();
+    assert_eq!(kept.sk, format!("{:015}", now + 3 * 60_000));
+    let left = store.query_index(Index::Due, LEGACY_DUE_PK, None, 10).await.unwrap();
+    assert_eq!(left.len(), 1, "the chain under a lease is left to its refresh");
+
+    // The lease ends; run again: done, and the sweep reads the four shards only. A third run changes nothing.
+    chain_item(&store, &leased, LEGACY_DUE_PK.into(), now - 1_000, None).await;
+    let (second, _) = migrate();
+    assert_eq!(second, json!({"shards": 4, "moved": 1, "busy": 0, "drained": true}));
+    let layout = store.get(&chainkeeper::records::due_shards_key()).await.unwrap().unwrap();
+    let layout: chainkeeper::records::DueShardsRecord = chainkeeper::records::decode(&layout).unwrap();
+    assert_eq!((layout.highest_shards, layout.legacy_drained), (4, true));
+    let (third, _) = migrate();
+    assert_eq!(third, json!({"shards": 4, "moved": 0, "busy": 0, "drained": true}), "safe to run twice");
+    for pk in (4..16).map(due_shard_pk).chain([LEGACY_DUE_PK.to_string()]) {
+        assert!(store.query_index(Index::Due, &pk, None, 10).await.unwrap().is_empty(), "{pk} is empty");
+    }
 }
