@@ -12,8 +12,11 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+
 use crate::chain::{ChainEngine, ChainError, Want};
 use crate::clock::{Clock, Millis};
+use crate::handoff::{ChainName, SweepBatch, SweepQueue};
 use crate::ids::ContainerRef;
 use crate::records::{
     ChainRecord, DueShardsRecord, LEGACY_DUE_PK, container_of_chain_pk, decode, due_shard_of, due_shard_pk,
@@ -22,6 +25,7 @@ use crate::records::{
 use crate::store::{Condition, Index, IndexKey, Item, Put, Store, StoreError, Version, query_index_partitions};
 
 use super::Ports;
+use super::handoff::each_message;
 
 #[derive(Debug, Default, Serialize, Clone)]
 pub struct SweepReport {
@@ -30,7 +34,17 @@ pub struct SweepReport {
     pub not_due: usize,
     pub broken: usize,
     pub transient_failures: usize,
+    /// With a sweep queue: the batches handed to workers (the chains due are then refreshed by them).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub batches_queued: usize,
 }
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// At most this long for one send to the sweep queue (the SDK retries within it).
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl SweepReport {
     pub fn add(&mut self, other: &SweepReport) {
@@ -46,6 +60,9 @@ impl SweepReport {
 pub enum SweepError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Batches the sweep queue did not take: their chains stay due and the next schedule hands them over again.
+    #[error("{unsent} of {batches} sweep batches could not be queued (their chains stay due): {reason}")]
+    Queue { unsent: usize, batches: usize, reason: String },
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -73,13 +90,107 @@ pub struct Sweep {
     engine: Arc<ChainEngine>,
     /// `engine.sweep_concurrency`: refreshes in flight at once.
     concurrency: usize,
+    /// Where the schedule hands its batches to workers (AWS); none: it refreshes them itself (`serve`).
+    queue: Option<Arc<dyn SweepQueue>>,
+    /// `engine.sweep_batch`: chains per message on the sweep queue.
+    batch: usize,
 }
 
 impl Sweep {
-    pub fn new(p: &Ports, engine: Arc<ChainEngine>) -> Self {
+    pub fn new(p: &Ports, engine: Arc<ChainEngine>, queue: Option<Arc<dyn SweepQueue>>) -> Self {
         let concurrency = p.config.engine.sweep_concurrency.max(1);
         let due = DueIndex::new(p.store.clone(), p.clock.clone(), p.config.engine.due_shards);
-        Self { due, engine, concurrency }
+        Self { due, engine, concurrency, queue, batch: p.config.engine.sweep_batch.max(1) }
+    }
+
+    /// What the schedule runs: without a sweep queue [`Sweep::run_once`]; with one, the chains due (at most
+    /// `limit`, fairly from every shard) are handed to workers in batches of `engine.sweep_batch`, and the backlog
+    /// metrics say how many were due and how far past due the oldest is. Every batch is tried; if any could not
+    /// be queued, the run fails (a Lambda error, which alarms) and their chains stay due for the next run.
+    #[tracing::instrument(skip_all)]
+    pub async fn run_scheduled(&self, limit: usize) -> Result<SweepReport, SweepError> {
+        let Some(queue) = &self.queue else { return self.run_once(limit).await };
+        let due = self.due.due_chains(limit).await?;
+        due.record_backlog();
+        let batches: Vec<SweepBatch> = due
+            .chains
+            .chunks(self.batch)
+            .map(|chunk| SweepBatch { chains: chunk.iter().map(ChainName::of).collect() })
+            .collect();
+        let mut sends = tokio::task::JoinSet::new();
+        let permits = Arc::new(Semaphore::new(16));
+        let count = batches.len();
+        for batch in batches {
+            let (queue, permit) = (queue.clone(), permits.clone().acquire_owned().await.map_err(anyhow::Error::from)?);
+            sends.spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(SEND_TIMEOUT, queue.send(&batch)).await {
+                    Ok(sent) => sent,
+                    Err(_) => Err(anyhow::anyhow!("no answer within {} s", SEND_TIMEOUT.as_secs())),
+                }
+            });
+        }
+        let (mut unsent, mut reason) = (0, String::new());
+        while let Some(sent) = sends.join_next().await {
+            if let Err(e) = sent.map_err(anyhow::Error::from).and_then(|r| r) {
+                unsent += 1;
+                reason = e.to_string();
+            }
+        }
+        if unsent > 0 {
+            return Err(SweepError::Queue { unsent, batches: count, reason });
+        }
+        tracing::info!(due = due.chains.len(), batches = count, "sweep batches queued");
+        Ok(SweepReport { due: due.chains.len(), batches_queued: count, ..Default::default() })
+    }
+
+    /// A worker's SQS batch from the sweep queue: each message's chains refreshed if due. A message is reported
+    /// as failed (SQS delivers it again, then moves it to the dead-letter queue) when it is not a sweep batch,
+    /// names an invalid container, or a refresh could not be carried out (store, key service, the unexpected).
+    /// A chain that met the provider's refusal, backoff or rate limit is done: that outcome is on the chain, and
+    /// it stays due for the next schedule.
+    pub async fn run_batch(&self, event: SqsEvent) -> SqsBatchResponse {
+        each_message(event, |id, body| async move {
+            let batch = match body.as_deref().map(serde_json::from_str::<SweepBatch>) {
+                Some(Ok(batch)) => batch,
+                _ => {
+                    tracing::warn!(message = %id, "not a sweep batch");
+                    return false;
+                }
+            };
+            let Some(chains) = batch.chains.iter().map(ChainName::container_ref).collect::<Option<Vec<_>>>() else {
+                tracing::warn!(message = %id, "a sweep batch names an invalid container");
+                return false;
+            };
+            let outcomes = match self.refresh_each(&chains).await {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    tracing::warn!(message = %id, error = %e, "sweep batch failed");
+                    return false;
+                }
+            };
+            let mut report = SweepReport { due: chains.len(), ..Default::default() };
+            let mut failed = 0;
+            for (c, outcome) in outcomes {
+                match outcome {
+                    Ok(true) => report.refreshed += 1,
+                    Ok(false) => report.not_due += 1,
+                    Err(ChainError::NeedsRepair { .. }) => report.broken += 1,
+                    Err(e @ (ChainError::Store(_) | ChainError::Keys(_) | ChainError::Unexpected(_))) => {
+                        tracing::warn!(message = %id, container = %c, error = %e, "sweep could not refresh a chain");
+                        failed += 1;
+                    }
+                    Err(e) => {
+                        tracing::info!(message = %id, container = %c, code = e.code(), "sweep left a chain for later");
+                        report.transient_failures += 1;
+                    }
+                }
+            }
+            tracing::info!(message = %id, refreshed = report.refreshed, not_due = report.not_due,
+                broken = report.broken, later = report.transient_failures, failed, "sweep batch run");
+            failed == 0
+        })
+        .await
     }
 
     /// One sweep over every chain due now, at most `limit` of them; then the backlog metrics.
@@ -291,7 +402,9 @@ fn due_at(item: &Item) -> Option<Millis> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::background::Background;
     use crate::clock::ManualClock;
+    use crate::handoff::MemoryQueue;
     use crate::ids::{Alias, DbName, OrgId};
     use crate::records::{chain_key, due_index_key};
     use crate::store::memory::MemoryStore;
@@ -413,5 +526,71 @@ mod tests {
         assert_eq!(tomorrow, due_index_key(&container(51), NOW + 86_400_000, 4), "a chain not due yet moved too");
         let third = narrow.migrate().await.unwrap();
         assert_eq!((third.moved, third.busy, third.drained), (0, 0, true), "safe to run twice");
+    }
+
+    /// An application over the memory store whose sweep hands its batches to `queue`.
+    fn app_with_queue(
+        store: Arc<dyn Store>,
+        clock: ManualClock,
+        queue: Arc<MemoryQueue<SweepBatch>>,
+    ) -> Arc<super::super::App> {
+        let keys = Arc::new(crate::keys::local::LocalKeys::new(store.clone(), [7u8; 32]));
+        let secrets = Arc::new(crate::secrets::LocalSecrets::new(Default::default(), [9u8; 32]));
+        let queues = super::super::Queues { recovery: None, sweep: Some(queue) };
+        let config = crate::config::Config::built_in();
+        super::super::App::with_queues(store, keys, secrets, Arc::new(clock), config, queues, Background::detached())
+    }
+
+    fn sqs_event(bodies: &[String]) -> SqsEvent {
+        let records: Vec<serde_json::Value> = bodies
+            .iter()
+            .enumerate()
+            .map(|(n, b)| serde_json::json!({"messageId": format!("m{n}"), "body": b, "eventSource": "aws:sqs"}))
+            .collect();
+        serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_schedule_hands_every_due_chain_of_every_shard_to_the_queue_in_batches() {
+        let (store, clock, _) = setup(16);
+        for n in 0..120 {
+            sharded(&store, &container(n), NOW - 1_000 - n as i64, 16).await;
+        }
+        chain(&store, &container(500), LEGACY_DUE_PK.into(), NOW - 90_000, None).await;
+        sharded(&store, &container(501), NOW + 60_000, 16).await; // not due
+        let queue = Arc::new(MemoryQueue::<SweepBatch>::default());
+        let app = app_with_queue(store.clone(), clock.clone(), queue.clone());
+        let report = app.sweep.run_scheduled(10_000).await.unwrap();
+        assert_eq!((report.due, report.batches_queued, report.refreshed), (121, 3, 0), "{report:?}");
+        let sent = queue.sent.lock().unwrap().clone();
+        assert_eq!(sent.iter().map(|b| b.chains.len()).collect::<Vec<_>>(), [50, 50, 21]);
+        let mut named: Vec<ContainerRef> =
+            sent.iter().flat_map(|b| &b.chains).filter_map(|c| c.container_ref()).collect();
+        assert_eq!(named[0], container(500), "oldest due first");
+        named.sort_by_key(|c| c.to_string());
+        named.dedup();
+        let mut want: Vec<ContainerRef> = (0..120).map(container).chain([container(500)]).collect();
+        want.sort_by_key(|c| c.to_string());
+        assert_eq!(named, want, "every due chain once, from every shard and the legacy partition; not the future one");
+
+        // A queue that takes nothing: the run fails (an alarmed Lambda error), nothing is lost from the index.
+        queue.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        match app.sweep.run_scheduled(10_000).await {
+            Err(SweepError::Queue { unsent: 3, batches: 3, .. }) => {}
+            other => panic!("expected a queue failure, got {other:?}"),
+        }
+        assert_eq!(app.sweep.due.due_chains(10_000).await.unwrap().chains.len(), 121, "still due");
+    }
+
+    #[tokio::test]
+    async fn a_worker_reports_the_messages_it_could_not_run() {
+        let (store, clock, _) = setup(16);
+        let queue = Arc::new(MemoryQueue::<SweepBatch>::default());
+        let app = app_with_queue(store, clock, queue);
+        let good = serde_json::to_string(&SweepBatch { chains: vec![ChainName::of(&container(1))] }).unwrap();
+        let bad_name = r#"{"chains":[{"org":"../x","database":"d","container":"c"}]}"#.to_string();
+        let answer = app.sweep.run_batch(sqs_event(&[good, "not json".into(), bad_name])).await;
+        let failed: Vec<String> = answer.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+        assert_eq!(failed, ["m1", "m2"], "the batch that ran is done; the unreadable ones go back to the queue");
     }
 }

@@ -9,6 +9,8 @@ mod aws;
 mod aws_iam;
 #[cfg(feature = "aws")]
 mod aws_recovery_queue;
+#[cfg(feature = "aws")]
+mod aws_sweep_queue;
 mod bi;
 mod cli;
 mod credentials;
