@@ -39,6 +39,9 @@ use exact_sim::{ExactSim, SimApp, SimClock, SimConfig};
 
 use crate::exact::{CLIENT_ID, CLIENT_SECRET, T0, sim_app_toml, sim_profile_toml};
 
+/// The template's bound on refresh workers (the sweep queue's event source, `ScalingConfig.MaximumConcurrency`).
+pub const TEMPLATE_WORKERS: u32 = 20;
+
 /// DynamoDB's documented per-partition throughput, which is also the most one partition key value gets.
 pub const WCU_PER_PARTITION: u64 = 1_000;
 pub const RCU_PER_PARTITION: u64 = 3_000;
@@ -525,9 +528,10 @@ impl Model {
             use_start_s: (7 * 3600, 10 * 3600),
             use_hours: 8.0,
             handouts_per_hour: 60.0,
-            // The template's schedule of the `refresh` function: rate(1 minute).
+            // The template's schedule of the `refresh` function: rate(1 minute); each worker invocation gets up
+            // to two SQS messages (BatchSize 2) of `engine.sweep_batch` chains.
             sweep_interval_s: 60,
-            batch: 500,
+            batch: 2 * config.engine.sweep_batch as u32,
             workers: 1,
             concurrency: config.engine.sweep_concurrency as u32,
             refresh_latency_ms: 300,
@@ -718,12 +722,24 @@ pub fn simulate(m: &Model) -> ModelReport {
                 schedule(&mut wheel, m, id, now, active_n, start_of(id) + use_len);
             }
         }
-        batches.retain(|b| !b.is_empty());
+        // Only the batches being worked on can have emptied.
+        let mut i = 0;
+        while i < batches.len().min(m.workers as usize) {
+            if batches[i].is_empty() {
+                batches.remove(i);
+            } else {
+                i += 1;
+            }
+        }
         for k in 0..shards {
             r.peak_due_wcu = r.peak_due_wcu.max(used[k].ceil() as u64);
             r.peak_due_demand = r.peak_due_demand.max(demand[k].ceil() as u64);
         }
-        let waiting = batches.iter().filter_map(|b| b.front()).chain(overdue.front()).map(|e| e.1).min();
+        // Batches go out in due order: the oldest waiting entry is in one being worked on (a throttled one) or
+        // at the head of the first not yet started, or not yet read by the sweep.
+        let started = (m.workers as usize).min(batches.len());
+        let waiting =
+            batches.iter().take(started + 1).filter_map(|b| b.front()).chain(overdue.front()).map(|e| e.1).min();
         if let Some(due) = waiting {
             r.max_lag_s = r.max_lag_s.max(now - due);
         }

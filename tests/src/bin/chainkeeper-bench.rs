@@ -643,11 +643,16 @@ async fn scale(chains: u32, active_share: f64, shards: Option<u32>) -> anyhow::R
     );
     // The worker concurrency is sized for the sharded index; the unsharded run gets the same workers.
     let paced = Model::million(shards, c.due_write_units_per_refresh).with_paced_workers(0.6);
-    for sharded in [false, true] {
+    let runs = [
+        ("unsharded", 1, paced.workers),
+        ("sharded", paced.shards, paced.workers),
+        ("sharded, the template's workers", paced.shards, chainkeeper_e2e::scale::TEMPLATE_WORKERS),
+    ];
+    for (what, shards, workers) in runs {
         let mut m = paced.clone();
-        if !sharded {
-            m.shards = 1;
-        }
+        m.shards = shards;
+        m.workers = workers;
+        println!("\n### {what}");
         m.chains = chains;
         m.active_share = active_share;
         let t = Instant::now();
