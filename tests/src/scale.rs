@@ -804,9 +804,14 @@ pub fn per_chain_day(m: &Model, r: &ModelReport, c: &SliceCosts) -> PerChainDay 
     // below 4 KB); the engine records a chain's use at most once a minute per process (one write).
     let handout_reads = c.reads_per_warm_handout + 1.0;
     let usage_writes = active * m.use_hours * m.handouts_per_hour.min(60.0);
-    // In Lambda the API sandbox that hands out a token refreshed by a worker opens it once with KMS (its
-    // data-key cache has not seen the worker's new data key): one Decrypt per refresh of a chain in use.
-    let kms_open_after_refresh = if m.handouts_per_hour > 0.0 { r.sweep_refreshes as f64 } else { 0.0 };
+    // The first hand-out after a refresh opens the new token once: in Lambda the API sandbox that hands out a
+    // token a worker refreshed asks KMS (its cache has not seen the worker's new data key); after a caller's
+    // refresh in the same sandbox, as the slice measured.
+    let kms_open_after_refresh = if m.handouts_per_hour > 0.0 {
+        r.sweep_refreshes as f64 + r.caller_refreshes as f64 * c.kms_per_first_handout
+    } else {
+        0.0
+    };
     let index_units = r.index_queries as f64 * c.read_units_per_index_query.max(0.5);
     PerChainDay {
         refreshes: per(refreshes),

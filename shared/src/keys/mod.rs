@@ -162,15 +162,6 @@ pub struct Vault {
 
 const BLOB_PREFIX: &str = "ck1.";
 
-/// The open cache's key of a data key: sha256 of the context and the wrapped key.
-fn open_id(aad: &[u8], wrapped: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update((aad.len() as u64).to_be_bytes());
-    h.update(aad);
-    h.update(wrapped);
-    h.finalize().into()
-}
-
 impl Vault {
     pub fn new(keys: Arc<dyn Keys>, clock: Arc<dyn Clock>, limits: CacheLimits) -> Self {
         Self { keys, clock, limits, open_cache: RwLock::default(), seal_cache: RwLock::default() }
@@ -198,19 +189,9 @@ impl Vault {
             Some(kw) => kw,
             None => {
                 let (key, wrapped) = self.keys.generate_data_key(ctx).await?;
-                {
-                    let mut cache = self.seal_cache.write().unwrap_or_else(|e| e.into_inner());
-                    evict(&mut cache, now, self.limits);
-                    cache.insert(aad.clone(), Cached { key: key.clone(), wrapped: wrapped.clone(), at: now, uses: 1 });
-                }
-                // What this key seals is opened with it too: the first open in this process (the token just
-                // refreshed, handed out) needs no key-service call.
-                let mut cache = self.open_cache.write().unwrap_or_else(|e| e.into_inner());
+                let mut cache = self.seal_cache.write().unwrap_or_else(|e| e.into_inner());
                 evict(&mut cache, now, self.limits);
-                cache.insert(
-                    open_id(&aad, &wrapped),
-                    Cached { key: key.clone(), wrapped: Vec::new(), at: now, uses: 0 },
-                );
+                cache.insert(aad.clone(), Cached { key: key.clone(), wrapped: wrapped.clone(), at: now, uses: 1 });
                 (key, wrapped)
             }
         };
@@ -242,7 +223,13 @@ impl Vault {
         let nonce = &blob[2 + wlen..2 + wlen + 12];
         let ct = &blob[2 + wlen + 12..];
         let aad = ctx.aad();
-        let id = open_id(&aad, wrapped);
+        let id: [u8; 32] = {
+            let mut h = Sha256::new();
+            h.update((aad.len() as u64).to_be_bytes());
+            h.update(&aad);
+            h.update(wrapped);
+            h.finalize().into()
+        };
         let now = self.clock.now_ms();
         let cached = {
             let cache = self.open_cache.read().unwrap_or_else(|e| e.into_inner());
@@ -386,46 +373,6 @@ mod tests {
         keys2.delete_org_key("acme").await.unwrap();
         let d = Vault::new(Arc::new(local::LocalKeys::new(store, [9u8; 32])), Arc::new(clock), CacheLimits::default());
         assert!(d.open(&ctx, &sealed).await.is_err());
-    }
-
-    /// The key port, counting the calls that reach it (KMS in AWS).
-    struct Counted(Arc<dyn Keys>, std::sync::atomic::AtomicU32);
-
-    #[async_trait]
-    impl Keys for Counted {
-        async fn create_org_key(&self, org: &str) -> Result<(), KeyError> {
-            self.0.create_org_key(org).await
-        }
-        async fn delete_org_key(&self, org: &str) -> Result<(), KeyError> {
-            self.0.delete_org_key(org).await
-        }
-        async fn generate_data_key(&self, ctx: &Context<'_>) -> Result<(DataKey, Vec<u8>), KeyError> {
-            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.0.generate_data_key(ctx).await
-        }
-        async fn decrypt_data_key(&self, ctx: &Context<'_>, wrapped: &[u8]) -> Result<DataKey, KeyError> {
-            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.0.decrypt_data_key(ctx, wrapped).await
-        }
-    }
-
-    #[tokio::test]
-    async fn what_a_vault_sealed_it_opens_without_the_key_service() {
-        let clock = ManualClock::new(1_700_000_000_000);
-        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
-        let keys = Arc::new(Counted(Arc::new(local::LocalKeys::new(store, [3u8; 32])), Default::default()));
-        keys.create_org_key("acme").await.unwrap();
-        let v = Vault::new(keys.clone(), Arc::new(clock.clone()), CacheLimits::default());
-        let calls = || keys.1.load(std::sync::atomic::Ordering::SeqCst);
-        let ctx = Context { org: "acme", container: "db/eol", field: "access_token" };
-        let sealed = v.seal(&ctx, b"at-1").await.unwrap();
-        assert_eq!(calls(), 1, "one data key generated");
-        assert_eq!(&v.open(&ctx, &sealed).await.unwrap()[..], b"at-1");
-        assert_eq!(calls(), 1, "the token just sealed opens with the data key kept from sealing");
-        // Another process (no cache) asks the key service once.
-        let other = Vault::new(keys.clone(), Arc::new(clock.clone()), CacheLimits::default());
-        assert_eq!(&other.open(&ctx, &sealed).await.unwrap()[..], b"at-1");
-        assert_eq!(calls(), 2);
     }
 
     #[tokio::test]
