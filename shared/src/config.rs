@@ -378,6 +378,12 @@ mod tests {
         assert!(Config::from_toml("[engine]\nretry_first_s = 0").is_err());
         let c = Config::from_toml("[engine]\nretry_budget_s = 0").unwrap();
         assert_eq!((c.engine.retry_budget_s, Config::built_in().engine.retry_budget_s), (0.0, 3.0));
+        assert_eq!((Config::built_in().engine.due_shards, Config::built_in().engine.sweep_batch), (16, 50));
+        for bad in ["due_shards = 0", "due_shards = 1025", "sweep_batch = 0", "sweep_batch = 1001"] {
+            let e = Config::from_toml(&format!("[engine]\n{bad}")).unwrap_err();
+            assert!(format!("{e:#}").contains("must be between"), "{bad}: {e:#}");
+        }
+        assert_eq!(Config::from_toml("[engine]\ndue_shards = 64").unwrap().engine.due_shards, 64);
         let exact = &Config::built_in().providers["exact-online-nl"];
         assert_eq!(exact.lost_response, crate::provider::LostResponse::RetryPrevious);
         let p = Config::from_toml("[providers.exact-online-nl]\nlost_response = 'needs_repair'").unwrap();
