@@ -208,13 +208,10 @@ pub async fn refresh_event(app: &App, event: serde_json::Value) -> anyhow::Resul
         app.background.settle().await;
         return Ok(serde_json::to_value(answer)?);
     }
-    let report = app.sweep.run_scheduled(SWEEP_LIMIT).await;
+    let report = app.sweep.run_scheduled(app.config.engine.sweep_limit).await;
     app.background.settle().await;
     Ok(serde_json::to_value(report?)?)
 }
-
-/// At most this many chains per scheduled sweep (the rest stay due for the next one, and show in the backlog).
-const SWEEP_LIMIT: usize = 10_000;
 
 /// An event of an SQS event source (every record from `aws:sqs`), as opposed to a schedule's.
 fn from_sqs(event: &serde_json::Value) -> bool {
@@ -246,7 +243,7 @@ pub fn spawn_schedule(app: Arc<App>) -> tokio::task::JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match app.sweep.run_scheduled(SWEEP_LIMIT).await {
+            match app.sweep.run_scheduled(app.config.engine.sweep_limit).await {
                 Ok(r) if r.due > 0 => tracing::info!(due = r.due, refreshed = r.refreshed, broken = r.broken, "sweep"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "sweep failed"),

@@ -593,4 +593,75 @@ mod tests {
         let failed: Vec<String> = answer.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
         assert_eq!(failed, ["m1", "m2"], "the batch that ran is done; the unreadable ones go back to the queue");
     }
+
+    /// A store where a refresh elsewhere rewrites the chain (into its shard, with a new due time) just before
+    /// the migration's write of it.
+    struct RefreshFirst {
+        inner: Arc<dyn Store>,
+        refresh: std::sync::Mutex<Option<Put>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for RefreshFirst {
+        async fn get(&self, key: &crate::store::Key) -> Result<Option<Item>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn put(&self, put: Put) -> Result<Version, StoreError> {
+            let refresh = self.refresh.lock().unwrap().take_if(|r| r.key == put.key);
+            if let Some(refresh) = refresh {
+                self.inner.put(refresh).await?;
+            }
+            self.inner.put(put).await
+        }
+        async fn delete(&self, key: &crate::store::Key, condition: Condition) -> Result<(), StoreError> {
+            self.inner.delete(key, condition).await
+        }
+        async fn query(&self, pk: &str, sk_prefix: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
+            self.inner.query(pk, sk_prefix, limit).await
+        }
+        async fn query_back(&self, pk: &str, before: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+            self.inner.query_back(pk, before, limit).await
+        }
+        async fn query_index(
+            &self,
+            index: Index,
+            pk: &str,
+            sk_max: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<Item>, StoreError> {
+            self.inner.query_index(index, pk, sk_max, limit).await
+        }
+        async fn transact(&self, ops: Vec<crate::store::WriteOp>) -> Result<(), StoreError> {
+            self.inner.transact(ops).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_between_the_migrations_read_and_write_wins_and_the_chain_is_in_one_place() {
+        let (inner, clock, _) = setup(4);
+        let c = container(3);
+        chain(&inner, &c, LEGACY_DUE_PK.into(), NOW - 1_000, None).await;
+        // The refresh writes the chain as the engine does: its shard, its next due time.
+        let mut refresh = Put::new(chain_key(&c), b"{}".to_vec(), Condition::None);
+        let current = inner.get(&chain_key(&c)).await.unwrap().unwrap();
+        refresh.body = current.body.clone();
+        refresh.due = Some(due_index_key(&c, NOW + 600_000, 4));
+        let store: Arc<dyn Store> = Arc::new(RefreshFirst { inner: inner.clone(), refresh: Some(refresh).into() });
+        let index = DueIndex::new(store, Arc::new(clock), 4);
+        let report = index.migrate().await.unwrap();
+        assert_eq!((report.moved, report.busy, report.drained), (0, 0, true), "the refresh moved it: {report:?}");
+        let item = inner.get(&chain_key(&c)).await.unwrap().unwrap();
+        assert_eq!(item.version, current.version + 1, "the migration wrote nothing over the refresh");
+        assert_eq!(item.due, Some(due_index_key(&c, NOW + 600_000, 4)), "the refresh's due time stands");
+        let everywhere = query_index_partitions(
+            &inner,
+            Index::Due,
+            &(0..4).map(due_shard_pk).chain([LEGACY_DUE_PK.to_string()]).collect::<Vec<_>>(),
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+        assert_eq!(everywhere.iter().filter(|i| i.key == chain_key(&c)).count(), 1, "in exactly one place");
+    }
 }
