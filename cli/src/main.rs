@@ -1,8 +1,8 @@
 //! `chainkeeper`: the one-machine entry point. `serve` runs every route and the refresh schedule on embedded
 //! storage (SQLite + a local key file); `token issue` prints an API token (recorded, so `token list` and
 //! `token revoke` find it); `routes` prints the route table. With the `aws` feature, `--aws` runs `org export`,
-//! `org import` and `token issue|list|revoke` on DynamoDB, KMS and Secrets Manager, configured from the same
-//! environment variables as the Lambda functions (`CHAINKEEPER_TABLE`, `CHAINKEEPER_SIGNING_KEY_SECRET`, …).
+//! `org import`, `migrate due-shards` and `token issue|list|revoke` on DynamoDB, KMS and Secrets Manager,
+//! configured from the same environment variables as the Lambda functions (`CHAINKEEPER_TABLE`, `CHAINKEEPER_SIGNING_KEY_SECRET`, …).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +55,9 @@ enum Command {
     /// Print a single-use sign-in link to the web console (valid for `--minutes`), for an organisation's people
     /// (`--org`) or the platform's operators (`--platform`), with the given scopes.
     ConsoleLink(ConsoleLinkArgs),
+    /// Store migrations between versions.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
     /// Print the route table: method, path, Lambda function, public, resource (what the SAM template must serve).
     Routes {
         /// One JSON array of objects instead of tab-separated lines.
@@ -113,6 +116,23 @@ struct ConsoleLinkArgs {
     /// The address people open the console at; default: `[server] public_url`, else http://127.0.0.1:8080.
     #[arg(long, env = "CHAINKEEPER_PUBLIC_URL")]
     base_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum MigrateCommand {
+    /// Move every chain of the unsharded `due` index partition (written by versions before the shards), and of
+    /// shards at or above a lowered `engine.due_shards`, into its shard; then sweeps read only the shards. Safe to
+    /// run twice and while chainkeeper runs; run it once every process runs this version. Prints a JSON report;
+    /// `"drained": false` (chains being refreshed right now were left) means: run it again.
+    DueShards(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    storage: StorageArgs,
+    #[command(flatten)]
+    on: OnAws,
 }
 
 #[derive(Subcommand)]
@@ -284,6 +304,7 @@ fn main() -> anyhow::Result<()> {
         Command::Token(TokenCommand::Revoke(a)) => runtime()?.block_on(revoke_token(a)),
         Command::Serve(a) => runtime()?.block_on(serve(a)),
         Command::Sweep(a) => runtime()?.block_on(sweep(a)),
+        Command::Migrate(MigrateCommand::DueShards(a)) => runtime()?.block_on(migrate_due_shards(a)),
         Command::Routes { json } => print_routes(json),
         Command::ConsoleLink(a) => runtime()?.block_on(console_link(a)),
         Command::SigningKey(SigningKeyCommand::Rotate(a)) => rotate_signing_key(a),
@@ -546,5 +567,15 @@ async fn sweep(a: StorageArgs) -> anyhow::Result<()> {
     let (_, app) = load(&a)?;
     let report = app.sweep.run_once(100_000).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+async fn migrate_due_shards(a: MigrateArgs) -> anyhow::Result<()> {
+    let app = app_for(&a.storage, a.on.aws).await?;
+    let report = app.sweep.due.migrate().await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !report.drained {
+        eprintln!("{} chains were being refreshed and stay where they are: run it again in a minute", report.busy);
+    }
     Ok(())
 }

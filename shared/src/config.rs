@@ -37,6 +37,18 @@ pub struct EngineConfig {
     pub sweep_interval_s: f64,
     /// How many chains one sweep refreshes at once.
     pub sweep_concurrency: usize,
+    /// Partitions of the `Due` index (`due#0` … `due#{N-1}`), 1 to 1024. DynamoDB takes about 1,000 writes a
+    /// second per index partition value and every refresh writes one: 16 shards carry 16,000 refreshes a second,
+    /// far beyond a million chains refreshed every ten minutes (about 1,700 a second), while a sweep reads 16
+    /// small partitions. Raising it takes effect at once; after lowering it the sweep keeps reading the old
+    /// shards until `chainkeeper migrate due-shards` has moved their chains.
+    pub due_shards: u32,
+    /// Chains per message on the sweep queue (AWS): one `refresh` worker refreshes them `sweep_concurrency` at
+    /// once, well within its timeout (each refresh is bounded by `token_timeout_s` plus the retry budget).
+    pub sweep_batch: usize,
+    /// At most this many chains per scheduled sweep, shared fairly among the shards; the rest stay due for the
+    /// next one (and show in `SweepBacklog`). In AWS the schedule only reads their keys and queues them.
+    pub sweep_limit: usize,
     /// A chain whose token was handed out in this window counts as "in active use" and is refreshed ahead.
     pub active_use_window_s: f64,
     /// Keep-alive: refresh a chain this long before its refresh token would expire unused.
@@ -56,6 +68,9 @@ impl Default for EngineConfig {
             retry_first_s: 0.1,
             sweep_interval_s: 30.0,
             sweep_concurrency: 64,
+            due_shards: 16,
+            sweep_batch: 50,
+            sweep_limit: 10_000,
             active_use_window_s: 900.0,
             keep_alive_margin_s: 86_400.0,
         }
@@ -297,6 +312,15 @@ impl Config {
                 bail!("console.groups {:?}: give either org or platform = true, and at least one scope", g.value);
             }
         }
+        if !(1..=1024).contains(&engine.due_shards) {
+            bail!("engine: due_shards must be between 1 and 1024");
+        }
+        if !(1..=1000).contains(&engine.sweep_batch) {
+            bail!("engine: sweep_batch must be between 1 and 1000 (an SQS message holds up to 256 KB)");
+        }
+        if !(1..=1_000_000).contains(&engine.sweep_limit) {
+            bail!("engine: sweep_limit must be between 1 and 1000000");
+        }
         let limits = raw.limits;
         if !(limits.header_read_timeout_s > 0.0 && limits.request_timeout_s > 0.0) {
             bail!("limits: header_read_timeout_s and request_timeout_s must be above 0");
@@ -423,6 +447,12 @@ mod tests {
         assert!(Config::from_toml("[engine]\nretry_first_s = 0").is_err());
         let c = Config::from_toml("[engine]\nretry_budget_s = 0").unwrap();
         assert_eq!((c.engine.retry_budget_s, Config::built_in().engine.retry_budget_s), (0.0, 3.0));
+        assert_eq!((Config::built_in().engine.due_shards, Config::built_in().engine.sweep_batch), (16, 50));
+        for bad in ["due_shards = 0", "due_shards = 1025", "sweep_batch = 0", "sweep_batch = 1001", "sweep_limit = 0"] {
+            let e = Config::from_toml(&format!("[engine]\n{bad}")).unwrap_err();
+            assert!(format!("{e:#}").contains("must be between"), "{bad}: {e:#}");
+        }
+        assert_eq!(Config::from_toml("[engine]\ndue_shards = 64").unwrap().engine.due_shards, 64);
         let exact = &Config::built_in().providers["exact-online-nl"];
         assert_eq!(exact.lost_response, crate::provider::LostResponse::RetryPrevious);
         let p = Config::from_toml("[providers.exact-online-nl]\nlost_response = 'needs_repair'").unwrap();

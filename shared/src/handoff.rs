@@ -4,6 +4,9 @@
 //! [`RecoveryRequest`] to a queue (AWS: SQS, `aws::sqs`) that triggers the `recover` function instead. `serve`
 //! has no queue: it runs the recovery in-process (`app::handoff`).
 //!
+//! The same way, the `refresh` function's schedule hands the chains due to worker invocations of itself: a
+//! [`SweepBatch`] per message on the sweep queue ([`SweepQueue`], SQS), each refreshed by one invocation (`app::sweep`).
+//!
 //! Delivery is at least once: a request may arrive twice (SQS standard queues, a retried send). That is harmless
 //! on purpose, not deduplicated: a recovery run is idempotent (a healthy chain is never recovered again, a run
 //! already under way makes the second one `Busy`, a stopped one stays stopped, at most three attempts an hour).
@@ -54,22 +57,78 @@ pub trait RecoveryQueue: Send + Sync + 'static {
     async fn send(&self, request: &RecoveryRequest) -> anyhow::Result<()>;
 }
 
-/// A queue in memory (unit tests, tools): every request sent, in order.
-#[derive(Default)]
-pub struct MemoryQueue {
-    pub sent: std::sync::Mutex<Vec<RecoveryRequest>>,
+/// The chains one sweep worker refreshes: the message body (JSON) on the sweep queue. Names only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepBatch {
+    pub chains: Vec<ChainName>,
+}
+
+/// One chain of a [`SweepBatch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainName {
+    pub org: String,
+    pub database: String,
+    pub container: String,
+}
+
+impl ChainName {
+    pub fn of(c: &ContainerRef) -> Self {
+        Self { org: c.org.to_string(), database: c.db.to_string(), container: c.alias.to_string() }
+    }
+
+    /// The container it names, if the names are valid.
+    pub fn container_ref(&self) -> Option<ContainerRef> {
+        Some(ContainerRef {
+            org: OrgId::parse(&self.org).ok()?,
+            db: DbName::parse(&self.database).ok()?,
+            alias: Alias::parse(&self.container).ok()?,
+        })
+    }
+}
+
+/// A durable queue of sweep batches (SQS in AWS) that triggers the sweep's workers.
+#[async_trait::async_trait]
+pub trait SweepQueue: Send + Sync + 'static {
+    /// Sends one batch; `Ok` once the queue holds it.
+    async fn send(&self, batch: &SweepBatch) -> anyhow::Result<()>;
+}
+
+/// A queue in memory (unit tests, tools): every message sent, in order.
+pub struct MemoryQueue<T = RecoveryRequest> {
+    pub sent: std::sync::Mutex<Vec<T>>,
     /// When set, every send fails (tests of a queue outage).
     pub failing: std::sync::atomic::AtomicBool,
 }
 
-#[async_trait::async_trait]
-impl RecoveryQueue for MemoryQueue {
-    async fn send(&self, request: &RecoveryRequest) -> anyhow::Result<()> {
+impl<T> Default for MemoryQueue<T> {
+    fn default() -> Self {
+        Self { sent: std::sync::Mutex::new(Vec::new()), failing: Default::default() }
+    }
+}
+
+impl<T: Clone> MemoryQueue<T> {
+    fn push(&self, message: &T) -> anyhow::Result<()> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             anyhow::bail!("the queue is unavailable");
         }
-        self.sent.lock().unwrap_or_else(|p| p.into_inner()).push(request.clone());
+        self.sent.lock().unwrap_or_else(|p| p.into_inner()).push(message.clone());
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl RecoveryQueue for MemoryQueue<RecoveryRequest> {
+    async fn send(&self, request: &RecoveryRequest) -> anyhow::Result<()> {
+        self.push(request)
+    }
+}
+
+#[async_trait::async_trait]
+impl SweepQueue for MemoryQueue<SweepBatch> {
+    async fn send(&self, batch: &SweepBatch) -> anyhow::Result<()> {
+        self.push(batch)
     }
 }
 

@@ -38,11 +38,11 @@ pub const PROXY_CALLS: &str = "ProxyCalls";
 /// Count, `[Stage]` (and `[Stage, Provider]`): times a caller or the sweep had to wait for a provider's rate limit
 /// or minimum token interval.
 pub const RATE_LIMIT_WAITS: &str = "RateLimitWaits";
-/// Count (a gauge, emitted once per `refresh` sweep), `[Stage]`: chains that were due and not refreshed by the
-/// sweep (left for the next one).
+/// Count (a gauge, emitted once per `refresh` schedule run), `[Stage]`: chains due and not yet refreshed: with a
+/// sweep queue (AWS) those handed to the workers, without one (`serve`) those the sweep left for the next one.
 pub const SWEEP_BACKLOG: &str = "SweepBacklog";
-/// Seconds (a gauge, emitted once per `refresh` sweep, 0 when none), `[Stage]`: how far past its due time the
-/// most overdue chain is.
+/// Seconds (a gauge, emitted once per `refresh` schedule run, 0 when none), `[Stage]`: how far past its due time
+/// the most overdue chain is. The alarm `sweep-lag` reads it.
 pub const OLDEST_OVERDUE_SECONDS: &str = "OldestOverdueSeconds";
 
 /// Refresh outcome: a new access token was obtained and stored.

@@ -11,7 +11,7 @@
 //! | API token (metadata, never the token) | `org#{org}` | `apitoken#{id}` |
 //! | platform API token (metadata) | `platform` | `apitoken#{id}` |
 //! | token issued through another | `issued-by#{issuer id}` | `{org or -}#{id}` (expires with the token) |
-//! | chain | `chain#{org}#{db}#{alias}` | `chain` (index `Due`: `due` / next due time; index `Repair`: `repair#{org}` / `{db}#{alias}`) |
+//! | chain | `chain#{org}#{db}#{alias}` | `chain` (index `Due`: `due#{shard}` / next due time; index `Repair`: `repair#{org}` / `{db}#{alias}`) |
 //! | rescued refresh token | `chain#{org}#{db}#{alias}` | `rescue#{time}#{id}` |
 //! | last use of a chain | `chain#{org}#{db}#{alias}` | `usage` |
 //! | auto-recovery credentials | `chain#{org}#{db}#{alias}` | `recovery` (expires; index `Due`: `recovery-expiry` / warning time `#` chain pk) |
@@ -23,6 +23,7 @@
 //! | console session (sha256 of its cookie's id, never the id) | `console-session#{sha256}` | `session` (expires: idle or absolute, whichever is first) |
 //! | console sign-in link (sha256 of its token) | `console-link#{sha256}` | `link` (expires; kept once used, marked used) |
 //! | console OIDC sign-in in progress | `console-oidc#{state}` | `oidc` (expires) |
+//! | layout of the `Due` index: highest shard count, legacy `due` partition emptied | `due-shards` | `meta` |
 //! | cached provider answer (profiles with `cache_in_store`), sealed | `answer#{org}#{db}#{alias}` | sha256 of its cache key (expires after the cache time) |
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -131,10 +132,34 @@ pub fn stored_answer_key(c: &ContainerRef, cache_key_sha256: &str) -> Key {
 
 // --- the two indexes ---
 
-/// Index `Due`: chains by the time they are next due for a refresh.
-pub const DUE_PK: &str = "due";
-pub fn due_index_key(at: Millis) -> IndexKey {
-    IndexKey { pk: DUE_PK.into(), sk: time_sk(at) }
+/// Index `Due`: chains by the time they are next due for a refresh, spread over `engine.due_shards` partitions
+/// `due#0` … `due#{N-1}` (DynamoDB takes about 1,000 writes a second per index partition value; every refresh
+/// rewrites the chain's entry). The shard is a stable hash of the chain's partition key, so a chain always lands
+/// in the same shard and a rewrite replaces its entry.
+pub fn due_index_key(c: &ContainerRef, at: Millis, shards: u32) -> IndexKey {
+    IndexKey { pk: due_shard_pk(due_shard_of(c, shards)), sk: time_sk(at) }
+}
+pub fn due_shard_of(c: &ContainerRef, shards: u32) -> u32 {
+    crate::store::shard_of(&chain_pk(c), shards)
+}
+pub fn due_shard_pk(shard: u32) -> String {
+    format!("due#{shard}")
+}
+/// The one unsharded `Due` partition of versions before the shards. The sweep reads it until
+/// `chainkeeper migrate due-shards` has emptied it; every refresh moves a chain out of it meanwhile.
+pub const LEGACY_DUE_PK: &str = "due";
+/// How the `Due` index is laid out now (`DueShardsRecord`).
+pub fn due_shards_key() -> Key {
+    Key::new("due-shards", "meta")
+}
+/// Written by the sweep and by `migrate due-shards`: the highest shard count any process may have written with
+/// (the sweep reads every shard below it, so lowering `engine.due_shards` loses nothing), and whether the legacy
+/// partition has been emptied.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DueShardsRecord {
+    pub highest_shards: u32,
+    #[serde(default)]
+    pub legacy_drained: bool,
 }
 /// Index `Due`, second partition: auto-recovery credentials by the time their expiry is announced.
 pub const RECOVERY_EXPIRY_PK: &str = "recovery-expiry";

@@ -169,7 +169,8 @@ pub async fn aws_function(env: crate::aws::AwsEnv, config: Config) -> anyhow::Re
 async fn aws_with(env: crate::aws::AwsEnv, config: Config, background: Background) -> anyhow::Result<Arc<App>> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let a = crate::aws::adapters(&env, clock.clone()).await;
-    Ok(App::with_recovery_queue(a.store, a.keys, a.secrets, clock, config, a.recovery_queue, background))
+    let queues = crate::app::Queues { recovery: a.recovery_queue, sweep: a.sweep_queue };
+    Ok(App::with_queues(a.store, a.keys, a.secrets, clock, config, queues, background))
 }
 
 /// What every Lambda function's `main.rs` calls, once per cold start. Built with the `aws` feature and given
@@ -196,22 +197,33 @@ pub async fn from_env() -> anyhow::Result<Arc<App>> {
     embedded_system(&DataDir::open(&dir)?, config)
 }
 
-/// The `refresh` function's event (its EventBridge schedule): one sweep; the chains it found broken are handed to
-/// the `recover` function before it returns.
-pub async fn refresh_event(app: &App) -> anyhow::Result<serde_json::Value> {
-    let report = app.sweep.run_once(10_000).await;
+/// The `refresh` function's event: an SQS batch from the sweep queue (a worker: refreshes the chains of each
+/// message, failed messages reported as `batchItemFailures`), or anything else, which is its EventBridge schedule:
+/// with a sweep queue it reads the chains due and hands them to workers in batches, without one it refreshes them
+/// itself. The chains it found broken are handed to the `recover` function before it returns.
+pub async fn refresh_event(app: &App, event: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    if from_sqs(&event) {
+        let batch: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(event)?;
+        let answer = app.sweep.run_batch(batch).await;
+        app.background.settle().await;
+        return Ok(serde_json::to_value(answer)?);
+    }
+    let report = app.sweep.run_scheduled(app.config.engine.sweep_limit).await;
     app.background.settle().await;
     Ok(serde_json::to_value(report?)?)
+}
+
+/// An event of an SQS event source (every record from `aws:sqs`), as opposed to a schedule's.
+fn from_sqs(event: &serde_json::Value) -> bool {
+    event["Records"].as_array().is_some_and(|r| !r.is_empty() && r.iter().all(|m| m["eventSource"] == "aws:sqs"))
 }
 
 /// The `recover` function's event: an SQS batch of recovery requests (from the recovery queue: one run per
 /// container, the failed ones reported as `batchItemFailures`), or anything else, which is its EventBridge
 /// schedule (the run over every broken chain, the expiry warnings, the purge).
 pub async fn recover_event(app: &App, event: serde_json::Value) -> anyhow::Result<serde_json::Value> {
-    let from_sqs =
-        event["Records"].as_array().is_some_and(|r| !r.is_empty() && r.iter().all(|m| m["eventSource"] == "aws:sqs"));
     // Either way the webhook events of the runs (`chain.recovered`, …) are delivered before it returns.
-    if from_sqs {
+    if from_sqs(&event) {
         let batch: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(event)?;
         let answer = app.handoff.run_batch(batch).await;
         app.background.settle().await;
@@ -231,7 +243,7 @@ pub fn spawn_schedule(app: Arc<App>) -> tokio::task::JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match app.sweep.run_once(10_000).await {
+            match app.sweep.run_scheduled(app.config.engine.sweep_limit).await {
                 Ok(r) if r.due > 0 => tracing::info!(due = r.due, refreshed = r.refreshed, broken = r.broken, "sweep"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "sweep failed"),

@@ -11,6 +11,7 @@ pub mod lambda_runtime;
 #[cfg(feature = "aws")]
 pub mod moto;
 pub mod oidc_peer;
+pub mod scale;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

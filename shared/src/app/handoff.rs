@@ -110,33 +110,29 @@ impl HandOff {
     /// and, after the redrive policy's receive count, moves it to the dead-letter queue. A run that ended with
     /// any outcome (recovered, rejected, backing off…) is done: its outcome is on the chain and in the audit.
     pub async fn run_batch(&self, event: SqsEvent) -> SqsBatchResponse {
-        let mut response = SqsBatchResponse::default();
-        let Some(recovery) = self.recovery() else { return response };
-        for message in event.records {
-            let id = message.message_id.clone().unwrap_or_default();
-            let ok = match message.body.as_deref().map(serde_json::from_str::<RecoveryRequest>) {
-                Some(Ok(request)) => match self.run_one(&recovery, &request).await {
-                    Ok(outcome) => {
-                        tracing::info!(message = %id, outcome = ?outcome, "recovery request run");
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(message = %id, error = %e, "recovery request failed");
+        let Some(recovery) = self.recovery() else { return SqsBatchResponse::default() };
+        each_message(event, |id, body| {
+            let recovery = recovery.clone();
+            async move {
+                match body.as_deref().map(serde_json::from_str::<RecoveryRequest>) {
+                    Some(Ok(request)) => match self.run_one(&recovery, &request).await {
+                        Ok(outcome) => {
+                            tracing::info!(message = %id, outcome = ?outcome, "recovery request run");
+                            true
+                        }
+                        Err(e) => {
+                            tracing::warn!(message = %id, error = %e, "recovery request failed");
+                            false
+                        }
+                    },
+                    _ => {
+                        tracing::warn!(message = %id, "not a recovery request");
                         false
                     }
-                },
-                _ => {
-                    tracing::warn!(message = %id, "not a recovery request");
-                    false
                 }
-            };
-            if !ok {
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = id;
-                response.batch_item_failures.push(failure);
             }
-        }
-        response
+        })
+        .await
     }
 
     async fn run_one(&self, recovery: &Recovery, r: &RecoveryRequest) -> Result<Outcome, RecoveryError> {
@@ -155,6 +151,27 @@ impl HandOff {
             }
         }
     }
+}
+
+/// An SQS event source's batch, one message at a time (the `recover` function's recovery requests, the
+/// `refresh` workers' sweep batches): `run(message id, body)` says whether the message is done; those that are
+/// not go back as `batchItemFailures` (the event source has `ReportBatchItemFailures`), so SQS delivers them
+/// again and, after the redrive policy's receive count, moves them to the dead-letter queue.
+pub async fn each_message<F, Fut>(event: SqsEvent, run: F) -> SqsBatchResponse
+where
+    F: Fn(String, Option<String>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut response = SqsBatchResponse::default();
+    for message in event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        if !run(id.clone(), message.body).await {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            response.batch_item_failures.push(failure);
+        }
+    }
+    response
 }
 
 #[cfg(test)]

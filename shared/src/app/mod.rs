@@ -55,7 +55,7 @@ use std::sync::Arc;
 use crate::chain::ChainEngine;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::handoff::RecoveryQueue;
+use crate::handoff::{RecoveryQueue, SweepQueue};
 use crate::keys::{CacheLimits, Keys, Vault};
 use crate::secrets::Secrets;
 use crate::store::Store;
@@ -74,6 +74,15 @@ pub struct Ports {
     pub http: reqwest::Client,
     /// Where work nobody waits for runs (webhook deliveries, recovery hand-offs).
     pub background: Arc<background::Background>,
+}
+
+/// The queues that hand work to other Lambda functions (none in `serve`: the work runs in-process).
+#[derive(Default, Clone)]
+pub struct Queues {
+    /// Broken chains, to the `recover` function.
+    pub recovery: Option<Arc<dyn RecoveryQueue>>,
+    /// The sweep's batches of chains due, to `refresh` workers.
+    pub sweep: Option<Arc<dyn SweepQueue>>,
 }
 
 /// The application: every use case, built once per process over the ports the wiring chose.
@@ -114,18 +123,19 @@ impl App {
         clock: Arc<dyn Clock>,
         config: Config,
     ) -> Arc<Self> {
-        Self::with_recovery_queue(store, keys, secrets, clock, config, None, background::Background::detached())
+        Self::with_queues(store, keys, secrets, clock, config, Queues::default(), background::Background::detached())
     }
 
-    /// [`App::new`] whose broken chains are handed to `queue` (the Lambda functions in AWS) instead of being
-    /// recovered in-process, and whose background work runs in `background` (tracked in a Lambda function).
-    pub fn with_recovery_queue(
+    /// [`App::new`] whose broken chains are handed to the recovery queue and whose sweep hands its batches to the
+    /// sweep queue (the Lambda functions in AWS) instead of doing both in-process, and whose background work runs
+    /// in `background` (tracked in a Lambda function).
+    pub fn with_queues(
         store: Arc<dyn Store>,
         keys: Arc<dyn Keys>,
         secrets: Arc<dyn Secrets>,
         clock: Arc<dyn Clock>,
         config: Config,
-        queue: Option<Arc<dyn RecoveryQueue>>,
+        queues: Queues,
         background: background::Background,
     ) -> Arc<Self> {
         let vault = Arc::new(Vault::new(keys, clock.clone(), CacheLimits::default()));
@@ -134,7 +144,7 @@ impl App {
         let p = Ports { store, vault, secrets, clock, config: Arc::new(config), http, background };
         let audit = audit::AuditLog::new(&p);
         let webhooks = webhooks::Webhooks::new(&p, audit.clone());
-        let handoff = Arc::new(handoff::HandOff::new(queue, p.background.clone()));
+        let handoff = Arc::new(handoff::HandOff::new(queues.recovery, p.background.clone()));
         let on_event = Arc::new(events::OnChainEvent::new(webhooks.clone(), handoff.clone()));
         let engine = Arc::new(ChainEngine::new(
             p.store.clone(),
@@ -162,7 +172,7 @@ impl App {
             handout: handout::HandOut::new(&p, engine.clone()),
             identifiers: identifiers::Identifiers::new(&p, audit.clone()),
             query: query::QueryProxy::new(&p, engine.clone()),
-            sweep: sweep::Sweep::new(&p, engine.clone()),
+            sweep: sweep::Sweep::new(&p, engine.clone(), queues.sweep),
             backup: backup::Backup::new(&p, audit.clone()),
             console: console.clone(),
             console_oidc: console_oidc::ConsoleOidc::new(&p, console),

@@ -2,6 +2,20 @@
 //! sparse GSIs `due` and `repair`, and the TTL attribute `expires_at` (epoch seconds). DynamoDB deletes expired
 //! items late (moto never), so `expires_at_ms` is also checked on every read and condition.
 //! `ConditionalCheckFailedException` and a cancelled transaction become the domain's `Conflict`.
+//!
+//! **Conditional writes are idempotent under the SDK's retries.** The SDK retries a request whose answer it did
+//! not get (a timeout, a dropped connection, a 5xx); when the first attempt had in fact been applied, the retry
+//! meets its own write and its condition fails. So every write carries a write id `w` (random, one per `put` or
+//! `transact` call, the same in every retry of it) and asks for `ReturnValuesOnConditionCheckFailure = ALL_OLD`
+//! (per item in a transaction). On a failed condition the item DynamoDB returns is compared with what we wrote:
+//! the same write id, the same body and, for `Condition::Version(v)`, version `v + 1` — then the write was ours
+//! and succeeded on an earlier attempt, and `put` answers with that version instead of `Conflict`. A transaction
+//! is ours when any of its written items carries its write id (transactions are all or nothing; DynamoDB also
+//! deduplicates them by the SDK's `ClientRequestToken` for 10 minutes, which moto does not). Comparing the write
+//! id and not only the bytes matters: two writers that write the same body over the same version (the rate-limit
+//! governor's counters do) are different writes, and the second must still see `Conflict`. What stays `Conflict`:
+//! a delete (an absent item does not say who deleted it), and a write of ours already overwritten by someone
+//! else before the retry arrived — both safe, the caller reads again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,19 +23,26 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType, TransactWriteItem, Update,
+    KeyType, Projection, ProjectionType, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TransactWriteItem, Update,
 };
 
 use crate::clock::{Clock, Millis};
+use crate::ids::random_id;
 use crate::store::*;
 
 pub struct DynamoStore {
     client: Client,
     table: String,
     clock: Arc<dyn Clock>,
+    /// Tests: send every conditional write twice, as an SDK retry after a lost answer does.
+    #[cfg(any(test, feature = "test-hooks"))]
+    send_twice: std::sync::atomic::AtomicBool,
 }
 
 type Attrs = HashMap<String, AttributeValue>;
@@ -53,6 +74,7 @@ fn names_for(exprs: &[Option<&str>]) -> HashMap<String, String> {
         ("#ds", "due_sk"),
         ("#rp", "repair_pk"),
         ("#rs", "repair_sk"),
+        ("#w", "w"),
     ]
     .into_iter()
     .filter(|(a, _)| {
@@ -83,13 +105,16 @@ fn condition(c: Condition, now: Millis) -> (Option<String>, Attrs) {
 }
 
 /// The update expression that writes a whole item and bumps its version.
-fn put_expression(p: &Put) -> (String, Attrs) {
-    let mut set = vec!["#v = if_not_exists(#v, :zero) + :one".to_string(), "#b = :b".to_string()];
+/// `write_id` is the call's write id (see the module comment).
+fn put_expression(p: &Put, write_id: &str) -> (String, Attrs) {
+    let mut set =
+        vec!["#v = if_not_exists(#v, :zero) + :one".to_string(), "#b = :b".to_string(), "#w = :w".to_string()];
     let mut remove = Vec::new();
     let mut values: Attrs = HashMap::from([
         (":zero".into(), n(0)),
         (":one".into(), n(1)),
         (":b".into(), AttributeValue::B(Blob::new(p.body.clone()))),
+        (":w".into(), s(write_id)),
     ]);
     match p.expires_at_ms {
         Some(t) => {
@@ -120,6 +145,21 @@ fn put_expression(p: &Put) -> (String, Attrs) {
     (expr, values)
 }
 
+/// The version of our own earlier write, when `old` (the item a failed condition returned) is that write: the
+/// same write id and body, and for `Condition::Version(v)` version `v + 1`.
+fn own_earlier_write(p: &Put, write_id: &str, old: Option<&Attrs>) -> Option<Version> {
+    let old = old?;
+    let item = to_item(old).ok()?;
+    let same_write = old.get("w").and_then(|w| w.as_s().ok()).is_some_and(|w| w == write_id);
+    let same_attrs =
+        item.body == p.body && item.expires_at_ms == p.expires_at_ms && item.due == p.due && item.repair == p.repair;
+    let expected = match p.condition {
+        Condition::Version(v) => item.version == v + 1,
+        Condition::Absent | Condition::Exists | Condition::None => item.version >= 1,
+    };
+    (same_write && same_attrs && expected).then_some(item.version)
+}
+
 fn to_item(a: &Attrs) -> Result<Item, StoreError> {
     let text = |k: &str| a.get(k).and_then(|v| v.as_s().ok()).cloned();
     let num = |k: &str| a.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<i64>().ok());
@@ -142,7 +182,27 @@ fn to_item(a: &Attrs) -> Result<Item, StoreError> {
 
 impl DynamoStore {
     pub fn new(client: Client, table: String, clock: Arc<dyn Clock>) -> Self {
-        Self { client, table, clock }
+        Self {
+            client,
+            table,
+            clock,
+            #[cfg(any(test, feature = "test-hooks"))]
+            send_twice: Default::default(),
+        }
+    }
+
+    /// Tests: from now on send every `put` and `transact` twice (the first answer is dropped), as the SDK does
+    /// when it retries a request whose answer was lost although DynamoDB had applied it.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn send_every_write_twice(&self, on: bool) {
+        self.send_twice.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn sent_twice(&self) -> bool {
+        #[cfg(any(test, feature = "test-hooks"))]
+        return self.send_twice.load(std::sync::atomic::Ordering::SeqCst);
+        #[cfg(not(any(test, feature = "test-hooks")))]
+        false
     }
 
     pub fn table(&self) -> &str {
@@ -213,8 +273,8 @@ impl DynamoStore {
         }
     }
 
-    fn update_of(&self, p: &Put, now: Millis) -> Result<Update, StoreError> {
-        let (expr, mut values) = put_expression(p);
+    fn update_of(&self, p: &Put, now: Millis, write_id: &str) -> Result<Update, StoreError> {
+        let (expr, mut values) = put_expression(p, write_id);
         let (cond, cond_values) = condition(p.condition, now);
         values.extend(cond_values);
         let names = names_for(&[Some(&expr), cond.as_deref()]);
@@ -225,6 +285,7 @@ impl DynamoStore {
             .set_condition_expression(cond)
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(unavailable)
     }
@@ -250,11 +311,12 @@ impl Store for DynamoStore {
 
     async fn put(&self, put: Put) -> Result<Version, StoreError> {
         let now = self.clock.now_ms();
-        let (expr, mut values) = put_expression(&put);
+        let write_id = random_id();
+        let (expr, mut values) = put_expression(&put, &write_id);
         let (cond, cond_values) = condition(put.condition, now);
         values.extend(cond_values);
         let names = names_for(&[Some(&expr), cond.as_deref()]);
-        let res = self
+        let req = self
             .client
             .update_item()
             .table_name(&self.table)
@@ -264,9 +326,11 @@ impl Store for DynamoStore {
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
             .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await;
-        match res {
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if self.sent_twice() {
+            let _ = req.clone().send().await;
+        }
+        match req.send().await {
             Ok(out) => Ok(out
                 .attributes
                 .as_ref()
@@ -274,10 +338,18 @@ impl Store for DynamoStore {
                 .and_then(|v| v.as_n().ok())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1)),
-            Err(e) => {
-                let e = e.into_service_error();
-                if e.is_conditional_check_failed_exception() { Err(StoreError::Conflict) } else { Err(unavailable(e)) }
-            }
+            Err(e) => match e.into_service_error() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => {
+                    match own_earlier_write(&put, &write_id, failed.item()) {
+                        Some(version) => {
+                            tracing::debug!(version, "a retried conditional write had succeeded: ours");
+                            Ok(version)
+                        }
+                        None => Err(StoreError::Conflict),
+                    }
+                }
+                e => Err(unavailable(e)),
+            },
         }
     }
 
@@ -292,6 +364,7 @@ impl Store for DynamoStore {
             .set_condition_expression(cond.clone());
         if cond.is_some() {
             req = req
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                 .set_expression_attribute_names(Some(names_for(&[cond.as_deref()])))
                 .set_expression_attribute_values(Some(values));
         }
@@ -359,10 +432,11 @@ impl Store for DynamoStore {
 
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
+        let write_id = random_id();
         let mut items = Vec::with_capacity(ops.len());
         for op in &ops {
             let item = match op {
-                WriteOp::Put(p) => TransactWriteItem::builder().update(self.update_of(p, now)?).build(),
+                WriteOp::Put(p) => TransactWriteItem::builder().update(self.update_of(p, now, &write_id)?).build(),
                 WriteOp::Delete { key, condition: c } => {
                     let (cond, values) = condition(*c, now);
                     let mut d = Delete::builder()
@@ -371,6 +445,7 @@ impl Store for DynamoStore {
                         .set_condition_expression(cond.clone());
                     if cond.is_some() {
                         d = d
+                            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                             .set_expression_attribute_names(Some(names_for(&[cond.as_deref()])))
                             .set_expression_attribute_values(Some(values));
                     }
@@ -385,6 +460,7 @@ impl Store for DynamoStore {
                         .set_expression_attribute_names(Some(names_for(&[Some(&cond)])))
                         .condition_expression(cond)
                         .set_expression_attribute_values(Some(values))
+                        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
                         .build()
                         .map_err(unavailable)?;
                     TransactWriteItem::builder().condition_check(check).build()
@@ -395,12 +471,29 @@ impl Store for DynamoStore {
         if items.is_empty() {
             return Ok(());
         }
-        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+        let req = self.client.transact_write_items().set_transact_items(Some(items));
+        if self.sent_twice() {
+            let _ = req.clone().send().await;
+        }
+        match req.send().await {
             Ok(_) => Ok(()),
-            Err(e) => {
-                let e = e.into_service_error();
-                if e.is_transaction_canceled_exception() { Err(StoreError::Conflict) } else { Err(unavailable(e)) }
-            }
+            Err(e) => match e.into_service_error() {
+                TransactWriteItemsError::TransactionCanceledException(cancelled) => {
+                    // All or nothing: an item carrying this call's write id means the whole transaction was
+                    // applied by an earlier attempt.
+                    let ours = cancelled
+                        .cancellation_reasons()
+                        .iter()
+                        .any(|r| r.item().and_then(|a| a.get("w")).and_then(|w| w.as_s().ok()) == Some(&write_id));
+                    if ours {
+                        tracing::debug!("a retried transaction had succeeded: ours");
+                        Ok(())
+                    } else {
+                        Err(StoreError::Conflict)
+                    }
+                }
+                e => Err(unavailable(e)),
+            },
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The AWS adapters (feature `aws`): DynamoDB [`Store`](crate::store::Store), KMS [`Keys`](crate::keys::Keys),
-//! Secrets Manager [`Secrets`](crate::secrets::Secrets), the SQS [`RecoveryQueue`](crate::handoff::RecoveryQueue).
-//! Only this module imports `aws_sdk_*`; `wiring` builds the
+//! Secrets Manager [`Secrets`](crate::secrets::Secrets), the SQS [`RecoveryQueue`](crate::handoff::RecoveryQueue)
+//! and [`SweepQueue`](crate::handoff::SweepQueue). Only this module imports `aws_sdk_*`; `wiring` builds the
 //! application over [`adapters`].
 
 pub mod dynamo;
@@ -11,7 +11,7 @@ pub mod sqs;
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::handoff::RecoveryQueue;
+use crate::handoff::{RecoveryQueue, SweepQueue};
 use crate::keys::Keys;
 use crate::secrets::Secrets;
 use crate::store::Store;
@@ -38,6 +38,9 @@ pub struct AwsEnv {
     /// `CHAINKEEPER_RECOVERY_QUEUE_URL`: the SQS queue that triggers the `recover` function. Only the functions
     /// that find broken chains (`query`, `refresh`, `manage`) have it; without it recovery runs in-process.
     pub recovery_queue_url: Option<String>,
+    /// `CHAINKEEPER_SWEEP_QUEUE_URL`: the SQS queue of sweep batches that triggers `refresh` workers. Only the
+    /// `refresh` function has it; without it the sweep refreshes in-process.
+    pub sweep_queue_url: Option<String>,
 }
 
 impl AwsEnv {
@@ -58,6 +61,7 @@ impl AwsEnv {
                 })?,
             },
             recovery_queue_url: std::env::var("CHAINKEEPER_RECOVERY_QUEUE_URL").ok().filter(|v| !v.trim().is_empty()),
+            sweep_queue_url: std::env::var("CHAINKEEPER_SWEEP_QUEUE_URL").ok().filter(|v| !v.trim().is_empty()),
             signing_key_rotation_window_ms: match std::env::var("CHAINKEEPER_SIGNING_KEY_ROTATION_WINDOW_S") {
                 Err(_) => secrets::DEFAULT_ROTATION_WINDOW_MS,
                 Ok(v) => v.trim().parse::<i64>().ok().filter(|s| *s >= 0).map(|s| s.saturating_mul(1000)).ok_or_else(
@@ -89,6 +93,8 @@ pub struct Adapters {
     pub secrets: Arc<dyn Secrets>,
     /// Where broken chains are handed to the `recover` function, when `CHAINKEEPER_RECOVERY_QUEUE_URL` is set.
     pub recovery_queue: Option<Arc<dyn RecoveryQueue>>,
+    /// Where the sweep hands its batches to workers, when `CHAINKEEPER_SWEEP_QUEUE_URL` is set.
+    pub sweep_queue: Option<Arc<dyn SweepQueue>>,
 }
 
 /// The AWS adapters, over one SDK configuration loaded once (region, credentials, `AWS_ENDPOINT_URL`).
@@ -109,9 +115,12 @@ pub async fn adapters(env: &AwsEnv, clock: Arc<dyn Clock>) -> Adapters {
         )
         .with_rotation_window_ms(env.signing_key_rotation_window_ms),
     );
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
     let recovery_queue = env
         .recovery_queue_url
         .clone()
-        .map(|url| Arc::new(sqs::SqsRecoveryQueue::new(aws_sdk_sqs::Client::new(&sdk), url)) as Arc<dyn RecoveryQueue>);
-    Adapters { store, keys, secrets, recovery_queue }
+        .map(|url| Arc::new(sqs::SqsQueue::new(sqs.clone(), url)) as Arc<dyn RecoveryQueue>);
+    let sweep_queue =
+        env.sweep_queue_url.clone().map(|url| Arc::new(sqs::SqsQueue::new(sqs, url)) as Arc<dyn SweepQueue>);
+    Adapters { store, keys, secrets, recovery_queue, sweep_queue }
 }

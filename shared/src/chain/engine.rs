@@ -66,6 +66,8 @@ impl ChainEngine {
         // Tests run on a clock that may stand still: bound the wait in real time too.
         let wall_deadline = tokio::time::Instant::now() + Duration::from_secs_f64(cfg.wait_s);
         let mut waited = false;
+        // This waiter's subscription to the chain's shared poll, once it waits for another process.
+        let mut poll = None;
         loop {
             let now = self.clock.now_ms();
             let read = match first_read.take() {
@@ -128,13 +130,24 @@ impl ChainEngine {
                     waited = true;
                     self.stats.waits.fetch_add(1, Ordering::Relaxed);
                 }
-                // Woken at once by a refresh in this process; a refresh in another process is seen by polling.
-                let notify = self.written.lock().unwrap().entry(chain_pk(c)).or_default().clone();
+                // Woken at once by a refresh in this process; a refresh in another process is seen by the
+                // process's one poller of this chain, whose reads all its waiters share (`polls.rs`).
+                let pk = chain_pk(c);
+                let notify = self.written.lock().unwrap().entry(pk.clone()).or_default().clone();
                 let notified = notify.notified();
-                let pause = rand::thread_rng().gen_range(5..15);
+                let rx = poll.get_or_insert_with(|| self.polls.subscribe(&self.store, &pk, &key));
                 tokio::select! {
                     _ = notified => {}
-                    _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                    changed = rx.changed() => match changed {
+                        // What the poller saw is this waiter's next read (a failed poll: read for itself).
+                        Ok(()) => first_read = rx.borrow_and_update().clone(),
+                        // The poller is gone (it never stops while subscribed): poll alone this once.
+                        Err(_) => {
+                            poll = None;
+                            let pause = rand::thread_rng().gen_range(5..15);
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                        }
+                    },
                 }
                 continue;
             }
@@ -163,7 +176,9 @@ impl ChainEngine {
                 }
                 return Err(ChainError::RateLimited { wait_s: secs_until(now, earliest) });
             }
-            // Take the lease: one conditional write on the version we read.
+            // Take the lease: one conditional write on the version we read. (No more waiting: this caller's
+            // subscription to the chain's poll goes.)
+            poll = None;
             let owner = random_id();
             let mut leased = ChainRecord::clone(&chain);
             leased.lease = Some(Lease { owner: owner.clone(), until_ms: now + ms(cfg.lease_s) });
@@ -197,7 +212,10 @@ impl ChainEngine {
     ) -> Result<u64, StoreError> {
         let profile = self.config.provider(&chain.provider);
         let mut put = Put::new(chain_key(c), encode(chain), condition);
-        put.due = profile.and_then(|p| next_due(chain, p, self.engine_config(), in_use)).map(due_index_key);
+        let shards = self.engine_config().due_shards;
+        put.due = profile
+            .and_then(|p| next_due(chain, p, self.engine_config(), in_use))
+            .map(|at| due_index_key(c, at, shards));
         if chain.status == ChainStatus::NeedsRepair {
             put.repair = Some(repair_index_key(c));
         }

@@ -14,6 +14,7 @@
 //!    token once, then the rescue slot, then `needs_repair`).
 //!
 //! The parts: [`engine`](self) `engine.rs` — obtain, wait, lease (the loop every caller goes through);
+//! `polls.rs` — one store poll per chain per process while another process refreshes;
 //! `refresh.rs` — the lease holder's work: refresh, persist, rescue, release, activate, mark broken;
 //! [`schedule`] — when the sweep wants a chain refreshed; `lifecycle.rs` — install, grant chains, revoke,
 //! remove, set a repair code; [`error`](ChainError) — errors and repair codes; [`ChainEvents`] — the port
@@ -24,6 +25,7 @@ mod error;
 mod events;
 mod hooks;
 mod lifecycle;
+mod polls;
 mod refresh;
 pub mod schedule;
 #[cfg(test)]
@@ -87,6 +89,14 @@ pub struct EngineStats {
     pub store_writes: AtomicU64,
 }
 
+impl ChainEngine {
+    /// Store reads made by this process's pollers while other processes refreshed (one per chain and poll,
+    /// however many waiters share it).
+    pub fn poll_reads(&self) -> u64 {
+        self.polls.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The chain engine of one process. Its ports are given, never built here: the store, the vault (over the
 /// `Keys` port), the app registrations (`Secrets`), the clock, and where chain events go.
 pub struct ChainEngine {
@@ -103,6 +113,8 @@ pub struct ChainEngine {
     usage_noted: Mutex<HashMap<String, Millis>>,
     /// Wakes this process's waiters the moment a refresh of their chain is written (other processes poll).
     written: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// One store poll per chain while another process refreshes it, shared by this process's waiters.
+    polls: polls::Polls,
     /// The warm path's decoded records and opened tokens (see [`warm`]).
     warm: warm::WarmChains,
     hooks: hooks::Hooks,
@@ -130,6 +142,7 @@ impl ChainEngine {
             rescued_in_memory: Mutex::default(),
             usage_noted: Mutex::default(),
             written: Mutex::default(),
+            polls: polls::Polls::default(),
             warm: Default::default(),
             hooks: hooks::Hooks::default(),
             stats: EngineStats::default(),

@@ -22,7 +22,7 @@ use crate::provider::oauth::TokenSet;
 use crate::records::{ChainStatus, RESCUE_PREFIX, chain_key, chain_pk, decode, encode};
 use crate::secrets::LocalSecrets;
 use crate::store::memory::MemoryStore;
-use crate::store::{Condition, Put};
+use crate::store::{Condition, Index, Item, Key, Put, StoreError, WriteOp};
 
 const T0: Millis = 1_800_000_000_000;
 
@@ -156,6 +156,44 @@ async fn token(
     )
 }
 
+/// The in-memory store, counting item reads (`get`).
+struct CountedStore {
+    inner: MemoryStore,
+    reads: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Store for CountedStore {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.get(key).await
+    }
+    async fn put(&self, put: Put) -> Result<u64, StoreError> {
+        self.inner.put(put).await
+    }
+    async fn delete(&self, key: &Key, condition: Condition) -> Result<(), StoreError> {
+        self.inner.delete(key, condition).await
+    }
+    async fn query(&self, pk: &str, sk_prefix: &str, limit: usize) -> Result<Vec<Item>, StoreError> {
+        self.inner.query(pk, sk_prefix, limit).await
+    }
+    async fn query_back(&self, pk: &str, before: Option<&str>, limit: usize) -> Result<Vec<Item>, StoreError> {
+        self.inner.query_back(pk, before, limit).await
+    }
+    async fn query_index(
+        &self,
+        index: Index,
+        pk: &str,
+        sk_max: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        self.inner.query_index(index, pk, sk_max, limit).await
+    }
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        self.inner.transact(ops).await
+    }
+}
+
 #[derive(Default)]
 struct RecordedEvents {
     broken: Mutex<Vec<RepairCode>>,
@@ -173,7 +211,7 @@ impl ChainEvents for RecordedEvents {
 
 struct Rig {
     engine: Arc<ChainEngine>,
-    store: Arc<MemoryStore>,
+    store: Arc<CountedStore>,
     vault: Arc<Vault>,
     clock: ManualClock,
     provider: FakeEndpoint,
@@ -203,7 +241,7 @@ async fn rig_full(engine: &str, profile: &str) -> Rig {
     .unwrap();
     let clock = ManualClock::new(T0);
     let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
-    let store = Arc::new(MemoryStore::new(clock_dyn.clone()));
+    let store = Arc::new(CountedStore { inner: MemoryStore::new(clock_dyn.clone()), reads: Default::default() });
     let keys: Arc<dyn Keys> = Arc::new(LocalKeys::new(store.clone(), [7; 32]));
     keys.create_org_key("acme").await.unwrap();
     let vault = Arc::new(Vault::new(keys, clock_dyn.clone(), CacheLimits::default()));
@@ -507,4 +545,49 @@ async fn a_new_authorization_of_a_broken_chain_is_announced_as_recovered() {
     assert_eq!(chain.generation, 2);
     assert_eq!(*r.events.recovered.lock().unwrap(), 1);
     assert_eq!(text(&r.engine.access_token(&r.c).await.unwrap()), "at-new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_for_another_process_share_one_poll_of_the_store() {
+    let r = rig().await;
+    r.advance_s(700); // the access token has expired: every caller needs the other process's new one
+    // Another process holds the lease.
+    let key = chain_key(&r.c);
+    let item = r.store.get(&key).await.unwrap().unwrap();
+    let mut chain: ChainRecord = decode(&item).unwrap();
+    chain.lease = Some(crate::records::Lease { owner: "other-process".into(), until_ms: r.clock.now_ms() + 30_000 });
+    let leased = r.store.put(Put::new(key.clone(), encode(&chain), Condition::Version(item.version))).await.unwrap();
+    let reads_before = r.store.reads.load(Ordering::SeqCst);
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (engine, c) = (r.engine.clone(), r.c.clone());
+        callers.spawn(async move { engine.access_token(&c).await.map(|t| text(&t).to_string()) });
+    }
+    // A cancelled waiter leaves the others with their poller.
+    let (engine, c) = (r.engine.clone(), r.c.clone());
+    let cancelled = tokio::spawn(async move { engine.access_token(&c).await.map(|_| ()) });
+    let waited = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cancelled.abort();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(r.engine.polls.active(), 1, "one poller for the chain");
+    // The other process writes its token and lets go of the lease (this process is not told).
+    let fields = ContainerFields::of(&r.c);
+    chain.sealed_access_token = Some(r.vault.seal(&fields.context(Field::AccessToken), b"at-other").await.unwrap());
+    chain.access_expires_at_ms = Some(r.clock.now_ms() + 600_000);
+    chain.lease = None;
+    r.store.put(Put::new(key.clone(), encode(&chain), Condition::Version(leased))).await.unwrap();
+    while let Some(got) = callers.join_next().await {
+        assert_eq!(got.unwrap().unwrap(), "at-other", "every waiter gets the other process's token");
+    }
+    let wait_ms = waited.elapsed().as_millis() as u64;
+    let reads = r.store.reads.load(Ordering::SeqCst) - reads_before;
+    let polls = r.engine.poll_reads();
+    // Each caller's first read (201), then one poll every 5-15 ms for everyone: about wait/10 ms, not 200x that.
+    assert!(reads <= 201 + polls, "reads {reads}, polls {polls}");
+    assert!(polls >= wait_ms / 20 && polls <= wait_ms / 4 + 2, "polls {polls} in {wait_ms} ms");
+    assert!(reads < 201 + 200, "200 waiters polling alone would have made >= 200 reads per round: {reads}");
+    assert_eq!(r.provider.requests(), 0, "nobody here called the provider");
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(r.engine.polls.active(), 0, "the poller went with its last waiter");
 }

@@ -138,6 +138,8 @@ pub async fn run(store: Arc<dyn Store>, clock: ManualClock, ns: &str) {
     assert_eq!(due.len(), 2);
     assert!(store.query_index(Index::Repair, &due_pk, None, 10).await.unwrap().is_empty(), "indexes are separate");
 
+    sharded_index(&store, ns).await;
+
     // Concurrency: of 32 writers racing on one version, exactly one wins.
     store.put(put(&pk("race"), "x", "0", Condition::None)).await.unwrap();
     let seen = store.get(&Key::new(pk("race"), "x")).await.unwrap().unwrap().version;
@@ -154,4 +156,77 @@ pub async fn run(store: Arc<dyn Store>, clock: ManualClock, ns: &str) {
         wins += t.await.unwrap() as usize;
     }
     assert_eq!(wins, 1, "exactly one of the racing conditional writes wins");
+}
+
+/// A sharded index key (the `Due` index's `due#0..N`): what the sweep's reads of every shard must see.
+async fn sharded_index(store: &Arc<dyn Store>, ns: &str) {
+    const SHARDS: u32 = 4;
+    let legacy = format!("{ns}#olddue");
+    let shard_pk = |s: u32| format!("{ns}#due#{s}");
+    let shards: Vec<String> = (0..SHARDS).map(shard_pk).collect();
+    let write = |item_pk: String, due_pk: String, at: i64| {
+        let store = store.clone();
+        async move {
+            let mut p = put(&item_pk, "chain", "c", Condition::None);
+            p.due = Some(IndexKey { pk: due_pk, sk: format!("{at:015}") });
+            store.put(p).await.unwrap();
+        }
+    };
+    // Twenty items spread by the stable hash of their key: every one found, once, in due order.
+    let mut expected = Vec::new();
+    for n in 0..20i64 {
+        let item_pk = format!("{ns}#sharded#{n}");
+        write(item_pk.clone(), shard_pk(shard_of(&item_pk, SHARDS)), 1_000 + (n * 7) % 20).await;
+        expected.push(((1_000 + (n * 7) % 20), item_pk));
+    }
+    expected.sort();
+    let used: std::collections::BTreeSet<u32> = expected.iter().map(|(_, pk)| shard_of(pk, SHARDS)).collect();
+    assert!(used.len() > 1, "the hash spreads items over several shards");
+    let found = query_index_partitions(store, Index::Due, &shards, None, 100).await.unwrap();
+    let found: Vec<String> = found.into_iter().map(|i| i.key.pk).collect();
+    let expected_pks: Vec<String> = expected.iter().map(|(_, pk)| pk.clone()).collect();
+    assert_eq!(found, expected_pks, "the shard reads find every item once, merged in index order");
+    let due_by =
+        query_index_partitions(store, Index::Due, &shards, Some(&format!("{:015}", 1_004)), 100).await.unwrap();
+    assert_eq!(due_by.len(), 5, "sk_max bounds every shard");
+
+    // An item moved from one due time to another is in exactly one place.
+    let moved = format!("{ns}#sharded#3");
+    write(moved.clone(), shard_pk(shard_of(&moved, SHARDS)), 5_000).await;
+    let all = query_index_partitions(store, Index::Due, &shards, None, 100).await.unwrap();
+    let entries: Vec<&Item> = all.iter().filter(|i| i.key.pk == moved).collect();
+    assert_eq!(entries.len(), 1, "a rewritten item has one index entry");
+    assert_eq!(entries[0].due.as_ref().unwrap().sk, format!("{:015}", 5_000), "at its new due time");
+    assert_eq!(all.last().unwrap().key.pk, moved, "and sorts there");
+
+    // An item of the legacy (unsharded) partition rewritten with its shard key leaves the legacy partition.
+    let old = format!("{ns}#sharded#legacy");
+    write(old.clone(), legacy.clone(), 900).await;
+    let mut with_legacy = shards.clone();
+    with_legacy.push(legacy.clone());
+    let first = query_index_partitions(store, Index::Due, &with_legacy, None, 100).await.unwrap();
+    assert_eq!(first.first().unwrap().key.pk, old, "the legacy partition is read with the shards");
+    write(old.clone(), shard_pk(shard_of(&old, SHARDS)), 950).await;
+    assert!(store.query_index(Index::Due, &legacy, None, 10).await.unwrap().is_empty(), "moved out of `due`");
+    let after = query_index_partitions(store, Index::Due, &with_legacy, None, 100).await.unwrap();
+    assert_eq!(after.iter().filter(|i| i.key.pk == old).count(), 1, "and into exactly one shard");
+
+    // Fairness: a crowded partition does not take a small read's whole budget.
+    let crowded = format!("{ns}#crowded");
+    for n in 0..30 {
+        write(format!("{ns}#crowd#{n}"), crowded.clone(), 10 + n).await;
+    }
+    let quiet: Vec<String> = (0..3).map(|s| format!("{ns}#quiet#{s}")).collect();
+    for (s, q) in quiet.iter().enumerate() {
+        write(format!("{ns}#calm#{s}"), q.clone(), 500 + s as i64).await;
+    }
+    let mut mixed = vec![crowded.clone()];
+    mixed.extend(quiet.iter().cloned());
+    let read = query_index_partitions(store, Index::Due, &mixed, None, 8).await.unwrap();
+    for s in 0..3 {
+        let calm = format!("{ns}#calm#{s}");
+        assert!(read.iter().any(|i| i.key.pk == calm), "each quiet partition's item comes along ({calm})");
+    }
+    assert_eq!(read.len(), 8, "the quiet partitions' unused share goes to the crowded one");
+    assert_eq!(read[0].key.pk, format!("{ns}#crowd#0"), "merged by index order: the crowded oldest first");
 }

@@ -17,6 +17,8 @@ pub mod conformance;
 pub mod memory;
 pub mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::clock::Millis;
@@ -154,6 +156,77 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_expired(&self) -> Result<usize, StoreError> {
         Ok(0)
     }
+}
+
+/// The shard (`0..shards`) of a partition key: FNV-1a (64 bit) of its bytes, modulo `shards`. Stable across
+/// versions, processes and platforms on purpose: the same item always lands in the same shard, so rewriting it
+/// with another index sort key replaces its entry instead of leaving a stale copy in another shard.
+pub fn shard_of(key: &str, shards: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(shards.max(1))) as u32
+}
+
+/// Reads several partitions of one index (the shards of a sharded index key) with `sk_max` as in
+/// [`Store::query_index`], at most `limit` items in all, and merges them in index order (ties by item key).
+///
+/// Fair by construction: each partition first gets an equal share of `limit` (read concurrently), so one crowded
+/// partition cannot take the whole budget and the others' oldest items come along every time; what the quiet
+/// partitions left unused is then shared among the partitions that filled their share (a second read of those).
+pub async fn query_index_partitions(
+    store: &Arc<dyn Store>,
+    index: Index,
+    pks: &[String],
+    sk_max: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Item>, StoreError> {
+    if pks.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let share = limit.div_ceil(pks.len());
+    let mut found = read_partitions(store, index, pks, sk_max, share).await?;
+    let used: usize = found.iter().map(Vec::len).sum();
+    let full: Vec<usize> = (0..pks.len()).filter(|&i| found[i].len() >= share).collect();
+    if used < limit && !full.is_empty() {
+        let more = share + (limit - used) / full.len();
+        if more > share {
+            let again: Vec<String> = full.iter().map(|&i| pks[i].clone()).collect();
+            for (i, items) in full.into_iter().zip(read_partitions(store, index, &again, sk_max, more).await?) {
+                found[i] = items;
+            }
+        }
+    }
+    let sk_of = |i: &Item| match index {
+        Index::Due => i.due.as_ref().map(|k| k.sk.clone()),
+        Index::Repair => i.repair.as_ref().map(|k| k.sk.clone()),
+    };
+    let mut items: Vec<Item> = found.into_iter().flatten().collect();
+    items.sort_by(|a, b| sk_of(a).cmp(&sk_of(b)).then_with(|| a.key.cmp(&b.key)));
+    Ok(items)
+}
+
+/// Each partition's items (at most `limit` each), in the order of `pks`, read concurrently.
+async fn read_partitions(
+    store: &Arc<dyn Store>,
+    index: Index,
+    pks: &[String],
+    sk_max: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Vec<Item>>, StoreError> {
+    let mut reads = tokio::task::JoinSet::new();
+    for (n, pk) in pks.iter().enumerate() {
+        let (store, pk, sk_max) = (store.clone(), pk.clone(), sk_max.map(str::to_owned));
+        reads.spawn(async move { (n, store.query_index(index, &pk, sk_max.as_deref(), limit).await) });
+    }
+    let mut found = vec![Vec::new(); pks.len()];
+    while let Some(read) = reads.join_next().await {
+        let (n, items) = read.map_err(|e| StoreError::Unavailable(e.into()))?;
+        found[n] = items?;
+    }
+    Ok(found)
 }
 
 /// Decide whether `condition` holds for the item currently stored (already filtered for expiry).

@@ -6,6 +6,8 @@
 //!                                          run: one of grace-on, grace-on-4 (four worker processes), grace-off,
 //!                                          needs-repair, needs-repair-4 (with auto-recovery); default all)
 //!     target/release/chainkeeper-bench lambda-init [target/lambda]
+//!     target/release/chainkeeper-bench scale [chains] [active share] [shards]   (default 1000000 0.2 16: the
+//!                                          slice on the real engine, then the model of a day; see tests/src/scale.rs)
 //!
 //! `warm` and `odata` need `wrk` (Debian package) and the release `chainkeeper` binary; for their ratio, the limit
 //! server (`cargo build --release --manifest-path ../shared/bench/limit-server/Cargo.toml`, or its `tokbench`
@@ -58,6 +60,12 @@ async fn main() -> anyhow::Result<()> {
         let arg = |n: usize, default: usize| std::env::args().nth(n).and_then(|a| a.parse().ok()).unwrap_or(default);
         let only = std::env::args().nth(4).unwrap_or_default();
         faults(arg(2, 1000), arg(3, 100), &only).await?;
+    }
+    if what == "scale" {
+        let chains = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+        let share = std::env::args().nth(3).and_then(|a| a.parse().ok()).unwrap_or(0.2);
+        let shards = std::env::args().nth(4).and_then(|a| a.parse().ok());
+        scale(chains, share, shards).await?;
     }
     if what == "lambda-init" {
         let dir = std::env::args().nth(2).unwrap_or_else(|| "target/lambda".into());
@@ -571,5 +579,129 @@ async fn odata() -> anyhow::Result<()> {
     let h = chainkeeper_e2e::bi::readers_harness().await;
     let run = chainkeeper_e2e::bi::page_through(&h, 64).await?;
     println!("{run}");
+    Ok(())
+}
+
+/// Issue 19's simulation at scale: the measured slice, then the model of a day of `chains` chains, unsharded and
+/// sharded, and what each chain costs a day in calls.
+async fn scale(chains: u32, active_share: f64, shards: Option<u32>) -> anyhow::Result<()> {
+    use chainkeeper_e2e::scale::{Model, measure_slice, per_chain_day, simulate};
+    println!(
+        "\n## scale: the slice (real engine, sweep and hand-out; in-memory store metered as DynamoDB; Exact simulator)"
+    );
+    let t = Instant::now();
+    let c = measure_slice(200, 6, 10).await?;
+    println!(
+        "{} chains x 6 sweep rounds x 10 warm hand-outs per chain and round ({:.1} s); chain item {} bytes",
+        c.chains,
+        t.elapsed().as_secs_f64(),
+        c.chain_item_bytes
+    );
+    println!(
+        "per sweep refresh: {:.2} store reads, {:.2} writes = {:.2} WCU of which {:.2} on the due index, {:.2} KMS calls, {:.2} secrets-port calls",
+        c.reads_per_refresh,
+        c.writes_per_refresh,
+        c.write_units_per_refresh,
+        c.due_write_units_per_refresh,
+        c.kms_per_refresh,
+        c.secrets_per_refresh
+    );
+    println!(
+        "per warm hand-out: {:.2} store reads, {:.3} writes (the usage record, once a minute per chain), {:.2} KMS calls; the first hand-out after a refresh in the same process: {:.2} KMS calls",
+        c.reads_per_warm_handout, c.writes_per_warm_handout, c.kms_per_warm_handout, c.kms_per_first_handout
+    );
+    println!(
+        "sweep: {:.1} index queries per run (2 per shard: the due chains, then the backlog), {:.2} RCU each; slice peaks (hand-outs and sweeps): {} WCU on one due#k value, {} on one table value, {} RCU; throttles {}",
+        c.index_queries_per_sweep,
+        c.read_units_per_index_query,
+        c.meter.peak_due_wcu,
+        c.meter.peak_table_wcu,
+        c.meter.peak_rcu,
+        c.meter.throttled_writes + c.meter.throttled_reads
+    );
+    println!(
+        "{} waiters, another process refreshing for {} ms: {:.2} store reads per hand-out with one shared poll per process, {:.2} with each waiter polling alone (before the single-flight poll); reads on the chain's partition key value in that time: {} vs {} (limit {} a second)",
+        c.waiters,
+        c.wait_ms,
+        c.reads_per_handout_shared,
+        c.reads_per_handout_alone,
+        c.waiter_peak_rcu[0],
+        c.waiter_peak_rcu[1],
+        chainkeeper_e2e::scale::RCU_PER_PARTITION
+    );
+    // The worker concurrency is sized for the sharded index; the unsharded run gets the same workers.
+    let paced = Model::million(shards, c.due_write_units_per_refresh).with_paced_workers(0.6);
+    let runs = [
+        ("unsharded", 1, paced.workers),
+        ("sharded", paced.shards, paced.workers),
+        ("sharded, the template's workers", paced.shards, chainkeeper_e2e::scale::TEMPLATE_WORKERS),
+    ];
+    for (what, shards, workers) in runs {
+        let mut m = paced.clone();
+        m.shards = shards;
+        m.workers = workers;
+        println!("\n### {what}");
+        m.chains = chains;
+        m.active_share = active_share;
+        let t = Instant::now();
+        let r = simulate(&m);
+        println!(
+            "\n## scale: model, {} chains over a day, {:.0}% in use {} h ({} hand-outs/h), due index {} ({:.1} s)",
+            m.chains,
+            m.active_share * 100.0,
+            m.use_hours,
+            m.handouts_per_hour,
+            if m.shards == 1 { "unsharded (`due`)".to_string() } else { format!("in {} shards", m.shards) },
+            t.elapsed().as_secs_f64()
+        );
+        println!(
+            "sweep every {} s, batches of {}, {} workers x {} in flight, {} ms per refresh; {} refreshes ({} by the sweep, {} by callers; {} found refreshed by the sweep)",
+            m.sweep_interval_s,
+            m.batch,
+            m.workers,
+            m.concurrency,
+            m.refresh_latency_ms,
+            r.refreshes,
+            r.sweep_refreshes,
+            r.caller_refreshes,
+            r.not_due
+        );
+        println!(
+            "peak WCU on one due partition key value: {} demanded, {} written (limit {}); {} throttled writes; sweep lag (oldest overdue) max {} s; {} sweep refreshes of chains in use after their token expired",
+            r.peak_due_demand,
+            r.peak_due_wcu,
+            chainkeeper_e2e::scale::WCU_PER_PARTITION,
+            r.throttled,
+            r.max_lag_s,
+            r.expired_before_refresh
+        );
+        let d = per_chain_day(&m, &r, &c);
+        println!(
+            "per chain per day: {:.2} refreshes, {:.1} hand-outs; store {:.1} reads ({:.1} RCU), {:.2} writes ({:.2} WCU); KMS {:.2}; Secrets Manager {:.4}; Lambda {:.2} invocations; API Gateway {:.1} requests",
+            d.refreshes,
+            d.handouts,
+            d.store_reads,
+            d.read_units,
+            d.store_writes,
+            d.write_units,
+            d.kms,
+            d.secrets,
+            d.lambda,
+            d.api_gateway
+        );
+        let prices = chainkeeper_e2e::scale::Prices::default();
+        let cost = chainkeeper_e2e::scale::monthly_cost(&m, &r, &d, &prices);
+        println!(
+            "per 1,000 chains a month (us-east-1 prices of 2026-12-06): DynamoDB ${:.2}, KMS requests ${:.2} (+ ${:.2} per organisation's key), Lambda ${:.2} ({:.0} GB-s), API Gateway ${:.2}, Secrets Manager ${:.3}: ${:.2} + the keys",
+            cost.dynamodb,
+            cost.kms_requests,
+            prices.kms_key_month,
+            cost.lambda,
+            cost.lambda_gb_s,
+            cost.api_gateway,
+            cost.secrets_manager,
+            cost.total()
+        );
+    }
     Ok(())
 }

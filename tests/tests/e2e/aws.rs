@@ -75,6 +75,47 @@ async fn dynamodb_store_conforms() {
     );
 }
 
+/// An SDK retry of a conditional write that DynamoDB had already applied meets its own write: moto returns the
+/// item (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), the adapter recognises its write id and answers as the
+/// first attempt would have; a different write at that version (even of the same bytes) is still a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_retried_conditional_writes_that_had_succeeded_are_ours() {
+    use chainkeeper::store::{Condition, IndexKey, Key, Put, StoreError, WriteOp};
+    let moto = Moto::start().await.unwrap();
+    let clock = ManualClock::new(T0);
+    let store = dynamo(&moto, &clock).await;
+    let key = Key::new("chain#acme#finance#eol", "chain");
+    let with_due = |body: &[u8], c| {
+        let mut p = Put::new(key.clone(), body.to_vec(), c);
+        p.due = Some(IndexKey { pk: "due".into(), sk: "0001800000600000#x".into() });
+        p
+    };
+    store.send_every_write_twice(true);
+    assert_eq!(store.put(with_due(b"A", Condition::Absent)).await.unwrap(), 1, "a create retried: ours");
+    assert_eq!(store.put(with_due(b"B", Condition::Version(1))).await.unwrap(), 2, "an update retried: ours");
+    let item = store.get(&key).await.unwrap().unwrap();
+    assert_eq!((item.version, &item.body[..]), (2, &b"B"[..]), "written once, not twice");
+    // Another writer's item at the version we expected is no success of ours, even with the very same bytes.
+    store.send_every_write_twice(false);
+    assert!(matches!(store.put(with_due(b"C", Condition::Version(1))).await, Err(StoreError::Conflict)));
+    assert!(matches!(store.put(with_due(b"B", Condition::Version(1))).await, Err(StoreError::Conflict)));
+    assert!(matches!(store.put(with_due(b"A", Condition::Absent)).await, Err(StoreError::Conflict)));
+    // A transaction retried after it was applied: ours too; a genuinely failed one is still a conflict.
+    store.send_every_write_twice(true);
+    let other = Key::new("chain#acme#finance#eol", "rescue#1");
+    let tx = vec![
+        WriteOp::Put(with_due(b"D", Condition::Version(2))),
+        WriteOp::Put(Put::new(other.clone(), b"R".to_vec(), Condition::Absent)),
+    ];
+    store.transact(tx).await.expect("a retried transaction that had been applied is ours");
+    assert_eq!(store.get(&key).await.unwrap().unwrap().version, 3);
+    assert_eq!(store.get(&other).await.unwrap().unwrap().body, b"R");
+    store.send_every_write_twice(false);
+    let stale = vec![WriteOp::Put(with_due(b"E", Condition::Version(2)))];
+    assert!(matches!(store.transact(stale).await, Err(StoreError::Conflict)));
+    assert_eq!(store.get(&key).await.unwrap().unwrap().body, b"D", "nothing changed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kms_keys_conform_bind_ciphertexts_and_shred_on_delete() {
     let moto = Moto::start().await.unwrap();

@@ -448,6 +448,21 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
         .unwrap()
         .queue_url
         .unwrap();
+    // The sweep queue (the refresh schedule's batches to refresh workers) and its dead-letter queue.
+    setup_sqs.create_queue().queue_name(format!("chainkeeper-{STAGE}-sweep-dlq")).send().await.unwrap();
+    let sweep_dlq_arn = format!("arn:aws:sqs:{REGION}:{ACCOUNT}:chainkeeper-{STAGE}-sweep-dlq");
+    let sweep_queue_url = setup_sqs
+        .create_queue()
+        .queue_name(format!("chainkeeper-{STAGE}-sweep"))
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            json!({"deadLetterTargetArn": sweep_dlq_arn, "maxReceiveCount": "3"}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
 
     // One IAM user per function with its role's policies, and an administrator for the test's own look-ups.
     let policies = template_policies(&table, &signing_arn);
@@ -508,6 +523,10 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
         // As in the template: the functions that find broken chains hand them to the recovery queue.
         if ["query", "manage", "refresh"].contains(&f) {
             env.push(("CHAINKEEPER_RECOVERY_QUEUE_URL", queue_url.clone()));
+        }
+        // As in the template: the refresh schedule hands its batches to refresh workers through the sweep queue.
+        if f == "refresh" {
+            env.push(("CHAINKEEPER_SWEEP_QUEUE_URL", sweep_queue_url.clone()));
         }
         // As in the template: only the HTTP functions check API tokens, so only they get the signing key.
         if !["refresh", "recover"].contains(&f) {
@@ -613,18 +632,44 @@ async fn each_function_runs_its_path_under_exactly_its_template_policies() {
     let r = call(&token, &query, "GET", &format!("{c}/query/v1/current/Me"), None).await;
     assert_eq!(r["statusCode"], 200, "{r}");
 
-    // refresh: the chain is due (its access token expires within the refresh margin): one refresh.
+    // refresh: the chain is due (its access token expires within the refresh margin). The schedule hands it to
+    // the sweep queue; Lambda's SQS poller (played here under the refresh function's role, its
+    // sweep-queue-poller policy) delivers the batch to a refresh worker, which refreshes it.
     let refresh = start("refresh").await;
     let refreshes = sim.stats().refresh_requests;
     leave_rescue_slot(&admin_store, &eol).await;
-    let r = refresh.invoke(scheduled_event()).await.expect("the sweep runs");
-    assert!(sim.stats().refresh_requests > refreshes, "the sweep refreshed the chain: {r}");
+    let sweep_poller = aws_sdk_sqs::Client::new(&sdk(&moto.endpoint, &keys["refresh"]).await);
+    let sweep = || async {
+        let r = refresh.invoke(scheduled_event()).await.expect("the schedule runs");
+        assert_eq!(r["batches_queued"], 1, "the schedule queued the chain due: {r}");
+        let attrs = sweep_poller
+            .get_queue_attributes()
+            .queue_url(&sweep_queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .expect("the poller reads the sweep queue's attributes");
+        let arn = attrs.attributes.unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+        let got = sweep_poller.receive_message().queue_url(&sweep_queue_url).max_number_of_messages(10).send().await;
+        let messages = got.expect("the poller receives").messages.unwrap_or_default();
+        assert_eq!(messages.len(), 1, "one batch: {messages:?}");
+        let m = &messages[0];
+        let records = json!({"Records": [{"messageId": m.message_id(), "receiptHandle": m.receipt_handle(),
+            "body": m.body(), "attributes": {}, "messageAttributes": {}, "eventSource": "aws:sqs",
+            "eventSourceARN": arn, "awsRegion": REGION}]});
+        let r = refresh.invoke(records).await.expect("a refresh worker runs the batch");
+        assert_eq!(r["batchItemFailures"], json!([]), "{r}");
+        let handle = m.receipt_handle().unwrap();
+        sweep_poller.delete_message().queue_url(&sweep_queue_url).receipt_handle(handle).send().await.unwrap();
+    };
+    sweep().await;
+    assert!(sim.stats().refresh_requests > refreshes, "the sweep's worker refreshed the chain");
     assert_eq!(rescue_slots(&admin_store, &eol).await, 0, "the sweep's refresh cleared the rescue slot");
 
     // The chain breaks at the provider; the sweep finds it (no recovery credentials yet: nothing to recover).
     sim.revoke(CLIENT_ID, &user.user_id);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    refresh.invoke(scheduled_event()).await.expect("the sweep runs");
+    sweep().await;
     let r = call(&token, &manage, "GET", c, None).await;
     assert_eq!(body(&r)["status"], "needs_repair", "{r}");
 

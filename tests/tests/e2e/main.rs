@@ -9,6 +9,8 @@ mod aws;
 mod aws_iam;
 #[cfg(feature = "aws")]
 mod aws_recovery_queue;
+#[cfg(feature = "aws")]
+mod aws_sweep_queue;
 mod bi;
 mod cli;
 mod console;
@@ -26,6 +28,7 @@ mod provider_faults;
 mod query_proxy;
 mod races;
 mod routes_cli;
+mod scale;
 mod scopes;
 mod security;
 mod signing_keys;
