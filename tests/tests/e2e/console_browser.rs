@@ -504,6 +504,40 @@ async fn console_in_chromium_sign_in_set_up_renew_recover_replace_and_tokens() {
     assert_field_problem(&v, 422, "Action", "At most 100");
     b.step("audit-all", json!([{"goto": "/console/orgs/acme/audit"}])).await;
 
+    // The credential form of a password container: bad input next to the field, what is stored stays.
+    let files = "/console/orgs/acme/databases/finance/containers/files";
+    let v = b
+        .step(
+            "password-container",
+            json!([
+                {"goto": "/console/orgs/acme"},
+                {"select": {"label": "Database", "value": "finance"}},
+                {"fill": {"label": "Container name", "value": "files"}},
+                {"select": {"label": "Kind", "value": "password"}},
+                {"select": {"label": "Provider", "value": ""}},
+                {"click": {"name": "Create container"}}
+            ]),
+        )
+        .await;
+    assert!(v["url"].as_str().unwrap().ends_with(files), "{}", page_summary(&v));
+    let credential = |user: &str, password: &str| {
+        json!([
+            {"goto": files},
+            {"fill": {"label": "Username", "value": user}},
+            {"fill": {"label": "Password", "value": password}},
+            {"click": {"name": "Save credential"}}
+        ])
+    };
+    let v = b.step("credential-empty", credential("", "")).await;
+    assert_field_problem(&v, 422, "Username", "Fill in at least one field");
+    let v = b.step("credential-saved", credential("svc-reader", "pw-files-PLANTED")).await;
+    assert_status(&v, 200);
+    assert!(v["url"].as_str().unwrap().ends_with(files), "{}", page_summary(&v));
+    let v = b.step("credential-too-long", credential(&"u".repeat(1100), "other")).await;
+    assert_field_problem(&v, 422, "Username", "At most 1024");
+    let stored = w.api.get(&container_path(ORG, "finance", "files")).await.body;
+    assert_eq!(stored["credential"]["username"], "svc-reader", "what is stored stays: {stored}");
+
     // An organisation's session is refused the platform page.
     let v = b.try_step("platform-refused", json!([{"goto": "/console/platform"}])).await;
     assert_status(&v, 403);
@@ -525,7 +559,8 @@ async fn console_in_chromium_sign_in_set_up_renew_recover_replace_and_tokens() {
     let pngs = std::fs::read_dir(&shots).unwrap().count();
     assert!(pngs >= steps, "a screenshot per step in {}", shots.display());
     eprintln!("{steps} steps, {pngs} screenshots in {}, {:.1} s", shots.display(), started.elapsed().as_secs_f64());
-    assert!(started.elapsed() < Duration::from_secs(120), "the browser test stays well under 2 minutes");
+    // About a minute here (2 cores shared with other builds); the bound leaves room for a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(150), "the browser test stays near a minute");
     let _ = Path::new(&shots);
     drop(w.idp);
 }
