@@ -7,7 +7,6 @@
 //! Needs `/usr/bin/chromium` (skipped, saying so, without it), `npm ci --prefix tests/peers/browser` and
 //! `--prefix tests/peers/oidc`, and a fresh `cargo build -p chainkeeper-cli`.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,7 +47,8 @@ async fn receiver() -> (String, Received) {
 /// Everything the scenario runs against.
 struct World {
     sim: ExactSim,
-    idp: OidcPeer,
+    /// The IdP, kept running for the test's length.
+    _idp: OidcPeer,
     serve: Serve,
     /// A platform token, for what the test checks behind the browser's back.
     api: Api,
@@ -135,7 +135,7 @@ redirect_uri = "{base}/console/signin/callback"
     let api = Api::new(&serve.base, &token);
     let r = api.post("/v1/orgs", json!({"name": ORG})).await;
     assert_eq!(r.status, 201, "{}", r.body);
-    World { sim, idp, serve, api, users, dir }
+    World { sim, _idp: idp, serve, api, users, dir }
 }
 
 /// The Exact sign-in of a simulated user, as `exact_signin` actions take it.
@@ -561,8 +561,6 @@ async fn console_in_chromium_sign_in_set_up_renew_recover_replace_and_tokens() {
     eprintln!("{steps} steps, {pngs} screenshots in {}, {:.1} s", shots.display(), started.elapsed().as_secs_f64());
     // About a minute here (2 cores shared with other builds); the bound leaves room for a loaded machine.
     assert!(started.elapsed() < Duration::from_secs(150), "the browser test stays near a minute");
-    let _ = Path::new(&shots);
-    drop(w.idp);
 }
 
 /// "Sign in as another user" must show Exact's login page even where the browser is still signed in to Exact
