@@ -372,3 +372,66 @@ impl ApiTokens {
 fn revocation_marker(rec: &ApiTokenRecord) -> Put {
     Put::new(revoked_key(&rec.id), Vec::new(), Condition::None).expires_at(Some(rec.expires_at_ms + 60_000))
 }
+
+#[cfg(test)]
+mod console_tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::keys::local::LocalKeys;
+    use crate::secrets::LocalSecrets;
+    use crate::store::memory::MemoryStore;
+
+    fn app(clock: &ManualClock) -> Arc<super::super::App> {
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let keys = Arc::new(LocalKeys::new(store.clone(), [7u8; 32]));
+        let secrets = Arc::new(LocalSecrets::new(Default::default(), [9u8; 32]));
+        let config = Config::from_toml("[scope_groups]\nbi = [\"containers.read\", \"databases.read\"]\n").unwrap();
+        super::super::App::new(store, keys, secrets, Arc::new(clock.clone()), config)
+    }
+
+    fn new(scopes: &[&str], expires_in_s: Option<u64>) -> NewApiToken {
+        NewApiToken { subject: "power-bi".into(), scopes: scopes.iter().map(|s| s.to_string()).collect(), expires_in_s }
+    }
+
+    #[tokio::test]
+    async fn a_person_issues_within_the_sessions_scopes_for_up_to_two_years() {
+        let clock = ManualClock::new(1_700_000_000_000);
+        let app = app(&clock);
+        let acme = OrgId::parse("acme").unwrap();
+        app.orgs.create("ops", &acme, None).await.unwrap();
+        let held: Vec<String> = vec!["containers.readwrite".into(), "databases.read".into()];
+        let t = &app.api_tokens;
+        // A group whose every scope the person holds; a read scope under a readwrite one.
+        let ok = t.issue_for_person(&acme, "oidc:alice", &held, new(&["bi"], None)).await.unwrap();
+        assert_eq!(ok.record.issued_by, "oidc:alice");
+        assert_eq!(ok.record.issuer_id, None, "not tied to the session's lifetime");
+        assert_eq!(ok.record.expires_at_ms - clock.now_ms(), 90 * 86_400_000, "90 days by default");
+        let long = t.issue_for_person(&acme, "oidc:alice", &held, new(&["containers.read"], Some(10 * 365 * 86_400)));
+        assert_eq!(
+            long.await.unwrap().record.expires_at_ms - clock.now_ms(),
+            MAX_TTL_S as i64 * 1000,
+            "two years at most"
+        );
+        // More than held, the reveal scope under admin, malformed: refused, nothing stored.
+        let more = t.issue_for_person(&acme, "oidc:alice", &held, new(&["databases.readwrite"], None)).await;
+        assert!(matches!(more, Err(ApiTokenError::ScopeEscalation(s)) if s == "databases.readwrite"));
+        let admin = vec!["admin".to_string()];
+        let reveal = t.issue_for_person(&acme, "oidc:alice", &admin, new(&["credentials.reveal"], None)).await;
+        assert!(matches!(reveal, Err(ApiTokenError::ScopeEscalation(_))));
+        let bad = t.issue_for_person(&acme, "oidc:alice", &admin, new(&[], None)).await;
+        assert!(matches!(bad, Err(ApiTokenError::InvalidScopes)));
+        assert_eq!(t.list(&acme).await.unwrap().len(), 2);
+        // The token works as any other, and names the organisation.
+        let claims = t.authenticate(secrecy::ExposeSecret::expose_secret(&ok.token)).await.unwrap();
+        assert_eq!((claims.org.as_deref(), claims.scopes.clone()), (Some("acme"), vec!["bi".to_string()]));
+        // Organisations: listed by name, a deleted one not.
+        let other = OrgId::parse("other").unwrap();
+        app.orgs.create("ops", &other, None).await.unwrap();
+        let names: Vec<String> = app.orgs.list().await.unwrap().iter().map(|o| o.name.to_string()).collect();
+        assert_eq!(names, ["acme", "other"]);
+        app.orgs.delete("ops", &other).await.unwrap();
+        let names: Vec<String> = app.orgs.list().await.unwrap().iter().map(|o| o.name.to_string()).collect();
+        assert_eq!(names, ["acme"]);
+    }
+}
