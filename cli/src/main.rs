@@ -175,7 +175,8 @@ struct RevokeArgs {
     /// The organisation of the token; without it, a platform token.
     #[arg(long)]
     org: Option<String>,
-    /// The token's id (`token list`, or `GET …/api-tokens`).
+    /// The token's id (`token list`, or `GET …/api-tokens`). Ids are random base64url and may start with `-`.
+    #[arg(allow_hyphen_values = true)]
     id: String,
 }
 
@@ -578,4 +579,18 @@ async fn migrate_due_shards(a: MigrateArgs) -> anyhow::Result<()> {
         eprintln!("{} chains were being refreshed and stay where they are: run it again in a minute", report.busy);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command, TokenCommand};
+
+    #[test]
+    fn a_token_id_that_starts_with_a_hyphen_is_an_id_not_a_flag() {
+        let cli = Cli::try_parse_from(["chainkeeper", "token", "revoke", "--data-dir", "d", "-5y-6TxQ"]).unwrap();
+        let Command::Token(TokenCommand::Revoke(a)) = cli.command else { panic!("not token revoke") };
+        assert_eq!(a.id, "-5y-6TxQ");
+    }
 }

@@ -135,9 +135,26 @@ impl LocalLambda {
         Ok(LocalLambda { shared, started, _child: child, _server: server, counter: Default::default(), stdout })
     }
 
-    /// The lines the function has written to standard output so far.
+    /// The lines the function has written to standard output so far (as far as they have been read: the pipe is
+    /// read asynchronously, so a line written just before an invocation answered may not be here yet; see
+    /// [`Self::settled_stdout_lines`]).
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().unwrap().clone()
+    }
+
+    /// The lines on standard output once no new one has arrived for 200 ms (at most 5 s): what the function wrote
+    /// during the invocations that have answered, even on a loaded machine.
+    pub async fn settled_stdout_lines(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut seen = usize::MAX;
+        loop {
+            let now = self.stdout.lock().unwrap().len();
+            if now == seen || std::time::Instant::now() > deadline {
+                return self.stdout_lines();
+            }
+            seen = now;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     /// Invokes the function with `event`; `Ok` is its response, `Err` the error it reported.

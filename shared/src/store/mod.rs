@@ -158,15 +158,22 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// The shard (`0..shards`) of a partition key: FNV-1a (64 bit) of its bytes, modulo `shards`. Stable across
-/// versions, processes and platforms on purpose: the same item always lands in the same shard, so rewriting it
-/// with another index sort key replaces its entry instead of leaving a stale copy in another shard.
+/// The shard (`0..shards`) of a partition key: FNV-1a (64 bit) of its bytes, mixed by MurmurHash3's 64-bit
+/// finalizer, modulo `shards`. Stable across versions, processes and platforms on purpose: the same item always
+/// lands in the same shard, so rewriting it with another index sort key replaces its entry instead of leaving a
+/// stale copy in another shard. The finalizer matters: FNV-1a's low bits depend only on the bytes' low bits, so
+/// keys that differ in a repeated number (`chain#o7#db#c7`) would fill only some of 16 shards without it.
 pub fn shard_of(key: &str, shards: u32) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
     (h % u64::from(shards.max(1))) as u32
 }
 

@@ -415,7 +415,7 @@ async fn a_queue_that_does_not_take_the_request_never_fails_the_caller_and_the_s
     assert_eq!(r["statusCode"], 409, "the caller gets the chain's answer, not the queue's failure: {r}");
     assert!(started.elapsed() < Duration::from_secs(10), "bounded: {:?}", started.elapsed());
     assert!(
-        query.stdout_lines().iter().any(|l| l.contains("RecoveryHandOffFailures")),
+        query.settled_stdout_lines().await.iter().any(|l| l.contains("RecoveryHandOffFailures")),
         "the failed hand-off is counted (EMF)"
     );
     assert!(d.receive().await.is_empty(), "nothing reached the real queue");

@@ -52,8 +52,9 @@ async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
 }
 
 /// The value of metric `name` in the function's EMF lines so far (the last one).
-fn emf(f: &LocalLambda, name: &str) -> Option<f64> {
-    f.stdout_lines()
+async fn emf(f: &LocalLambda, name: &str) -> Option<f64> {
+    f.settled_stdout_lines()
+        .await
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|doc| doc["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"] == name)
@@ -211,8 +212,8 @@ async fn the_schedule_hands_every_due_chain_of_every_shard_to_refresh_workers_th
     let r = refresh.invoke(scheduled_event()).await.expect("the schedule runs");
     assert_eq!((r["due"].as_u64(), r["batches_queued"].as_u64()), (Some(8), Some(3)), "{r}");
     assert_eq!(sim.stats().refresh_requests, refreshes, "the schedule itself refreshes nothing");
-    assert_eq!(emf(&refresh, "SweepBacklog"), Some(8.0), "the backlog is printed (EMF)");
-    let overdue = emf(&refresh, "OldestOverdueSeconds").expect("the oldest overdue age is printed (EMF)");
+    assert_eq!(emf(&refresh, "SweepBacklog").await, Some(8.0), "the backlog is printed (EMF)");
+    let overdue = emf(&refresh, "OldestOverdueSeconds").await.expect("the oldest overdue age is printed (EMF)");
     assert!(overdue > 1.0 && overdue < 600.0, "{overdue}");
     let mut messages = Vec::new();
     for _ in 0..5 {

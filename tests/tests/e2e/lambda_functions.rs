@@ -78,9 +78,9 @@ async fn every_function_answers_the_events_lambda_sends() {
 
     // Each scheduled run emitted its gauges as CloudWatch EMF lines on standard output (also when 0: the
     // chains-need-repair alarm reads OldestRepairAgeSeconds), and nothing else is written there.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await; // the pipes are read asynchronously
-    let emitted = |f: &LocalLambda| -> Vec<Value> {
-        f.stdout_lines()
+    let emitted = async |f: &LocalLambda| -> Vec<Value> {
+        f.settled_stdout_lines()
+            .await
             .iter()
             .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|_| panic!("not an EMF line on stdout: {l}")))
             .collect()
@@ -89,7 +89,7 @@ async fn every_function_answers_the_events_lambda_sends() {
         (&refresh, ["SweepBacklog", "OldestOverdueSeconds"]),
         (&recover, ["ChainsNeedingRepair", "OldestRepairAgeSeconds"]),
     ] {
-        let docs = emitted(f);
+        let docs = emitted(f).await;
         for name in names {
             let doc = docs
                 .iter()
@@ -102,7 +102,7 @@ async fn every_function_answers_the_events_lambda_sends() {
         }
     }
     for f in [&manage, &query, &callback] {
-        emitted(f); // every stdout line of the HTTP functions is an EMF document too
+        emitted(f).await; // every stdout line of the HTTP functions is an EMF document too
     }
 
     for (name, f) in

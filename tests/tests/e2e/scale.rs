@@ -37,7 +37,6 @@ async fn at_scale_the_sharded_due_index_stays_under_its_partition_limits_and_wai
 
 /// Two organisations may each have a container `c0` in a database `db`: the sweep must keep both chains alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on the shards branch (e5f07b4..bfb61bf): DueIndex::due_chains_at deduplicates chains by ContainerRef's Display, which leaves out the organisation (app/sweep.rs, `seen.insert(c.to_string())`); un-ignore once it deduplicates by chain_pk"]
 async fn the_sweep_keeps_alive_same_named_containers_of_different_organisations() {
     use chainkeeper_e2e::exact::ExactHarness;
     let h = ExactHarness::start(|_| {}).await;
