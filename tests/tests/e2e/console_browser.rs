@@ -504,6 +504,16 @@ async fn console_in_chromium_sign_in_set_up_renew_recover_replace_and_tokens() {
     assert_field_problem(&v, 422, "Action", "At most 100");
     b.step("audit-all", json!([{"goto": "/console/orgs/acme/audit"}])).await;
 
+    // The organisation's other pages at a phone's width (axe on each, as everywhere).
+    b.step(
+        "tokens-phone",
+        json!([{"viewport": {"width": 390, "height": 844}}, {"goto": "/console/orgs/acme/api-tokens"}]),
+    )
+    .await;
+    b.step("webhook-phone", json!([{"goto": "/console/orgs/acme/webhook"}])).await;
+    b.step("audit-phone", json!([{"goto": "/console/orgs/acme/audit"}])).await;
+    b.step("back-to-desktop", json!([{"viewport": {"width": 1024, "height": 768}}])).await;
+
     // The credential form of a password container: bad input next to the field, what is stored stays.
     let files = "/console/orgs/acme/databases/finance/containers/files";
     let v = b
