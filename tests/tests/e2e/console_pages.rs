@@ -215,4 +215,17 @@ async fn a_webhook_receives_only_the_event_types_chosen() {
     }
     let last = got.lock().unwrap().last().map(|(hd, _)| hd["x-chainkeeper-event"].to_str().unwrap().to_string());
     assert_eq!(last.as_deref(), Some("chain.needs_repair"));
+    // A receiver that is not there: the test says so, in words that name no part of the URL.
+    let closed = format!("http://127.0.0.1:{}/hook-secret-path", chainkeeper_e2e::free_port());
+    webhooks.register_for(&org, "t", &closed, None).await.unwrap();
+    match webhooks.send_test(&org, "t").await.unwrap() {
+        chainkeeper::app::webhooks::TestDelivery::Failed(why) => {
+            assert!(!why.contains("hook-secret-path") && !why.is_empty(), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    webhooks.remove(&org, "t").await.unwrap();
+    assert_eq!(webhooks.send_test(&org, "t").await.unwrap(), chainkeeper::app::webhooks::TestDelivery::NoWebhook);
+    let audit = h.api.get("/v1/orgs/acme/audit").await.body.to_string();
+    assert!(audit.contains("webhook.test"), "{audit}");
 }
