@@ -374,7 +374,7 @@ fn revocation_marker(rec: &ApiTokenRecord) -> Put {
 }
 
 #[cfg(test)]
-mod console_tests {
+mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::config::Config;
