@@ -38,9 +38,10 @@ pub struct EngineConfig {
     /// How many chains one sweep refreshes at once.
     pub sweep_concurrency: usize,
     /// Partitions of the `Due` index (`due#0` … `due#{N-1}`), 1 to 1024. DynamoDB takes about 1,000 writes a
-    /// second per index partition value and every refresh writes one: 16 shards carry 16,000 refreshes a second,
-    /// far beyond a million chains refreshed every ten minutes (about 1,700 a second), while a sweep reads 16
-    /// small partitions. Raising it takes effect at once; after lowering it the sweep keeps reading the old
+    /// second per index partition value, and every refresh writes its entry (6 WCU for a 1.2 KB chain, `ALL`
+    /// projection). The sweep's refreshes come in bursts: with the template's 20 workers, a day of a million chains
+    /// peaks at 1,008 WCU on one of 16 shards, 600 on one of 32 and 372 on one of 64 (`chainkeeper-bench scale`),
+    /// so 64, while a sweep's 2 reads per shard stay cheap (also for SQLite). Raising it takes effect at once; after lowering it the sweep keeps reading the old
     /// shards until `chainkeeper migrate due-shards` has moved their chains.
     pub due_shards: u32,
     /// Chains per message on the sweep queue (AWS): one `refresh` worker refreshes them `sweep_concurrency` at
@@ -68,7 +69,7 @@ impl Default for EngineConfig {
             retry_first_s: 0.1,
             sweep_interval_s: 30.0,
             sweep_concurrency: 64,
-            due_shards: 16,
+            due_shards: 64,
             sweep_batch: 50,
             sweep_limit: 10_000,
             active_use_window_s: 900.0,
@@ -447,12 +448,12 @@ mod tests {
         assert!(Config::from_toml("[engine]\nretry_first_s = 0").is_err());
         let c = Config::from_toml("[engine]\nretry_budget_s = 0").unwrap();
         assert_eq!((c.engine.retry_budget_s, Config::built_in().engine.retry_budget_s), (0.0, 3.0));
-        assert_eq!((Config::built_in().engine.due_shards, Config::built_in().engine.sweep_batch), (16, 50));
+        assert_eq!((Config::built_in().engine.due_shards, Config::built_in().engine.sweep_batch), (64, 50));
         for bad in ["due_shards = 0", "due_shards = 1025", "sweep_batch = 0", "sweep_batch = 1001", "sweep_limit = 0"] {
             let e = Config::from_toml(&format!("[engine]\n{bad}")).unwrap_err();
             assert!(format!("{e:#}").contains("must be between"), "{bad}: {e:#}");
         }
-        assert_eq!(Config::from_toml("[engine]\ndue_shards = 64").unwrap().engine.due_shards, 64);
+        assert_eq!(Config::from_toml("[engine]\ndue_shards = 16").unwrap().engine.due_shards, 16);
         let exact = &Config::built_in().providers["exact-online-nl"];
         assert_eq!(exact.lost_response, crate::provider::LostResponse::RetryPrevious);
         let p = Config::from_toml("[providers.exact-online-nl]\nlost_response = 'needs_repair'").unwrap();

@@ -6,7 +6,7 @@
 //!                                          run: one of grace-on, grace-on-4 (four worker processes), grace-off,
 //!                                          needs-repair, needs-repair-4 (with auto-recovery); default all)
 //!     target/release/chainkeeper-bench lambda-init [target/lambda]
-//!     target/release/chainkeeper-bench scale [chains] [active share] [shards]   (default 1000000 0.2 16: the
+//!     target/release/chainkeeper-bench scale [chains] [active share] [shards]   (default 1000000 0.2 64: the
 //!                                          slice on the real engine, then the model of a day; see tests/src/scale.rs)
 //!
 //! `warm` and `odata` need `wrk` (Debian package) and the release `chainkeeper` binary; for their ratio, the limit
