@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Alias, ContainerRef, DbName, OrgId};
+use crate::ids::ContainerRef;
 
 /// One container to recover: the message body (JSON) on the queue. No secret: names and a reason only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,11 +42,7 @@ impl RecoveryRequest {
 
     /// The container it names, if the names are valid.
     pub fn container_ref(&self) -> Option<ContainerRef> {
-        Some(ContainerRef {
-            org: OrgId::parse(&self.org).ok()?,
-            db: DbName::parse(&self.database).ok()?,
-            alias: Alias::parse(&self.container).ok()?,
-        })
+        ContainerRef::parse(&self.org, &self.database, &self.container)
     }
 }
 
@@ -80,11 +76,7 @@ impl ChainName {
 
     /// The container it names, if the names are valid.
     pub fn container_ref(&self) -> Option<ContainerRef> {
-        Some(ContainerRef {
-            org: OrgId::parse(&self.org).ok()?,
-            db: DbName::parse(&self.database).ok()?,
-            alias: Alias::parse(&self.container).ok()?,
-        })
+        ContainerRef::parse(&self.org, &self.database, &self.container)
     }
 }
 
@@ -138,11 +130,7 @@ mod tests {
 
     #[test]
     fn a_request_round_trips_and_names_its_container() {
-        let c = ContainerRef {
-            org: OrgId::parse("acme").unwrap(),
-            db: DbName::parse("finance").unwrap(),
-            alias: Alias::parse("eol").unwrap(),
-        };
+        let c = ContainerRef::parse("acme", "finance", "eol").unwrap();
         let r = RecoveryRequest::new(&c, "the chain broke", None);
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(json, r#"{"org":"acme","database":"finance","container":"eol","reason":"the chain broke"}"#);

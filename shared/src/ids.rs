@@ -77,6 +77,11 @@ pub struct ContainerRef {
 }
 
 impl ContainerRef {
+    /// The container of three names, if each is valid (messages and keys carry them as text).
+    pub fn parse(org: &str, db: &str, alias: &str) -> Option<Self> {
+        Some(Self { org: OrgId::parse(org).ok()?, db: DbName::parse(db).ok()?, alias: Alias::parse(alias).ok()? })
+    }
+
     /// `db/alias`, the container's name inside its organisation (used in encryption contexts and keys).
     pub fn local_name(&self) -> String {
         format!("{}/{}", self.db, self.alias)

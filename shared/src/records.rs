@@ -29,7 +29,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::clock::Millis;
-use crate::ids::{Alias, ContainerRef, DbName, OrgId};
+use crate::ids::{ContainerRef, DbName, OrgId};
 use crate::store::{IndexKey, Item, Key, StoreError};
 
 // --- organisations and what they hold (partition `org#{org}`) ---
@@ -98,11 +98,7 @@ pub fn chain_pk(c: &ContainerRef) -> String {
 /// The container of a chain partition key `chain#{org}#{db}#{alias}`.
 pub fn container_of_chain_pk(pk: &str) -> Option<ContainerRef> {
     let mut parts = pk.strip_prefix("chain#")?.split('#');
-    let c = ContainerRef {
-        org: OrgId::parse(parts.next()?).ok()?,
-        db: DbName::parse(parts.next()?).ok()?,
-        alias: Alias::parse(parts.next()?).ok()?,
-    };
+    let c = ContainerRef::parse(parts.next()?, parts.next()?, parts.next()?)?;
     parts.next().is_none().then_some(c)
 }
 pub fn chain_key(c: &ContainerRef) -> Key {

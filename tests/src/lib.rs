@@ -12,6 +12,7 @@ pub mod lambda_runtime;
 pub mod moto;
 pub mod oidc_peer;
 pub mod scale;
+pub mod webhook_receiver;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -7,11 +7,8 @@
 //! Needs `/usr/bin/chromium` (skipped, saying so, without it), `npm ci --prefix tests/peers/browser` and
 //! `--prefix tests/peers/oidc`, and a fresh `cargo build -p chainkeeper-cli`.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::HeaderMap;
 use chainkeeper_e2e::browser::{ConsoleBrowser, field, field_problem, page_summary};
 use chainkeeper_e2e::exact::{CLIENT_ID, CLIENT_SECRET, sim_profile_toml, sim_user};
 use chainkeeper_e2e::oidc_peer::{OidcPeer, OidcPeerOptions};
@@ -22,26 +19,11 @@ use serde_json::{Value, json};
 const ORG: &str = "acme";
 const CONTAINER: &str = "/console/orgs/acme/databases/finance/containers/eol";
 
-type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+use chainkeeper_e2e::webhook_receiver::Received;
 
 /// A webhook receiver on loopback (the deployment allows plain http to 127.0.0.1).
 async fn receiver() -> (String, Received) {
-    let got: Received = Arc::default();
-    let sink = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push((headers, body));
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://127.0.0.1:{}/hook", listener.local_addr().unwrap().port());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, got)
+    chainkeeper_e2e::webhook_receiver::start("127.0.0.1", "/hook").await
 }
 
 /// Everything the scenario runs against.

@@ -2,11 +2,8 @@
 //! `console_browser.rs` drives them in Chromium): each needs the scope of the API route it stands for, bad input
 //! comes back next to its field with nothing stored, and a webhook receives only the event types chosen.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::HeaderMap;
 use chainkeeper::ids::OrgId;
 use chainkeeper_e2e::console::{Browser, Page};
 use chainkeeper_e2e::exact::{CLIENT_ID, ExactHarness};
@@ -163,8 +160,6 @@ async fn audit_filter_and_paging() {
     assert_status(&cursor, 400, "a forged cursor");
 }
 
-type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_receives_only_the_event_types_chosen() {
     let h = ExactHarness::start_server_config(
@@ -172,21 +167,7 @@ async fn a_webhook_receives_only_the_event_types_chosen() {
         "\n[webhooks]\nallow_http_hosts = [\"127.0.0.1\"]\nallow_private_hosts = [\"127.0.0.1\"]\n",
     )
     .await;
-    let got: Received = Arc::default();
-    let sink = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push((headers, body));
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://127.0.0.1:{}/hook", listener.local_addr().unwrap().port());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (url, got) = chainkeeper_e2e::webhook_receiver::start("127.0.0.1", "/hook").await;
     let org = OrgId::parse("acme").unwrap();
     let webhooks = &h.services.webhooks;
     let unknown = webhooks.register_for(&org, "t", &url, Some(vec!["chain.exploded".into()])).await;

@@ -1,6 +1,5 @@
 //! Webhooks: a signed JSON event when a chain needs repair and when it recovered.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -9,7 +8,7 @@ use chainkeeper::store::Store;
 use chainkeeper_e2e::exact::{CLIENT_ID, ExactHarness};
 use serde_json::{Value, json};
 
-type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+use chainkeeper_e2e::webhook_receiver::Received;
 
 /// A receiver on loopback; its URL's path holds a planted secret (a webhook URL is a secret: the harness checks
 /// that no reply and no log line shows it).
@@ -18,23 +17,7 @@ async fn receiver() -> (String, Received) {
 }
 
 async fn receiver_at(host: &str) -> (String, Received) {
-    let got: Received = Arc::default();
-    let sink = got.clone();
-    let app = axum::Router::new().route(
-        "/hook/PLANTED-receiver-key",
-        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push((headers, body));
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let url = format!("http://{host}:{port}/hook/PLANTED-receiver-key");
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, got)
+    chainkeeper_e2e::webhook_receiver::start(host, "/hook/PLANTED-receiver-key").await
 }
 
 async fn wait_for(got: &Received, n: usize) -> Vec<(HeaderMap, Bytes)> {
