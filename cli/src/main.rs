@@ -530,6 +530,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         "    (from a checkout: cargo run --release -p chainkeeper-cli -- token issue --data-dir {} --platform --scope admin)",
         dir.display()
     );
+    println!("  web console: a single-use sign-in link to http://{addr}/console, valid for 10 minutes:");
+    println!(
+        "    chainkeeper console-link --data-dir {} --platform --scope admin --base-url http://{addr}",
+        dir.display()
+    );
     use std::io::Write;
     std::io::stdout().flush()?;
     let metrics = match a.metrics_listen {
