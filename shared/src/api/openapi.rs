@@ -185,7 +185,13 @@ fn request_schema(method: &str, path: &str) -> Option<Value> {
         ("POST", "recover") => object(json!({}), &[]),
         ("PATCH", "settings") => object(json!({"allow_credential_reveal": {"type": "boolean"}}), &[]),
         ("POST", "release") => object(json!({"reason": text, "asked_by_org": name}), &["reason"]),
-        ("PUT", "webhook") => object(json!({"url": {"type": "string", "format": "uri"}}), &["url"]),
+        ("PUT", "webhook") => object(
+            json!({
+                "url": {"type": "string", "format": "uri"},
+                "events": {"type": "array", "items": {"type": "string", "enum": crate::app::webhooks::EVENT_TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>()}},
+            }),
+            &["url"],
+        ),
         _ => return None,
     })
 }

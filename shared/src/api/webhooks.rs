@@ -15,6 +15,9 @@ use super::problem::Problem;
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     url: String,
+    /// The event types to deliver (`app::webhooks::EVENT_TYPES`); every one when absent.
+    #[serde(default)]
+    events: Option<Vec<String>>,
 }
 
 /// Registers (or replaces) the organisation's webhook; the signing secret is returned once, the URL masked.
@@ -24,9 +27,12 @@ pub async fn set(
     names: Names,
     Body(b): Body<Webhook>,
 ) -> Result<Json<Value>, Problem> {
-    let done = app.webhooks.register(&names.org, &who.sub, &b.url).await?;
+    let events = b.events.clone();
+    let done = app.webhooks.register_for(&names.org, &who.sub, &b.url, b.events).await?;
+    let all = || crate::app::webhooks::EVENT_TYPES.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>();
     Ok(Json(json!({
         "url": done.masked_url,
+        "events": events.unwrap_or_else(all),
         "secret": done.secret.expose_secret(),
         "signature_header": "X-Chainkeeper-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>",
     })))

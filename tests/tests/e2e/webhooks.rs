@@ -161,3 +161,30 @@ async fn a_failed_auto_recovery_is_an_event_with_its_code_and_remedy() {
     let remedy = failed["remediation"].as_str().unwrap();
     assert!(remedy.contains("PUT …/auto-recovery") && !remedy.contains("PLANTED"), "{remedy}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_chooses_event_types_as_the_console_does() {
+    let h = ExactHarness::start_server_config(|_| {}, ALLOW_LOOPBACK).await;
+    let (url, got) = receiver().await;
+    let r = h.api.put("/v1/orgs/acme/webhook", json!({"url": url, "events": ["chain.nope"]})).await;
+    r.assert_problem(400, "invalid_body");
+    let r = h.api.put("/v1/orgs/acme/webhook", json!({"url": url})).await;
+    assert_eq!(r.body["events"].as_array().map(Vec::len), Some(3), "every event type when none is named: {}", r.body);
+    let r = h.api.put("/v1/orgs/acme/webhook", json!({"url": url, "events": ["chain.recovered"]})).await;
+    assert_eq!((r.status, &r.body["events"]), (200, &json!(["chain.recovered"])), "{}", r.body);
+
+    h.sim.revoke(CLIENT_ID, &h.user.user_id);
+    h.advance(Duration::from_secs(601));
+    assert_eq!(h.api.post(&h.token_path(), json!({})).await.status, 409);
+    let user = h.user.clone();
+    assert_eq!(h.authorize("acme", "finance", "eol", &user).await.status, 200);
+    let events = wait_for(&got, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kinds: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| serde_json::from_slice::<Value>(body).unwrap()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["chain.recovered"], "the break was not delivered, the recovery was: {events:?}");
+}
