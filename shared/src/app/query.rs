@@ -500,7 +500,7 @@ impl QueryProxy {
         let container = read.pop().flatten();
         caller.settle(read.pop().flatten())?;
         let mut path = check_path(&req.path)?;
-        let (rec, _) = lookup::container_read(&*self.store, c, container).await?;
+        let (rec, rec_version) = lookup::container_read(&*self.store, c, container).await?;
         let provider = rec.provider.clone().unwrap_or_default();
         let profile = self.config.provider(&provider).ok_or_else(|| QueryError::NoPlatform(c.clone()))?;
         let base = profile.api_base_url.clone().ok_or_else(|| QueryError::NoApiBaseUrl(provider.clone()))?;
@@ -521,9 +521,12 @@ impl QueryProxy {
             None => profile.cache_ttl_s,
         };
         let ttl_ms = (ttl_s * 1000.0) as Millis;
-        // Per container (a container made again under the same name is another) and URL; the feed's answers,
-        // whose links point at `feed`, apart from the proxy's.
-        let cache_key = format!("{}#{}#{}#{}#{url}", c.org, c.local_name(), rec.created_at_ms, feed.unwrap_or("proxy"));
+        // Per container and URL, and per version of the container: made again under the same name (its creation
+        // time), authorized again — perhaps as another user, whose rights differ — or given other credentials (its
+        // item version), it starts afresh, so an answer fetched with one person's rights is never served after
+        // another's sign-in. The feed's answers, whose links point at `feed`, apart from the proxy's.
+        let (created, feed_or_proxy) = (rec.created_at_ms, feed.unwrap_or("proxy"));
+        let cache_key = format!("{}#{}#{created}.{rec_version}#{feed_or_proxy}#{url}", c.org, c.local_name());
         let cacheable = req.method == Method::GET && ttl_ms > 0;
         // The caller's `Cache-Control: no-cache` goes to the platform (and refreshes the cached answer).
         let look = cacheable && !says_no_cache(&req.headers);

@@ -81,6 +81,12 @@ async fn get_responses_are_cached_per_container_when_the_profile_allows() {
     assert_eq!(second.headers["x-chainkeeper-cache"], "hit");
     assert_eq!(second.body, first.body);
     assert_eq!(h.sim.stats().api_calls, calls + 1, "the hit did not reach Exact");
+    // Authorized again (here the same person; it might be another, with other rights): nothing cached before it
+    // is served after it.
+    let user = h.user.clone();
+    assert_eq!(h.authorize("acme", "finance", "eol", &user).await.status, 200);
+    assert_eq!(h.api.get(&path).await.headers["x-chainkeeper-cache"], "miss", "a new authorization starts afresh");
+    assert_eq!(h.api.get(&path).await.headers["x-chainkeeper-cache"], "hit");
     h.advance(Duration::from_secs(31));
     assert_eq!(h.api.get(&path).await.headers["x-chainkeeper-cache"], "miss", "expired after the TTL");
 }
