@@ -243,6 +243,23 @@ pub fn sim_user(n: u32) -> SimUser {
     }
 }
 
+/// A simulator for the Lambda deployments' tests: our app with `redirect`, users `sim_user(1..=users)`, and short
+/// tokens without a minimum interval, so that a chain in use is due (and a break found) within seconds.
+pub async fn quick_sim(users: u32, redirect: &str) -> ExactSim {
+    let config = SimConfig {
+        apps: vec![SimApp {
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            redirect_uris: vec![redirect.into()],
+        }],
+        users: (1..=users).map(sim_user).collect(),
+        access_token_lifetime: Duration::from_secs(2),
+        min_token_interval: Duration::ZERO,
+        ..SimConfig::default()
+    };
+    ExactSim::start(config, SimClock::system()).await.unwrap()
+}
+
 impl ExactHarness {
     /// Container `c{i}` of database `db` in `org` (whose key must exist), with a chain the simulator minted for
     /// `user` installed directly (no sign-in): how the campaign and the sweep benchmark set up many chains.

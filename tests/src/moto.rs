@@ -113,3 +113,33 @@ pub fn platform_token_from_secret(signing: &str) -> String {
     assert!(out.status.success(), "token issue --signing-key-stdin");
     String::from_utf8(out.stdout).expect("a token is text").trim().to_string()
 }
+
+/// A queue as the template makes one: its dead-letter queue, and the queue redriving to it after three receives,
+/// with `visibility_timeout_s`. Returns the queue's URL and the dead-letter queue's URL.
+pub async fn queue_with_dead_letters(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility_timeout_s: u32,
+) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let dlq_url = sqs.create_queue().queue_name(format!("{name}-dlq")).send().await.unwrap().queue_url.unwrap();
+    let redrive = serde_json::json!({"deadLetterTargetArn": queue_arn(sqs, &dlq_url).await, "maxReceiveCount": "3"});
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+        .attributes(QueueAttributeName::VisibilityTimeout, visibility_timeout_s.to_string())
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    (url, dlq_url)
+}
+
+/// A queue's ARN (what an event source mapping, and so an SQS event, names).
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let a = sqs.get_queue_attributes().queue_url(url).attribute_names(QueueAttributeName::QueueArn).send().await;
+    a.unwrap().attributes.unwrap()[&QueueAttributeName::QueueArn].clone()
+}

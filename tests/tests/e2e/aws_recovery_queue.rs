@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{Message, QueueAttributeName};
-use chainkeeper_e2e::exact::{CLIENT_ID, CLIENT_SECRET, sim_profile_toml, sim_user};
+use aws_sdk_sqs::types::Message;
+use chainkeeper_e2e::exact::{CLIENT_ID, sim_profile_toml, sim_user};
 use chainkeeper_e2e::lambda_runtime::{LocalLambda, http_event, scheduled_event};
 use chainkeeper_e2e::moto::Moto;
-use exact_sim::{ExactSim, Fault, SignInBehaviour, SignInOutcome, SimApp, SimClock, SimConfig, SimUser};
+use exact_sim::{ExactSim, Fault, SignInBehaviour, SignInOutcome, SimUser};
 use serde_json::{Value, json};
 
 const USERS: u32 = 8;
@@ -47,37 +47,14 @@ impl Deployment {
         let moto = Moto::start().await.unwrap();
         let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
         let redirect = "https://ck.example/v1/callback";
-        let sim_config = SimConfig {
-            apps: vec![SimApp {
-                client_id: CLIENT_ID.into(),
-                client_secret: CLIENT_SECRET.into(),
-                redirect_uris: vec![redirect.into()],
-            }],
-            users: (1..=USERS).map(sim_user).collect(),
-            // Short tokens and no minimum interval: a refresh (and so a break) happens within seconds.
-            access_token_lifetime: Duration::from_secs(2),
-            min_token_interval: Duration::ZERO,
-            ..SimConfig::default()
-        };
-        let sim = ExactSim::start(sim_config, SimClock::system()).await.unwrap();
+        let sim = chainkeeper_e2e::exact::quick_sim(USERS, redirect).await;
         let chainkeeper_e2e::moto::DeployedBasics { table, signing, .. } =
             chainkeeper_e2e::moto::deploy_basics(&sdk, redirect).await;
         // The queues as the template makes them: a dead-letter queue, the recovery queue redriving to it.
         let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let dlq_url = sqs.create_queue().queue_name("ck-recovery-dlq").send().await.unwrap().queue_url.unwrap();
-        let dlq_arn = queue_arn(&sqs, &dlq_url).await;
-        let redrive = json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}).to_string();
-        let queue_url = sqs
-            .create_queue()
-            .queue_name("ck-recovery")
-            .attributes(QueueAttributeName::RedrivePolicy, redrive)
-            .attributes(QueueAttributeName::VisibilityTimeout, visibility_timeout_s.to_string())
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let queue_arn = queue_arn(&sqs, &queue_url).await;
+        let (queue_url, dlq_url) =
+            chainkeeper_e2e::moto::queue_with_dead_letters(&sqs, "ck-recovery", visibility_timeout_s).await;
+        let queue_arn = chainkeeper_e2e::moto::queue_arn(&sqs, &queue_url).await;
 
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("chainkeeper.toml");
@@ -199,11 +176,6 @@ async fn start(name: &str, env: &[(&'static str, String)]) -> LocalLambda {
         bin.display()
     );
     LocalLambda::start(&bin, env).await.unwrap()
-}
-
-async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
-    let a = sqs.get_queue_attributes().queue_url(url).attribute_names(QueueAttributeName::QueueArn).send().await;
-    a.unwrap().attributes.unwrap()[&QueueAttributeName::QueueArn].clone()
 }
 
 fn request_of(m: &Message) -> Value {

@@ -9,15 +9,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{Message, QueueAttributeName};
+use aws_sdk_sqs::types::Message;
 use chainkeeper::aws::dynamo::DynamoStore;
 use chainkeeper::ids::{Alias, ContainerRef, DbName, OrgId};
 use chainkeeper::records::{LEGACY_DUE_PK, chain_key, due_shard_of, due_shard_pk};
 use chainkeeper::store::{Condition, Index, IndexKey, Put, Store};
-use chainkeeper_e2e::exact::{CLIENT_ID, CLIENT_SECRET, sim_profile_toml, sim_user};
+use chainkeeper_e2e::exact::{sim_profile_toml, sim_user};
 use chainkeeper_e2e::lambda_runtime::{LocalLambda, http_event, scheduled_event};
 use chainkeeper_e2e::moto::Moto;
-use exact_sim::{ExactSim, SimApp, SimClock, SimConfig};
 use serde_json::{Value, json};
 
 const CHAINS: u32 = 8;
@@ -44,11 +43,6 @@ async fn start(name: &str, env: &[(&'static str, String)]) -> LocalLambda {
         bin.display()
     );
     LocalLambda::start(&bin, env).await.unwrap()
-}
-
-async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
-    let a = sqs.get_queue_attributes().queue_url(url).attribute_names(QueueAttributeName::QueueArn).send().await;
-    a.unwrap().attributes.unwrap()[&QueueAttributeName::QueueArn].clone()
 }
 
 /// The value of metric `name` in the function's EMF lines so far (the last one).
@@ -114,37 +108,14 @@ async fn the_schedule_hands_every_due_chain_of_every_shard_to_refresh_workers_th
     let moto = Moto::start().await.unwrap();
     let sdk = chainkeeper::aws::local_sdk_config(&moto.endpoint).await;
     let redirect = "https://ck.example/v1/callback";
-    let sim_config = SimConfig {
-        apps: vec![SimApp {
-            client_id: CLIENT_ID.into(),
-            client_secret: CLIENT_SECRET.into(),
-            redirect_uris: vec![redirect.into()],
-        }],
-        users: (1..=CHAINS).map(sim_user).collect(),
-        // Short tokens and no minimum interval: a chain in use is due within seconds.
-        access_token_lifetime: Duration::from_secs(2),
-        min_token_interval: Duration::ZERO,
-        ..SimConfig::default()
-    };
-    let sim = ExactSim::start(sim_config, SimClock::system()).await.unwrap();
+    let sim = chainkeeper_e2e::exact::quick_sim(CHAINS, redirect).await;
     let chainkeeper_e2e::moto::DeployedBasics { table, signing, .. } =
         chainkeeper_e2e::moto::deploy_basics(&sdk, redirect).await;
     // The queues as the template makes them: the sweep queue redriving to its dead-letter queue after three
     // receives; a visibility timeout of 1 s here, so that a failed batch comes back at once.
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let dlq_url = sqs.create_queue().queue_name("ck-sweep-dlq").send().await.unwrap().queue_url.unwrap();
-    let redrive = json!({"deadLetterTargetArn": queue_arn(&sqs, &dlq_url).await, "maxReceiveCount": "3"});
-    let url = sqs
-        .create_queue()
-        .queue_name("ck-sweep")
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .attributes(QueueAttributeName::VisibilityTimeout, "1")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let poller = Poller { sqs: sqs.clone(), arn: queue_arn(&sqs, &url).await, url: url.clone() };
+    let (url, dlq_url) = chainkeeper_e2e::moto::queue_with_dead_letters(&sqs, "ck-sweep", 1).await;
+    let poller = Poller { sqs: sqs.clone(), arn: chainkeeper_e2e::moto::queue_arn(&sqs, &url).await, url: url.clone() };
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("chainkeeper.toml");
