@@ -591,3 +591,90 @@ async fn waiters_for_another_process_share_one_poll_of_the_store() {
     tokio::time::sleep(Duration::from_millis(40)).await;
     assert_eq!(r.engine.polls.active(), 0, "the poller went with its last waiter");
 }
+
+/// A session login (a password or API-token container whose profile's `credential_use` is `session_login`) is a
+/// token cache with the chain protocol: one login for many callers, kept until `refresh_margin_s` before its
+/// lifetime ends, then one login again. The HTTP side (the body template, the JSON pointer, the proxy applying
+/// the session) is tested end to end in `tests/tests/e2e/credentials.rs` against a peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_login_is_shared_by_concurrent_callers_and_renewed_before_its_lifetime_ends() {
+    use crate::records::{ContainerRecord, CredentialKind, container_key};
+    // The login endpoint: counts logins, answers session `s-N` for the right password only.
+    let logins = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = logins.clone();
+    let app = axum::Router::new().route(
+        "/session/login",
+        axum::routing::post(move |body: String| {
+            let counter = counter.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if v["user"] != "ann" || v["password"] != "pw-PLANTED" {
+                    return (StatusCode::UNAUTHORIZED, "{}".to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await; // callers pile up behind the lease
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                (StatusCode::OK, format!(r#"{{"result":{{"sessionId":"s-{n}"}}}}"#))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // One more provider table, after the engine's keys.
+    let r = rig_with(&format!(
+        "refresh_margin_s = 60\n[providers.peer-session]\napi_base_url = \"{base}/session\"\n\
+         credential_use = {{ kind = \"session_login\", url = \"/login\", \
+         body = '{{\"user\":\"{{username}}\",\"password\":\"{{password}}\"}}', \
+         token = {{ json_pointer = \"/result/sessionId\" }}, lifetime_s = 600, \
+         apply = {{ kind = \"header\", name = \"X-Session\" }} }}\n"
+    ))
+    .await;
+    let c = ContainerRef { alias: Alias::parse("yuki").unwrap(), ..r.c.clone() };
+    let fields = ContainerFields::of(&c);
+    let sealed = r.vault.seal(&fields.context(Field::Password), b"pw-PLANTED").await.unwrap();
+    let rec = ContainerRecord {
+        container: c.clone(),
+        kind: CredentialKind::Password,
+        provider: Some("peer-session".into()),
+        created_at_ms: T0,
+        updated_at_ms: T0,
+        username: Some("ann".into()),
+        sealed_password: Some(sealed),
+        sealed_api_token: None,
+        client_id: None,
+        sealed_client_secret: None,
+        scopes: vec![],
+        identity: None,
+    };
+    r.store.put(Put::new(container_key(&c), encode(&rec), Condition::Absent)).await.unwrap();
+
+    let callers = |n: usize| {
+        let (engine, c) = (r.engine.clone(), c.clone());
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let (engine, c) = (engine.clone(), c.clone());
+                set.spawn(async move { engine.grant_token(&c, "peer-session", CredentialKind::Password).await });
+            }
+            let mut got = Vec::new();
+            while let Some(t) = set.join_next().await {
+                got.push(text(&t.unwrap().unwrap()).to_string());
+            }
+            got
+        }
+    };
+    assert!(callers(50).await.iter().all(|t| t == "s-1"), "the first callers share one login");
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
+    r.advance_s(500);
+    assert!(callers(20).await.iter().all(|t| t == "s-1"), "kept while more than the margin is left");
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
+    r.advance_s(60); // 40 s left, under the 60 s margin
+    assert!(callers(50).await.iter().all(|t| t == "s-2"), "renewed once, before the end, for everybody");
+    assert_eq!(logins.load(Ordering::SeqCst), 2);
+    let chain = r.engine.chain(&c).await.unwrap().unwrap().0;
+    assert_eq!(chain.status, ChainStatus::Healthy);
+    let sealed = chain.sealed_access_token.expect("the session is stored");
+    assert_ne!(sealed, "s-2", "sealed, not in the clear");
+    let opened = r.vault.open_string(&fields.context(Field::AccessToken), &sealed).await.unwrap();
+    assert_eq!(opened.expose_secret(), "s-2");
+}
