@@ -99,6 +99,23 @@ pub async fn deploy_basics(sdk: &aws_config::SdkConfig, redirect: &str) -> Deplo
     DeployedBasics { table, signing, signing_arn, app_secret_arn }
 }
 
+/// A Lambda function's environment as the template sets it, for the deployment `deploy_basics` made on `moto`
+/// with the config file `config`: without the API-token signing key (`CHAINKEEPER_SIGNING_KEY_SECRET`) and the
+/// queues, which only some functions get.
+pub fn function_env(moto: &Moto, table: &str, config: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("CHAINKEEPER_TABLE", table.to_string()),
+        ("CHAINKEEPER_APPS_SECRET_PREFIX", APPS_SECRET_PREFIX.to_string()),
+        ("CHAINKEEPER_KMS_ALIAS_PREFIX", "alias/chainkeeper/test/".to_string()),
+        ("CHAINKEEPER_STAGE", "test".to_string()),
+        ("CHAINKEEPER_PUBLIC_URL", "https://ck.example".to_string()),
+        ("CHAINKEEPER_CONFIG", config.display().to_string()),
+        ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", "test".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+    ]
+}
+
 /// The first platform token, as the README says: the signing key secret's text piped into `chainkeeper token issue`.
 pub fn platform_token_from_secret(signing: &str) -> String {
     use std::io::Write;

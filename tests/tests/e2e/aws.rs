@@ -370,18 +370,8 @@ impl Deployment {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("chainkeeper.toml");
         std::fs::write(&config, format!("{}{extra_profile}\n", sim_profile_toml(&sim))).unwrap();
-        let env = vec![
-            ("CHAINKEEPER_TABLE", table.clone()),
-            ("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/test/api-token-signing-key".to_string()),
-            ("CHAINKEEPER_APPS_SECRET_PREFIX", "chainkeeper/test/apps/".to_string()),
-            ("CHAINKEEPER_KMS_ALIAS_PREFIX", "alias/chainkeeper/test/".to_string()),
-            ("CHAINKEEPER_STAGE", "test".to_string()),
-            ("CHAINKEEPER_PUBLIC_URL", "https://ck.example".to_string()),
-            ("CHAINKEEPER_CONFIG", config.display().to_string()),
-            ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", "test".to_string()),
-            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-        ];
+        let mut env = chainkeeper_e2e::moto::function_env(&moto, &table, &config);
+        env.push(("CHAINKEEPER_SIGNING_KEY_SECRET", chainkeeper_e2e::moto::SIGNING_KEY_SECRET.to_string()));
         let token = chainkeeper_e2e::moto::platform_token_from_secret(&signing);
         Deployment { _moto: moto, sdk, sim, table, env, token, _dir: dir }
     }

@@ -9,6 +9,7 @@ use aws_sdk_sqs::types::Message;
 use chainkeeper_e2e::exact::{CLIENT_ID, sim_profile_toml, sim_user};
 use chainkeeper_e2e::lambda_runtime::{LocalLambda, http_event, scheduled_event};
 use chainkeeper_e2e::moto::Moto;
+use chainkeeper_e2e::moto::SIGNING_KEY_SECRET;
 use exact_sim::{ExactSim, Fault, SignInBehaviour, SignInOutcome, SimUser};
 use serde_json::{Value, json};
 
@@ -61,26 +62,15 @@ impl Deployment {
         // Webhooks may reach this test's receiver on loopback (`webhook_events_are_delivered_before_…`).
         let webhooks = "[webhooks]\nallow_http_hosts = [\"127.0.0.1\"]\nallow_private_hosts = [\"127.0.0.1\"]\n";
         std::fs::write(&config, format!("{}min_token_interval_s = 0\n{webhooks}", sim_profile_toml(&sim))).unwrap();
-        let mut env = vec![
-            ("CHAINKEEPER_TABLE", table.clone()),
-            ("CHAINKEEPER_APPS_SECRET_PREFIX", "chainkeeper/test/apps/".to_string()),
-            ("CHAINKEEPER_KMS_ALIAS_PREFIX", "alias/chainkeeper/test/".to_string()),
-            ("CHAINKEEPER_STAGE", "test".to_string()),
-            ("CHAINKEEPER_PUBLIC_URL", "https://ck.example".to_string()),
-            ("CHAINKEEPER_CONFIG", config.display().to_string()),
-            ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
-            ("AWS_ACCESS_KEY_ID", "test".to_string()),
-            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-        ];
+        let mut env = chainkeeper_e2e::moto::function_env(&moto, &table, &config);
         // As in the template: recover (and refresh) check no API tokens; query, refresh and manage send to the
         // queue; recover and callback do not.
         let recover = start("recover", &env).await;
-        let callback_env =
-            [&env[..], &[("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/test/api-token-signing-key".into())]].concat();
+        let callback_env = [&env[..], &[("CHAINKEEPER_SIGNING_KEY_SECRET", SIGNING_KEY_SECRET.into())]].concat();
         let callback = start("callback", &callback_env).await;
         env.push(("CHAINKEEPER_RECOVERY_QUEUE_URL", queue_url.clone()));
         let refresh = start("refresh", &env).await;
-        env.push(("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/test/api-token-signing-key".to_string()));
+        env.push(("CHAINKEEPER_SIGNING_KEY_SECRET", SIGNING_KEY_SECRET.to_string()));
         let (manage, query) = (start("manage", &env).await, start("query", &env).await);
         let token = chainkeeper_e2e::moto::platform_token_from_secret(&signing);
         let d = Deployment {

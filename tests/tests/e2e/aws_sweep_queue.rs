@@ -121,20 +121,10 @@ async fn the_schedule_hands_every_due_chain_of_every_shard_to_refresh_workers_th
     let config = dir.path().join("chainkeeper.toml");
     let engine = format!("[engine]\ndue_shards = {SHARDS}\nsweep_batch = {BATCH}\n");
     std::fs::write(&config, format!("{}min_token_interval_s = 0\n{engine}", sim_profile_toml(&sim))).unwrap();
-    let mut env = vec![
-        ("CHAINKEEPER_TABLE", table.clone()),
-        ("CHAINKEEPER_APPS_SECRET_PREFIX", "chainkeeper/test/apps/".to_string()),
-        ("CHAINKEEPER_KMS_ALIAS_PREFIX", "alias/chainkeeper/test/".to_string()),
-        ("CHAINKEEPER_STAGE", "test".to_string()),
-        ("CHAINKEEPER_PUBLIC_URL", "https://ck.example".to_string()),
-        ("CHAINKEEPER_CONFIG", config.display().to_string()),
-        ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
-        ("AWS_ACCESS_KEY_ID", "test".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
-    ];
+    let mut env = chainkeeper_e2e::moto::function_env(&moto, &table, &config);
     // As in the template: only refresh has the sweep queue, and it checks no API tokens.
     let refresh = start("refresh", &[&env[..], &[("CHAINKEEPER_SWEEP_QUEUE_URL", url.clone())]].concat()).await;
-    env.push(("CHAINKEEPER_SIGNING_KEY_SECRET", "chainkeeper/test/api-token-signing-key".to_string()));
+    env.push(("CHAINKEEPER_SIGNING_KEY_SECRET", chainkeeper_e2e::moto::SIGNING_KEY_SECRET.to_string()));
     let (manage, callback, query) =
         (start("manage", &env).await, start("callback", &env).await, start("query", &env).await);
     let token = chainkeeper_e2e::moto::platform_token_from_secret(&signing);
